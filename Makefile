@@ -1,0 +1,109 @@
+# Tollgate — entry points. `make demo` and `make test` are the whole set-up on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ROOT      := $(abspath .)
+VENV      := $(ROOT)/.venv
+PY        := $(VENV)/bin/python
+CARGO     ?= cargo
+WASM_TARGET := wasm32-wasip1
+AUTHSERVER_BIN := $(ROOT)/target/release/authserver
+FILTER_WASM    := $(ROOT)/target/$(WASM_TARGET)/release/tollgate_filter.wasm
+export AUTHSERVER_BIN FILTER_WASM
+
+# Debian packages the tests and the demo use (installed only when missing).
+APT_PACKAGES := redis-server redis-sentinel redis-tools wrk
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
+
+# ---------------------------------------------------------------- set-up
+.PHONY: deps deps-apt deps-rust venv
+deps: deps-apt deps-rust venv ## install everything the tests and the demo need
+
+deps-apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+deps-rust:
+	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: tests/requirements.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip >/dev/null
+	@$(PY) -m pip install -q -r tests/requirements.txt
+	@touch $@
+
+# ---------------------------------------------------------------- build
+.PHONY: build build-authserver build-filter
+build: build-authserver build-filter ## build the auth server and the Wasm filter (release)
+build-authserver:
+	$(CARGO) build --release -p tollgate-authserver
+build-filter: deps-rust
+	$(CARGO) build --release --target $(WASM_TARGET) -p tollgate-filter
+
+# ---------------------------------------------------------------- checks
+.PHONY: test lint fmt-check clippy test-unit test-e2e
+test: deps lint test-unit build test-e2e test-chart ## run every check and test (what CI runs)
+	@echo "make test: all passed"
+
+lint: fmt-check clippy ## rustfmt and clippy -D warnings
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p tollgate-filter --target $(WASM_TARGET) -- -D warnings
+
+test-unit: ## Rust unit, conformance (memory + real redis-server) and HTTP tests
+	$(CARGO) test --workspace
+
+test-e2e: venv build ## end-to-end tests over real Envoy, auth server and Redis
+	cd tests && $(PY) -m pytest -q -p no:cacheprovider e2e
+
+# ---------------------------------------------------------------- chart, GitOps, images
+.PHONY: test-chart lint-docker package
+CHART_DIR := $(ROOT)/chart
+DIST      := $(ROOT)/dist
+
+test-chart: venv deps-apt build-filter ## Helm chart, Argo CD, k8s/ and Dockerfiles: render, lint, schemas, checkov, PSS, NetworkPolicies, real Redis and Envoy
+	cd tests && $(PY) -m pytest -q -p no:cacheprovider chart
+
+lint-docker: venv ## hadolint on the Dockerfiles (they are built by the release workflow, not here)
+	$(VENV)/bin/hadolint --failure-threshold info authserver/Dockerfile plugin/Dockerfile
+
+package: venv ## the chart archive in dist/ (helm package through Helm's SDK)
+	@mkdir -p $(DIST)
+	$(PY) -c 'import helm_python as h; print(h.package("$(CHART_DIR)", destination="$(DIST)"))'
+
+# ---------------------------------------------------------------- benchmarks
+.PHONY: bench bench-authserver bench-gateway
+bench: bench-authserver bench-gateway ## every benchmark, with peers measured in the same run
+
+BENCH_DIR  := $(ROOT)/tests/bench
+PEER_DIR   := $(BENCH_DIR)/peers/oidc-provider
+
+# matplotlib etc. only for the benchmarks, so that `make test` stays light
+$(VENV)/.bench-stamp: $(VENV)/.stamp tests/bench/requirements.txt
+	@$(PY) -m pip install -q -r tests/bench/requirements.txt
+	@touch $@
+
+# node oidc-provider, pinned by its package-lock.json (node_modules is git-ignored)
+$(PEER_DIR)/node_modules/.installed: $(PEER_DIR)/package-lock.json
+	cd $(PEER_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+bench-authserver: deps-apt venv $(VENV)/.bench-stamp build-authserver $(PEER_DIR)/node_modules/.installed ## auth server vs node oidc-provider (tokens/s, introspections/s)
+	cd $(BENCH_DIR) && $(PY) bench_authserver.py
+	cd $(BENCH_DIR) && $(PY) report.py
+
+bench-gateway: deps-apt venv $(VENV)/.bench-stamp build-authserver build-filter ## Envoy: no auth vs native jwt_authn vs Tollgate filter
+	cd $(BENCH_DIR) && $(PY) bench_gateway.py
+	cd $(BENCH_DIR) && $(PY) report.py

@@ -1,0 +1,193 @@
+//! Client registration rules (RFC 7591 §2): metadata validation and defaults, shared by the
+//! registration endpoint and `authserver init`.
+
+use serde_json::Value;
+
+use crate::error::OAuthError;
+use crate::form::parse_scope;
+use crate::store::ClientMetadata;
+
+pub const GRANT_TYPES: &[&str] = &[
+    "client_credentials",
+    "authorization_code",
+    "refresh_token",
+    "urn:ietf:params:oauth:grant-type:token-exchange",
+];
+
+pub const AUTH_METHODS: &[&str] = &["client_secret_basic", "client_secret_post", "none"];
+
+/// Fields a client may not set itself in its metadata.
+const SERVER_FIELDS: &[&str] = &[
+    "client_id",
+    "client_secret",
+    "client_id_issued_at",
+    "client_secret_expires_at",
+    "registration_access_token",
+    "registration_client_uri",
+];
+
+/// Longest per-client access-token lifetime, seconds (keys stay published this long after
+/// retirement).
+pub const MAX_ACCESS_TOKEN_TTL: u64 = 3600;
+
+fn bad(msg: impl Into<String>) -> OAuthError {
+    OAuthError::InvalidClientMetadata(msg.into())
+}
+
+/// Is this a redirect URI we accept at registration: absolute, no fragment, `https`, or
+/// `http` on a loopback host (RFC 8252 §7.3), or a private-use scheme with a dot (§7.1).
+pub fn valid_redirect_uri(u: &str) -> bool {
+    let Ok(url) = url::Url::parse(u) else {
+        return false;
+    };
+    if url.fragment().is_some() || u.len() > 2048 {
+        return false;
+    }
+    match url.scheme() {
+        "https" => url.host_str().is_some(),
+        "http" => matches!(
+            url.host_str(),
+            Some("127.0.0.1") | Some("[::1]") | Some("localhost")
+        ),
+        s => s.contains('.'),
+    }
+}
+
+/// Validate registration metadata and fill defaults. `value` is the request body.
+pub fn validate(value: Value) -> Result<ClientMetadata, OAuthError> {
+    let Value::Object(mut obj) = value else {
+        return Err(bad("metadata must be a JSON object"));
+    };
+    for f in SERVER_FIELDS {
+        obj.remove(*f);
+    }
+    let mut md: ClientMetadata = serde_json::from_value(Value::Object(obj))
+        .map_err(|e| bad(format!("malformed metadata: {e}")))?;
+    if md.grant_types.is_empty() {
+        md.grant_types = if md.redirect_uris.is_empty() {
+            vec!["client_credentials".into()]
+        } else {
+            vec!["authorization_code".into()]
+        };
+    }
+    for g in &md.grant_types {
+        if !GRANT_TYPES.contains(&g.as_str()) {
+            return Err(bad(format!("unsupported grant type {g:?}")));
+        }
+    }
+    if md.token_endpoint_auth_method.is_empty() {
+        md.token_endpoint_auth_method = "client_secret_basic".into();
+    }
+    if !AUTH_METHODS.contains(&md.token_endpoint_auth_method.as_str()) {
+        return Err(bad(format!(
+            "unsupported token_endpoint_auth_method {:?}",
+            md.token_endpoint_auth_method
+        )));
+    }
+    if md.token_endpoint_auth_method == "none"
+        && md.grant_types.iter().any(|g| g == "client_credentials")
+    {
+        return Err(bad("client_credentials needs a confidential client"));
+    }
+    let uses_code = md.grant_types.iter().any(|g| g == "authorization_code");
+    if uses_code && md.redirect_uris.is_empty() {
+        return Err(OAuthError::InvalidRedirectUri(
+            "authorization_code needs redirect_uris".into(),
+        ));
+    }
+    if let Some(u) = md.redirect_uris.iter().find(|u| !valid_redirect_uri(u)) {
+        return Err(OAuthError::InvalidRedirectUri(format!(
+            "redirect URI {:?} is not absolute https, loopback http or a private-use scheme, or has a fragment",
+            u.chars().take(200).collect::<String>()
+        )));
+    }
+    if md.response_types.is_empty() && uses_code {
+        md.response_types = vec!["code".into()];
+    }
+    if let Some(r) = md.response_types.iter().find(|r| r.as_str() != "code") {
+        return Err(bad(format!("unsupported response type {r:?}")));
+    }
+    let scopes = parse_scope(&md.scope).map_err(|_| bad("malformed scope"))?;
+    md.scope = scopes.join(" ");
+    if md.access_token_format.is_empty() {
+        md.access_token_format = "jwt".into();
+    }
+    if md.access_token_format != "jwt" && md.access_token_format != "opaque" {
+        return Err(bad("access_token_format must be jwt or opaque"));
+    }
+    if let Some(ttl) = md.access_token_ttl {
+        if ttl == 0 || ttl > MAX_ACCESS_TOKEN_TTL {
+            return Err(bad(format!(
+                "access_token_ttl must be between 1 and {MAX_ACCESS_TOKEN_TTL}"
+            )));
+        }
+    }
+    if md.audience.iter().any(|a| a.is_empty() || a.len() > 512) {
+        return Err(bad("audience entries must be non-empty strings"));
+    }
+    if let Some(name) = &md.client_name {
+        if name.len() > 256 {
+            return Err(bad("client_name is too long"));
+        }
+    }
+    if let Some(v) = md.extra.get("rate_limit_per_minute") {
+        if !v.is_u64() {
+            return Err(bad("rate_limit_per_minute must be a non-negative integer"));
+        }
+    }
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_for_a_service_client() {
+        let md = validate(json!({"client_name": "svc", "scope": "a b"})).unwrap();
+        assert_eq!(md.grant_types, vec!["client_credentials"]);
+        assert_eq!(md.token_endpoint_auth_method, "client_secret_basic");
+        assert_eq!(md.access_token_format, "jwt");
+    }
+
+    #[test]
+    fn server_fields_are_ignored() {
+        let md = validate(json!({"client_id": "mine", "client_secret": "x"})).unwrap();
+        assert!(!md.extra.contains_key("client_id"));
+        assert!(!md.extra.contains_key("client_secret"));
+    }
+
+    #[test]
+    fn rejects_bad_metadata() {
+        for v in [
+            json!([]),
+            json!({"grant_types": ["password"]}),
+            json!({"grant_types": ["implicit"]}),
+            json!({"token_endpoint_auth_method": "tls_client_auth"}),
+            json!({"grant_types": ["authorization_code"]}),
+            json!({"grant_types": ["authorization_code"], "redirect_uris": ["http://evil.example/cb"]}),
+            json!({"grant_types": ["authorization_code"], "redirect_uris": ["https://a/cb#frag"]}),
+            json!({"grant_types": ["authorization_code"], "redirect_uris": ["/relative"]}),
+            json!({"scope": "a\"b"}),
+            json!({"access_token_format": "saml"}),
+            json!({"access_token_ttl": 0}),
+            json!({"access_token_ttl": 100000}),
+            json!({"grant_types": "client_credentials"}),
+            json!({"token_endpoint_auth_method": "none"}),
+            json!({"response_types": ["token"], "grant_types": ["authorization_code"], "redirect_uris": ["https://a/cb"]}),
+        ] {
+            assert!(validate(v.clone()).is_err(), "{v} accepted");
+        }
+    }
+
+    #[test]
+    fn redirect_uris() {
+        assert!(valid_redirect_uri("https://app.example/cb"));
+        assert!(valid_redirect_uri("http://127.0.0.1:8000/cb"));
+        assert!(valid_redirect_uri("http://localhost/cb"));
+        assert!(valid_redirect_uri("com.example.app:/cb"));
+        assert!(!valid_redirect_uri("http://example.com/cb"));
+        assert!(!valid_redirect_uri("javascript:alert(1)"));
+    }
+}

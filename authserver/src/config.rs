@@ -1,0 +1,623 @@
+//! Configuration: command-line flags, each backed by a `TOLLGATE_*` environment variable
+//! (12-factor), over an optional YAML file (`--config` / `TOLLGATE_CONFIG_FILE`) whose keys
+//! are the variable names without the prefix, in lower case (`listen`, `access_token_ttl`).
+//! Precedence: flag > environment > file > default. docs/configuration.md lists them all.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::keys::SigningAlg;
+use crate::store::StoreUrl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {detail}")]
+    File { path: String, detail: String },
+    #[error("invalid value for {name}: {detail}")]
+    Invalid { name: &'static str, detail: String },
+}
+
+/// Settings shared by every subcommand. Every flag can also be given by its environment
+/// variable or in the config file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Settings {
+    /// YAML file with settings (keys: variable names without `TOLLGATE_`, lower case).
+    #[arg(long = "config", env = "TOLLGATE_CONFIG_FILE", global = true)]
+    pub config_file: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:9080].
+    #[arg(long, env = "TOLLGATE_LISTEN", global = true)]
+    pub listen: Option<String>,
+
+    /// Issuer identifier (`iss`), the server's public base URL [default: http://<listen>].
+    #[arg(long, env = "TOLLGATE_ISSUER", global = true)]
+    pub issuer: Option<String>,
+
+    /// Auth data store: `memory`, `redis://…/0`, `rediss://…`,
+    /// `redis+sentinel://[user:pass@]h1:p1,h2:p2/<master>[/db]`, `redis+cluster://h1:p1,…`
+    /// [default: memory].
+    #[arg(long, env = "TOLLGATE_STORE", global = true)]
+    pub store: Option<String>,
+
+    /// Service cache store (DB 1) for `cache-cleanup` [default: TOLLGATE_STORE with db 1].
+    #[arg(long, env = "TOLLGATE_CACHE_STORE", global = true)]
+    pub cache_store: Option<String>,
+
+    /// Bearer token that protects client registration and the admin API. Without it those
+    /// endpoints answer 401.
+    #[arg(
+        long,
+        env = "TOLLGATE_ADMIN_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// Key for the keyed hashes of client secrets. Set the same value on every replica;
+    /// without it a random one is created once and kept in the store.
+    #[arg(
+        long,
+        env = "TOLLGATE_SECRET_PEPPER",
+        global = true,
+        hide_env_values = true
+    )]
+    pub secret_pepper: Option<String>,
+
+    /// Default `aud` of access tokens for clients that register no audience [default: tollgate].
+    #[arg(long, env = "TOLLGATE_DEFAULT_AUDIENCE", global = true)]
+    pub default_audience: Option<String>,
+
+    /// Algorithm of new signing keys: ES256, RS256 or EdDSA [default: ES256].
+    #[arg(long, env = "TOLLGATE_SIGNING_ALG", global = true)]
+    pub signing_alg: Option<String>,
+
+    /// Seconds between publishing a rotated key and signing with it [default: 300].
+    #[arg(long, env = "TOLLGATE_KEY_ACTIVATION_DELAY", global = true)]
+    pub key_activation_delay: Option<u64>,
+
+    /// Rotate signing keys automatically every N seconds; 0 = only by `keys rotate` [default: 0].
+    #[arg(long, env = "TOLLGATE_KEY_ROTATION_INTERVAL", global = true)]
+    pub key_rotation_interval: Option<u64>,
+
+    /// Authorization code lifetime, seconds [default: 600].
+    #[arg(long, env = "TOLLGATE_AUTH_CODE_TTL", global = true)]
+    pub auth_code_ttl: Option<u64>,
+
+    /// Access token lifetime, seconds [default: 900].
+    #[arg(long, env = "TOLLGATE_ACCESS_TOKEN_TTL", global = true)]
+    pub access_token_ttl: Option<u64>,
+
+    /// Refresh token lifetime, seconds [default: 604800].
+    #[arg(long, env = "TOLLGATE_REFRESH_TOKEN_TTL", global = true)]
+    pub refresh_token_ttl: Option<u64>,
+
+    /// Login session lifetime, seconds [default: 3600].
+    #[arg(long, env = "TOLLGATE_SESSION_TTL", global = true)]
+    pub session_ttl: Option<u64>,
+
+    /// Requests per minute per client IP on endpoints that identify no client; 0 = off
+    /// [default: 100].
+    #[arg(long, env = "TOLLGATE_RATE_LIMIT_DEFAULT", global = true)]
+    pub rate_limit_default: Option<u64>,
+
+    /// Requests per minute per authenticated client; 0 = off [default: 1000].
+    #[arg(long, env = "TOLLGATE_RATE_LIMIT_PER_CLIENT", global = true)]
+    pub rate_limit_per_client: Option<u64>,
+
+    /// Failed authentications per minute per client IP before it is refused; 0 = off
+    /// [default: 50].
+    #[arg(long, env = "TOLLGATE_RATE_LIMIT_PER_IP", global = true)]
+    pub rate_limit_per_ip: Option<u64>,
+
+    /// Trust `X-Forwarded-For` from this many proxy hops for the client IP [default: 0].
+    #[arg(long, env = "TOLLGATE_TRUSTED_PROXY_HOPS", global = true)]
+    pub trusted_proxy_hops: Option<usize>,
+
+    /// Largest accepted request body, bytes [default: 65536].
+    #[arg(long, env = "TOLLGATE_MAX_BODY_BYTES", global = true)]
+    pub max_body_bytes: Option<usize>,
+
+    /// Time limit for one request, milliseconds [default: 10000].
+    #[arg(long, env = "TOLLGATE_REQUEST_TIMEOUT_MS", global = true)]
+    pub request_timeout_ms: Option<u64>,
+
+    /// Time limit for one store command, milliseconds [default: 2000].
+    #[arg(long, env = "TOLLGATE_STORE_TIMEOUT_MS", global = true)]
+    pub store_timeout_ms: Option<u64>,
+
+    /// Revocation feed length kept for edge filters; readers further behind resync
+    /// [default: 100000].
+    #[arg(long, env = "TOLLGATE_REVOCATION_FEED_MAX", global = true)]
+    pub revocation_feed_max: Option<usize>,
+
+    /// Path of the built Wasm filter to serve at /edge/module.wasm (optional).
+    #[arg(long, env = "TOLLGATE_EDGE_MODULE", global = true)]
+    pub edge_module: Option<PathBuf>,
+
+    /// Log format: `text` or `json` [default: text].
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub issuer: String,
+    #[serde(serialize_with = "ser_store")]
+    pub store: StoreUrl,
+    #[serde(serialize_with = "ser_store")]
+    pub cache_store: StoreUrl,
+    #[serde(skip)]
+    pub admin_token: Option<String>,
+    #[serde(skip)]
+    pub secret_pepper: Option<String>,
+    pub default_audience: String,
+    pub signing_alg: String,
+    pub key_activation_delay: u64,
+    pub key_rotation_interval: u64,
+    pub auth_code_ttl: u64,
+    pub access_token_ttl: u64,
+    pub refresh_token_ttl: u64,
+    pub session_ttl: u64,
+    pub rate_limit_default: u64,
+    pub rate_limit_per_client: u64,
+    pub rate_limit_per_ip: u64,
+    pub trusted_proxy_hops: usize,
+    pub max_body_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub store_timeout_ms: u64,
+    pub revocation_feed_max: usize,
+    pub edge_module: Option<PathBuf>,
+    pub log_format: String,
+}
+
+fn ser_store<S: serde::Serializer>(u: &StoreUrl, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&u.redacted())
+}
+
+fn load_file(path: &PathBuf) -> Result<BTreeMap<String, serde_yaml::Value>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    let v: BTreeMap<String, serde_yaml::Value> =
+        serde_yaml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    Ok(v)
+}
+
+const KNOWN_FILE_KEYS: &[&str] = &[
+    "listen",
+    "issuer",
+    "store",
+    "cache_store",
+    "admin_token",
+    "secret_pepper",
+    "default_audience",
+    "signing_alg",
+    "key_activation_delay",
+    "key_rotation_interval",
+    "auth_code_ttl",
+    "access_token_ttl",
+    "refresh_token_ttl",
+    "session_ttl",
+    "rate_limit_default",
+    "rate_limit_per_client",
+    "rate_limit_per_ip",
+    "trusted_proxy_hops",
+    "max_body_bytes",
+    "request_timeout_ms",
+    "store_timeout_ms",
+    "revocation_feed_max",
+    "edge_module",
+    "log_format",
+];
+
+struct FileValues(BTreeMap<String, serde_yaml::Value>);
+
+impl FileValues {
+    fn str(&self, k: &str) -> Option<String> {
+        self.0.get(k).and_then(|v| match v {
+            serde_yaml::Value::String(s) => Some(s.clone()),
+            serde_yaml::Value::Number(n) => Some(n.to_string()),
+            serde_yaml::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        })
+    }
+}
+
+fn num<T: std::str::FromStr>(
+    name: &'static str,
+    flag: Option<T>,
+    file: &FileValues,
+    key: &str,
+    default: T,
+) -> Result<T, ConfigError> {
+    if let Some(v) = flag {
+        return Ok(v);
+    }
+    match file.str(key) {
+        Some(s) => s.parse().map_err(|_| ConfigError::Invalid {
+            name,
+            detail: format!("{s:?} is not a number"),
+        }),
+        None => Ok(default),
+    }
+}
+
+/// `TOLLGATE_STORE` with db 1 for the service cache.
+fn derive_cache_store(store: &StoreUrl) -> StoreUrl {
+    match store {
+        StoreUrl::Memory => StoreUrl::Memory,
+        StoreUrl::Redis { url } => match url::Url::parse(url) {
+            Ok(mut u) => {
+                u.set_path("/1");
+                StoreUrl::Redis { url: u.to_string() }
+            }
+            Err(_) => store.clone(),
+        },
+        StoreUrl::Sentinel {
+            sentinels,
+            master,
+            username,
+            password,
+            tls,
+            ..
+        } => StoreUrl::Sentinel {
+            sentinels: sentinels.clone(),
+            master: master.clone(),
+            db: 1,
+            username: username.clone(),
+            password: password.clone(),
+            tls: *tls,
+        },
+        // Redis Cluster has only db 0: the cache lives beside the auth keys (`cache:` prefix).
+        StoreUrl::Cluster { .. } => store.clone(),
+    }
+}
+
+impl Settings {
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let file = match &self.config_file {
+            Some(p) => FileValues(load_file(p)?),
+            None => FileValues(BTreeMap::new()),
+        };
+        if let Some(unknown) = file
+            .0
+            .keys()
+            .find(|k| !KNOWN_FILE_KEYS.contains(&k.as_str()))
+        {
+            return Err(ConfigError::Invalid {
+                name: "config file",
+                detail: format!("unknown key {unknown:?}"),
+            });
+        }
+        let pick = |flag: &Option<String>, key: &str| flag.clone().or_else(|| file.str(key));
+
+        let listen_s = pick(&self.listen, "listen").unwrap_or_else(|| "127.0.0.1:9080".into());
+        let listen: SocketAddr = listen_s.parse().map_err(|_| ConfigError::Invalid {
+            name: "TOLLGATE_LISTEN",
+            detail: format!("{listen_s:?} is not host:port"),
+        })?;
+        let issuer = pick(&self.issuer, "issuer")
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_string();
+        let issuer_url = url::Url::parse(&issuer).map_err(|e| ConfigError::Invalid {
+            name: "TOLLGATE_ISSUER",
+            detail: e.to_string(),
+        })?;
+        if issuer_url.query().is_some() || issuer_url.fragment().is_some() {
+            return Err(ConfigError::Invalid {
+                name: "TOLLGATE_ISSUER",
+                detail: "must not have a query or fragment (RFC 8414)".into(),
+            });
+        }
+        let store_s = pick(&self.store, "store").unwrap_or_else(|| "memory".into());
+        let store = StoreUrl::parse(&store_s).map_err(|e| ConfigError::Invalid {
+            name: "TOLLGATE_STORE",
+            detail: e.to_string(),
+        })?;
+        let cache_store = match pick(&self.cache_store, "cache_store") {
+            Some(s) => StoreUrl::parse(&s).map_err(|e| ConfigError::Invalid {
+                name: "TOLLGATE_CACHE_STORE",
+                detail: e.to_string(),
+            })?,
+            None => derive_cache_store(&store),
+        };
+        let signing_alg = pick(&self.signing_alg, "signing_alg").unwrap_or_else(|| "ES256".into());
+        SigningAlg::parse(&signing_alg).map_err(|e| ConfigError::Invalid {
+            name: "TOLLGATE_SIGNING_ALG",
+            detail: e.to_string(),
+        })?;
+        let log_format = pick(&self.log_format, "log_format").unwrap_or_else(|| "text".into());
+        if log_format != "text" && log_format != "json" {
+            return Err(ConfigError::Invalid {
+                name: "TOLLGATE_LOG_FORMAT",
+                detail: format!("{log_format:?}: text or json"),
+            });
+        }
+        let admin_token = pick(&self.admin_token, "admin_token").filter(|t| !t.is_empty());
+        if let Some(t) = &admin_token {
+            if t.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    name: "TOLLGATE_ADMIN_TOKEN",
+                    detail: "must be at least 16 characters".into(),
+                });
+            }
+        }
+        let positive = |name: &'static str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    name,
+                    detail: "must be greater than 0".into(),
+                })
+            } else {
+                Ok(v)
+            }
+        };
+        Ok(Config {
+            listen,
+            issuer,
+            store,
+            cache_store,
+            admin_token,
+            secret_pepper: pick(&self.secret_pepper, "secret_pepper").filter(|p| !p.is_empty()),
+            default_audience: pick(&self.default_audience, "default_audience")
+                .unwrap_or_else(|| "tollgate".into()),
+            signing_alg,
+            key_activation_delay: num(
+                "TOLLGATE_KEY_ACTIVATION_DELAY",
+                self.key_activation_delay,
+                &file,
+                "key_activation_delay",
+                300,
+            )?,
+            key_rotation_interval: num(
+                "TOLLGATE_KEY_ROTATION_INTERVAL",
+                self.key_rotation_interval,
+                &file,
+                "key_rotation_interval",
+                0,
+            )?,
+            auth_code_ttl: positive(
+                "TOLLGATE_AUTH_CODE_TTL",
+                num(
+                    "TOLLGATE_AUTH_CODE_TTL",
+                    self.auth_code_ttl,
+                    &file,
+                    "auth_code_ttl",
+                    600,
+                )?,
+            )?,
+            access_token_ttl: positive(
+                "TOLLGATE_ACCESS_TOKEN_TTL",
+                num(
+                    "TOLLGATE_ACCESS_TOKEN_TTL",
+                    self.access_token_ttl,
+                    &file,
+                    "access_token_ttl",
+                    900,
+                )?,
+            )?,
+            refresh_token_ttl: positive(
+                "TOLLGATE_REFRESH_TOKEN_TTL",
+                num(
+                    "TOLLGATE_REFRESH_TOKEN_TTL",
+                    self.refresh_token_ttl,
+                    &file,
+                    "refresh_token_ttl",
+                    604_800,
+                )?,
+            )?,
+            session_ttl: positive(
+                "TOLLGATE_SESSION_TTL",
+                num(
+                    "TOLLGATE_SESSION_TTL",
+                    self.session_ttl,
+                    &file,
+                    "session_ttl",
+                    3600,
+                )?,
+            )?,
+            rate_limit_default: num(
+                "TOLLGATE_RATE_LIMIT_DEFAULT",
+                self.rate_limit_default,
+                &file,
+                "rate_limit_default",
+                100,
+            )?,
+            rate_limit_per_client: num(
+                "TOLLGATE_RATE_LIMIT_PER_CLIENT",
+                self.rate_limit_per_client,
+                &file,
+                "rate_limit_per_client",
+                1000,
+            )?,
+            rate_limit_per_ip: num(
+                "TOLLGATE_RATE_LIMIT_PER_IP",
+                self.rate_limit_per_ip,
+                &file,
+                "rate_limit_per_ip",
+                50,
+            )?,
+            trusted_proxy_hops: num(
+                "TOLLGATE_TRUSTED_PROXY_HOPS",
+                self.trusted_proxy_hops,
+                &file,
+                "trusted_proxy_hops",
+                0,
+            )?,
+            max_body_bytes: num(
+                "TOLLGATE_MAX_BODY_BYTES",
+                self.max_body_bytes,
+                &file,
+                "max_body_bytes",
+                65_536,
+            )?,
+            request_timeout_ms: num(
+                "TOLLGATE_REQUEST_TIMEOUT_MS",
+                self.request_timeout_ms,
+                &file,
+                "request_timeout_ms",
+                10_000,
+            )?,
+            store_timeout_ms: num(
+                "TOLLGATE_STORE_TIMEOUT_MS",
+                self.store_timeout_ms,
+                &file,
+                "store_timeout_ms",
+                2000,
+            )?,
+            revocation_feed_max: num(
+                "TOLLGATE_REVOCATION_FEED_MAX",
+                self.revocation_feed_max,
+                &file,
+                "revocation_feed_max",
+                100_000,
+            )?,
+            edge_module: self
+                .edge_module
+                .clone()
+                .or_else(|| file.str("edge_module").map(PathBuf::from)),
+            log_format,
+        })
+    }
+}
+
+impl Config {
+    /// Values that `auth_config` in the store may override at run time (set by `init`).
+    pub fn apply_store_overrides(&mut self, m: &BTreeMap<String, String>) {
+        let set = |target: &mut u64, key: &str| {
+            if let Some(v) = m.get(key).and_then(|v| v.parse::<u64>().ok()) {
+                *target = v;
+            }
+        };
+        set(&mut self.auth_code_ttl, "auth_code_ttl");
+        set(&mut self.access_token_ttl, "access_token_ttl");
+        set(&mut self.refresh_token_ttl, "refresh_token_ttl");
+        set(&mut self.session_ttl, "session_ttl");
+        set(&mut self.rate_limit_default, "rate_limit_default");
+        set(&mut self.rate_limit_per_client, "rate_limit_per_client");
+        set(&mut self.rate_limit_per_ip, "rate_limit_per_ip");
+    }
+
+    /// For tests: a configuration with defaults.
+    pub fn for_tests() -> Config {
+        let mut c = Settings::default()
+            .resolve()
+            .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"));
+        c.admin_token = Some("test-admin-token-0123456789".into());
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = Settings::default().resolve().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9080");
+        assert_eq!(c.issuer, "http://127.0.0.1:9080");
+        assert_eq!(c.store, StoreUrl::Memory);
+        assert_eq!(
+            (
+                c.auth_code_ttl,
+                c.access_token_ttl,
+                c.refresh_token_ttl,
+                c.session_ttl
+            ),
+            (600, 900, 604_800, 3600)
+        );
+        assert_eq!(
+            (
+                c.rate_limit_default,
+                c.rate_limit_per_client,
+                c.rate_limit_per_ip
+            ),
+            (100, 1000, 50)
+        );
+        assert_eq!(c.signing_alg, "ES256");
+    }
+
+    #[test]
+    fn file_values_are_used_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, "access_token_ttl: 60\nlisten: 127.0.0.1:1234\n").unwrap();
+        let s = Settings {
+            config_file: Some(p.clone()),
+            listen: Some("127.0.0.1:5555".into()),
+            ..Default::default()
+        };
+        let c = s.resolve().unwrap();
+        assert_eq!(c.access_token_ttl, 60);
+        assert_eq!(c.listen.port(), 5555);
+        std::fs::write(&p, "acces_token_ttl: 60\n").unwrap();
+        let err = Settings {
+            config_file: Some(p),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("acces_token_ttl"));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let bad = [
+            Settings {
+                listen: Some("nope".into()),
+                ..Default::default()
+            },
+            Settings {
+                store: Some("mongodb://x".into()),
+                ..Default::default()
+            },
+            Settings {
+                signing_alg: Some("HS256".into()),
+                ..Default::default()
+            },
+            Settings {
+                admin_token: Some("short".into()),
+                ..Default::default()
+            },
+            Settings {
+                access_token_ttl: Some(0),
+                ..Default::default()
+            },
+            Settings {
+                issuer: Some("https://x/?q=1".into()),
+                ..Default::default()
+            },
+        ];
+        for s in bad {
+            assert!(s.resolve().is_err(), "{s:?} accepted");
+        }
+    }
+
+    #[test]
+    fn cache_store_defaults_to_db_1() {
+        let c = Settings {
+            store: Some("redis://127.0.0.1:6379/0".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            c.cache_store,
+            StoreUrl::Redis {
+                url: "redis://127.0.0.1:6379/1".into()
+            }
+        );
+    }
+}

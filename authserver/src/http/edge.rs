@@ -1,0 +1,95 @@
+//! Endpoints for the edge filters: the revocation feed and the built Wasm module.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::error::OAuthError;
+
+use super::introspect::has_scope;
+use super::{client_auth, json_no_store, SharedState};
+
+const DEFAULT_PAGE: usize = 1000;
+const MAX_PAGE: usize = 10_000;
+
+/// `GET /edge/revocations?since=<cursor>[&limit=N]`: revoked `jti`s with their expiry.
+/// Callers: the admin token, or a client registered with scope `tollgate:edge`.
+pub async fn revocations(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let r = async {
+        if !client_auth::is_admin(&state, &headers) {
+            let client = client_auth::authenticate(&state, &headers, Some(peer), None).await?;
+            if !has_scope(&client, "tollgate:edge") {
+                return Err(OAuthError::InsufficientScope(
+                    "the revocation feed needs a client with scope tollgate:edge".into(),
+                ));
+            }
+        }
+        let since = match q.get("since").map(String::as_str) {
+            None | Some("") => None,
+            Some(s) => Some(s.parse::<u64>().map_err(|_| {
+                OAuthError::InvalidRequest("since must be a cursor returned by this feed".into())
+            })?),
+        };
+        let limit = match q.get("limit") {
+            None => DEFAULT_PAGE,
+            Some(l) => l
+                .parse::<usize>()
+                .ok()
+                .filter(|l| (1..=MAX_PAGE).contains(l))
+                .ok_or_else(|| {
+                    OAuthError::InvalidRequest(format!("limit must be 1..={MAX_PAGE}"))
+                })?,
+        };
+        let page = state.store.revocation_feed(since, limit).await?;
+        let more = !page.resync && page.entries.len() >= limit;
+        Ok(json_no_store(
+            StatusCode::OK,
+            &json!({
+                "cursor": page.cursor.to_string(),
+                "resync": page.resync,
+                "more": more,
+                "revocations": page.entries,
+            }),
+        ))
+    }
+    .await;
+    r.unwrap_or_else(|e: OAuthError| e.into_response())
+}
+
+/// `GET /edge/module.wasm`: the filter module, for clusters without an OCI registry.
+pub async fn module(State(state): State<SharedState>) -> Response {
+    match &state.edge_module {
+        Some(m) => {
+            let mut r = (StatusCode::OK, m.bytes.clone()).into_response();
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/wasm"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", m.sha256)) {
+                h.insert(header::ETAG, v);
+            }
+            r
+        }
+        None => OAuthError::NotFound("no edge module is configured (TOLLGATE_EDGE_MODULE)".into())
+            .into_response(),
+    }
+}
+
+/// `GET /edge/module.wasm.sha256`: hex SHA-256 of the module (pin it in the WasmPlugin).
+pub async fn module_sha256(State(state): State<SharedState>) -> Response {
+    match &state.edge_module {
+        Some(m) => (StatusCode::OK, format!("{}\n", m.sha256)).into_response(),
+        None => OAuthError::NotFound("no edge module is configured (TOLLGATE_EDGE_MODULE)".into())
+            .into_response(),
+    }
+}

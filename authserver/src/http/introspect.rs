@@ -1,0 +1,85 @@
+//! `POST /oauth2/introspect` (RFC 7662). The caller authenticates as a client. A client may
+//! introspect its own tokens; clients registered with scope `tollgate:introspect` or
+//! `tollgate:edge` (gateways) may introspect any token. Anything else is `active: false`.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::error::OAuthError;
+use crate::form::Params;
+use crate::store::{now_secs, ClientRecord};
+use crate::tokens;
+
+use super::{client_auth, json_no_store, SharedState};
+
+pub fn has_scope(client: &ClientRecord, scope: &str) -> bool {
+    client.metadata.scope.split(' ').any(|s| s == scope)
+}
+
+pub async fn introspect(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match handle(&state, &headers, Some(peer), &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(
+    state: &SharedState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    body: &[u8],
+) -> Result<Response, OAuthError> {
+    let params = Params::from_request(headers, body)?;
+    let caller = client_auth::authenticate(state, headers, peer, Some(&params)).await?;
+    let token = params.require("token")?;
+    state.stat("introspections");
+    let inactive = || {
+        metrics::counter!("tollgate_introspections_total", "active" => "false").increment(1);
+        Ok(json_no_store(StatusCode::OK, &json!({"active": false})))
+    };
+    let Some((rec, revoked)) = tokens::lookup(state, token).await? else {
+        return inactive();
+    };
+    let now = now_secs();
+    if revoked || rec.exp <= now {
+        return inactive();
+    }
+    let privileged =
+        has_scope(&caller, "tollgate:introspect") || has_scope(&caller, "tollgate:edge");
+    if rec.client_id != caller.client_id {
+        if !privileged {
+            return inactive();
+        }
+        // A deleted client's tokens are no longer active.
+        if state.store.get_client(&rec.client_id).await?.is_none() {
+            return inactive();
+        }
+    }
+    metrics::counter!("tollgate_introspections_total", "active" => "true").increment(1);
+    let mut body = json!({
+        "active": true,
+        "iss": state.cfg.issuer,
+        "sub": rec.sub,
+        "client_id": rec.client_id,
+        "aud": rec.aud,
+        "exp": rec.exp,
+        "iat": rec.iat,
+        "nbf": rec.iat,
+        "jti": rec.jti,
+        "token_type": "Bearer",
+    });
+    if !rec.scope.is_empty() {
+        body["scope"] = json!(rec.scope);
+    }
+    Ok(json_no_store(StatusCode::OK, &body))
+}

@@ -1,0 +1,64 @@
+//! RFC 8414 metadata and the RFC 7517 JWK Set.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::store::now_secs;
+
+use super::SharedState;
+
+fn metadata(state: &SharedState) -> Value {
+    let iss = &state.cfg.issuer;
+    json!({
+        "issuer": iss,
+        "token_endpoint": format!("{iss}/oauth2/token"),
+        "jwks_uri": format!("{iss}/oauth2/jwks"),
+        "introspection_endpoint": format!("{iss}/oauth2/introspect"),
+        "revocation_endpoint": format!("{iss}/oauth2/revoke"),
+        "registration_endpoint": format!("{iss}/oauth2/register"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_signing_alg_values_supported": [],
+        "scopes_supported": [],
+        "access_token_signing_alg_values_supported": [state.keys().active(now_secs()).map(|k| k.alg.as_str()).unwrap_or("ES256")],
+        "service_documentation": "https://github.com/tollgate-auth/tollgate/tree/main/docs",
+        "tollgate_revocation_feed_endpoint": format!("{iss}/edge/revocations"),
+    })
+}
+
+pub async fn authorization_server(State(state): State<SharedState>) -> Response {
+    cached(Json(metadata(&state)).into_response(), 300)
+}
+
+pub async fn openid_configuration(State(state): State<SharedState>) -> Response {
+    let mut m = metadata(&state);
+    // OpenID Provider Metadata requires these; Tollgate issues no ID tokens for
+    // client_credentials but discovery clients expect the document to be well-formed.
+    m["subject_types_supported"] = json!(["public"]);
+    m["id_token_signing_alg_values_supported"] = json!(["ES256"]);
+    cached(Json(m).into_response(), 300)
+}
+
+pub async fn jwks(State(state): State<SharedState>) -> Response {
+    let body = state.keys().jwks(now_secs(), state.max_token_ttl());
+    let mut r = Json(body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jwk-set+json"),
+    );
+    // Short: a rotated key must reach caches well before it signs.
+    cached(r, 60)
+}
+
+fn cached(mut r: Response, secs: u32) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={secs}")) {
+        r.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
+    r
+}

@@ -1,0 +1,231 @@
+//! The HTTP surface: one module per endpoint family, a router, and the middleware every
+//! request passes (body limit, timeout, metrics, uniform JSON errors).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::error::OAuthError;
+use crate::state::AppState;
+
+pub mod admin;
+pub mod client_auth;
+pub mod edge;
+pub mod health;
+pub mod introspect;
+pub mod metadata;
+pub mod register;
+pub mod revoke;
+pub mod token;
+
+pub type SharedState = Arc<AppState>;
+
+/// The process-wide Prometheus recorder.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("duration_seconds".into()),
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            )
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first (tests); keep the handle.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// The router with every endpoint.
+pub fn router(state: SharedState) -> Router {
+    metrics_handle();
+    let body_limit = state.cfg.max_body_bytes;
+    let timeout = Duration::from_millis(state.cfg.request_timeout_ms);
+    let public = Router::new()
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(metadata::authorization_server),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(metadata::openid_configuration),
+        )
+        .route("/oauth2/jwks", get(metadata::jwks))
+        .route("/edge/module.wasm", get(edge::module))
+        .route("/edge/module.wasm.sha256", get(edge::module_sha256))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            default_rate_limit,
+        ));
+    Router::new()
+        .merge(public)
+        .route("/oauth2/token", post(token::token))
+        .route("/oauth2/introspect", post(introspect::introspect))
+        .route("/oauth2/revoke", post(revoke::revoke))
+        .route("/oauth2/register", post(register::create))
+        .route(
+            "/oauth2/register/{client_id}",
+            get(register::read)
+                .put(register::update)
+                .delete(register::delete),
+        )
+        .route("/admin/clients", get(admin::list_clients))
+        .route("/admin/stats", get(admin::stats))
+        .route("/edge/revocations", get(edge::revocations))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn(uniform_errors))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(timeout, request_timeout))
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
+async fn not_found() -> OAuthError {
+    OAuthError::NotFound("no such endpoint".into())
+}
+
+/// Bound the time of every request: a slow store or client never holds a request forever.
+async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => OAuthError::TemporarilyUnavailable("request timed out".into()).into_response(),
+    }
+}
+
+/// Turn the framework's own plain-text rejections (405, 413, 415, 400 from extractors) into
+/// RFC 6749 JSON errors, so every error has the same shape.
+async fn uniform_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    if is_json {
+        return resp;
+    }
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    let mut out = match status {
+        StatusCode::METHOD_NOT_ALLOWED => OAuthError::MethodNotAllowed.into_response(),
+        StatusCode::PAYLOAD_TOO_LARGE => OAuthError::PayloadTooLarge.into_response(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            OAuthError::UnsupportedMediaType("unsupported content type".into()).into_response()
+        }
+        StatusCode::NOT_FOUND => OAuthError::NotFound("not found".into()).into_response(),
+        s if s.is_server_error() => OAuthError::ServerError(format!("status {s}")).into_response(),
+        _ => OAuthError::InvalidRequest("malformed request".into()).into_response(),
+    };
+    if let Some(a) = allow {
+        out.headers_mut().insert(header::ALLOW, a);
+    }
+    out
+}
+
+/// Request metrics by route template (never by raw path: no unbounded label values).
+async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    let labels = [
+        ("method", method.as_str().to_string()),
+        ("route", route.clone()),
+        ("status", status),
+    ];
+    metrics::counter!("tollgate_http_requests_total", &labels).increment(1);
+    metrics::histogram!("tollgate_http_request_duration_seconds", "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// The client's IP: the TCP peer, or the address `trusted_proxy_hops` hops from the right
+/// of `X-Forwarded-For` when proxies in front are trusted.
+pub fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>, hops: usize) -> String {
+    if hops > 0 {
+        let xff: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if xff.len() >= hops {
+            if let Ok(ip) = xff[xff.len() - hops].parse::<IpAddr>() {
+                return ip.to_string();
+            }
+        }
+    }
+    peer.map(|p| p.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn peer_of(req: &Request) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
+/// Per-IP limit on the public, unauthenticated endpoints (`rate_limit_default`/min).
+async fn default_rate_limit(
+    State(state): State<SharedState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let limit = state.cfg.rate_limit_default;
+    if limit > 0 {
+        let ip = client_ip(req.headers(), peer_of(&req), state.cfg.trusted_proxy_hops);
+        match state.store.rate_limit(&format!("ip:{ip}"), limit, 60).await {
+            Ok(d) if !d.allowed => {
+                metrics::counter!("tollgate_rate_limited_total", "kind" => "ip").increment(1);
+                return OAuthError::RateLimited {
+                    retry_after: d.reset_after,
+                }
+                .into_response();
+            }
+            Ok(_) => {}
+            // Fail open on the rate limiter only: these endpoints are public and cacheable.
+            Err(e) => tracing::warn!(error = %e, "rate limiter unavailable"),
+        }
+    }
+    next.run(req).await
+}
+
+/// A JSON response with `Cache-Control: no-store` (RFC 6749 §5.1).
+pub fn json_no_store(status: StatusCode, body: &serde_json::Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = (status, Body::from(bytes)).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}

@@ -1,0 +1,189 @@
+//! Dynamic client registration (RFC 7591) and management (RFC 7592). Creating a client
+//! needs the admin token; reading, updating and deleting accept the admin token or the
+//! client's own registration access token.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use crate::clients;
+use crate::crypto;
+use crate::error::OAuthError;
+use crate::store::{now_secs, ClientRecord, StoreError};
+
+use super::{client_auth, json_no_store, SharedState};
+
+fn client_json(state: &SharedState, c: &ClientRecord) -> Value {
+    let mut v = serde_json::to_value(&c.metadata).unwrap_or_else(|_| json!({}));
+    v["client_id"] = json!(c.client_id);
+    v["client_id_issued_at"] = json!(c.created_at);
+    if c.secret_hash.is_some() {
+        v["client_secret_expires_at"] = json!(0);
+    }
+    v["registration_client_uri"] = json!(format!(
+        "{}/oauth2/register/{}",
+        state.cfg.issuer, c.client_id
+    ));
+    v
+}
+
+pub async fn create(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        client_auth::require_admin(&state, &headers, Some(peer)).await?;
+        let md = clients::validate(crate::json::from_request(&headers, &body)?)?;
+        let now = now_secs();
+        let secret = (md.token_endpoint_auth_method != "none").then(crypto::new_client_secret);
+        let reg_token = crypto::random_b64(32);
+        let client = ClientRecord {
+            client_id: crypto::random_b64(16),
+            secret_hash: secret
+                .as_ref()
+                .map(|s| crypto::secret_hash(&state.pepper, s)),
+            registration_token_hash: Some(crypto::secret_hash(&state.pepper, &reg_token)),
+            metadata: md,
+            created_at: now,
+            updated_at: now,
+        };
+        state
+            .store
+            .create_client(&client)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => OAuthError::ServerError("client id collision".into()),
+                other => other.into(),
+            })?;
+        state.stat("clients_registered");
+        tracing::info!(client_id = %client.client_id, "client registered");
+        let mut v = client_json(&state, &client);
+        if let Some(s) = secret {
+            v["client_secret"] = json!(s);
+        }
+        v["registration_access_token"] = json!(reg_token);
+        Ok::<_, OAuthError>(json_no_store(StatusCode::CREATED, &v))
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Admin token, or the registration access token of this very client (RFC 7592 §3).
+async fn authorize_for(
+    state: &SharedState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    client_id: &str,
+) -> Result<ClientRecord, OAuthError> {
+    if client_auth::is_admin(state, headers) {
+        return state
+            .store
+            .get_client(client_id)
+            .await?
+            .ok_or_else(|| OAuthError::NotFound("no such client".into()));
+    }
+    let token = client_auth::bearer(headers);
+    let client = state.store.get_client(client_id).await?;
+    let ok = match (&client, token) {
+        (Some(c), Some(t)) => c
+            .registration_token_hash
+            .as_deref()
+            .is_some_and(|h| crypto::verify_secret(&state.pepper, t, h)),
+        _ => false,
+    };
+    match (ok, client) {
+        (true, Some(c)) => Ok(c),
+        _ => {
+            // Same answer whether the client exists or not (RFC 7592 §3).
+            client_auth::require_admin(state, headers, Some(peer)).await?;
+            Err(OAuthError::InvalidToken(
+                "invalid registration access token".into(),
+            ))
+        }
+    }
+}
+
+pub async fn read(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(client_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match authorize_for(&state, &headers, peer, &client_id).await {
+        Ok(c) => json_no_store(StatusCode::OK, &client_json(&state, &c)),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn update(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(client_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        let existing = authorize_for(&state, &headers, peer, &client_id).await?;
+        let v = crate::json::from_request(&headers, &body)?;
+        // RFC 7592 §2.2: the body carries the client_id, which must match.
+        match v.get("client_id").and_then(Value::as_str) {
+            Some(id) if id == client_id => {}
+            _ => {
+                return Err(OAuthError::InvalidRequest(
+                    "body client_id must match the client being updated".into(),
+                ))
+            }
+        }
+        if let Some(s) = v.get("client_secret").and_then(Value::as_str) {
+            if !existing
+                .secret_hash
+                .as_deref()
+                .is_some_and(|h| crypto::verify_secret(&state.pepper, s, h))
+            {
+                return Err(OAuthError::InvalidRequest(
+                    "client_secret does not match".into(),
+                ));
+            }
+        }
+        let md = clients::validate(v)?;
+        if (md.token_endpoint_auth_method == "none") != existing.secret_hash.is_none() {
+            return Err(OAuthError::InvalidClientMetadata(
+                "a client cannot switch between public and confidential".into(),
+            ));
+        }
+        let updated = ClientRecord {
+            metadata: md,
+            updated_at: now_secs(),
+            ..existing
+        };
+        state.store.put_client(&updated).await?;
+        Ok(json_no_store(
+            StatusCode::OK,
+            &client_json(&state, &updated),
+        ))
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn delete(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(client_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        authorize_for(&state, &headers, peer, &client_id).await?;
+        state.store.delete_client(&client_id).await?;
+        tracing::info!(client_id = %client_id, "client deleted");
+        Ok::<_, OAuthError>(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}

@@ -1,0 +1,70 @@
+//! `POST /oauth2/revoke` (RFC 7009). A client revokes its own tokens; an unknown or
+//! already invalid token is answered 200 as the RFC requires. A revoked access token's
+//! `jti` is blacklisted until it expires and published on the edge revocation feed.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::OAuthError;
+use crate::form::{sanitize, Params};
+use crate::tokens;
+
+use super::introspect::has_scope;
+use super::{client_auth, SharedState};
+
+pub async fn revoke(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match handle(&state, &headers, Some(peer), &body).await {
+        Ok(()) => {
+            let mut r = StatusCode::OK.into_response();
+            r.headers_mut().insert(
+                axum::http::header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(
+    state: &SharedState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    body: &[u8],
+) -> Result<(), OAuthError> {
+    let params = Params::from_request(headers, body)?;
+    let caller = client_auth::authenticate(state, headers, peer, Some(&params)).await?;
+    let token = params.require("token")?;
+    match params.get("token_type_hint") {
+        None | Some("access_token") | Some("refresh_token") => {}
+        Some(other) => {
+            return Err(OAuthError::UnsupportedTokenType(format!(
+                "token_type_hint {} is not supported",
+                sanitize(other)
+            )))
+        }
+    }
+    let Some((rec, _revoked)) = tokens::lookup(state, token).await? else {
+        return Ok(());
+    };
+    if rec.client_id != caller.client_id && !has_scope(&caller, "tollgate:revoke") {
+        // RFC 7009 §2.1: the token was not issued to this client; refuse.
+        return Err(OAuthError::UnauthorizedClient(
+            "the token was not issued to this client".into(),
+        ));
+    }
+    if state.store.revoke_access_token(&rec.jti, rec.exp).await? {
+        metrics::counter!("tollgate_revocations_total").increment(1);
+        tracing::info!(client_id = %caller.client_id, token_client = %rec.client_id, "access token revoked");
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! `POST /oauth2/token`: authenticate the client, dispatch on `grant_type`.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::OAuthError;
+use crate::form::{sanitize, Params};
+use crate::grants;
+
+use super::{client_auth, json_no_store, SharedState};
+
+pub async fn token(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match handle(&state, &headers, Some(peer), &body).await {
+        Ok(r) => r,
+        Err(e) => {
+            metrics::counter!("tollgate_token_errors_total", "error" => e.code()).increment(1);
+            state.stat("token_errors");
+            e.into_response()
+        }
+    }
+}
+
+async fn handle(
+    state: &SharedState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    body: &[u8],
+) -> Result<Response, OAuthError> {
+    let params = Params::from_request(headers, body)?;
+    let grant_type = params.require("grant_type")?.to_string();
+    let client = client_auth::authenticate(state, headers, peer, Some(&params)).await?;
+    let body = match grant_type.as_str() {
+        "client_credentials" => grants::client_credentials::handle(state, &client, &params).await?,
+        other => {
+            return Err(OAuthError::UnsupportedGrantType(format!(
+                "grant_type {} is not supported",
+                sanitize(other)
+            )))
+        }
+    };
+    Ok(json_no_store(StatusCode::OK, &body))
+}

@@ -1,0 +1,351 @@
+//! Signing keys: generation (ES256, RS256, EdDSA), the JWK Set, and the key ring that picks
+//! the signing key. Keys live in the store so that all replicas agree; a new key is
+//! published in the JWKS before it signs, and an old key stays published until every token
+//! it signed has expired.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::store::StoredKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("unsupported signing algorithm {0:?} (ES256, RS256, EdDSA)")]
+    UnsupportedAlg(String),
+    #[error("key generation failed: {0}")]
+    Generate(String),
+    #[error("stored key {kid} is unusable: {detail}")]
+    BadKey { kid: String, detail: String },
+    #[error("no signing key is active")]
+    NoActiveKey,
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+/// The algorithms the server signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningAlg {
+    ES256,
+    RS256,
+    EdDSA,
+}
+
+impl SigningAlg {
+    pub fn parse(s: &str) -> Result<SigningAlg, KeyError> {
+        match s {
+            "ES256" | "es256" => Ok(SigningAlg::ES256),
+            "RS256" | "rs256" => Ok(SigningAlg::RS256),
+            "EdDSA" | "eddsa" | "Ed25519" => Ok(SigningAlg::EdDSA),
+            other => Err(KeyError::UnsupportedAlg(other.to_string())),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SigningAlg::ES256 => "ES256",
+            SigningAlg::RS256 => "RS256",
+            SigningAlg::EdDSA => "EdDSA",
+        }
+    }
+
+    fn jwt_alg(&self) -> Algorithm {
+        match self {
+            SigningAlg::ES256 => Algorithm::ES256,
+            SigningAlg::RS256 => Algorithm::RS256,
+            SigningAlg::EdDSA => Algorithm::EdDSA,
+        }
+    }
+}
+
+fn b64(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+/// RFC 7638 thumbprint of the required members, in lexicographic order.
+fn thumbprint(required: &[(&str, &str)]) -> String {
+    let mut canon = String::from("{");
+    for (i, (k, v)) in required.iter().enumerate() {
+        if i > 0 {
+            canon.push(',');
+        }
+        canon.push_str(&format!("\"{k}\":\"{v}\""));
+    }
+    canon.push('}');
+    b64(&Sha256::digest(canon.as_bytes()))
+}
+
+/// Public JWK (with `kid`, `alg`, `use`) and RFC 7638 kid of a PKCS#8 private key.
+pub fn public_jwk(alg: SigningAlg, private_pem: &str) -> Result<(String, Value), KeyError> {
+    use p256::pkcs8::DecodePrivateKey;
+    let bad = |d: String| KeyError::BadKey {
+        kid: String::new(),
+        detail: d,
+    };
+    let (kid, mut jwk) = match alg {
+        SigningAlg::ES256 => {
+            let sk =
+                p256::SecretKey::from_pkcs8_pem(private_pem).map_err(|e| bad(e.to_string()))?;
+            let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(
+                &sk.public_key(),
+                false,
+            );
+            let (x, y) = match (point.x(), point.y()) {
+                (Some(x), Some(y)) => (b64(x), b64(y)),
+                _ => return Err(bad("bad EC point".into())),
+            };
+            let kid = thumbprint(&[("crv", "P-256"), ("kty", "EC"), ("x", &x), ("y", &y)]);
+            (kid, json!({"kty": "EC", "crv": "P-256", "x": x, "y": y}))
+        }
+        SigningAlg::RS256 => {
+            use rsa::traits::PublicKeyParts;
+            let sk =
+                rsa::RsaPrivateKey::from_pkcs8_pem(private_pem).map_err(|e| bad(e.to_string()))?;
+            let n = b64(&sk.n().to_bytes_be());
+            let e = b64(&sk.e().to_bytes_be());
+            let kid = thumbprint(&[("e", &e), ("kty", "RSA"), ("n", &n)]);
+            (kid, json!({"kty": "RSA", "n": n, "e": e}))
+        }
+        SigningAlg::EdDSA => {
+            let sk = ed25519_dalek::SigningKey::from_pkcs8_pem(private_pem)
+                .map_err(|e| bad(e.to_string()))?;
+            let x = b64(sk.verifying_key().as_bytes());
+            let kid = thumbprint(&[("crv", "Ed25519"), ("kty", "OKP"), ("x", &x)]);
+            (kid, json!({"kty": "OKP", "crv": "Ed25519", "x": x}))
+        }
+    };
+    if let Value::Object(m) = &mut jwk {
+        m.insert("kid".into(), Value::String(kid.clone()));
+        m.insert("use".into(), Value::String("sig".into()));
+        m.insert("alg".into(), Value::String(alg.as_str().into()));
+    }
+    Ok((kid, jwk))
+}
+
+/// Generate a new private key; returns its PKCS#8 PEM.
+pub fn generate_pem(alg: SigningAlg) -> Result<String, KeyError> {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let mut rng = rand::rngs::OsRng;
+    let pem = match alg {
+        SigningAlg::ES256 => p256::SecretKey::random(&mut rng)
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Generate(e.to_string()))?
+            .to_string(),
+        SigningAlg::RS256 => rsa::RsaPrivateKey::new(&mut rng, 2048)
+            .map_err(|e| KeyError::Generate(e.to_string()))?
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Generate(e.to_string()))?
+            .to_string(),
+        SigningAlg::EdDSA => ed25519_dalek::SigningKey::generate(&mut rng)
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Generate(e.to_string()))?
+            .to_string(),
+    };
+    Ok(pem)
+}
+
+/// A new stored key, published now and signing from `active_from`.
+pub fn new_stored_key(alg: SigningAlg, now: u64, active_from: u64) -> Result<StoredKey, KeyError> {
+    let pem = generate_pem(alg)?;
+    let (kid, _) = public_jwk(alg, &pem)?;
+    Ok(StoredKey {
+        kid,
+        alg: alg.as_str().into(),
+        private_pem: pem,
+        created_at: now,
+        active_from,
+        retire_at: None,
+    })
+}
+
+/// A key ready to sign.
+pub struct LoadedKey {
+    pub stored: StoredKey,
+    pub alg: SigningAlg,
+    pub jwk: Value,
+    encoding: EncodingKey,
+}
+
+impl LoadedKey {
+    pub fn load(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
+        let bad = |d: String| KeyError::BadKey {
+            kid: stored.kid.clone(),
+            detail: d,
+        };
+        let alg = SigningAlg::parse(&stored.alg)?;
+        let (kid, jwk) = public_jwk(alg, &stored.private_pem).map_err(|e| bad(e.to_string()))?;
+        if kid != stored.kid {
+            return Err(bad("kid does not match the key's thumbprint".into()));
+        }
+        let pem = stored.private_pem.as_bytes();
+        let encoding = match alg {
+            SigningAlg::ES256 => EncodingKey::from_ec_pem(pem),
+            SigningAlg::RS256 => EncodingKey::from_rsa_pem(pem),
+            SigningAlg::EdDSA => EncodingKey::from_ed_pem(pem),
+        }
+        .map_err(|e| bad(e.to_string()))?;
+        Ok(LoadedKey {
+            stored: stored.clone(),
+            alg,
+            jwk,
+            encoding,
+        })
+    }
+
+    /// Sign claims as an RFC 9068 access token (`typ: at+jwt`).
+    pub fn sign<T: serde::Serialize>(&self, claims: &T) -> Result<String, KeyError> {
+        let mut header = Header::new(self.alg.jwt_alg());
+        header.typ = Some("at+jwt".into());
+        header.kid = Some(self.stored.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| KeyError::Sign(e.to_string()))
+    }
+}
+
+/// All keys known to this replica, as loaded from the store.
+#[derive(Default)]
+pub struct KeyRing {
+    keys: Vec<LoadedKey>,
+}
+
+impl KeyRing {
+    /// Load every usable stored key; unusable ones are reported and skipped.
+    pub fn load(stored: &[StoredKey]) -> (KeyRing, Vec<KeyError>) {
+        let mut keys = Vec::new();
+        let mut errors = Vec::new();
+        for s in stored {
+            match LoadedKey::load(s) {
+                Ok(k) => keys.push(k),
+                Err(e) => errors.push(e),
+            }
+        }
+        // Deterministic order so that every replica picks the same active key.
+        keys.sort_by(|a, b| {
+            (a.stored.active_from, &a.stored.kid).cmp(&(b.stored.active_from, &b.stored.kid))
+        });
+        (KeyRing { keys }, errors)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn keys(&self) -> &[LoadedKey] {
+        &self.keys
+    }
+
+    /// The key that signs at `now`: the most recently activated key that is active and not
+    /// retired.
+    pub fn active(&self, now: u64) -> Option<&LoadedKey> {
+        self.keys
+            .iter()
+            .rev()
+            .find(|k| k.stored.active_from <= now && k.stored.retire_at.is_none_or(|r| r > now))
+    }
+
+    /// The next time at which the active key changes (a pending key activates or the active
+    /// one retires), so a replica can switch exactly then.
+    pub fn next_change(&self, now: u64) -> Option<u64> {
+        self.keys
+            .iter()
+            .flat_map(|k| [Some(k.stored.active_from), k.stored.retire_at])
+            .flatten()
+            .filter(|t| *t > now)
+            .min()
+    }
+
+    /// Keys to publish: every key that is not yet past retirement plus the longest token
+    /// lifetime (tokens it signed may still be presented).
+    pub fn jwks(&self, now: u64, max_token_ttl: u64) -> Value {
+        let keys: Vec<&Value> = self
+            .keys
+            .iter()
+            .filter(|k| {
+                k.stored
+                    .retire_at
+                    .is_none_or(|r| r.saturating_add(max_token_ttl) > now)
+            })
+            .map(|k| &k.jwk)
+            .collect();
+        json!({ "keys": keys })
+    }
+
+    /// Stored keys whose publication period is over and can be deleted.
+    pub fn expired(&self, now: u64, max_token_ttl: u64) -> Vec<String> {
+        self.keys
+            .iter()
+            .filter(|k| {
+                k.stored
+                    .retire_at
+                    .is_some_and(|r| r.saturating_add(max_token_ttl) <= now)
+            })
+            .map(|k| k.stored.kid.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{decode, decode_header, DecodingKey, Validation};
+
+    fn roundtrip(alg: SigningAlg) {
+        let stored = new_stored_key(alg, 100, 100).unwrap();
+        let k = LoadedKey::load(&stored).unwrap();
+        let token = k
+            .sign(&json!({"sub": "x", "exp": 4_000_000_000u64, "aud": "a"}))
+            .unwrap();
+        let h = decode_header(&token).unwrap();
+        assert_eq!(h.typ.as_deref(), Some("at+jwt"));
+        assert_eq!(h.kid.as_deref(), Some(stored.kid.as_str()));
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(k.jwk.clone()).unwrap();
+        let dk = DecodingKey::from_jwk(&jwk).unwrap();
+        let mut v = Validation::new(alg.jwt_alg());
+        v.set_audience(&["a"]);
+        let data = decode::<Value>(&token, &dk, &v).unwrap();
+        assert_eq!(data.claims["sub"], "x");
+    }
+
+    #[test]
+    fn es256_signs_and_verifies_with_published_jwk() {
+        roundtrip(SigningAlg::ES256);
+    }
+
+    #[test]
+    fn eddsa_signs_and_verifies_with_published_jwk() {
+        roundtrip(SigningAlg::EdDSA);
+    }
+
+    #[test]
+    fn rs256_signs_and_verifies_with_published_jwk() {
+        roundtrip(SigningAlg::RS256);
+    }
+
+    #[test]
+    fn kid_must_match_thumbprint() {
+        let mut stored = new_stored_key(SigningAlg::ES256, 0, 0).unwrap();
+        stored.kid = "forged".into();
+        assert!(LoadedKey::load(&stored).is_err());
+    }
+
+    #[test]
+    fn rotation_publishes_before_signing_and_retires_after_expiry() {
+        let mut old = new_stored_key(SigningAlg::ES256, 0, 0).unwrap();
+        let new = new_stored_key(SigningAlg::ES256, 100, 160).unwrap();
+        old.retire_at = Some(160);
+        let (ring, errs) = KeyRing::load(&[old.clone(), new.clone()]);
+        assert!(errs.is_empty());
+        // Before activation: the old key signs, both are published.
+        assert_eq!(ring.active(120).unwrap().stored.kid, old.kid);
+        assert_eq!(ring.jwks(120, 900)["keys"].as_array().unwrap().len(), 2);
+        assert_eq!(ring.next_change(120), Some(160));
+        // After activation: the new key signs; the old one is still published.
+        assert_eq!(ring.active(160).unwrap().stored.kid, new.kid);
+        assert_eq!(ring.jwks(1000, 900)["keys"].as_array().unwrap().len(), 2);
+        // After the last token of the old key expired it is dropped.
+        assert_eq!(ring.jwks(1060, 900)["keys"].as_array().unwrap().len(), 1);
+        assert_eq!(ring.expired(1060, 900), vec![old.kid.clone()]);
+    }
+}

@@ -1,0 +1,60 @@
+//! Tollgate's OAuth 2.0 authorization server.
+//!
+//! Layout: `http/` (one module per endpoint family) and `grants/` (one handler per grant)
+//! talk only to the [`store::Store`] trait; `store/` has the Redis and in-memory
+//! implementations; `jobs/` holds the one-shot subcommands (cleanup, init, keys, status).
+
+pub mod cli;
+pub mod clients;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod form;
+pub mod grants;
+pub mod http;
+pub mod jobs;
+pub mod json;
+pub mod keys;
+pub mod state;
+pub mod store;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use store::{
+    memory::MemoryStore, redis::RedisOptions, redis::RedisStore, ServiceCache, Store, StoreResult,
+    StoreUrl,
+};
+
+/// Open the auth data store (and the service cache on the same kind of backend).
+pub async fn open_store(url: &StoreUrl, cfg: &config::Config) -> StoreResult<Arc<dyn Store>> {
+    match url {
+        StoreUrl::Memory => Ok(Arc::new(MemoryStore::new(cfg.revocation_feed_max))),
+        other => Ok(Arc::new(
+            RedisStore::connect(other, redis_options(cfg)).await?,
+        )),
+    }
+}
+
+pub async fn open_cache(
+    url: &StoreUrl,
+    cfg: &config::Config,
+) -> StoreResult<Arc<dyn ServiceCache>> {
+    match url {
+        StoreUrl::Memory => Ok(Arc::new(MemoryStore::new(cfg.revocation_feed_max))),
+        other => Ok(Arc::new(
+            RedisStore::connect(other, redis_options(cfg)).await?,
+        )),
+    }
+}
+
+fn redis_options(cfg: &config::Config) -> RedisOptions {
+    RedisOptions {
+        response_timeout: std::time::Duration::from_millis(cfg.store_timeout_ms),
+        connect_timeout: std::time::Duration::from_millis(cfg.store_timeout_ms),
+        feed_max: cfg.revocation_feed_max,
+    }
+}
+
+#[cfg(test)]
+pub mod testutil;

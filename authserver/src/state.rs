@@ -1,0 +1,185 @@
+//! Shared server state: configuration, the store, the signing key ring and buffered
+//! counters.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::keys::{new_stored_key, KeyError, KeyRing, SigningAlg};
+use crate::store::{now_secs, Store, StoreError};
+
+/// The built filter module served at `/edge/module.wasm`.
+pub struct EdgeModule {
+    pub bytes: bytes::Bytes,
+    pub sha256: String,
+}
+
+pub struct AppState {
+    pub cfg: Config,
+    pub store: Arc<dyn Store>,
+    keys: RwLock<Arc<KeyRing>>,
+    pub pepper: Vec<u8>,
+    stats: Mutex<HashMap<&'static str, i64>>,
+    pub edge_module: Option<EdgeModule>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("cannot read edge module {path}: {detail}")]
+    EdgeModule { path: String, detail: String },
+}
+
+const PEPPER_CONFIG_KEY: &str = "secret_pepper";
+
+impl AppState {
+    /// Build the state: resolve the secret pepper, make sure a signing key exists, load the
+    /// key ring and apply `auth_config` overrides from the store.
+    pub async fn new(
+        mut cfg: Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Arc<AppState>, StartupError> {
+        let overrides = store.get_config().await?;
+        cfg.apply_store_overrides(&overrides);
+        let pepper = match &cfg.secret_pepper {
+            Some(p) => p.as_bytes().to_vec(),
+            None => match overrides.get(PEPPER_CONFIG_KEY) {
+                Some(p) => p.as_bytes().to_vec(),
+                None => {
+                    tracing::warn!(
+                        "TOLLGATE_SECRET_PEPPER is not set: using a random pepper kept in the store"
+                    );
+                    let p = crate::crypto::random_b64(32);
+                    let mut m = std::collections::BTreeMap::new();
+                    m.insert(PEPPER_CONFIG_KEY.to_string(), p);
+                    store.set_config(&m).await?;
+                    // Another replica may have raced us; read back what won.
+                    let back = store.get_config().await?;
+                    back.get(PEPPER_CONFIG_KEY)
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_bytes()
+                }
+            },
+        };
+        let edge_module = match &cfg.edge_module {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| StartupError::EdgeModule {
+                    path: path.display().to_string(),
+                    detail: e.to_string(),
+                })?;
+                let sha256 = hex::encode(Sha256::digest(&bytes));
+                Some(EdgeModule {
+                    bytes: bytes.into(),
+                    sha256,
+                })
+            }
+            None => None,
+        };
+        let state = Arc::new(AppState {
+            cfg,
+            store,
+            keys: RwLock::new(Arc::new(KeyRing::default())),
+            pepper,
+            stats: Mutex::new(HashMap::new()),
+            edge_module,
+        });
+        state.ensure_key().await?;
+        state.reload_keys().await?;
+        Ok(state)
+    }
+
+    /// Create the first signing key when the store has none.
+    pub async fn ensure_key(&self) -> Result<(), StartupError> {
+        if self.store.list_keys().await?.is_empty() {
+            let alg = SigningAlg::parse(&self.cfg.signing_alg)?;
+            let now = now_secs();
+            let key = new_stored_key(alg, now, now)?;
+            tracing::info!(kid = %key.kid, alg = alg.as_str(), "created the first signing key");
+            self.store.put_key(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// Reload the key ring from the store (all replicas converge on the same keys).
+    pub async fn reload_keys(&self) -> Result<(), StartupError> {
+        let stored = self.store.list_keys().await?;
+        let (ring, errors) = KeyRing::load(&stored);
+        for e in errors {
+            tracing::error!(error = %e, "skipping unusable signing key");
+        }
+        let mut g = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        *g = Arc::new(ring);
+        Ok(())
+    }
+
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Longest lifetime of an access token signed now (for key retirement).
+    pub fn max_token_ttl(&self) -> u64 {
+        self.cfg.access_token_ttl.max(3600)
+    }
+
+    /// Count an event into `auth_stats` (flushed in the background, one round trip a second).
+    pub fn stat(&self, name: &'static str) {
+        let mut g = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        *g.entry(name).or_insert(0) += 1;
+    }
+
+    pub async fn flush_stats(&self) {
+        let batch: Vec<(&'static str, i64)> = {
+            let mut g = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            g.drain().collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.incr_stats(&batch).await {
+            tracing::warn!(error = %e, "could not flush auth_stats; keeping the counts");
+            let mut g = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, v) in batch {
+                *g.entry(k).or_insert(0) += v;
+            }
+        }
+    }
+
+    /// Background work of a serving replica: flush counters, reload keys (so that a key
+    /// rotated by another replica or by `authserver keys rotate` is picked up, and the
+    /// switch to a pending key happens on time), rotate keys automatically when configured.
+    pub fn spawn_background(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut since_reload = 0u64;
+            loop {
+                tick.tick().await;
+                me.flush_stats().await;
+                since_reload += 1;
+                let now = now_secs();
+                let due_change = me
+                    .keys()
+                    .next_change(now.saturating_sub(1))
+                    .is_some_and(|t| t <= now);
+                if since_reload >= 10 || due_change {
+                    since_reload = 0;
+                    if let Err(e) = me.reload_keys().await {
+                        tracing::warn!(error = %e, "key reload failed; keeping the current keys");
+                    }
+                    if me.cfg.key_rotation_interval > 0 {
+                        if let Err(e) = crate::jobs::keys::rotate_if_due(&me).await {
+                            tracing::warn!(error = %e, "automatic key rotation failed");
+                        }
+                    }
+                }
+            }
+        });
+    }
+}

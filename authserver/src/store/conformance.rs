@@ -1,0 +1,340 @@
+//! The storage conformance suite: every case runs against the in-memory store and against a
+//! real `redis-server` started for the test, and both must behave the same, TTLs included.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::memory::MemoryStore;
+use super::redis::{RedisOptions, RedisStore};
+use super::*;
+use crate::testutil::RedisServer;
+
+type Both = (Arc<dyn Store>, Arc<dyn ServiceCache>);
+
+fn client(id: &str) -> ClientRecord {
+    ClientRecord {
+        client_id: id.into(),
+        secret_hash: Some("hmac-sha256:abc".into()),
+        registration_token_hash: None,
+        metadata: ClientMetadata {
+            client_name: Some("svc".into()),
+            grant_types: vec!["client_credentials".into()],
+            token_endpoint_auth_method: "client_secret_basic".into(),
+            scope: "a b".into(),
+            access_token_format: "jwt".into(),
+            ..Default::default()
+        },
+        created_at: 1,
+        updated_at: 2,
+    }
+}
+
+fn token(jti: &str, exp: u64) -> AccessTokenRecord {
+    AccessTokenRecord {
+        jti: jti.into(),
+        client_id: "c1".into(),
+        sub: "c1".into(),
+        scope: "a".into(),
+        aud: "api".into(),
+        iat: now_secs(),
+        exp,
+        token_hash: "h".into(),
+        format: "jwt".into(),
+    }
+}
+
+async fn clients(s: Both) {
+    let (s, _) = s;
+    let c = client("c1");
+    assert_eq!(s.get_client("c1").await.unwrap(), None);
+    s.create_client(&c).await.unwrap();
+    assert_eq!(s.get_client("c1").await.unwrap(), Some(c.clone()));
+    assert!(matches!(
+        s.create_client(&c).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut c2 = c.clone();
+    c2.metadata.scope = "a".into();
+    s.put_client(&c2).await.unwrap();
+    assert_eq!(
+        s.get_client("c1").await.unwrap().unwrap().metadata.scope,
+        "a"
+    );
+    s.create_client(&client("c0")).await.unwrap();
+    assert_eq!(s.list_client_ids().await.unwrap(), vec!["c0", "c1"]);
+    assert!(s.delete_client("c1").await.unwrap());
+    assert!(!s.delete_client("c1").await.unwrap());
+    assert_eq!(s.get_client("c1").await.unwrap(), None);
+}
+
+async fn access_tokens_expire(s: Both) {
+    let (s, _) = s;
+    let now = now_secs();
+    let t = token("j1", now + 2);
+    s.save_access_token(&t).await.unwrap();
+    s.save_access_token(&token("j2", now + 100)).await.unwrap();
+    let (rec, revoked) = s.get_access_token("j1").await.unwrap();
+    assert_eq!(rec, Some(t));
+    assert!(!revoked);
+    assert_eq!(s.count_live_tokens(now).await.unwrap(), 2);
+    assert_eq!(s.get_stats().await.unwrap().get("tokens_issued"), Some(&2));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (rec, _) = s.get_access_token("j1").await.unwrap();
+    assert_eq!(rec, None, "expired token records are gone");
+    let r = s.cleanup(now_secs(), 0).await.unwrap();
+    assert_eq!(r.expired_tokens, 1);
+    assert_eq!(s.count_live_tokens(now_secs()).await.unwrap(), 1);
+    assert_eq!(s.get_access_token("nope").await.unwrap(), (None, false));
+}
+
+async fn revocation_and_feed(s: Both) {
+    let (s, _) = s;
+    let now = now_secs();
+    // A full listing on an empty feed.
+    let p = s.revocation_feed(None, 100).await.unwrap();
+    assert!(p.resync);
+    assert!(p.entries.is_empty());
+    let c0 = p.cursor;
+    assert!(s.revoke_access_token("j1", now + 100).await.unwrap());
+    assert!(
+        !s.revoke_access_token("j1", now + 100).await.unwrap(),
+        "idempotent"
+    );
+    assert!(
+        !s.revoke_access_token("old", now - 1).await.unwrap(),
+        "expired: nothing to do"
+    );
+    assert!(s.is_revoked("j1").await.unwrap());
+    assert!(!s.is_revoked("old").await.unwrap());
+    assert!(s.get_access_token("j1").await.unwrap().1);
+    assert!(s.revoke_access_token("j2", now + 2).await.unwrap());
+    assert!(s.revoke_access_token("j3", now + 200).await.unwrap());
+
+    let p = s.revocation_feed(Some(c0), 2).await.unwrap();
+    assert!(!p.resync);
+    assert_eq!(
+        p.entries.iter().map(|e| e.jti.as_str()).collect::<Vec<_>>(),
+        vec!["j1", "j2"]
+    );
+    let p2 = s.revocation_feed(Some(p.cursor), 2).await.unwrap();
+    assert_eq!(p2.entries.len(), 1);
+    assert_eq!(
+        p2.entries[0],
+        RevokedEntry {
+            jti: "j3".into(),
+            exp: now + 200
+        }
+    );
+    let p3 = s.revocation_feed(Some(p2.cursor), 2).await.unwrap();
+    assert!(p3.entries.is_empty());
+    assert_eq!(p3.cursor, p2.cursor);
+
+    // A cursor from the future (e.g. the store was reset) gets a full resync.
+    let p = s.revocation_feed(Some(p2.cursor + 1000), 10).await.unwrap();
+    assert!(p.resync);
+    assert_eq!(p.entries.len(), 3);
+
+    // After j2 expires it leaves the feed, the full list and the blacklist.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(!s.is_revoked("j2").await.unwrap());
+    let p = s.revocation_feed(Some(c0), 10).await.unwrap();
+    assert_eq!(p.entries.len(), 2, "expired entries are not served");
+    let r = s.cleanup(now_secs(), 0).await.unwrap();
+    assert_eq!(
+        r.feed_entries_trimmed, 0,
+        "j1 at the head is live: head trim stops there"
+    );
+    let p = s.revocation_feed(None, 10).await.unwrap();
+    assert_eq!(
+        p.entries.iter().map(|e| e.jti.as_str()).collect::<Vec<_>>(),
+        vec!["j1", "j3"]
+    );
+}
+
+async fn feed_overflow_forces_resync(s: Both) {
+    // Built with a feed of at most 3 entries.
+    let (s, _) = s;
+    let now = now_secs();
+    let start = s.revocation_feed(None, 10).await.unwrap().cursor;
+    for i in 0..5 {
+        s.revoke_access_token(&format!("j{i}"), now + 100)
+            .await
+            .unwrap();
+    }
+    let p = s.revocation_feed(Some(start), 10).await.unwrap();
+    assert!(p.resync, "a reader behind the retained feed must resync");
+    assert_eq!(p.entries.len(), 5, "the resync lists every live revocation");
+    let p = s.revocation_feed(Some(p.cursor - 2), 10).await.unwrap();
+    assert!(!p.resync);
+    assert_eq!(p.entries.len(), 2);
+}
+
+async fn rate_limits(s: Both) {
+    let (s, _) = s;
+    for i in 1..=3 {
+        let d = s.rate_limit("k", 3, 1).await.unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 3 - i);
+        assert!(d.reset_after >= 1 && d.reset_after <= 1);
+    }
+    assert_eq!(s.peek_rate("k").await.unwrap(), 3);
+    let d = s.rate_limit("k", 3, 1).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.remaining, 0);
+    assert!(s.rate_limit("other", 3, 1).await.unwrap().allowed);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(s.peek_rate("k").await.unwrap(), 0);
+    assert!(
+        s.rate_limit("k", 3, 1).await.unwrap().allowed,
+        "window reset"
+    );
+}
+
+async fn keys_stats_config(s: Both) {
+    let (s, _) = s;
+    assert!(s.list_keys().await.unwrap().is_empty());
+    let k = StoredKey {
+        kid: "k1".into(),
+        alg: "ES256".into(),
+        private_pem: "pem".into(),
+        created_at: 1,
+        active_from: 1,
+        retire_at: None,
+    };
+    s.put_key(&k).await.unwrap();
+    let mut k2 = k.clone();
+    k2.retire_at = Some(5);
+    s.put_key(&k2).await.unwrap();
+    assert_eq!(s.list_keys().await.unwrap(), vec![k2]);
+    s.delete_key("k1").await.unwrap();
+    assert!(s.list_keys().await.unwrap().is_empty());
+
+    s.incr_stats(&[("a", 2), ("b", 1)]).await.unwrap();
+    s.incr_stats(&[("a", 3)]).await.unwrap();
+    let st = s.get_stats().await.unwrap();
+    assert_eq!((st["a"], st["b"]), (5, 1));
+
+    let mut m = BTreeMap::new();
+    m.insert("access_token_ttl".to_string(), "60".to_string());
+    s.set_config(&m).await.unwrap();
+    m.insert("x".to_string(), "y".to_string());
+    s.set_config(&m).await.unwrap();
+    assert_eq!(s.get_config().await.unwrap(), m);
+    s.ping().await.unwrap();
+    assert!(!s.backend_info().await.unwrap().kind.is_empty());
+}
+
+async fn service_cache(s: Both) {
+    let (_, c) = s;
+    assert_eq!(c.cache_config().await.unwrap(), CacheConfig::DEFAULT);
+    c.set_cache_config(&CacheConfig {
+        default_ttl: 100,
+        max_entries_per_service: 2,
+    })
+    .await
+    .unwrap();
+    c.cache_put("users", "a", "1", None).await.unwrap();
+    c.cache_put("users", "b", "2", None).await.unwrap();
+    c.cache_put("users", "c", "3", Some(1000)).await.unwrap();
+    c.cache_put("orders", "x", "9", None).await.unwrap();
+    c.cache_put("orders", "gone", "9", Some(1)).await.unwrap();
+    // Redis' LRU clock has one-second resolution: let time pass before touching "a".
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        c.cache_get("users", "a").await.unwrap().as_deref(),
+        Some("1")
+    );
+    assert_eq!(c.cache_get("orders", "gone").await.unwrap(), None);
+    let r = c.cache_cleanup(now_secs()).await.unwrap();
+    assert_eq!(r.services, 2);
+    assert_eq!(r.trimmed, 1, "users trimmed to 2");
+    assert_eq!(r.ttl_set, 3, "a, b and x had no TTL");
+    assert_eq!(r.entries, 3);
+    assert_eq!(
+        c.cache_get("users", "a").await.unwrap().as_deref(),
+        Some("1"),
+        "the recently used entry survives"
+    );
+    let left = [
+        c.cache_get("users", "b").await.unwrap(),
+        c.cache_get("users", "c").await.unwrap(),
+    ];
+    assert_eq!(left.iter().filter(|v| v.is_some()).count(), 1);
+    let st = c.cache_stats().await.unwrap();
+    assert_eq!(st.get("entries:users").map(String::as_str), Some("2"));
+    assert_eq!(st.get("entries:orders").map(String::as_str), Some("1"));
+}
+
+fn memory(feed_max: usize) -> Both {
+    let m = Arc::new(MemoryStore::new(feed_max));
+    (m.clone(), m)
+}
+
+async fn redis(server: &RedisServer, feed_max: usize) -> Both {
+    let opts = RedisOptions {
+        feed_max,
+        ..Default::default()
+    };
+    let s = RedisStore::connect(&StoreUrl::parse(&server.url(0)).unwrap(), opts.clone())
+        .await
+        .unwrap();
+    let c = RedisStore::connect(&StoreUrl::parse(&server.url(1)).unwrap(), opts)
+        .await
+        .unwrap();
+    (Arc::new(s), Arc::new(c))
+}
+
+macro_rules! conformance {
+    ($($name:ident => $feed_max:expr),* $(,)?) => {
+        mod on_memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(memory($feed_max)).await;
+                }
+            )*
+        }
+        mod on_redis {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(server) = RedisServer::start() else { return };
+                    super::$name(redis(&server, $feed_max).await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    clients => 100,
+    access_tokens_expire => 100,
+    revocation_and_feed => 100,
+    feed_overflow_forces_resync => 3,
+    rate_limits => 100,
+    keys_stats_config => 100,
+    service_cache => 100,
+}
+
+#[tokio::test]
+async fn redis_unreachable_is_unavailable_not_a_hang() {
+    let port = crate::testutil::free_port();
+    let url = StoreUrl::parse(&format!("redis://127.0.0.1:{port}/0")).unwrap();
+    let opts = RedisOptions {
+        connect_timeout: Duration::from_millis(300),
+        response_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    // A liveness bound, not a performance threshold: the call must return at all.
+    let r = tokio::time::timeout(Duration::from_secs(60), RedisStore::connect(&url, opts))
+        .await
+        .expect("connect must not hang");
+    assert!(
+        matches!(r, Err(StoreError::Unavailable(_))),
+        "{:?}",
+        r.err()
+    );
+}

@@ -1,0 +1,269 @@
+//! Storage: the one trait the HTTP handlers and jobs talk to, and its two implementations
+//! (Redis for production, in-memory for local runs and tests). Both pass the same
+//! conformance suite (`conformance.rs`), TTLs included.
+//!
+//! Redis layout (DB 0, auth data), see docs/architecture.md:
+//! `auth:client:{id}` hash, `auth:access_token:{jti}` hash+TTL, `auth:blacklist:{jti}`
+//! string+TTL, `auth:rate_limit:{key}` counter+TTL, `auth_token_cleanup` sorted set of
+//! expiries, `auth_stats` hash of counters, `auth_config` hash, `auth:keys` hash of signing
+//! keys, `auth:revocation_feed` sorted set + `auth:revocation_seq` counter.
+//! Service cache (DB 1): `cache:resource:{service}:*`, `cache_stats`, `cache_config`,
+//! `cache_cleanup_metrics`.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub mod memory;
+pub mod redis;
+pub mod url;
+
+#[cfg(test)]
+mod conformance;
+
+pub use self::url::StoreUrl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached right now (connection refused, failover in progress,
+    /// timeout). Callers answer 503 and may retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A record exists already (e.g. registering a client_id twice).
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// Stored data could not be decoded.
+    #[error("corrupt record {key}: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("invalid store configuration: {0}")]
+    Config(String),
+    /// The backend answered with an error that is not a connectivity problem.
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A registered OAuth client. `metadata` holds the RFC 7591 metadata as registered
+/// (without the secret); the secret exists only as `secret_hash`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    pub client_id: String,
+    /// Keyed hash of the client secret; `None` for public clients.
+    pub secret_hash: Option<String>,
+    /// Keyed hash of the RFC 7592 registration access token.
+    pub registration_token_hash: Option<String>,
+    pub metadata: ClientMetadata,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// RFC 7591 client metadata plus Tollgate's own fields.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientMetadata {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    pub grant_types: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub response_types: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redirect_uris: Vec<String>,
+    pub token_endpoint_auth_method: String,
+    /// Space-separated scopes the client may request.
+    pub scope: String,
+    /// Audiences (resource identifiers) the client may request; the first is the default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audience: Vec<String>,
+    /// `jwt` (default) or `opaque`.
+    pub access_token_format: String,
+    /// Per-client access-token lifetime override, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_token_ttl: Option<u64>,
+    /// Any other registered metadata, kept and returned as given.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What the server remembers of an issued access token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessTokenRecord {
+    pub jti: String,
+    pub client_id: String,
+    pub sub: String,
+    pub scope: String,
+    pub aud: String,
+    pub iat: u64,
+    pub exp: u64,
+    /// SHA-256 (hex) of the token string as issued: introspection compares it in constant
+    /// time, so a guessed `jti` with a forged token is never active.
+    pub token_hash: String,
+    /// `jwt` or `opaque`.
+    pub format: String,
+}
+
+/// One entry of the revocation feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedEntry {
+    pub jti: String,
+    pub exp: u64,
+}
+
+/// A page of the revocation feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedPage {
+    pub cursor: u64,
+    /// The requested cursor was older than the retained feed: `entries` is the full list of
+    /// unexpired revocations and replaces what the reader has.
+    pub resync: bool,
+    pub entries: Vec<RevokedEntry>,
+}
+
+/// Result of a fixed-window rate-limit check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the window resets.
+    pub reset_after: u64,
+}
+
+/// A signing key as stored (shared by all replicas).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredKey {
+    pub kid: String,
+    pub alg: String,
+    /// PKCS#8 PEM of the private key.
+    pub private_pem: String,
+    pub created_at: u64,
+    /// From this time on the key may sign (it is published in the JWKS from `created_at`).
+    pub active_from: u64,
+    /// When set, the key no longer signs from this time and is dropped from the JWKS once
+    /// every token it signed has expired (`retire_at` + access-token TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CleanupReport {
+    pub expired_tokens: u64,
+    pub feed_entries_trimmed: u64,
+    pub keys_removed: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheConfig {
+    pub default_ttl: u64,
+    pub max_entries_per_service: u64,
+}
+
+impl CacheConfig {
+    pub const DEFAULT: CacheConfig = CacheConfig {
+        default_ttl: 86_400,
+        max_entries_per_service: 10_000,
+    };
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CacheCleanupReport {
+    pub services: u64,
+    pub entries: u64,
+    pub ttl_set: u64,
+    pub trimmed: u64,
+}
+
+/// What `authserver status` reports about the backend.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackendInfo {
+    pub kind: String,
+    pub role: String,
+    pub details: BTreeMap<String, String>,
+}
+
+/// The auth server's storage. Every method is one logical operation; multi-key writes are
+/// atomic in every implementation.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn ping(&self) -> StoreResult<()>;
+    async fn backend_info(&self) -> StoreResult<BackendInfo>;
+
+    // Clients
+    /// Create a client; `Conflict` when the id exists.
+    async fn create_client(&self, client: &ClientRecord) -> StoreResult<()>;
+    /// Create or replace a client (used by `init`, which is idempotent).
+    async fn put_client(&self, client: &ClientRecord) -> StoreResult<()>;
+    async fn get_client(&self, client_id: &str) -> StoreResult<Option<ClientRecord>>;
+    async fn delete_client(&self, client_id: &str) -> StoreResult<bool>;
+    async fn list_client_ids(&self) -> StoreResult<Vec<String>>;
+
+    // Access tokens
+    /// Record an issued access token (with its cleanup entry and the issuance counter) in
+    /// one atomic round trip. The record expires at `exp`.
+    async fn save_access_token(&self, rec: &AccessTokenRecord) -> StoreResult<()>;
+    /// The record and whether the `jti` is revoked, in one round trip.
+    async fn get_access_token(&self, jti: &str) -> StoreResult<(Option<AccessTokenRecord>, bool)>;
+    /// Put `jti` on the blacklist until `exp` and append it to the revocation feed.
+    /// Returns false when it was already revoked (idempotent).
+    async fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<bool>;
+    async fn is_revoked(&self, jti: &str) -> StoreResult<bool>;
+    /// Revocations after `since` (`None`: all). A cursor older than the retained feed, or
+    /// in the future, yields a `resync` page.
+    async fn revocation_feed(&self, since: Option<u64>, limit: usize) -> StoreResult<FeedPage>;
+    async fn count_live_tokens(&self, now: u64) -> StoreResult<u64>;
+
+    // Rate limits (fixed window)
+    async fn rate_limit(
+        &self,
+        key: &str,
+        limit: u64,
+        window_secs: u64,
+    ) -> StoreResult<RateDecision>;
+    /// The current count of a window without counting (0 when none is open).
+    async fn peek_rate(&self, key: &str) -> StoreResult<u64>;
+
+    // Signing keys
+    async fn list_keys(&self) -> StoreResult<Vec<StoredKey>>;
+    async fn put_key(&self, key: &StoredKey) -> StoreResult<()>;
+    async fn delete_key(&self, kid: &str) -> StoreResult<()>;
+
+    // Counters and configuration
+    async fn incr_stats(&self, counters: &[(&str, i64)]) -> StoreResult<()>;
+    async fn get_stats(&self) -> StoreResult<BTreeMap<String, i64>>;
+    async fn get_config(&self) -> StoreResult<BTreeMap<String, String>>;
+    async fn set_config(&self, values: &BTreeMap<String, String>) -> StoreResult<()>;
+
+    /// One pass of the token cleanup: drop expired entries from `auth_token_cleanup` (and
+    /// any token record left behind), trim expired revocations from the feed.
+    async fn cleanup(&self, now: u64, feed_retention_secs: u64) -> StoreResult<CleanupReport>;
+}
+
+/// The service cache (DB 1), maintained by `authserver cache-cleanup`.
+#[async_trait]
+pub trait ServiceCache: Send + Sync + 'static {
+    /// Store an entry `cache:resource:{service}:{key}` (what services do).
+    async fn cache_put(
+        &self,
+        service: &str,
+        key: &str,
+        value: &str,
+        ttl: Option<u64>,
+    ) -> StoreResult<()>;
+    /// Read an entry, refreshing its recency.
+    async fn cache_get(&self, service: &str, key: &str) -> StoreResult<Option<String>>;
+    async fn cache_config(&self) -> StoreResult<CacheConfig>;
+    async fn set_cache_config(&self, cfg: &CacheConfig) -> StoreResult<()>;
+    /// Give entries without a TTL the default TTL, trim each service to its maximum, least
+    /// recently used first, and record `cache_stats` and `cache_cleanup_metrics`.
+    async fn cache_cleanup(&self, now: u64) -> StoreResult<CacheCleanupReport>;
+    async fn cache_stats(&self) -> StoreResult<BTreeMap<String, String>>;
+}
+
+/// Current Unix time in seconds.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
