@@ -50,7 +50,7 @@ build-filter: deps-rust
 
 # ---------------------------------------------------------------- checks
 .PHONY: test lint fmt-check clippy test-unit test-e2e
-test: deps lint test-unit build test-e2e test-chart ## run every check and test (what CI runs)
+test: deps lint test-unit wasm-test build test-e2e test-chart ## run every check and test (what CI runs)
 	@echo "make test: all passed"
 
 lint: fmt-check clippy ## rustfmt and clippy -D warnings
@@ -62,8 +62,25 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p tollgate-filter --target $(WASM_TARGET) -- -D warnings
 
-test-unit: ## Rust unit, conformance (memory + real redis-server) and HTTP tests
-	$(CARGO) test --workspace
+test-unit: deps-apt ## Rust unit, conformance (memory + real redis-server) and HTTP tests
+	TOLLGATE_REQUIRE_REDIS=1 $(CARGO) test --workspace
+
+# The edge core's tests on Wasm: the whole suite on wasm32-wasip1 (the filter's target) under
+# Node's built-in WASI, and again with wasm-bindgen-test on wasm32-unknown-unknown.
+WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^0-9.]/,""); print; exit}' Cargo.lock)
+.PHONY: wasm-test deps-wasm-test
+deps-wasm-test: deps-rust
+	@command -v node >/dev/null || { echo "wasm-test needs node (apt-get install nodejs)"; exit 1; }
+	@rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@v="$(WASM_BINDGEN_VERSION)"; test -n "$$v" || { echo "wasm-bindgen not in Cargo.lock"; exit 1; }; \
+	  wasm-bindgen-test-runner --version 2>/dev/null | grep -q " $$v" || \
+	  $(CARGO) install wasm-bindgen-cli --version "$$v"
+
+wasm-test: deps-wasm-test ## edge core tests on Wasm (wasip1 under node WASI + wasm-bindgen-test)
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(ROOT)/plugin/tools/wasi-run.mjs" \
+	  $(CARGO) test -p tollgate-edge-core --target wasm32-wasip1
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	  $(CARGO) test -p tollgate-edge-core --target wasm32-unknown-unknown
 
 test-e2e: venv build ## end-to-end tests over real Envoy, auth server and Redis
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider e2e

@@ -51,6 +51,7 @@ impl SigningAlg {
         }
     }
 
+    #[cfg(test)]
     fn jwt_alg(&self) -> Algorithm {
         match self {
             SigningAlg::ES256 => Algorithm::ES256,
@@ -160,12 +161,21 @@ pub fn new_stored_key(alg: SigningAlg, now: u64, active_from: u64) -> Result<Sto
     })
 }
 
+/// The parsed private key, kept ready: ES256 and EdDSA sign with a precomputed key
+/// (parsing PKCS#8 and deriving the public point on every signature would cost more than
+/// the signature itself); RS256 goes through `jsonwebtoken`.
+enum Signer {
+    Es256(Box<p256::ecdsa::SigningKey>),
+    EdDsa(Box<ed25519_dalek::SigningKey>),
+    Rs256(EncodingKey),
+}
+
 /// A key ready to sign.
 pub struct LoadedKey {
     pub stored: StoredKey,
     pub alg: SigningAlg,
     pub jwk: Value,
-    encoding: EncodingKey,
+    signer: Signer,
 }
 
 impl LoadedKey {
@@ -179,28 +189,58 @@ impl LoadedKey {
         if kid != stored.kid {
             return Err(bad("kid does not match the key's thumbprint".into()));
         }
-        let pem = stored.private_pem.as_bytes();
-        let encoding = match alg {
-            SigningAlg::ES256 => EncodingKey::from_ec_pem(pem),
-            SigningAlg::RS256 => EncodingKey::from_rsa_pem(pem),
-            SigningAlg::EdDSA => EncodingKey::from_ed_pem(pem),
-        }
-        .map_err(|e| bad(e.to_string()))?;
+        use p256::pkcs8::DecodePrivateKey;
+        let pem = stored.private_pem.as_str();
+        let signer = match alg {
+            SigningAlg::ES256 => Signer::Es256(Box::new(
+                p256::ecdsa::SigningKey::from_pkcs8_pem(pem).map_err(|e| bad(e.to_string()))?,
+            )),
+            SigningAlg::EdDSA => Signer::EdDsa(Box::new(
+                ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(|e| bad(e.to_string()))?,
+            )),
+            SigningAlg::RS256 => Signer::Rs256(
+                EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?,
+            ),
+        };
         Ok(LoadedKey {
             stored: stored.clone(),
             alg,
             jwk,
-            encoding,
+            signer,
         })
     }
 
     /// Sign claims as an RFC 9068 access token (`typ: at+jwt`).
     pub fn sign<T: serde::Serialize>(&self, claims: &T) -> Result<String, KeyError> {
-        let mut header = Header::new(self.alg.jwt_alg());
-        header.typ = Some("at+jwt".into());
-        header.kid = Some(self.stored.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding)
-            .map_err(|e| KeyError::Sign(e.to_string()))
+        let sign_err = |e: &dyn std::fmt::Display| KeyError::Sign(e.to_string());
+        if let Signer::Rs256(enc) = &self.signer {
+            let mut header = Header::new(Algorithm::RS256);
+            header.typ = Some("at+jwt".into());
+            header.kid = Some(self.stored.kid.clone());
+            return jsonwebtoken::encode(&header, claims, enc).map_err(|e| sign_err(&e));
+        }
+        let header = json!({"typ": "at+jwt", "alg": self.alg.as_str(), "kid": self.stored.kid});
+        let h = serde_json::to_vec(&header).map_err(|e| sign_err(&e))?;
+        let c = serde_json::to_vec(claims).map_err(|e| sign_err(&e))?;
+        let mut out = String::with_capacity((h.len() + c.len()) * 4 / 3 + 100);
+        URL_SAFE_NO_PAD.encode_string(&h, &mut out);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(&c, &mut out);
+        let sig: Vec<u8> = match &self.signer {
+            Signer::Es256(k) => {
+                use p256::ecdsa::signature::Signer as _;
+                let s: p256::ecdsa::Signature = k.sign(out.as_bytes());
+                s.to_bytes().to_vec()
+            }
+            Signer::EdDsa(k) => {
+                use ed25519_dalek::Signer as _;
+                k.sign(out.as_bytes()).to_bytes().to_vec()
+            }
+            Signer::Rs256(_) => Vec::new(), // handled above
+        };
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(&sig, &mut out);
+        Ok(out)
     }
 }
 

@@ -229,3 +229,6 @@ pub fn json_no_store(status: StatusCode, body: &serde_json::Value) -> Response {
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     resp
 }
+
+#[cfg(test)]
+mod tests;

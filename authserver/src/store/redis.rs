@@ -159,7 +159,7 @@ struct SentinelBackend {
 
 enum Backend {
     Single(ConnectionManager),
-    Sentinel(SentinelBackend),
+    Sentinel(Box<SentinelBackend>),
     Cluster(ClusterConnection),
 }
 
@@ -292,7 +292,7 @@ impl RedisStore {
                     conn: RwLock::new(None),
                     config,
                 };
-                (Backend::Sentinel(b), false)
+                (Backend::Sentinel(Box::new(b)), false)
             }
             StoreUrl::Cluster {
                 nodes,
@@ -1124,7 +1124,7 @@ impl ServiceCache for RedisStore {
         let keys = self.scan("cache:resource:*").await?;
         let mut by_service: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for k in keys {
-            let svc = k.splitn(4, ':').nth(2).unwrap_or("").to_string();
+            let svc = k.split(':').nth(2).unwrap_or("").to_string();
             by_service.entry(svc).or_default().push(k);
         }
         let mut report = CacheCleanupReport::default();
