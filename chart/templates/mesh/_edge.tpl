@@ -1,0 +1,16 @@
+{{/*
+The filter's JSON configuration (docs/filter.md, plugin/core/src/config.rs): the Istio
+`pluginConfig` / EnvoyFilter `configuration`. Built as a dict so `toJson` escapes it.
+*/}}
+{{- define "tollgate.edge.configDict" -}}
+{{- $e := .Values.edge -}}
+{{- $jwks := dict "cluster" (include "tollgate.edge.cluster" .) "path" $e.jwks.path "authority" (printf "%s:%d" (include "tollgate.authserver.host" .) (int .Values.authserver.service.port)) "refresh_interval_s" (int $e.jwks.refreshIntervalSeconds) "timeout_ms" (int $e.jwks.timeoutMs) -}}
+{{- $issuer := dict "issuer" (default (include "tollgate.issuer" .) $e.issuer) "audiences" $e.audiences "jwks" $jwks -}}
+{{- with $e.algorithms }}{{- $_ := set $issuer "algorithms" . -}}{{- end -}}
+{{- with $e.typ }}{{- $_ := set $issuer "typ" . -}}{{- end -}}
+{{- $cfg := dict "issuers" (list $issuer) "clock_skew_s" (int $e.clockSkewSeconds) "rules" $e.rules -}}
+{{- with $e.defaultRule }}{{- $_ := set $cfg "default_rule" . -}}{{- end -}}
+{{- with $e.headers }}{{- $_ := set $cfg "headers" . -}}{{- end -}}
+{{- $cfg = merge (deepCopy $e.extraConfig) $cfg -}}
+{{- toJson $cfg -}}
+{{- end -}}

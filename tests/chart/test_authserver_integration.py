@@ -1,0 +1,198 @@
+"""The chart's objects driving the real auth server: the Redis node configured by the
+chart's ConfigMap (ACL users and all), the Job, CronJob and Deployment environments as
+Kubernetes would expand them, the rendered seed file, and the helm test pod's script.
+
+The only rewrites are what a laptop lacks: cluster DNS names become 127.0.0.1 and the
+listen address is loopback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from pathlib import Path
+
+import pytest
+
+from chartlib import FILTER_WASM, ROOT, render_docs
+from test_redis_runtime import CLI, PASSWORDS, REDIS, Cluster, free_port
+
+AUTHSERVER = Path(os.environ.get("AUTHSERVER_BIN", ROOT / "target/release/authserver"))
+pytestmark = [
+    pytest.mark.skipif(not AUTHSERVER.is_file(), reason=f"auth server not built: {AUTHSERVER} (make build-authserver)"),
+    pytest.mark.skipif(not (REDIS and CLI), reason="redis-server / redis-cli needed"),
+]
+
+CLIENT_SECRET = "orders-client-secret-0123456789abcdef"
+ADMIN = "admin-token-0123456789abcdef0123456789"
+SECRETS = {
+    ("tollgate-redis", "authserver-password"): PASSWORDS["AUTH_PASSWORD"],
+    ("tollgate-redis", "cache-password"): PASSWORDS["CACHE_PASSWORD"],
+    ("tollgate-authserver", "admin-token"): ADMIN,
+    ("tollgate-authserver", "secret-pepper"): "pepper-0123456789abcdef0123456789",
+    ("orders-service-client", "client-secret"): CLIENT_SECRET,
+}
+OVERRIDES = {
+    "authserver": {"existingSecret": "tollgate-authserver"},
+    "redis": {"auth": {"existingSecret": "tollgate-redis"}},
+    "seed": {
+        "config": {"access_token_ttl": 600, "rate_limit_per_client": 1000},
+        "cacheConfig": {"default_ttl": 3600, "max_entries_per_service": 100},
+        "clients": [{
+            "client_id": "orders-service", "client_name": "Orders service",
+            "grant_types": ["client_credentials"], "token_endpoint_auth_method": "client_secret_basic",
+            "scope": "orders:read orders:write", "secretRef": {"name": "orders-service-client", "key": "client-secret"},
+        }],
+    },
+}
+
+
+def k8s_env(container: dict, redis_port: int) -> dict:
+    """The container's environment as the kubelet builds it: secretKeyRef resolved, $(VAR)
+    expanded from earlier entries; then cluster DNS names mapped to 127.0.0.1."""
+    env: dict[str, str] = {}
+    for e in container["env"]:
+        if "valueFrom" in e:
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = SECRETS[(ref["name"], ref["key"])]
+        else:
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])
+    for k in ("TOLLGATE_STORE", "TOLLGATE_CACHE_STORE"):
+        env[k] = env[k].replace("tollgate-redis.tollgate.svc.cluster.local:6379", f"127.0.0.1:{redis_port}")
+    return env
+
+
+def run(args: list[str], env: dict, timeout: int = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(AUTHSERVER), *args], env={"PATH": os.environ["PATH"], **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def http(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_chart_environment_runs_the_real_auth_server(tmp_path):
+    docs = render_docs([], OVERRIDES)
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    c = Cluster(tmp_path, env="dev")
+    try:
+        c.start_redis(0)
+        port = c.redis_ports[0]
+
+        # --- init Job: the rendered seed file and the Job's environment
+        job = by[("Job", "tollgate-init")]["spec"]["template"]["spec"]["containers"][0]
+        seed = tmp_path / "seed.yaml"
+        seed.write_text(by[("ConfigMap", "tollgate-authserver")]["data"]["seed.yaml"])
+        args = [a.replace("/etc/tollgate/seed.yaml", str(seed)) for a in job["args"]]
+        r = run(args, k8s_env(job, port))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert CLIENT_SECRET not in r.stdout + r.stderr
+        # Idempotent, as a Helm hook / Argo CD Sync hook re-runs it on every sync.
+        r = run(args, k8s_env(job, port))
+        assert r.returncode == 0, r.stdout + r.stderr
+        # Everything it wrote is inside the auth user's key space (the ACL allowed it).
+        keys = c.as_user(port, "EXPORTER_USER", "info", "keyspace")
+        assert "db0:keys=" in keys, keys
+
+        # --- the Deployment's container
+        dep = by[("Deployment", "tollgate-authserver")]["spec"]["template"]["spec"]["containers"][0]
+        env = k8s_env(dep, port)
+        assert env["TOLLGATE_LISTEN"] == "0.0.0.0:9080"
+        listen = free_port()
+        env["TOLLGATE_LISTEN"] = f"127.0.0.1:{listen}"
+        if FILTER_WASM.is_file():
+            env["TOLLGATE_EDGE_MODULE"] = str(FILTER_WASM)
+        else:
+            env.pop("TOLLGATE_EDGE_MODULE", None)
+        log = open(tmp_path / "authserver.log", "w")
+        proc = subprocess.Popen([str(AUTHSERVER), *dep["args"]], env={"PATH": os.environ["PATH"], **env},
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{listen}"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, (tmp_path / "authserver.log").read_text()[-3000:]
+                try:
+                    if http(base + "/readyz")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.2)
+            else:
+                raise AssertionError("auth server never ready: " + (tmp_path / "authserver.log").read_text()[-3000:])
+            # Probes the Deployment declares answer.
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                assert http(base + dep[probe]["httpGet"]["path"])[0] == 200, probe
+
+            # The seeded client gets a token with the secret that came from its Secret.
+            basic = b64encode(f"orders-service:{CLIENT_SECRET}".encode()).decode()
+            status, body = http(base + "/oauth2/token", b"grant_type=client_credentials&scope=orders:read",
+                                {"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"})
+            assert status == 200, body
+            tok = json.loads(body)
+            assert tok["token_type"].lower() == "bearer" and tok["expires_in"] <= 600
+
+            # The helm test pod's script, pointed at this server.
+            test_pod = by[("Pod", "tollgate-test")]["spec"]["containers"][0]
+            script = test_pod["command"][-1]
+            script = re.sub(r"^base=.*$", f"base={base}", script, flags=re.M)
+            if shutil.which("wget"):
+                r = subprocess.run(["sh", "-ec", script], capture_output=True, text=True, timeout=60,
+                                   env={"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path)})
+                assert r.returncode == 0 and "ready" in r.stdout, r.stdout + r.stderr
+
+            # The module the chart's HTTP-URL option points at, with its digest.
+            if FILTER_WASM.is_file():
+                status, digest = http(base + "/edge/module.wasm.sha256")
+                assert status == 200
+                assert digest.decode().split()[0] == hashlib.sha256(FILTER_WASM.read_bytes()).hexdigest()
+                gateway_through_the_chart_envoyfilter(by, listen, tok["access_token"], tmp_path)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+        # --- the CronJobs
+        for name in ("tollgate-cleanup", "tollgate-cache-cleanup"):
+            cj = by[("CronJob", name)]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+            r = run(cj["args"], k8s_env(cj, port))
+            assert r.returncode == 0, f"{name}: {r.stdout}{r.stderr}"
+        assert "NOPERM" not in (tmp_path / "authserver.log").read_text()
+    finally:
+        c.stop()
+
+
+def gateway_through_the_chart_envoyfilter(by: dict, auth_port: int, token: str, tmp_path: Path) -> None:
+    """Real Envoy + the chart's EnvoyFilter + the module downloaded from the real auth
+    server (sha256-pinned) + a token the real auth server issued."""
+    from test_envoy_attachment import ENVOY, EchoServer, Envoy, bootstrap_from, request
+
+    if ENVOY is None:
+        pytest.skip("envoy not found")
+    ef = by[("EnvoyFilter", "tollgate-edge")]
+    echo = EchoServer()
+    listen, admin = free_port(), free_port()
+    boot, _ = bootstrap_from(ef, auth_port, echo.port, listen, admin)
+    envoy = Envoy(boot, tmp_path, admin, base_id=43000 + listen % 1000)
+    try:
+        envoy.wait_ready()
+        assert request(listen, "/orders")[0] == 401
+        status, _, body = request(listen, "/orders", token=token)
+        assert status == 200, (body, envoy.log.read_text()[-2000:])
+        assert json.loads(body)["headers"]["x-tollgate-client-id"] == "orders-service"
+        assert request(listen, "/orders", token=token[:-4] + "AAAA")[0] == 401
+    finally:
+        envoy.stop()
+        echo.stop()
