@@ -1,0 +1,707 @@
+//! Filter configuration: the JSON document Envoy hands over as `configuration` (Istio:
+//! `pluginConfig`). It is parsed and validated once; [`Config::from_json`] either returns a
+//! fully checked [`Config`] or a [`ConfigError`] whose message says which field is wrong.
+//!
+//! The reference for every field is `docs/filter.md`.
+
+use std::collections::BTreeMap;
+
+use regex::Regex;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::ConfigError;
+use crate::jwt::Alg;
+
+// ------------------------------------------------------------------ raw (serde) shapes
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    token_sources: Option<Vec<TokenSource>>,
+    #[serde(default = "d_clock_skew")]
+    clock_skew_s: u64,
+    #[serde(default = "d_max_token_bytes")]
+    max_token_bytes: usize,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    #[serde(default)]
+    default_rule: Option<RawPolicy>,
+    #[serde(default)]
+    headers: RawHeaders,
+    #[serde(default = "d_realm")]
+    realm: String,
+    #[serde(default)]
+    jwks_wait: RawJwksWait,
+    #[serde(default = "d_tick_ms")]
+    tick_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    audiences: Vec<String>,
+    #[serde(default)]
+    algorithms: Option<Vec<String>>,
+    #[serde(default)]
+    typ: Option<String>,
+    jwks: RawJwks,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwks {
+    cluster: String,
+    #[serde(default = "d_jwks_path")]
+    path: String,
+    #[serde(default)]
+    authority: Option<String>,
+    #[serde(default = "d_refresh")]
+    refresh_interval_s: u64,
+    #[serde(default = "d_min_refresh")]
+    min_refresh_interval_s: u64,
+    #[serde(default = "d_retry")]
+    retry_interval_s: u64,
+    #[serde(default = "d_timeout_ms")]
+    timeout_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default = "d_slots")]
+    slots: u32,
+    #[serde(default = "d_max_ttl")]
+    max_ttl_s: u64,
+    #[serde(default = "d_local_entries")]
+    local_entries: u32,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            slots: d_slots(),
+            max_ttl_s: d_max_ttl(),
+            local_entries: d_local_entries(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    allow_anonymous: bool,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    scope_mode: ScopeMode,
+    #[serde(default)]
+    audiences: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    path_exact: Option<String>,
+    #[serde(default)]
+    path_prefix: Option<String>,
+    #[serde(default)]
+    path_regex: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    allow_anonymous: bool,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    scope_mode: ScopeMode,
+    #[serde(default)]
+    audiences: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaders {
+    #[serde(default = "d_h_sub")]
+    sub: String,
+    #[serde(default = "d_h_client_id")]
+    client_id: String,
+    #[serde(default = "d_h_scope")]
+    scope: String,
+    #[serde(default = "d_h_iss")]
+    iss: String,
+    #[serde(default)]
+    claims: BTreeMap<String, String>,
+    #[serde(default)]
+    strip_authorization: bool,
+    #[serde(default = "d_strip_prefix")]
+    strip_prefix: Option<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+impl Default for RawHeaders {
+    fn default() -> Self {
+        RawHeaders {
+            sub: d_h_sub(),
+            client_id: d_h_client_id(),
+            scope: d_h_scope(),
+            iss: d_h_iss(),
+            claims: BTreeMap::new(),
+            strip_authorization: false,
+            strip_prefix: d_strip_prefix(),
+            remove: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwksWait {
+    #[serde(default = "d_wait_ms")]
+    max_wait_ms: u64,
+    #[serde(default = "d_wait_status")]
+    status: u16,
+}
+
+impl Default for RawJwksWait {
+    fn default() -> Self {
+        RawJwksWait {
+            max_wait_ms: d_wait_ms(),
+            status: d_wait_status(),
+        }
+    }
+}
+
+fn d_clock_skew() -> u64 {
+    30
+}
+fn d_max_token_bytes() -> usize {
+    8192
+}
+fn d_realm() -> String {
+    "tollgate".into()
+}
+fn d_tick_ms() -> u64 {
+    200
+}
+fn d_jwks_path() -> String {
+    "/oauth2/jwks".into()
+}
+fn d_refresh() -> u64 {
+    300
+}
+fn d_min_refresh() -> u64 {
+    10
+}
+fn d_retry() -> u64 {
+    5
+}
+fn d_timeout_ms() -> u64 {
+    2000
+}
+fn d_slots() -> u32 {
+    8192
+}
+fn d_max_ttl() -> u64 {
+    300
+}
+fn d_local_entries() -> u32 {
+    1024
+}
+fn d_h_sub() -> String {
+    "x-tollgate-sub".into()
+}
+fn d_h_client_id() -> String {
+    "x-tollgate-client-id".into()
+}
+fn d_h_scope() -> String {
+    "x-tollgate-scope".into()
+}
+fn d_h_iss() -> String {
+    "x-tollgate-iss".into()
+}
+fn d_strip_prefix() -> Option<String> {
+    Some("x-tollgate-".into())
+}
+fn d_wait_ms() -> u64 {
+    3000
+}
+fn d_wait_status() -> u16 {
+    503
+}
+
+// ------------------------------------------------------------------ checked shapes
+
+/// Where the token is looked for, in order; the first source present wins.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum TokenSource {
+    /// A request header, with a case-insensitive prefix such as `"Bearer "`.
+    Header {
+        name: String,
+        #[serde(default)]
+        prefix: Option<String>,
+    },
+    /// A cookie by name.
+    Cookie { name: String },
+    /// A query-string parameter by name.
+    Query { name: String },
+}
+
+/// How a rule's `scopes` list is matched against the token's scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ScopeMode {
+    /// Every listed scope is required.
+    #[default]
+    All,
+    /// One of the listed scopes is enough.
+    Any,
+}
+
+/// The source of one issuer's JWK Set: an Envoy cluster and a path.
+#[derive(Debug, Clone)]
+pub struct JwksSource {
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub refresh_interval_ms: u64,
+    pub min_refresh_interval_ms: u64,
+    pub retry_interval_ms: u64,
+    pub timeout_ms: u64,
+}
+
+/// One accepted token issuer.
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Alg>,
+    pub typ: Option<String>,
+    pub jwks: JwksSource,
+    /// Shared-data key prefix of this issuer (derived from the issuer URL).
+    pub key_id: String,
+}
+
+/// What a matched rule (or the default rule) demands.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub allow_anonymous: bool,
+    pub scopes: Vec<String>,
+    pub scope_mode: ScopeMode,
+    pub audiences: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub path: PathMatch,
+    /// Upper-case methods; empty = any.
+    pub methods: Vec<String>,
+    /// Lower-case hosts, exact or `*.suffix`; empty = any.
+    pub hosts: Vec<String>,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderNames {
+    pub sub: String,
+    pub client_id: String,
+    pub scope: String,
+    pub iss: String,
+    /// (claim name, header name), sorted by claim name.
+    pub claims: Vec<(String, String)>,
+    pub strip_authorization: bool,
+    pub strip_prefix: Option<String>,
+    /// Every header name removed from incoming requests (identity headers, claim headers,
+    /// `remove`), lower-case.
+    pub remove: Vec<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub issuers: Vec<Issuer>,
+    pub token_sources: Vec<TokenSource>,
+    pub clock_skew_s: u64,
+    pub max_token_bytes: usize,
+    pub cache_slots: u32,
+    pub cache_max_ttl_s: u64,
+    /// Entries of each worker's local token cache (0 = none).
+    pub cache_local_entries: u32,
+    pub rules: Vec<Rule>,
+    pub default_policy: Policy,
+    pub headers: HeaderNames,
+    pub realm: String,
+    pub jwks_max_wait_ms: u64,
+    pub jwks_wait_status: u16,
+    pub tick_ms: u64,
+    /// Hex prefix of SHA-256 over the configuration text: namespaces the token cache so
+    /// entries made under another configuration are never read.
+    pub fingerprint: String,
+}
+
+fn bad(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: msg.into(),
+    }
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(':')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn check_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
+    let lower = name.to_ascii_lowercase();
+    if !valid_header_name(&lower) {
+        return Err(bad(
+            field,
+            format!("{name:?} is not a valid header name (letters, digits, '-', '_')"),
+        ));
+    }
+    Ok(lower)
+}
+
+fn short_hash(s: &str) -> String {
+    let d = Sha256::digest(s.as_bytes());
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Config {
+    /// Parse and validate the JSON configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?;
+        let fingerprint = {
+            let d = Sha256::digest(bytes);
+            d[..6].iter().map(|b| format!("{b:02x}")).collect()
+        };
+        Self::check(raw, fingerprint)
+    }
+
+    fn check(raw: RawConfig, fingerprint: String) -> Result<Config, ConfigError> {
+        if raw.issuers.is_empty() {
+            return Err(bad("issuers", "at least one issuer is required"));
+        }
+        let mut issuers = Vec::with_capacity(raw.issuers.len());
+        for (i, ri) in raw.issuers.into_iter().enumerate() {
+            let f = |name: &str| format!("issuers[{i}].{name}");
+            if ri.issuer.trim().is_empty() {
+                return Err(bad(f("issuer"), "must not be empty"));
+            }
+            if issuers.iter().any(|x: &Issuer| x.issuer == ri.issuer) {
+                return Err(bad(f("issuer"), format!("{:?} is listed twice", ri.issuer)));
+            }
+            if ri.audiences.is_empty() || ri.audiences.iter().any(|a| a.is_empty()) {
+                return Err(bad(
+                    f("audiences"),
+                    "at least one non-empty audience is required (aud is always checked)",
+                ));
+            }
+            let algorithms = match ri.algorithms {
+                None => Alg::DEFAULT_ALLOWED.to_vec(),
+                Some(list) => {
+                    if list.is_empty() {
+                        return Err(bad(f("algorithms"), "must not be empty"));
+                    }
+                    let mut out = Vec::new();
+                    for a in list {
+                        match Alg::parse(&a) {
+                            Some(alg) => out.push(alg),
+                            None => {
+                                return Err(bad(
+                                    f("algorithms"),
+                                    format!(
+                                        "{a:?} is not accepted; use ES256, ES384, RS256, RS384, \
+                                         RS512, PS256, PS384, PS512 or EdDSA (none and HS* never)"
+                                    ),
+                                ))
+                            }
+                        }
+                    }
+                    out
+                }
+            };
+            let j = ri.jwks;
+            if j.cluster.is_empty() {
+                return Err(bad(f("jwks.cluster"), "must name an Envoy cluster"));
+            }
+            if !j.path.starts_with('/') {
+                return Err(bad(f("jwks.path"), "must start with '/'"));
+            }
+            if j.refresh_interval_s == 0 {
+                return Err(bad(f("jwks.refresh_interval_s"), "must be at least 1"));
+            }
+            if j.retry_interval_s == 0 {
+                return Err(bad(f("jwks.retry_interval_s"), "must be at least 1"));
+            }
+            if j.timeout_ms == 0 || j.timeout_ms > 60_000 {
+                return Err(bad(f("jwks.timeout_ms"), "must be within 1..=60000"));
+            }
+            let key_id = short_hash(&ri.issuer);
+            issuers.push(Issuer {
+                audiences: ri.audiences,
+                algorithms,
+                typ: ri.typ.map(|t| normalize_typ(&t)),
+                jwks: JwksSource {
+                    authority: j.authority.unwrap_or_else(|| j.cluster.clone()),
+                    cluster: j.cluster,
+                    path: j.path,
+                    refresh_interval_ms: j.refresh_interval_s.saturating_mul(1000),
+                    min_refresh_interval_ms: j.min_refresh_interval_s.saturating_mul(1000),
+                    retry_interval_ms: j.retry_interval_s.saturating_mul(1000),
+                    timeout_ms: j.timeout_ms,
+                },
+                issuer: ri.issuer,
+                key_id,
+            });
+        }
+
+        let token_sources = match raw.token_sources {
+            None => vec![TokenSource::Header {
+                name: "authorization".into(),
+                prefix: Some("Bearer ".into()),
+            }],
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(bad("token_sources", "must not be empty"));
+                }
+                let mut out = Vec::new();
+                for (i, s) in list.into_iter().enumerate() {
+                    let field = format!("token_sources[{i}]");
+                    out.push(match s {
+                        TokenSource::Header { name, prefix } => TokenSource::Header {
+                            name: check_header_name(&field, &name)?,
+                            prefix,
+                        },
+                        TokenSource::Cookie { name } | TokenSource::Query { name }
+                            if name.is_empty() =>
+                        {
+                            return Err(bad(field, "name must not be empty"))
+                        }
+                        other => other,
+                    });
+                }
+                out
+            }
+        };
+
+        if raw.clock_skew_s > 600 {
+            return Err(bad("clock_skew_s", "must be at most 600"));
+        }
+        if !(256..=65536).contains(&raw.max_token_bytes) {
+            return Err(bad("max_token_bytes", "must be within 256..=65536"));
+        }
+        if raw.cache.slots == 0 || raw.cache.slots > 1_048_576 {
+            return Err(bad("cache.slots", "must be within 1..=1048576"));
+        }
+        if raw.cache.local_entries > 65_536 {
+            return Err(bad("cache.local_entries", "must be at most 65536"));
+        }
+        if raw.cache.max_ttl_s == 0 || raw.cache.max_ttl_s > 86_400 {
+            return Err(bad("cache.max_ttl_s", "must be within 1..=86400"));
+        }
+        if raw.tick_ms < 10 || raw.tick_ms > 60_000 {
+            return Err(bad("tick_ms", "must be within 10..=60000"));
+        }
+        if raw.jwks_wait.max_wait_ms > 60_000 {
+            return Err(bad("jwks_wait.max_wait_ms", "must be at most 60000"));
+        }
+        if !matches!(raw.jwks_wait.status, 401 | 503) {
+            return Err(bad("jwks_wait.status", "must be 401 or 503"));
+        }
+        if raw.realm.contains('"') || raw.realm.contains('\\') || raw.realm.is_empty() {
+            return Err(bad("realm", "must be non-empty without '\"' or '\\'"));
+        }
+
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        for (i, r) in raw.rules.into_iter().enumerate() {
+            let field = |n: &str| format!("rules[{i}].{n}");
+            let set = [&r.path_exact, &r.path_prefix, &r.path_regex]
+                .iter()
+                .filter(|x| x.is_some())
+                .count();
+            if set > 1 {
+                return Err(bad(
+                    format!("rules[{i}]"),
+                    "at most one of path_exact, path_prefix, path_regex",
+                ));
+            }
+            let path = if let Some(p) = r.path_exact {
+                PathMatch::Exact(p)
+            } else if let Some(p) = r.path_prefix {
+                PathMatch::Prefix(p)
+            } else if let Some(p) = r.path_regex {
+                let anchored = format!("^(?:{p})$");
+                PathMatch::Regex(
+                    Regex::new(&anchored).map_err(|e| bad(field("path_regex"), e.to_string()))?,
+                )
+            } else {
+                PathMatch::Any
+            };
+            let methods: Vec<String> = r.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
+            if methods.iter().any(|m| m.is_empty()) {
+                return Err(bad(field("methods"), "empty method"));
+            }
+            let hosts: Vec<String> = r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+            if hosts.iter().any(|h| h.is_empty()) {
+                return Err(bad(field("hosts"), "empty host"));
+            }
+            let policy = Policy {
+                allow_anonymous: r.allow_anonymous,
+                scopes: r.scopes,
+                scope_mode: r.scope_mode,
+                audiences: r.audiences,
+            };
+            check_policy(&field(""), &policy)?;
+            rules.push(Rule {
+                name: r.name.unwrap_or_else(|| format!("rule-{i}")),
+                path,
+                methods,
+                hosts,
+                policy,
+            });
+        }
+        let default_policy = match raw.default_rule {
+            None => Policy::default(),
+            Some(p) => Policy {
+                allow_anonymous: p.allow_anonymous,
+                scopes: p.scopes,
+                scope_mode: p.scope_mode,
+                audiences: p.audiences,
+            },
+        };
+        check_policy("default_rule.", &default_policy)?;
+
+        let h = raw.headers;
+        let sub = check_header_name("headers.sub", &h.sub)?;
+        let client_id = check_header_name("headers.client_id", &h.client_id)?;
+        let scope = check_header_name("headers.scope", &h.scope)?;
+        let iss = check_header_name("headers.iss", &h.iss)?;
+        let mut claims = Vec::new();
+        for (claim, header) in h.claims {
+            if claim.is_empty() {
+                return Err(bad("headers.claims", "empty claim name"));
+            }
+            let hn = check_header_name(&format!("headers.claims.{claim}"), &header)?;
+            claims.push((claim, hn));
+        }
+        let mut remove = vec![sub.clone(), client_id.clone(), scope.clone(), iss.clone()];
+        remove.extend(claims.iter().map(|(_, h)| h.clone()));
+        for (i, r) in h.remove.iter().enumerate() {
+            remove.push(check_header_name(&format!("headers.remove[{i}]"), r)?);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for name in remove.iter().take(4 + claims.len()) {
+            if !seen.insert(name.as_str()) {
+                return Err(bad(
+                    "headers",
+                    format!("header {name:?} is used for two identity values"),
+                ));
+            }
+        }
+        if remove.iter().any(|n| n == "authorization") {
+            return Err(bad(
+                "headers",
+                "use strip_authorization to remove the Authorization header",
+            ));
+        }
+        remove.sort();
+        remove.dedup();
+        let strip_prefix = match h.strip_prefix {
+            Some(p) if p.is_empty() => None,
+            Some(p) => Some(check_header_name("headers.strip_prefix", &p)?),
+            None => None,
+        };
+
+        Ok(Config {
+            issuers,
+            token_sources,
+            clock_skew_s: raw.clock_skew_s,
+            max_token_bytes: raw.max_token_bytes,
+            cache_slots: raw.cache.slots,
+            cache_max_ttl_s: raw.cache.max_ttl_s,
+            cache_local_entries: raw.cache.local_entries,
+            rules,
+            default_policy,
+            headers: HeaderNames {
+                sub,
+                client_id,
+                scope,
+                iss,
+                claims,
+                strip_authorization: h.strip_authorization,
+                strip_prefix,
+                remove,
+            },
+            realm: raw.realm,
+            jwks_max_wait_ms: raw.jwks_wait.max_wait_ms,
+            jwks_wait_status: raw.jwks_wait.status,
+            tick_ms: raw.tick_ms,
+            fingerprint,
+        })
+    }
+
+    /// The issuer with this exact `iss` value, with its index.
+    pub fn issuer(&self, iss: &str) -> Option<(usize, &Issuer)> {
+        self.issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.issuer == iss)
+    }
+}
+
+fn check_policy(prefix: &str, p: &Policy) -> Result<(), ConfigError> {
+    if p.scopes.iter().any(|s| s.is_empty() || s.contains(' ')) {
+        return Err(bad(
+            format!("{prefix}scopes"),
+            "scopes are single non-empty words",
+        ));
+    }
+    if p.scopes.iter().any(|s| s.contains('"') || s.contains('\\')) {
+        return Err(bad(
+            format!("{prefix}scopes"),
+            "scopes must not contain '\"' or '\\'",
+        ));
+    }
+    if p.allow_anonymous && (!p.scopes.is_empty() || !p.audiences.is_empty()) {
+        return Err(bad(
+            format!("{prefix}allow_anonymous"),
+            "an anonymous rule cannot also require scopes or audiences",
+        ));
+    }
+    Ok(())
+}
+
+/// `typ` values compare case-insensitively with an optional `application/` prefix (RFC 7515 §4.1.9).
+pub fn normalize_typ(t: &str) -> String {
+    let l = t.to_ascii_lowercase();
+    l.strip_prefix("application/")
+        .map(str::to_string)
+        .unwrap_or(l)
+}

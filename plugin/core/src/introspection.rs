@@ -1,0 +1,326 @@
+//! Opaque tokens: RFC 7662 introspection results cached in shared data, with one
+//! introspection call per token however many requests (on however many workers) arrive
+//! with it while the answer is pending.
+//!
+//! - Slot table `tollgate/ic/<ns>/<slot>` keyed by the SHA-256 of the token (never the
+//!   token), one entry per slot, a new entry replacing an expired or different one.
+//! - An entry is `Active` (identity, until min(token `exp`, now + max TTL)), `Inactive`
+//!   (for the negative TTL) or `Pending` (a worker is asking the auth server; others wait
+//!   for its answer until the pending deadline, then may ask themselves).
+
+use serde_json::Value;
+
+use crate::cache::TokenHash;
+use crate::host::{Host, SharedError};
+use crate::identity::{Identity, Reader};
+
+const MAGIC: u8 = 0xD5;
+const ACTIVE: u8 = 1;
+const INACTIVE: u8 = 2;
+const PENDING: u8 = 3;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub namespace: String,
+    pub slots: u32,
+    /// Longest time an active answer is cached, seconds.
+    pub max_ttl_s: u64,
+    /// How long an inactive answer is cached, seconds.
+    pub negative_ttl_s: u64,
+    /// How long others wait for a pending introspection, ms (≥ the call timeout).
+    pub pending_ms: u64,
+}
+
+/// What the cache says about a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Active(Identity),
+    Inactive,
+    /// Someone is introspecting this token; `mine` when it is this worker.
+    Pending {
+        owner: u32,
+    },
+    /// Nothing usable: introspect (claim first with the returned CAS).
+    Miss {
+        cas: Option<u32>,
+    },
+}
+
+fn slot_key(s: &Settings, h: &TokenHash) -> String {
+    let n = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) % s.slots.max(1);
+    format!("tollgate/ic/{}/{n}", s.namespace)
+}
+
+fn header(h: &TokenHash, kind: u8, until_ms: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(MAGIC);
+    out.extend_from_slice(h);
+    out.push(kind);
+    out.extend_from_slice(&until_ms.to_be_bytes());
+    out
+}
+
+/// Create every slot (empty) if it does not exist yet. Run when the filter starts, before
+/// traffic: Envoy's compare-and-swap cannot express "create if absent", so a claim on a
+/// slot that does not exist would be unconditional and two workers could both win it.
+pub fn init_slots(host: &dyn Host, s: &Settings) {
+    for n in 0..s.slots.max(1) {
+        let key = format!("tollgate/ic/{}/{n}", s.namespace);
+        if host.shared_get(&key).1.is_none() {
+            let _ = host.shared_set(&key, &[], None);
+        }
+    }
+}
+
+/// Look a token up. `now_ms` is Unix ms.
+pub fn lookup(host: &dyn Host, s: &Settings, h: &TokenHash, now_ms: u64) -> State {
+    let (v, cas) = host.shared_get(&slot_key(s, h));
+    let Some(v) = v else {
+        return State::Miss { cas };
+    };
+    let mut r = Reader::new(&v);
+    let parsed = (|| {
+        if r.u8()? != MAGIC || r.take(32)? != h.as_slice() {
+            return None;
+        }
+        let kind = r.u8()?;
+        let until = r.u64()?;
+        Some((kind, until))
+    })();
+    match parsed {
+        Some((_, until)) if until <= now_ms => State::Miss { cas },
+        Some((ACTIVE, _)) => match Identity::decode(&mut r) {
+            Some(id) => State::Active(id),
+            None => State::Miss { cas },
+        },
+        Some((INACTIVE, _)) => State::Inactive,
+        Some((PENDING, _)) => match r.u32() {
+            Some(owner) => State::Pending { owner },
+            None => State::Miss { cas },
+        },
+        _ => State::Miss { cas },
+    }
+}
+
+/// Claim the introspection of a token for worker `me`. `false` when another worker
+/// claimed it (or wrote an answer) in between.
+pub fn claim(
+    host: &dyn Host,
+    s: &Settings,
+    h: &TokenHash,
+    me: u32,
+    cas: Option<u32>,
+    now_ms: u64,
+) -> bool {
+    let mut v = header(h, PENDING, now_ms.saturating_add(s.pending_ms));
+    v.extend_from_slice(&me.to_be_bytes());
+    host.shared_set(&slot_key(s, h), &v, cas.or(Some(0)))
+        .is_ok()
+}
+
+/// Store an answer: `Some(identity)` for an active token, `None` for an inactive one.
+pub fn store(
+    host: &dyn Host,
+    s: &Settings,
+    h: &TokenHash,
+    answer: Option<&Identity>,
+    now_ms: u64,
+) -> Result<(), SharedError> {
+    let v = match answer {
+        Some(id) => {
+            let until =
+                (id.exp.saturating_mul(1000)).min(now_ms.saturating_add(s.max_ttl_s * 1000));
+            let mut v = header(h, ACTIVE, until);
+            id.encode_into(&mut v);
+            v
+        }
+        None => header(h, INACTIVE, now_ms.saturating_add(s.negative_ttl_s * 1000)),
+    };
+    host.shared_set(&slot_key(s, h), &v, None)
+}
+
+/// Drop a pending claim after a failed call, so the next request may try again.
+pub fn release(host: &dyn Host, s: &Settings, h: &TokenHash, me: u32, now_ms: u64) {
+    let (v, cas) = host.shared_get(&slot_key(s, h));
+    if let Some(State::Pending { owner }) = v.as_ref().map(|_| lookup(host, s, h, now_ms)) {
+        if owner == me {
+            let _ = host.shared_set(&slot_key(s, h), &header(h, PENDING, 0), cas);
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntrospectionError {
+    #[error("introspection answer is not valid JSON")]
+    Json,
+    #[error("introspection answer lacks `active`")]
+    NoActive,
+    #[error("introspection answer field `{0}` is invalid")]
+    Field(&'static str),
+}
+
+/// Parse an RFC 7662 answer into an identity (`None`: inactive). `issuer` is the index of
+/// the configured issuer the token is attributed to; `claim_names` the configured claim
+/// headers' claim names. An active token must have `exp` in the future.
+pub fn parse_answer(
+    body: &[u8],
+    issuer: u16,
+    claim_names: &[String],
+    now_s: u64,
+) -> Result<Option<Identity>, IntrospectionError> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| IntrospectionError::Json)?;
+    let active = v
+        .get("active")
+        .and_then(Value::as_bool)
+        .ok_or(IntrospectionError::NoActive)?;
+    if !active {
+        return Ok(None);
+    }
+    let s = |k: &'static str| -> Result<Option<String>, IntrospectionError> {
+        match v.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(x)) if crate::identity::header_safe(x) => Ok(Some(x.clone())),
+            _ => Err(IntrospectionError::Field(k)),
+        }
+    };
+    let exp = v
+        .get("exp")
+        .and_then(Value::as_u64)
+        .ok_or(IntrospectionError::Field("exp"))?;
+    if exp <= now_s {
+        return Ok(None);
+    }
+    let aud = match v.get("aud") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(a)) => vec![a.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(IntrospectionError::Field("aud"))?,
+        _ => return Err(IntrospectionError::Field("aud")),
+    };
+    let claims = claim_names
+        .iter()
+        .map(|c| match v.get(c) {
+            Some(Value::String(x)) if crate::identity::header_safe(x) => Some(x.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::Bool(b)) => Some(b.to_string()),
+            _ => None,
+        })
+        .collect();
+    Ok(Some(Identity {
+        issuer,
+        sub: s("sub")?.unwrap_or_default(),
+        client_id: s("client_id")?,
+        scope: s("scope")?.unwrap_or_default(),
+        aud,
+        jti: s("jti")?,
+        exp,
+        iat: v.get("iat").and_then(Value::as_u64),
+        claims,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::hash_token;
+    use crate::testing::MemoryHost;
+
+    fn settings() -> Settings {
+        Settings {
+            namespace: "t".into(),
+            slots: 16,
+            max_ttl_s: 60,
+            negative_ttl_s: 5,
+            pending_ms: 2000,
+        }
+    }
+
+    #[test]
+    fn single_flight_then_cached_answer() {
+        let host = MemoryHost::new(1_000_000);
+        let s = settings();
+        init_slots(&host, &s);
+        let h = hash_token("tg_at_abc");
+        let State::Miss { cas } = lookup(&host, &s, &h, 1_000_000) else {
+            panic!()
+        };
+        assert!(claim(&host, &s, &h, 1, cas, 1_000_000));
+        // A second worker sees the claim and waits instead of calling.
+        assert_eq!(
+            lookup(&host, &s, &h, 1_000_100),
+            State::Pending { owner: 1 }
+        );
+        assert!(
+            !claim(&host, &s, &h, 2, cas, 1_000_100),
+            "stale CAS: claim refused"
+        );
+        let body = br#"{"active":true,"sub":"u","client_id":"c","scope":"a b","aud":"api","exp":1000030,"jti":"j","tenant":"t1"}"#;
+        let id = parse_answer(body, 0, &["tenant".into()], 1000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.claims, vec![Some("t1".into())]);
+        store(&host, &s, &h, Some(&id), 1_000_200).unwrap();
+        assert_eq!(lookup(&host, &s, &h, 1_000_300), State::Active(id));
+        // Cached no longer than max_ttl (60 s) nor the token's exp.
+        assert!(matches!(
+            lookup(&host, &s, &h, 1_060_201),
+            State::Miss { .. }
+        ));
+    }
+
+    #[test]
+    fn inactive_answers_expire_after_the_negative_ttl() {
+        let host = MemoryHost::new(0);
+        let s = settings();
+        let h = hash_token("x");
+        assert_eq!(
+            parse_answer(br#"{"active":false}"#, 0, &[], 0).unwrap(),
+            None
+        );
+        store(&host, &s, &h, None, 0).unwrap();
+        assert_eq!(lookup(&host, &s, &h, 4999), State::Inactive);
+        assert!(matches!(lookup(&host, &s, &h, 5000), State::Miss { .. }));
+    }
+
+    #[test]
+    fn a_stuck_claim_expires_and_release_frees_it() {
+        let host = MemoryHost::new(0);
+        let s = settings();
+        let h = hash_token("y");
+        assert!(claim(&host, &s, &h, 1, None, 0));
+        assert!(matches!(lookup(&host, &s, &h, 2001), State::Miss { .. }));
+        let State::Miss { cas } = lookup(&host, &s, &h, 2001) else {
+            panic!()
+        };
+        assert!(claim(&host, &s, &h, 2, cas, 2001));
+        release(&host, &s, &h, 2, 2002);
+        assert!(matches!(lookup(&host, &s, &h, 2003), State::Miss { .. }));
+    }
+
+    #[test]
+    fn answers_are_validated() {
+        for bad in [
+            &b"nope"[..],
+            b"{}",
+            br#"{"active":"yes"}"#,
+            br#"{"active":true}"#,
+            br#"{"active":true,"exp":9999,"sub":5}"#,
+            br#"{"active":true,"exp":9999,"aud":[1]}"#,
+            br#"{"active":true,"exp":9999,"sub":"a\nb"}"#,
+        ] {
+            assert!(
+                parse_answer(bad, 0, &[], 10).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Active but already expired counts as inactive.
+        assert_eq!(
+            parse_answer(br#"{"active":true,"exp":5}"#, 0, &[], 10).unwrap(),
+            None
+        );
+    }
+}

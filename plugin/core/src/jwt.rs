@@ -1,0 +1,396 @@
+//! JWT (JWS compact serialization) parsing and verification.
+//!
+//! Only asymmetric algorithms exist here: `none` and `HS*` cannot even be named in the
+//! configuration, and a token header carrying `jku`, `jwk`, `x5u`, `x5c` or `crit` is refused
+//! before any key is looked at, so a key is never taken from the token itself.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::{Map, Value};
+
+use crate::config::{normalize_typ, Config};
+use crate::error::TokenError;
+use crate::identity::{header_safe, Identity};
+use crate::jwks::{KeyKind, KeySet};
+
+/// An accepted signing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alg {
+    ES256,
+    ES384,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    EdDSA,
+}
+
+impl Alg {
+    /// The list used when an issuer does not set `algorithms`.
+    pub const DEFAULT_ALLOWED: [Alg; 7] = [
+        Alg::ES256,
+        Alg::ES384,
+        Alg::RS256,
+        Alg::RS384,
+        Alg::RS512,
+        Alg::PS256,
+        Alg::EdDSA,
+    ];
+
+    /// Parse an `alg` value; `none` and every `HS*` are not algorithms here.
+    pub fn parse(s: &str) -> Option<Alg> {
+        Some(match s {
+            "ES256" => Alg::ES256,
+            "ES384" => Alg::ES384,
+            "RS256" => Alg::RS256,
+            "RS384" => Alg::RS384,
+            "RS512" => Alg::RS512,
+            "PS256" => Alg::PS256,
+            "PS384" => Alg::PS384,
+            "PS512" => Alg::PS512,
+            "EdDSA" => Alg::EdDSA,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alg::ES256 => "ES256",
+            Alg::ES384 => "ES384",
+            Alg::RS256 => "RS256",
+            Alg::RS384 => "RS384",
+            Alg::RS512 => "RS512",
+            Alg::PS256 => "PS256",
+            Alg::PS384 => "PS384",
+            Alg::PS512 => "PS512",
+            Alg::EdDSA => "EdDSA",
+        }
+    }
+
+    fn jwt(self) -> Algorithm {
+        match self {
+            Alg::ES256 => Algorithm::ES256,
+            Alg::ES384 => Algorithm::ES384,
+            Alg::RS256 => Algorithm::RS256,
+            Alg::RS384 => Algorithm::RS384,
+            Alg::RS512 => Algorithm::RS512,
+            Alg::PS256 => Algorithm::PS256,
+            Alg::PS384 => Algorithm::PS384,
+            Alg::PS512 => Algorithm::PS512,
+            Alg::EdDSA => Algorithm::EdDSA,
+        }
+    }
+
+    /// The key type this algorithm needs.
+    pub fn key_kind(self) -> KeyKind {
+        match self {
+            Alg::ES256 => KeyKind::P256,
+            Alg::ES384 => KeyKind::P384,
+            Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512 => {
+                KeyKind::Rsa
+            }
+            Alg::EdDSA => KeyKind::Ed25519,
+        }
+    }
+}
+
+/// Header parameters that would make us trust key material named by the token.
+const FORBIDDEN_HEADER_KEYS: [&str; 5] = ["jku", "jwk", "x5u", "x5c", "crit"];
+/// Upper bound on the decoded JOSE header.
+const MAX_HEADER_BYTES: usize = 2048;
+
+/// A token split and decoded, not yet verified.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    pub alg_name: String,
+    pub kid: Option<String>,
+    pub typ: Option<String>,
+    pub claims: Map<String, Value>,
+    pub signing_input: &'a str,
+    pub signature: &'a str,
+}
+
+fn b64url_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether the string has the shape of a JWS compact token (three base64url segments).
+pub fn looks_like_jwt(token: &str) -> bool {
+    let mut n = 0;
+    for seg in token.split('.') {
+        n += 1;
+        if n > 3 || !b64url_segment(seg) {
+            return false;
+        }
+    }
+    n == 3
+}
+
+/// Split and decode a compact JWS. No key is used and nothing is trusted yet.
+pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, TokenError> {
+    if token.len() > max_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    if !looks_like_jwt(token) {
+        return Err(TokenError::Malformed);
+    }
+    let last_dot = token.rfind('.').ok_or(TokenError::Malformed)?;
+    let signing_input = &token[..last_dot];
+    let signature = &token[last_dot + 1..];
+    let (h64, p64) = signing_input.split_once('.').ok_or(TokenError::Malformed)?;
+    if h64.len() > MAX_HEADER_BYTES * 4 / 3 + 4 {
+        return Err(TokenError::Malformed);
+    }
+    let hbytes = URL_SAFE_NO_PAD
+        .decode(h64)
+        .map_err(|_| TokenError::Malformed)?;
+    let header: Map<String, Value> =
+        serde_json::from_slice(&hbytes).map_err(|_| TokenError::Malformed)?;
+    if FORBIDDEN_HEADER_KEYS
+        .iter()
+        .any(|k| header.contains_key(*k))
+    {
+        return Err(TokenError::ForbiddenHeader);
+    }
+    let alg_name = match header.get("alg") {
+        Some(Value::String(a)) => a.clone(),
+        _ => return Err(TokenError::Malformed),
+    };
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(TokenError::Malformed),
+    };
+    let typ = match header.get("typ") {
+        None => None,
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => return Err(TokenError::Malformed),
+    };
+    let pbytes = URL_SAFE_NO_PAD
+        .decode(p64)
+        .map_err(|_| TokenError::Malformed)?;
+    let claims: Map<String, Value> =
+        serde_json::from_slice(&pbytes).map_err(|_| TokenError::Malformed)?;
+    // The signature must be decodable too (checked here so that a garbage signature is
+    // "malformed", not "bad signature").
+    if URL_SAFE_NO_PAD.decode(signature).is_err() {
+        return Err(TokenError::Malformed);
+    }
+    Ok(Parsed {
+        alg_name,
+        kid,
+        typ,
+        claims,
+        signing_input,
+        signature,
+    })
+}
+
+/// Why verification did not produce an identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    /// The token is refused.
+    Token(TokenError),
+    /// The issuer is known but its JWKS has never been loaded on this host.
+    NoJwks { issuer: usize },
+    /// The `kid` is not in the issuer's current JWKS: the caller may ask for a refresh.
+    UnknownKid { issuer: usize },
+}
+
+impl From<TokenError> for VerifyError {
+    fn from(e: TokenError) -> Self {
+        VerifyError::Token(e)
+    }
+}
+
+/// Access to the parsed key sets, by issuer index; `None` = never loaded.
+pub trait KeySource {
+    fn key_set(&mut self, issuer: usize) -> Option<&KeySet>;
+}
+
+fn numeric_date(v: Option<&Value>, name: &'static str) -> Result<Option<u64>, TokenError> {
+    match v {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(u) = n.as_u64() {
+                Ok(Some(u))
+            } else if let Some(f) = n.as_f64() {
+                if f.is_finite() && (0.0..1.0e15).contains(&f) {
+                    Ok(Some(f.floor() as u64))
+                } else {
+                    Err(TokenError::MissingClaim(name))
+                }
+            } else {
+                Err(TokenError::MissingClaim(name))
+            }
+        }
+        Some(_) => Err(TokenError::MissingClaim(name)),
+    }
+}
+
+fn opt_string(v: Option<&Value>, name: &'static str) -> Result<Option<String>, TokenError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(TokenError::MissingClaim(name)),
+    }
+}
+
+/// Render a claim value for a header: strings as they are, anything else as JSON.
+pub fn claim_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Verify a token completely: header, issuer, algorithm, key, signature, then claims.
+/// `now` is Unix seconds.
+pub fn verify(
+    token: &str,
+    cfg: &Config,
+    keys: &mut dyn KeySource,
+    now: u64,
+) -> Result<Identity, VerifyError> {
+    let p = parse(token, cfg.max_token_bytes)?;
+    let alg = Alg::parse(&p.alg_name).ok_or(TokenError::AlgorithmNotAllowed)?;
+    let iss = match p.claims.get("iss") {
+        Some(Value::String(s)) => s.as_str(),
+        _ => return Err(TokenError::MissingClaim("iss").into()),
+    };
+    let (idx, issuer) = cfg.issuer(iss).ok_or(TokenError::UnknownIssuer)?;
+    if !issuer.algorithms.contains(&alg) {
+        return Err(TokenError::AlgorithmNotAllowed.into());
+    }
+    if let Some(want) = &issuer.typ {
+        match &p.typ {
+            Some(t) if normalize_typ(t) == *want => {}
+            _ => return Err(TokenError::WrongType.into()),
+        }
+    }
+    let set = keys
+        .key_set(idx)
+        .ok_or(VerifyError::NoJwks { issuer: idx })?;
+    let key = match &p.kid {
+        Some(kid) => match set.by_kid(kid) {
+            Some(k) => k,
+            None => return Err(VerifyError::UnknownKid { issuer: idx }),
+        },
+        None => set.only_key_for(alg).ok_or(TokenError::UnknownKey)?,
+    };
+    if key.kind != alg.key_kind() || key.alg.is_some_and(|a| a != alg) {
+        // A kid naming a key of another type (e.g. an RSA kid in an ES256 token).
+        return Err(TokenError::AlgorithmNotAllowed.into());
+    }
+    if !check_signature(p.signature, p.signing_input, &key.decoding, alg) {
+        return Err(TokenError::BadSignature.into());
+    }
+    claims_to_identity(&p.claims, cfg, idx, now)
+}
+
+fn check_signature(sig: &str, input: &str, key: &DecodingKey, alg: Alg) -> bool {
+    matches!(
+        jsonwebtoken::crypto::verify(sig, input.as_bytes(), key, alg.jwt()),
+        Ok(true)
+    )
+}
+
+/// Validate the time and audience claims and build the identity.
+pub fn claims_to_identity(
+    claims: &Map<String, Value>,
+    cfg: &Config,
+    issuer_idx: usize,
+    now: u64,
+) -> Result<Identity, VerifyError> {
+    let issuer = &cfg.issuers[issuer_idx.min(cfg.issuers.len().saturating_sub(1))];
+    let skew = cfg.clock_skew_s;
+    let exp = numeric_date(claims.get("exp"), "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
+    if now >= exp.saturating_add(skew) {
+        return Err(TokenError::Expired.into());
+    }
+    if let Some(nbf) = numeric_date(claims.get("nbf"), "nbf")? {
+        if nbf > now.saturating_add(skew) {
+            return Err(TokenError::NotYetValid.into());
+        }
+    }
+    let iat = numeric_date(claims.get("iat"), "iat")?;
+    if let Some(iat) = iat {
+        if iat > now.saturating_add(skew) {
+            return Err(TokenError::IssuedInFuture.into());
+        }
+    }
+    let aud: Vec<String> = match claims.get("aud") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => {
+            let mut out = Vec::with_capacity(a.len());
+            for v in a {
+                match v {
+                    Value::String(s) => out.push(s.clone()),
+                    _ => return Err(TokenError::MissingClaim("aud").into()),
+                }
+            }
+            out
+        }
+        _ => return Err(TokenError::MissingClaim("aud").into()),
+    };
+    if !aud.iter().any(|a| issuer.audiences.contains(a)) {
+        return Err(TokenError::WrongAudience.into());
+    }
+    let sub = opt_string(claims.get("sub"), "sub")?
+        .filter(|s| !s.is_empty())
+        .ok_or(TokenError::MissingClaim("sub"))?;
+    let client_id = opt_string(claims.get("client_id"), "client_id")?;
+    let scope = match claims.get("scope") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) => {
+            let mut parts = Vec::with_capacity(a.len());
+            for v in a {
+                match v {
+                    Value::String(s) => parts.push(s.as_str()),
+                    _ => return Err(TokenError::MissingClaim("scope").into()),
+                }
+            }
+            parts.join(" ")
+        }
+        Some(_) => return Err(TokenError::MissingClaim("scope").into()),
+    };
+    let jti = opt_string(claims.get("jti"), "jti")?;
+    let mut extra = Vec::with_capacity(cfg.headers.claims.len());
+    for (claim, _) in &cfg.headers.claims {
+        let v = claims.get(claim).filter(|v| !v.is_null()).map(claim_text);
+        if let Some(text) = &v {
+            if !header_safe(text) {
+                return Err(TokenError::UnsafeClaim(claim.clone()).into());
+            }
+        }
+        extra.push(v);
+    }
+    for (name, v) in [
+        ("sub", Some(&sub)),
+        ("client_id", client_id.as_ref()),
+        ("scope", Some(&scope)),
+    ] {
+        if let Some(v) = v {
+            if !header_safe(v) {
+                return Err(TokenError::UnsafeClaim(name.to_string()).into());
+            }
+        }
+    }
+    Ok(Identity {
+        issuer: issuer_idx as u16,
+        sub,
+        client_id,
+        scope,
+        aud,
+        jti,
+        exp,
+        iat,
+        claims: extra,
+    })
+}

@@ -1,0 +1,30 @@
+//! Host-independent core of the Tollgate edge filter.
+//!
+//! Everything the proxy-wasm filter decides lives here, as plain Rust over the [`host::Host`]
+//! trait: configuration ([`config`]), token extraction ([`token`]), JWT verification
+//! ([`jwt`]), JWK Sets ([`jwks`]), rules ([`rules`]), RFC 6750 rejections ([`reject`]),
+//! identity headers ([`identity`]), the shared verified-token cache ([`cache`]) and the
+//! request / timer flow ([`engine`]). The `tollgate-filter` crate only maps this onto
+//! proxy-wasm hostcalls. See `docs/filter.md`.
+
+pub mod cache;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod host;
+pub mod identity;
+pub mod introspection;
+pub mod jwks;
+pub mod jwt;
+pub mod metrics;
+pub mod ratelimit;
+pub mod reject;
+pub mod revocation;
+pub mod rules;
+pub mod testing;
+pub mod token;
+
+pub use config::Config;
+pub use engine::{FetchPlan, Outcome, Request, Worker};
+pub use error::{ConfigError, TokenError};
+pub use host::{Host, Level, SharedError};

@@ -1,0 +1,83 @@
+//! The counters the filter defines (proxy-wasm `define_metric`), with their names.
+
+use crate::error::TokenError;
+
+/// A counter. Envoy shows each as `wasmcustom.<name>` in its stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    Allowed,
+    AllowedAnonymous,
+    DeniedMissing,
+    DeniedScope,
+    DeniedRuleAudience,
+    DeniedNoJwks,
+    Denied(&'static str),
+    CacheHit,
+    CacheMiss,
+    JwksFetch,
+    JwksRefreshOk,
+    JwksRefreshFailed,
+    JwksUnknownKidRefresh,
+}
+
+/// Every `TokenError::reason()` label, so the glue can define all counters up front.
+pub const TOKEN_REASONS: [&str; 12] = [
+    "malformed",
+    "too_large",
+    "forbidden_header",
+    "alg",
+    "typ",
+    "issuer",
+    "unknown_kid",
+    "signature",
+    "expired",
+    "nbf",
+    "iat",
+    "audience",
+];
+
+impl Metric {
+    pub fn for_token_error(e: &TokenError) -> Metric {
+        Metric::Denied(e.reason())
+    }
+
+    /// The metric name (without Envoy's `wasmcustom.` prefix).
+    pub fn name(&self) -> String {
+        match self {
+            Metric::Allowed => "tollgate_allowed".into(),
+            Metric::AllowedAnonymous => "tollgate_allowed_anonymous".into(),
+            Metric::DeniedMissing => "tollgate_denied_missing".into(),
+            Metric::DeniedScope => "tollgate_denied_scope".into(),
+            Metric::DeniedRuleAudience => "tollgate_denied_rule_audience".into(),
+            Metric::DeniedNoJwks => "tollgate_denied_no_jwks".into(),
+            Metric::Denied(r) => format!("tollgate_denied_{r}"),
+            Metric::CacheHit => "tollgate_cache_hit".into(),
+            Metric::CacheMiss => "tollgate_cache_miss".into(),
+            Metric::JwksFetch => "tollgate_jwks_fetch".into(),
+            Metric::JwksRefreshOk => "tollgate_jwks_refresh_ok".into(),
+            Metric::JwksRefreshFailed => "tollgate_jwks_refresh_failed".into(),
+            Metric::JwksUnknownKidRefresh => "tollgate_jwks_unknown_kid_refresh".into(),
+        }
+    }
+
+    /// Every metric, for definition at start-up.
+    pub fn all() -> Vec<Metric> {
+        let mut v = vec![
+            Metric::Allowed,
+            Metric::AllowedAnonymous,
+            Metric::DeniedMissing,
+            Metric::DeniedScope,
+            Metric::DeniedRuleAudience,
+            Metric::DeniedNoJwks,
+            Metric::CacheHit,
+            Metric::CacheMiss,
+            Metric::JwksFetch,
+            Metric::JwksRefreshOk,
+            Metric::JwksRefreshFailed,
+            Metric::JwksUnknownKidRefresh,
+            Metric::Denied("claims"),
+        ];
+        v.extend(TOKEN_REASONS.iter().map(|r| Metric::Denied(r)));
+        v
+    }
+}

@@ -1,0 +1,255 @@
+//! JWT and JWKS verification against keys made in the test.
+
+mod common;
+
+// On wasm32-unknown-unknown every test runs under wasm-bindgen-test (`make wasm-test`).
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use common::*;
+use serde_json::json;
+use tollgate_edge_core::jwks::KeySet;
+use tollgate_edge_core::jwt::{self, KeySource, VerifyError};
+use tollgate_edge_core::TokenError;
+
+struct Keys(Option<KeySet>);
+
+impl KeySource for Keys {
+    fn key_set(&mut self, _issuer: usize) -> Option<&KeySet> {
+        self.0.as_ref()
+    }
+}
+
+fn keys(list: &[(&TestKey, &str)]) -> Keys {
+    Keys(Some(KeySet::parse(&jwks(list)).unwrap()))
+}
+
+fn verify(t: &str, k: &mut Keys) -> Result<tollgate_edge_core::identity::Identity, VerifyError> {
+    jwt::verify(t, &config(json!({})), k, NOW)
+}
+
+fn refused(t: &str, k: &mut Keys) -> TokenError {
+    match verify(t, k) {
+        Err(VerifyError::Token(e)) => e,
+        other => panic!("expected a token error, got {other:?}"),
+    }
+}
+
+#[test]
+fn es256_eddsa_rs256_verify() {
+    for key in [TestKey::es256(3), TestKey::ed(4), TestKey::rsa()] {
+        let mut k = keys(&[(&key, "k1")]);
+        let id = verify(
+            &token(&key, "k1", &claims("client-a", "api:read api:write")),
+            &mut k,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e:?}", key.alg()));
+        assert_eq!(id.sub, "client-a");
+        assert_eq!(id.client_id.as_deref(), Some("client-a"));
+        assert!(id.has_scope("api:write"));
+        assert!(!id.has_scope("api"));
+        assert_eq!(id.jti.as_deref(), Some("jti-client-a"));
+        assert_eq!(id.claims, vec![Some("jti-client-a".to_string())]);
+    }
+}
+
+#[test]
+fn time_claims_with_skew() {
+    let key = TestKey::es256(3);
+    let mut k = keys(&[(&key, "k1")]);
+    let mut c = claims("c", "");
+    c["exp"] = json!(NOW - 31);
+    assert_eq!(refused(&token(&key, "k1", &c), &mut k), TokenError::Expired);
+    c["exp"] = json!(NOW - 29); // inside the 30 s skew
+    assert!(verify(&token(&key, "k1", &c), &mut k).is_ok());
+    let mut c = claims("c", "");
+    c["nbf"] = json!(NOW + 300);
+    assert_eq!(
+        refused(&token(&key, "k1", &c), &mut k),
+        TokenError::NotYetValid
+    );
+    let mut c = claims("c", "");
+    c["iat"] = json!(NOW + 300);
+    assert_eq!(
+        refused(&token(&key, "k1", &c), &mut k),
+        TokenError::IssuedInFuture
+    );
+    let mut c = claims("c", "");
+    c.as_object_mut().unwrap().remove("exp");
+    assert_eq!(
+        refused(&token(&key, "k1", &c), &mut k),
+        TokenError::MissingClaim("exp")
+    );
+    let mut c = claims("c", "");
+    c["exp"] = json!("tomorrow");
+    assert_eq!(
+        refused(&token(&key, "k1", &c), &mut k),
+        TokenError::MissingClaim("exp")
+    );
+}
+
+#[test]
+fn issuer_and_audience() {
+    let key = TestKey::es256(3);
+    let mut k = keys(&[(&key, "k1")]);
+    let mut c = claims("c", "");
+    c["iss"] = json!("https://evil.test");
+    assert_eq!(
+        refused(&token(&key, "k1", &c), &mut k),
+        TokenError::UnknownIssuer
+    );
+    let mut c = claims("c", "");
+    c["aud"] = json!("other");
+    assert_eq!(
+        refused(&token(&key, "k1", &c), &mut k),
+        TokenError::WrongAudience
+    );
+    c["aud"] = json!(["other", AUD]);
+    assert!(verify(&token(&key, "k1", &c), &mut k).is_ok());
+    c.as_object_mut().unwrap().remove("aud");
+    assert_eq!(
+        refused(&token(&key, "k1", &c), &mut k),
+        TokenError::MissingClaim("aud")
+    );
+    let mut c = claims("c", "");
+    c.as_object_mut().unwrap().remove("sub");
+    assert_eq!(
+        refused(&token(&key, "k1", &c), &mut k),
+        TokenError::MissingClaim("sub")
+    );
+}
+
+#[test]
+fn signature_and_key_selection() {
+    let key = TestKey::es256(3);
+    let other = TestKey::es256(9);
+    let rsa = TestKey::rsa();
+    let mut k = keys(&[(&key, "k1"), (&rsa, "r1")]);
+    // Signed by a key that is not in the set, under a kid that is.
+    let t = token(&other, "k1", &claims("c", ""));
+    assert_eq!(refused(&t, &mut k), TokenError::BadSignature);
+    // Tampered payload.
+    let good = token(&key, "k1", &claims("c", "api:read"));
+    let parts: Vec<&str> = good.split('.').collect();
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(claims("c", "api:write admin").to_string().as_bytes()),
+        parts[2]
+    );
+    assert_eq!(refused(&forged, &mut k), TokenError::BadSignature);
+    // Unknown kid: the caller may refresh.
+    let t = token(&key, "k-new", &claims("c", ""));
+    assert_eq!(
+        verify(&t, &mut k),
+        Err(VerifyError::UnknownKid { issuer: 0 })
+    );
+    // An RSA kid named by an ES256 token.
+    let t = token(&key, "r1", &claims("c", ""));
+    assert_eq!(refused(&t, &mut k), TokenError::AlgorithmNotAllowed);
+    // No kid and two keys: refused; no kid and one key of the alg: fine.
+    let t = token_with(
+        &key,
+        &json!({"alg":"ES256","typ":"at+jwt"}),
+        &claims("c", ""),
+    );
+    assert!(verify(&t, &mut k).is_ok());
+    let mut k2 = keys(&[(&key, "k1"), (&other, "k2")]);
+    assert_eq!(refused(&t, &mut k2), TokenError::UnknownKey);
+    // Never loaded.
+    let mut none = Keys(None);
+    assert_eq!(
+        verify(&token(&key, "k1", &claims("c", "")), &mut none),
+        Err(VerifyError::NoJwks { issuer: 0 })
+    );
+}
+
+#[test]
+fn hostile_headers() {
+    let key = TestKey::es256(3);
+    let mut k = keys(&[(&key, "k1")]);
+    let c = claims("c", "");
+    // alg none, unsigned.
+    let t = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"at+jwt"}"#),
+        b64(c.to_string().as_bytes())
+    );
+    assert_eq!(refused(&t, &mut k), TokenError::Malformed);
+    let t = format!(
+        "{}.{}.AAAA",
+        b64(br#"{"alg":"none","typ":"at+jwt","kid":"k1"}"#),
+        b64(c.to_string().as_bytes())
+    );
+    assert_eq!(refused(&t, &mut k), TokenError::AlgorithmNotAllowed);
+    // HS256 "signed" with the public key as the HMAC secret.
+    let pub_jwk = key.jwk("k1").to_string();
+    let input = format!(
+        "{}.{}",
+        b64(br#"{"alg":"HS256","typ":"at+jwt","kid":"k1"}"#),
+        b64(c.to_string().as_bytes())
+    );
+    let mac = {
+        use sha2::Digest;
+        // Any bytes do: the algorithm is refused before any key is used.
+        sha2::Sha256::digest([pub_jwk.as_bytes(), input.as_bytes()].concat())
+    };
+    let t = format!("{input}.{}", b64(&mac));
+    assert_eq!(refused(&t, &mut k), TokenError::AlgorithmNotAllowed);
+    // Token-supplied key material.
+    for extra in ["jwk", "jku", "x5u", "x5c", "crit"] {
+        let mut h = json!({"alg":"ES256","typ":"at+jwt","kid":"k1"});
+        h[extra] = json!("https://attacker.test/keys");
+        let t = token_with(&key, &h, &c);
+        assert_eq!(refused(&t, &mut k), TokenError::ForbiddenHeader, "{extra}");
+    }
+    // typ required when configured.
+    let t = token_with(&key, &json!({"alg":"ES256","kid":"k1","typ":"JWT"}), &c);
+    assert_eq!(refused(&t, &mut k), TokenError::WrongType);
+    let t = token_with(
+        &key,
+        &json!({"alg":"ES256","kid":"k1","typ":"application/AT+JWT"}),
+        &c,
+    );
+    assert!(verify(&t, &mut k).is_ok());
+    // Allowed algorithms per issuer.
+    let ps = token_with(&key, &json!({"alg":"PS256","kid":"k1","typ":"at+jwt"}), &c);
+    assert_eq!(refused(&ps, &mut k), TokenError::AlgorithmNotAllowed);
+}
+
+#[test]
+fn malformed_tokens() {
+    let key = TestKey::es256(3);
+    let mut k = keys(&[(&key, "k1")]);
+    for t in [
+        "",
+        "abc",
+        "a.b",
+        "a.b.c.d",
+        "!!!.###.$$$",
+        "eyJhbGciOiJFUzI1NiJ9.%%%.abc",
+        "e30.e30.e30",        // {} header: no alg
+        "bm90IGpzb24.e30.YQ", // "not json"
+    ] {
+        assert_eq!(refused(t, &mut k), TokenError::Malformed, "{t:?}");
+    }
+    let huge = format!("{}.{}.{}", "a".repeat(40_000), "b".repeat(30_000), "c");
+    assert_eq!(refused(&huge, &mut k), TokenError::TooLarge);
+}
+
+#[test]
+fn jwks_parsing() {
+    let es = TestKey::es256(3);
+    let mut doc = serde_json::from_slice::<serde_json::Value>(&jwks(&[(&es, "k1")])).unwrap();
+    let keys = doc["keys"].as_array_mut().unwrap();
+    keys.push(json!({"kty":"oct","k":"c2VjcmV0","kid":"h1"}));
+    keys.push(json!({"kty":"EC","crv":"P-256","kid":"enc","use":"enc","x":"AA","y":"AA"}));
+    keys.push(json!({"kty":"RSA","kid":"small","n": b64(&[0xff; 128]), "e":"AQAB"}));
+    keys.push(json!({"kty":"EC","crv":"P-521","kid":"p521","x":"AA","y":"AA"}));
+    let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
+    assert_eq!(set.keys.len(), 1);
+    assert_eq!(set.skipped, 4);
+    assert!(KeySet::parse(br#"{"keys":[{"kty":"oct","k":"AA"}]}"#).is_err());
+    assert!(KeySet::parse(b"not json").is_err());
+    assert!(KeySet::parse(br#"{"nokeys":[]}"#).is_err());
+}
