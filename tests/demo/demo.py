@@ -159,6 +159,7 @@ class Demo:
             "TOLLGATE_ISSUER": self.issuer,
             "TOLLGATE_STORE": "memory",
             "TOLLGATE_ADMIN_TOKEN": self.admin_token,
+            "TOLLGATE_SECRET_PEPPER": secrets.token_urlsafe(32),
             "TOLLGATE_LOG": "info",
         }, quiet=self.quiet)
         self.parts.append(auth)
