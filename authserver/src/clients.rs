@@ -14,7 +14,84 @@ pub const GRANT_TYPES: &[&str] = &[
     "urn:ietf:params:oauth:grant-type:token-exchange",
 ];
 
-pub const AUTH_METHODS: &[&str] = &["client_secret_basic", "client_secret_post", "none"];
+pub const AUTH_METHODS: &[&str] = &[
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+    "none",
+];
+
+/// Signature algorithms accepted for `private_key_jwt` client assertions.
+pub const ASSERTION_ALGS: &[&str] = &["ES256", "RS256", "PS256", "EdDSA"];
+
+/// Does a client with this `token_endpoint_auth_method` get a client secret?
+pub fn uses_secret(method: &str) -> bool {
+    method != "none" && method != "private_key_jwt"
+}
+
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// Validate an inline JWK Set for `private_key_jwt`: every key parses, is public, and names
+/// one of [`ASSERTION_ALGS`] in `alg`.
+fn validate_jwks(v: &Value) -> Result<(), OAuthError> {
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(v.clone())
+        .map_err(|e| bad(format!("jwks is not a JWK Set: {e}")))?;
+    if set.keys.is_empty() || set.keys.len() > 10 {
+        return Err(bad("jwks must hold between 1 and 10 keys"));
+    }
+    let raw = v
+        .get("keys")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (k, r) in set.keys.iter().zip(raw.iter()) {
+        if ["d", "p", "q", "k"].iter().any(|f| r.get(*f).is_some()) {
+            return Err(bad("jwks must hold public keys only"));
+        }
+        let alg = k
+            .common
+            .key_algorithm
+            .map(|a| a.to_string())
+            .ok_or_else(|| bad("every key in jwks needs an alg"))?;
+        if !ASSERTION_ALGS.contains(&alg.as_str()) {
+            return Err(bad(format!(
+                "jwks alg {alg} is not one of ES256, RS256, PS256, EdDSA"
+            )));
+        }
+        jsonwebtoken::DecodingKey::from_jwk(k)
+            .map_err(|e| bad(format!("unusable key in jwks: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Validate the `token_exchange` policy: `{"audiences": [..], "scopes": [..]}` and optional
+/// `subject_audiences`, all lists of non-empty strings.
+fn validate_exchange_policy(v: &Value) -> Result<(), OAuthError> {
+    let Value::Object(m) = v else {
+        return Err(bad("token_exchange must be an object"));
+    };
+    for (k, list) in m {
+        if !["audiences", "scopes", "subject_audiences"].contains(&k.as_str()) {
+            return Err(bad(format!("unknown token_exchange member {k:?}")));
+        }
+        let ok = list.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|x| x.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 512))
+        });
+        if !ok {
+            return Err(bad(format!("token_exchange.{k} must be a list of strings")));
+        }
+    }
+    if m.get("audiences")
+        .and_then(Value::as_array)
+        .is_none_or(|a| a.is_empty())
+    {
+        return Err(bad(
+            "token_exchange.audiences must name at least one audience",
+        ));
+    }
+    Ok(())
+}
 
 /// Fields a client may not set itself in its metadata.
 const SERVER_FIELDS: &[&str] = &[
@@ -130,6 +207,43 @@ pub fn validate(value: Value) -> Result<ClientMetadata, OAuthError> {
             return Err(bad("client_name is too long"));
         }
     }
+    for flag in ["skip_consent", "allow_plain_pkce"] {
+        if md.extra.get(flag).is_some_and(|v| !v.is_boolean()) {
+            return Err(bad(format!("{flag} must be true or false")));
+        }
+    }
+    match (md.token_endpoint_auth_method.as_str(), md.extra.get("jwks")) {
+        ("private_key_jwt", Some(j)) => validate_jwks(j)?,
+        ("private_key_jwt", None) => return Err(bad("private_key_jwt needs an inline jwks")),
+        (_, Some(_)) => return Err(bad("jwks is only used with private_key_jwt")),
+        _ => {}
+    }
+    if md.extra.contains_key("jwks_uri") {
+        return Err(bad(
+            "jwks_uri is not supported: register the keys inline in jwks",
+        ));
+    }
+    if let Some(p) = md.extra.get("token_exchange") {
+        validate_exchange_policy(p)?;
+        if !md.grant_types.iter().any(|g| g == TOKEN_EXCHANGE) {
+            return Err(bad(
+                "token_exchange policy needs the token-exchange grant type",
+            ));
+        }
+    }
+    if md.token_endpoint_auth_method == "none"
+        && md
+            .scope
+            .split(' ')
+            .any(|s| ["tollgate:edge", "tollgate:introspect", "tollgate:revoke"].contains(&s))
+    {
+        // Anyone who knows a public client's id can act as it.
+        return Err(bad("a public client cannot hold tollgate:* privileges"));
+    }
+    if md.token_endpoint_auth_method == "none" && md.grant_types.iter().any(|g| g == TOKEN_EXCHANGE)
+    {
+        return Err(bad("token exchange needs a confidential client"));
+    }
     if let Some(v) = md.extra.get("rate_limit_per_minute") {
         if !v.is_u64() {
             return Err(bad("rate_limit_per_minute must be a non-negative integer"));
@@ -175,6 +289,11 @@ mod tests {
             json!({"access_token_ttl": 100000}),
             json!({"grant_types": "client_credentials"}),
             json!({"token_endpoint_auth_method": "none"}),
+            json!({"token_endpoint_auth_method": "none", "grant_types": ["authorization_code"],
+                   "redirect_uris": ["https://a/cb"], "scope": "tollgate:edge"}),
+            json!({"token_endpoint_auth_method": "private_key_jwt"}),
+            json!({"skip_consent": "yes"}),
+            json!({"jwks_uri": "https://a/jwks"}),
             json!({"response_types": ["token"], "grant_types": ["authorization_code"], "redirect_uris": ["https://a/cb"]}),
         ] {
             assert!(validate(v.clone()).is_err(), "{v} accepted");

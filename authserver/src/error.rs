@@ -40,6 +40,9 @@ pub enum OAuthError {
     AccessDenied(String),
     #[error("not_found: {0}")]
     NotFound(String),
+    /// The resource exists already (409).
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("method_not_allowed")]
     MethodNotAllowed,
     #[error("payload_too_large")]
@@ -79,6 +82,7 @@ impl OAuthError {
             OAuthError::InvalidRedirectUri(_) => "invalid_redirect_uri",
             OAuthError::AccessDenied(_) => "access_denied",
             OAuthError::NotFound(_) => "not_found",
+            OAuthError::Conflict(_) => "invalid_request",
             OAuthError::MethodNotAllowed => "invalid_request",
             OAuthError::PayloadTooLarge => "invalid_request",
             OAuthError::UnsupportedMediaType(_) => "invalid_request",
@@ -93,6 +97,7 @@ impl OAuthError {
             OAuthError::InvalidClient(_) | OAuthError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             OAuthError::InsufficientScope(_) | OAuthError::AccessDenied(_) => StatusCode::FORBIDDEN,
             OAuthError::NotFound(_) => StatusCode::NOT_FOUND,
+            OAuthError::Conflict(_) => StatusCode::CONFLICT,
             OAuthError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             OAuthError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             OAuthError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -126,6 +131,7 @@ impl OAuthError {
             | OAuthError::InvalidRedirectUri(d)
             | OAuthError::AccessDenied(d)
             | OAuthError::NotFound(d)
+            | OAuthError::Conflict(d)
             | OAuthError::UnsupportedMediaType(d)
             | OAuthError::TemporarilyUnavailable(d) => d.clone(),
         }

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod state;
 pub mod store;
 pub mod tokens;
+pub mod users;
 
 use std::sync::Arc;
 

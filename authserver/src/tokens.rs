@@ -89,6 +89,7 @@ pub async fn issue(state: &AppState, req: TokenRequest<'_>) -> OAuthResult<Issue
         exp,
         token_hash: crypto::token_hash(&token),
         format: format.to_string(),
+        act: req.extra.get("act").map(Value::to_string),
     };
     state.store.save_access_token(&record).await?;
     metrics::counter!("tollgate_tokens_issued_total", "format" => format).increment(1);

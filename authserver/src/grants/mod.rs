@@ -1,7 +1,11 @@
 //! One handler per grant type (the fosite model). The token endpoint authenticates the
 //! client and dispatches here.
 
+pub mod authorization_code;
 pub mod client_credentials;
+pub mod family;
+pub mod refresh_token;
+pub mod token_exchange;
 
 use crate::error::{OAuthError, OAuthResult};
 use crate::form::{parse_scope, Params};

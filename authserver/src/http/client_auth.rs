@@ -18,8 +18,23 @@ use super::{client_ip, SharedState};
 /// Credentials as presented.
 #[derive(Debug)]
 pub enum Presented {
-    Basic { client_id: String, secret: String },
-    Post { client_id: String, secret: String },
+    Basic {
+        client_id: String,
+        secret: String,
+    },
+    Post {
+        client_id: String,
+        secret: String,
+    },
+    /// A public client (`none`): only its `client_id`.
+    Public {
+        client_id: String,
+    },
+    /// `private_key_jwt`: a signed client assertion.
+    Jwt {
+        client_id: String,
+        assertion: String,
+    },
 }
 
 fn pct_decode(s: &str) -> Result<String, OAuthError> {
@@ -36,6 +51,31 @@ pub fn presented(headers: &HeaderMap, params: Option<&Params>) -> OAuthResult<Pr
     let auth = headers.get(header::AUTHORIZATION);
     let body_id = params.and_then(|p| p.get("client_id"));
     let body_secret = params.and_then(|p| p.get("client_secret"));
+    let assertion = params.and_then(|p| p.get("client_assertion"));
+    let assertion_type = params.and_then(|p| p.get("client_assertion_type"));
+    if assertion.is_some() || assertion_type.is_some() {
+        if auth.is_some() || body_secret.is_some() {
+            return Err(OAuthError::InvalidRequest(
+                "use one client authentication method, not several".into(),
+            ));
+        }
+        let (Some(a), Some(super::client_assertion::ASSERTION_TYPE)) = (assertion, assertion_type)
+        else {
+            return Err(OAuthError::InvalidClient(
+                "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+            ));
+        };
+        let client_id = super::client_assertion::claimed_client_id(a)?;
+        if body_id.is_some_and(|b| b != client_id) {
+            return Err(OAuthError::InvalidClient(
+                "client_id differs from the assertion's issuer".into(),
+            ));
+        }
+        return Ok(Presented::Jwt {
+            client_id,
+            assertion: a.to_string(),
+        });
+    }
     if let Some(v) = auth {
         if body_secret.is_some() {
             return Err(OAuthError::InvalidRequest(
@@ -77,6 +117,9 @@ pub fn presented(headers: &HeaderMap, params: Option<&Params>) -> OAuthResult<Pr
             client_id: id.to_string(),
             secret: secret.to_string(),
         }),
+        (Some(id), None) => Ok(Presented::Public {
+            client_id: id.to_string(),
+        }),
         _ => Err(OAuthError::InvalidClient(
             "client authentication required".into(),
         )),
@@ -108,6 +151,16 @@ pub async fn authenticate(
     let (client_id, secret, method) = match &creds {
         Presented::Basic { client_id, secret } => (client_id, secret, "client_secret_basic"),
         Presented::Post { client_id, secret } => (client_id, secret, "client_secret_post"),
+        Presented::Public { client_id } => {
+            return authenticate_secretless(state, client_id, None, &fail_key, ip_limit).await;
+        }
+        Presented::Jwt {
+            client_id,
+            assertion,
+        } => {
+            return authenticate_secretless(state, client_id, Some(assertion), &fail_key, ip_limit)
+                .await;
+        }
     };
 
     // One round trip: the client record, this IP's failure count, this client's window.
@@ -161,14 +214,25 @@ pub async fn authenticate(
             c_method(&client)
         )));
     }
+    client_rate_limit(state, &client, client_limit).await?;
+    Ok(client)
+}
+
+/// The per-client request limit (`rate_limit_per_client`, or the client's own).
+async fn client_rate_limit(
+    state: &SharedState,
+    client: &ClientRecord,
+    default_limit: u64,
+) -> OAuthResult<()> {
     let limit = client
         .metadata
         .extra
         .get("rate_limit_per_minute")
         .and_then(|v| v.as_u64())
-        .unwrap_or(client_limit);
+        .unwrap_or(default_limit);
     if limit > 0 {
-        let d = store
+        let d = state
+            .store
             .rate_limit(&format!("client:{}", client.client_id), limit, 60)
             .await?;
         if !d.allowed {
@@ -178,7 +242,60 @@ pub async fn authenticate(
             });
         }
     }
-    Ok(client)
+    Ok(())
+}
+
+/// Public clients (`none`) and `private_key_jwt`: the client must be registered for exactly
+/// that method; an assertion must verify.
+async fn authenticate_secretless(
+    state: &SharedState,
+    client_id: &str,
+    assertion: Option<&str>,
+    fail_key: &str,
+    ip_limit: u64,
+) -> OAuthResult<ClientRecord> {
+    let store = state.store.as_ref();
+    let (client, failures) = tokio::join!(store.get_client(client_id), async {
+        if ip_limit > 0 {
+            store.peek_rate(fail_key).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    });
+    if failures?.is_some_and(|f| f >= ip_limit) {
+        metrics::counter!("tollgate_rate_limited_total", "kind" => "auth_failures").increment(1);
+        return Err(OAuthError::RateLimited { retry_after: 60 });
+    }
+    let want = if assertion.is_some() {
+        "private_key_jwt"
+    } else {
+        "none"
+    };
+    let outcome = match client? {
+        Some(c) if c_method(&c) == want => match assertion {
+            Some(a) => super::client_assertion::verify(state, &c, a)
+                .await
+                .map(|_| c),
+            None => Ok(c),
+        },
+        _ => Err(OAuthError::InvalidClient(
+            "client authentication failed".into(),
+        )),
+    };
+    match outcome {
+        Ok(c) => {
+            client_rate_limit(state, &c, state.cfg.rate_limit_per_client).await?;
+            Ok(c)
+        }
+        Err(e) => {
+            if matches!(e, OAuthError::InvalidClient(_)) {
+                state.stat("client_auth_failures");
+                metrics::counter!("tollgate_client_auth_failures_total").increment(1);
+                note_failure(state, fail_key, ip_limit).await?;
+            }
+            Err(e)
+        }
+    }
 }
 
 fn c_method(c: &ClientRecord) -> &str {

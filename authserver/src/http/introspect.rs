@@ -10,8 +10,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::crypto;
 use crate::error::OAuthError;
 use crate::form::Params;
+use crate::grants::family::REFRESH_PREFIX;
 use crate::store::{now_secs, ClientRecord};
 use crate::tokens;
 
@@ -47,6 +49,37 @@ async fn handle(
         metrics::counter!("tollgate_introspections_total", "active" => "false").increment(1);
         Ok(json_no_store(StatusCode::OK, &json!({"active": false})))
     };
+    if token.starts_with(REFRESH_PREFIX) {
+        // Refresh tokens: only for the client they were issued to; a rotated token or one
+        // of a revoked family is inactive.
+        let Some((rec, used)) = state
+            .store
+            .get_refresh_token(&crypto::token_hash(token))
+            .await?
+        else {
+            return inactive();
+        };
+        if used || rec.client_id != caller.client_id || rec.exp <= now_secs() {
+            return inactive();
+        }
+        if state.store.family_revoked(&rec.grant_id).await? {
+            return inactive();
+        }
+        let mut body = json!({
+            "active": true,
+            "iss": state.cfg.issuer,
+            "sub": rec.sub,
+            "client_id": rec.client_id,
+            "aud": rec.aud,
+            "exp": rec.exp,
+            "iat": rec.iat,
+            "token_type": "refresh_token",
+        });
+        if !rec.scope.is_empty() {
+            body["scope"] = json!(rec.scope);
+        }
+        return Ok(json_no_store(StatusCode::OK, &body));
+    }
     let Some((rec, revoked)) = tokens::lookup(state, token).await? else {
         return inactive();
     };
@@ -80,6 +113,11 @@ async fn handle(
     });
     if !rec.scope.is_empty() {
         body["scope"] = json!(rec.scope);
+    }
+    if let Some(act) = rec.act.as_deref() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(act) {
+            body["act"] = v;
+        }
     }
     Ok(json_no_store(StatusCode::OK, &body))
 }

@@ -18,14 +18,18 @@ use crate::error::OAuthError;
 use crate::state::AppState;
 
 pub mod admin;
+pub mod authorize;
+pub mod client_assertion;
 pub mod client_auth;
 pub mod edge;
 pub mod health;
 pub mod introspect;
 pub mod metadata;
+pub mod pages;
 pub mod register;
 pub mod revoke;
 pub mod token;
+pub mod users;
 
 pub type SharedState = Arc<AppState>;
 
@@ -72,6 +76,12 @@ pub fn router(state: SharedState) -> Router {
         ));
     Router::new()
         .merge(public)
+        .route(
+            "/oauth2/authorize",
+            get(authorize::authorize).post(authorize::authorize),
+        )
+        .route("/oauth2/login", post(authorize::login))
+        .route("/oauth2/consent", post(authorize::consent))
         .route("/oauth2/token", post(token::token))
         .route("/oauth2/introspect", post(introspect::introspect))
         .route("/oauth2/revoke", post(revoke::revoke))
@@ -84,6 +94,11 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/admin/clients", get(admin::list_clients))
         .route("/admin/stats", get(admin::stats))
+        .route("/admin/users", get(users::list).post(users::create))
+        .route(
+            "/admin/users/{username}",
+            get(users::read).delete(users::delete),
+        )
         .route("/edge/revocations", get(edge::revocations))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -232,3 +247,5 @@ pub fn json_no_store(status: StatusCode, body: &serde_json::Value) -> Response {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_flows;

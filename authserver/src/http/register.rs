@@ -41,7 +41,8 @@ pub async fn create(
         client_auth::require_admin(&state, &headers, Some(peer)).await?;
         let md = clients::validate(crate::json::from_request(&headers, &body)?)?;
         let now = now_secs();
-        let secret = (md.token_endpoint_auth_method != "none").then(crypto::new_client_secret);
+        let secret =
+            clients::uses_secret(&md.token_endpoint_auth_method).then(crypto::new_client_secret);
         let reg_token = crypto::random_b64(32);
         let client = ClientRecord {
             client_id: crypto::random_b64(16),
@@ -152,9 +153,9 @@ pub async fn update(
             }
         }
         let md = clients::validate(v)?;
-        if (md.token_endpoint_auth_method == "none") != existing.secret_hash.is_none() {
+        if clients::uses_secret(&md.token_endpoint_auth_method) != existing.secret_hash.is_some() {
             return Err(OAuthError::InvalidClientMetadata(
-                "a client cannot switch between public and confidential".into(),
+                "a client cannot switch between secret and secret-less authentication".into(),
             ));
         }
         let updated = ClientRecord {

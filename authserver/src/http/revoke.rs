@@ -9,8 +9,10 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::crypto;
 use crate::error::OAuthError;
 use crate::form::{sanitize, Params};
+use crate::grants::{self, family::REFRESH_PREFIX};
 use crate::tokens;
 
 use super::introspect::has_scope;
@@ -52,6 +54,23 @@ async fn handle(
                 sanitize(other)
             )))
         }
+    }
+    if token.starts_with(REFRESH_PREFIX) {
+        // RFC 7009 §2.1: revoking a refresh token revokes its grant: the whole family.
+        let Some((rec, _used)) = state
+            .store
+            .get_refresh_token(&crypto::token_hash(token))
+            .await?
+        else {
+            return Ok(());
+        };
+        if rec.client_id != caller.client_id && !has_scope(&caller, "tollgate:revoke") {
+            return Err(OAuthError::UnauthorizedClient(
+                "the token was not issued to this client".into(),
+            ));
+        }
+        grants::family::revoke(state, &rec.grant_id, "refresh token revoked").await?;
+        return Ok(());
     }
     let Some((rec, _revoked)) = tokens::lookup(state, token).await? else {
         return Ok(());

@@ -23,27 +23,27 @@ use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::{Store, StoreUrl};
 use crate::testutil::RedisServer;
 
-const ADMIN: &str = "test-admin-token-0123456789";
+pub(super) const ADMIN: &str = "test-admin-token-0123456789";
 
-struct App {
-    router: Router,
-    state: Arc<AppState>,
-    _redis: Option<RedisServer>,
+pub(super) struct App {
+    pub(super) router: Router,
+    pub(super) state: Arc<AppState>,
+    pub(super) _redis: Option<RedisServer>,
 }
 
-struct Resp {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Value,
-    raw: Vec<u8>,
+pub(super) struct Resp {
+    pub(super) status: StatusCode,
+    pub(super) headers: axum::http::HeaderMap,
+    pub(super) body: Value,
+    pub(super) raw: Vec<u8>,
 }
 
-fn basic(id: &str, secret: &str) -> String {
+pub(super) fn basic(id: &str, secret: &str) -> String {
     format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")))
 }
 
 impl App {
-    async fn new(redis: bool, tweak: impl FnOnce(&mut Config)) -> Option<App> {
+    pub(super) async fn new(redis: bool, tweak: impl FnOnce(&mut Config)) -> Option<App> {
         let mut cfg = Config::for_tests();
         tweak(&mut cfg);
         let (store, server): (Arc<dyn Store>, _) = if redis {
@@ -68,7 +68,7 @@ impl App {
         })
     }
 
-    async fn send(&self, req: Request<Body>) -> Resp {
+    pub(super) async fn send(&self, req: Request<Body>) -> Resp {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -88,7 +88,7 @@ impl App {
         }
     }
 
-    async fn get(&self, path: &str, auth: Option<&str>) -> Resp {
+    pub(super) async fn get(&self, path: &str, auth: Option<&str>) -> Resp {
         let mut b = Request::get(path);
         if let Some(a) = auth {
             b = b.header(header::AUTHORIZATION, a);
@@ -96,7 +96,7 @@ impl App {
         self.send(b.body(Body::empty()).unwrap()).await
     }
 
-    async fn form(&self, path: &str, body: &str, auth: Option<&str>) -> Resp {
+    pub(super) async fn form(&self, path: &str, body: &str, auth: Option<&str>) -> Resp {
         let mut b =
             Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         if let Some(a) = auth {
@@ -106,7 +106,13 @@ impl App {
             .await
     }
 
-    async fn json(&self, method: &str, path: &str, body: Value, auth: Option<&str>) -> Resp {
+    pub(super) async fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Value,
+        auth: Option<&str>,
+    ) -> Resp {
         let mut b = Request::builder()
             .method(method)
             .uri(path)
@@ -118,7 +124,7 @@ impl App {
             .await
     }
 
-    async fn register(&self, md: Value) -> (String, String) {
+    pub(super) async fn register(&self, md: Value) -> (String, String) {
         let r = self
             .json(
                 "POST",
@@ -134,7 +140,7 @@ impl App {
         )
     }
 
-    async fn token(&self, id: &str, secret: &str, extra: &str) -> Resp {
+    pub(super) async fn token(&self, id: &str, secret: &str, extra: &str) -> Resp {
         self.form(
             "/oauth2/token",
             &format!("grant_type=client_credentials{extra}"),
@@ -144,7 +150,7 @@ impl App {
     }
 }
 
-fn claims(jwt: &str) -> (Value, Value) {
+pub(super) fn claims(jwt: &str) -> (Value, Value) {
     let mut p = jwt.split('.');
     let h = URL_SAFE_NO_PAD.decode(p.next().unwrap()).unwrap();
     let c = URL_SAFE_NO_PAD.decode(p.next().unwrap()).unwrap();
@@ -154,7 +160,7 @@ fn claims(jwt: &str) -> (Value, Value) {
     )
 }
 
-fn assert_error(r: &Resp, status: StatusCode, code: &str) {
+pub(super) fn assert_error(r: &Resp, status: StatusCode, code: &str) {
     assert_eq!(
         r.status,
         status,

@@ -40,6 +40,11 @@ async fn handle(
     let client = client_auth::authenticate(state, headers, peer, Some(&params)).await?;
     let body = match grant_type.as_str() {
         "client_credentials" => grants::client_credentials::handle(state, &client, &params).await?,
+        "authorization_code" => grants::authorization_code::handle(state, &client, &params).await?,
+        "refresh_token" => grants::refresh_token::handle(state, &client, &params).await?,
+        grants::token_exchange::GRANT => {
+            grants::token_exchange::handle(state, &client, &params).await?
+        }
         other => {
             return Err(OAuthError::UnsupportedGrantType(format!(
                 "grant_type {} is not supported",

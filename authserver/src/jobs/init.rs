@@ -147,7 +147,7 @@ pub async fn run(
             None
         };
         let md = clients::validate(v).map_err(|e| err(e.to_string()))?;
-        if md.token_endpoint_auth_method != "none" && secret_hash.is_none() {
+        if clients::uses_secret(&md.token_endpoint_auth_method) && secret_hash.is_none() {
             return Err(err("a confidential client needs client_secret_env, client_secret_hash or client_secret".into()));
         }
         let now = now_secs();

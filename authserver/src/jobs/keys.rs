@@ -30,13 +30,25 @@ pub async fn rotate(
     let new = new_stored_key(alg, now, active_from)?;
     // Publish first: the new key is in the JWKS before anything is signed with it.
     store.put_key(&new).await?;
+    retire_older(store, &new).await?;
+    Ok(new)
+}
+
+/// Schedule the retirement, at `new.active_from`, of every key that became (or becomes)
+/// active before it. A key activating at the same time or later is left alone: when two
+/// replicas rotate at the same moment, neither retires the other's new key, so some key is
+/// always active (the ring picks one of them deterministically).
+async fn retire_older(store: &dyn Store, new: &StoredKey) -> Result<(), StartupError> {
     for mut k in store.list_keys().await? {
-        if k.kid != new.kid && k.retire_at.is_none_or(|r| r > active_from) {
-            k.retire_at = Some(active_from);
+        if k.kid != new.kid
+            && k.active_from < new.active_from
+            && k.retire_at.is_none_or(|r| r > new.active_from)
+        {
+            k.retire_at = Some(new.active_from);
             store.put_key(&k).await?;
         }
     }
-    Ok(new)
+    Ok(())
 }
 
 /// Automatic rotation: rotate when the newest key is older than the configured interval.
@@ -88,4 +100,40 @@ pub async fn list(store: &dyn Store, max_token_ttl: u64) -> Result<Vec<KeyView>,
         .collect();
     out.sort_by_key(|k| (k.active_from, k.created_at));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    /// Two replicas rotating in the same instant (both keys published before either
+    /// retirement pass runs) must still leave a signing key at every moment.
+    #[tokio::test]
+    async fn concurrent_rotations_never_leave_no_active_key() {
+        let store = MemoryStore::default();
+        let now = now_secs();
+        let k1 = new_stored_key(SigningAlg::ES256, now - 100, now - 100).unwrap();
+        store.put_key(&k1).await.unwrap();
+        let t = now + 50;
+        let k2 = new_stored_key(SigningAlg::ES256, now, t).unwrap();
+        let k3 = new_stored_key(SigningAlg::ES256, now, t).unwrap();
+        store.put_key(&k2).await.unwrap();
+        store.put_key(&k3).await.unwrap();
+        retire_older(&store, &k2).await.unwrap();
+        retire_older(&store, &k3).await.unwrap();
+        let (ring, _) = KeyRing::load(&store.list_keys().await.unwrap());
+        assert_eq!(ring.active(t - 1).unwrap().stored.kid, k1.kid);
+        let at_t = ring.active(t).expect("a key signs after the switch");
+        assert!(at_t.stored.kid == k2.kid || at_t.stored.kid == k3.kid);
+        assert!(ring.active(t + 10_000).is_some());
+
+        // A later rotation retires both.
+        let k4 = new_stored_key(SigningAlg::ES256, now, t + 100).unwrap();
+        store.put_key(&k4).await.unwrap();
+        retire_older(&store, &k4).await.unwrap();
+        let (ring, _) = KeyRing::load(&store.list_keys().await.unwrap());
+        assert_eq!(ring.active(t + 100).unwrap().stored.kid, k4.kid);
+        assert_eq!(ring.active(t + 99).unwrap().stored.kid, at_t.stored.kid);
+    }
 }

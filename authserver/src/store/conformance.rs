@@ -41,6 +41,7 @@ fn token(jti: &str, exp: u64) -> AccessTokenRecord {
         exp,
         token_hash: "h".into(),
         format: "jwt".into(),
+        act: None,
     }
 }
 
@@ -266,6 +267,227 @@ async fn service_cache(s: Both) {
     assert_eq!(st.get("entries:orders").map(String::as_str), Some("1"));
 }
 
+async fn users(s: Both) {
+    let (s, _) = s;
+    assert_eq!(s.get_user("alice").await.unwrap(), None);
+    let u = UserRecord {
+        username: "alice".into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$x$y".into(),
+        created_at: 7,
+    };
+    s.create_user(&u).await.unwrap();
+    assert!(matches!(
+        s.create_user(&u).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.get_user("alice").await.unwrap(), Some(u.clone()));
+    let mut b = u.clone();
+    b.username = "bob".into();
+    s.create_user(&b).await.unwrap();
+    let names: Vec<String> = s
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, vec!["alice", "bob"]);
+    assert!(s.delete_user("alice").await.unwrap());
+    assert!(!s.delete_user("alice").await.unwrap());
+    assert_eq!(s.get_user("alice").await.unwrap(), None);
+}
+
+async fn sessions_expire(s: Both) {
+    let (s, _) = s;
+    let rec = SessionRecord {
+        username: "alice".into(),
+        auth_time: now_secs(),
+        exp: now_secs() + 2,
+    };
+    s.save_session("h1", &rec).await.unwrap();
+    assert_eq!(s.get_session("h1").await.unwrap(), Some(rec.clone()));
+    assert_eq!(s.get_session("h2").await.unwrap(), None);
+    s.save_session("h3", &rec).await.unwrap();
+    s.delete_session("h3").await.unwrap();
+    assert_eq!(s.get_session("h3").await.unwrap(), None);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(s.get_session("h1").await.unwrap(), None, "expired");
+}
+
+fn code(client: &str, exp: u64) -> AuthCodeRecord {
+    AuthCodeRecord {
+        client_id: client.into(),
+        redirect_uri: "https://app/cb".into(),
+        redirect_uri_given: true,
+        scope: "a".into(),
+        aud: "api".into(),
+        sub: "alice".into(),
+        code_challenge: Some("c".repeat(43)),
+        code_challenge_method: Some("S256".into()),
+        grant_id: "g1".into(),
+        auth_time: 1,
+        exp,
+    }
+}
+
+async fn codes_are_single_use(s: Both) {
+    let (s, _) = s;
+    let now = now_secs();
+    let c = code("c1", now + 2);
+    s.save_auth_code("h", &c).await.unwrap();
+    assert_eq!(
+        s.consume_auth_code("h", "other").await.unwrap(),
+        Consumed::WrongClient
+    );
+    assert_eq!(
+        s.consume_auth_code("h", "c1").await.unwrap(),
+        Consumed::Fresh(c.clone()),
+        "another client's attempt left the code usable"
+    );
+    assert_eq!(
+        s.consume_auth_code("h", "c1").await.unwrap(),
+        Consumed::Replayed(c.clone())
+    );
+    assert_eq!(
+        s.consume_auth_code("nope", "c1").await.unwrap(),
+        Consumed::Missing
+    );
+    // Concurrent consumption: exactly one wins.
+    s.save_auth_code("race", &c).await.unwrap();
+    let attempts =
+        futures::future::join_all((0..8).map(|_| s.consume_auth_code("race", "c1"))).await;
+    let fresh = attempts
+        .iter()
+        .filter(|r| matches!(r, Ok(Consumed::Fresh(_))))
+        .count();
+    assert_eq!(fresh, 1);
+    s.save_auth_code("late", &c).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        s.consume_auth_code("late", "c1").await.unwrap(),
+        Consumed::Missing,
+        "expired"
+    );
+}
+
+async fn refresh_tokens_rotate(s: Both) {
+    let (s, _) = s;
+    let now = now_secs();
+    let r = RefreshTokenRecord {
+        client_id: "c1".into(),
+        sub: "alice".into(),
+        scope: "a".into(),
+        aud: "api".into(),
+        grant_id: "g1".into(),
+        iat: now,
+        exp: now + 100,
+    };
+    s.save_refresh_token("r1", &r).await.unwrap();
+    assert_eq!(
+        s.get_refresh_token("r1").await.unwrap(),
+        Some((r.clone(), false))
+    );
+    assert_eq!(
+        s.consume_refresh_token("r1", "c2").await.unwrap(),
+        Consumed::WrongClient
+    );
+    assert_eq!(
+        s.consume_refresh_token("r1", "c1").await.unwrap(),
+        Consumed::Fresh(r.clone())
+    );
+    assert_eq!(
+        s.get_refresh_token("r1").await.unwrap(),
+        Some((r.clone(), true))
+    );
+    assert_eq!(
+        s.consume_refresh_token("r1", "c1").await.unwrap(),
+        Consumed::Replayed(r.clone())
+    );
+    s.delete_refresh_tokens(&["r1".to_string(), "zz".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(s.get_refresh_token("r1").await.unwrap(), None);
+    assert_eq!(
+        s.consume_refresh_token("r1", "c1").await.unwrap(),
+        Consumed::Missing
+    );
+}
+
+async fn token_families(s: Both) {
+    let (s, _) = s;
+    let now = now_secs();
+    assert!(!s.family_revoked("g1").await.unwrap());
+    assert!(s
+        .family_add("g1", &[("j1".into(), now + 50)], &["r1".into()], now + 100)
+        .await
+        .unwrap());
+    assert!(s
+        .family_add("g1", &[("j2".into(), now + 60)], &["r2".into()], now + 100)
+        .await
+        .unwrap());
+    assert!(s
+        .family_add("g2", &[("x".into(), now + 60)], &[], now + 100)
+        .await
+        .unwrap());
+    let mut f = s.revoke_family("g1", now + 100).await.unwrap();
+    f.access.sort();
+    f.refresh.sort();
+    assert_eq!(
+        f,
+        FamilyTokens {
+            access: vec![("j1".into(), now + 50), ("j2".into(), now + 60)],
+            refresh: vec!["r1".into(), "r2".into()],
+        }
+    );
+    assert!(s.family_revoked("g1").await.unwrap());
+    assert!(
+        !s.family_revoked("g2").await.unwrap(),
+        "other families untouched"
+    );
+    assert!(
+        !s.family_add("g1", &[("j3".into(), now + 60)], &[], now + 100)
+            .await
+            .unwrap(),
+        "a revoked family takes no new members"
+    );
+    assert_eq!(
+        s.revoke_family("g1", now + 100).await.unwrap().access.len(),
+        2,
+        "idempotent"
+    );
+    // A revocation of an unknown family still blocks it.
+    assert!(s
+        .revoke_family("g3", now + 2)
+        .await
+        .unwrap()
+        .access
+        .is_empty());
+    assert!(!s
+        .family_add("g3", &[], &["r".into()], now + 100)
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(!s.family_revoked("g3").await.unwrap(), "the mark expires");
+}
+
+async fn assertion_jtis(s: Both) {
+    let (s, _) = s;
+    let now = now_secs();
+    assert!(s.claim_assertion_jti("c1:a", now + 2).await.unwrap());
+    assert!(!s.claim_assertion_jti("c1:a", now + 2).await.unwrap());
+    assert!(s.claim_assertion_jti("c2:a", now + 2).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(s.claim_assertion_jti("c1:a", now + 100).await.unwrap());
+}
+
+async fn access_token_act_round_trips(s: Both) {
+    let (s, _) = s;
+    let mut t = token("ja", now_secs() + 100);
+    t.act = Some(r#"{"sub":"svc"}"#.into());
+    s.save_access_token(&t).await.unwrap();
+    assert_eq!(s.get_access_token("ja").await.unwrap().0, Some(t));
+}
+
 fn memory(feed_max: usize) -> Both {
     let m = Arc::new(MemoryStore::new(feed_max));
     (m.clone(), m)
@@ -317,6 +539,13 @@ conformance! {
     rate_limits => 100,
     keys_stats_config => 100,
     service_cache => 100,
+    users => 100,
+    sessions_expire => 100,
+    codes_are_single_use => 100,
+    refresh_tokens_rotate => 100,
+    token_families => 100,
+    assertion_jtis => 100,
+    access_token_act_round_trips => 100,
 }
 
 #[tokio::test]

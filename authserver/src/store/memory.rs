@@ -37,6 +37,51 @@ struct Inner {
     cache_clock: u64,
     cache_config: Option<CacheConfig>,
     cache_stats: BTreeMap<String, String>,
+    users: BTreeMap<String, UserRecord>,
+    sessions: HashMap<String, SessionRecord>,
+    codes: HashMap<String, (AuthCodeRecord, u64)>,
+    refresh: HashMap<String, (RefreshTokenRecord, u64)>,
+    families: HashMap<String, Family>,
+    once: HashMap<String, u64>,
+}
+
+#[derive(Default)]
+struct Family {
+    access: BTreeMap<String, u64>,
+    refresh: std::collections::BTreeSet<String>,
+    /// Expiry of the revocation mark, when revoked.
+    revoked_until: Option<u64>,
+    exp: u64,
+}
+
+impl Family {
+    fn revoked(&self) -> bool {
+        self.revoked_until.is_some_and(alive)
+    }
+}
+
+/// Consume a single-use entry of `map` (code or refresh token) as the Redis script does.
+fn consume<T: Clone>(
+    map: &mut HashMap<String, (T, u64)>,
+    key: &str,
+    client_of: impl Fn(&T) -> &str,
+    exp_of: impl Fn(&T) -> u64,
+    client_id: &str,
+) -> Consumed<T> {
+    match map.get_mut(key) {
+        Some((rec, used)) if alive(exp_of(rec)) => {
+            if client_of(rec) != client_id {
+                return Consumed::WrongClient;
+            }
+            *used += 1;
+            if *used == 1 {
+                Consumed::Fresh(rec.clone())
+            } else {
+                Consumed::Replayed(rec.clone())
+            }
+        }
+        _ => Consumed::Missing,
+    }
 }
 
 /// In-memory implementation of [`Store`] and [`ServiceCache`].
@@ -311,8 +356,180 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        if g.users.contains_key(&user.username) {
+            return Err(StoreError::Conflict(user.username.clone()));
+        }
+        g.users.insert(user.username.clone(), user.clone());
+        Ok(())
+    }
+
+    async fn get_user(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        Ok(self.lock()?.users.get(username).cloned())
+    }
+
+    async fn delete_user(&self, username: &str) -> StoreResult<bool> {
+        Ok(self.lock()?.users.remove(username).is_some())
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
+        Ok(self.lock()?.users.values().cloned().collect())
+    }
+
+    async fn save_session(&self, id_hash: &str, rec: &SessionRecord) -> StoreResult<()> {
+        self.lock()?
+            .sessions
+            .insert(id_hash.to_string(), rec.clone());
+        Ok(())
+    }
+
+    async fn get_session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>> {
+        Ok(self
+            .lock()?
+            .sessions
+            .get(id_hash)
+            .filter(|s| alive(s.exp))
+            .cloned())
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        self.lock()?.sessions.remove(id_hash);
+        Ok(())
+    }
+
+    async fn save_auth_code(&self, code_hash: &str, rec: &AuthCodeRecord) -> StoreResult<()> {
+        self.lock()?
+            .codes
+            .insert(code_hash.to_string(), (rec.clone(), 0));
+        Ok(())
+    }
+
+    async fn consume_auth_code(
+        &self,
+        code_hash: &str,
+        client_id: &str,
+    ) -> StoreResult<Consumed<AuthCodeRecord>> {
+        let mut g = self.lock()?;
+        Ok(consume(
+            &mut g.codes,
+            code_hash,
+            |r| r.client_id.as_str(),
+            |r| r.exp,
+            client_id,
+        ))
+    }
+
+    async fn save_refresh_token(&self, hash: &str, rec: &RefreshTokenRecord) -> StoreResult<()> {
+        self.lock()?
+            .refresh
+            .insert(hash.to_string(), (rec.clone(), 0));
+        Ok(())
+    }
+
+    async fn consume_refresh_token(
+        &self,
+        hash: &str,
+        client_id: &str,
+    ) -> StoreResult<Consumed<RefreshTokenRecord>> {
+        let mut g = self.lock()?;
+        Ok(consume(
+            &mut g.refresh,
+            hash,
+            |r| r.client_id.as_str(),
+            |r| r.exp,
+            client_id,
+        ))
+    }
+
+    async fn get_refresh_token(
+        &self,
+        hash: &str,
+    ) -> StoreResult<Option<(RefreshTokenRecord, bool)>> {
+        Ok(self
+            .lock()?
+            .refresh
+            .get(hash)
+            .filter(|(r, _)| alive(r.exp))
+            .map(|(r, used)| (r.clone(), *used > 0)))
+    }
+
+    async fn delete_refresh_tokens(&self, hashes: &[String]) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        for h in hashes {
+            g.refresh.remove(h);
+        }
+        Ok(())
+    }
+
+    async fn family_add(
+        &self,
+        grant_id: &str,
+        access: &[(String, u64)],
+        refresh: &[String],
+        exp: u64,
+    ) -> StoreResult<bool> {
+        let mut g = self.lock()?;
+        let f = g.families.entry(grant_id.to_string()).or_default();
+        if f.revoked() {
+            return Ok(false);
+        }
+        if !alive(f.exp) {
+            // An expired family starts over, as its Redis keys would have vanished.
+            *f = Family::default();
+        }
+        for (jti, e) in access {
+            f.access.insert(jti.clone(), *e);
+        }
+        f.refresh.extend(refresh.iter().cloned());
+        f.exp = exp;
+        Ok(true)
+    }
+
+    async fn revoke_family(&self, grant_id: &str, exp: u64) -> StoreResult<FamilyTokens> {
+        let mut g = self.lock()?;
+        let f = g.families.entry(grant_id.to_string()).or_default();
+        if !alive(f.exp) {
+            f.access.clear();
+            f.refresh.clear();
+        }
+        f.revoked_until = Some(exp);
+        f.exp = f.exp.max(exp);
+        Ok(FamilyTokens {
+            access: f.access.iter().map(|(j, e)| (j.clone(), *e)).collect(),
+            refresh: f.refresh.iter().cloned().collect(),
+        })
+    }
+
+    async fn family_revoked(&self, grant_id: &str) -> StoreResult<bool> {
+        Ok(self
+            .lock()?
+            .families
+            .get(grant_id)
+            .is_some_and(Family::revoked))
+    }
+
+    async fn claim_assertion_jti(&self, key: &str, exp: u64) -> StoreResult<bool> {
+        let mut g = self.lock()?;
+        if g.once.get(key).is_some_and(|e| alive(*e)) {
+            return Ok(false);
+        }
+        g.once.insert(key.to_string(), exp);
+        if g.once.len() > 100_000 {
+            g.once.retain(|_, e| alive(*e));
+        }
+        Ok(true)
+    }
+
     async fn cleanup(&self, now: u64, _feed_retention_secs: u64) -> StoreResult<CleanupReport> {
         let mut g = self.lock()?;
+        // What Redis drops by TTL.
+        g.sessions.retain(|_, s| s.exp > now);
+        g.codes.retain(|_, (r, _)| r.exp > now);
+        g.refresh.retain(|_, (r, _)| r.exp > now);
+        g.families
+            .retain(|_, f| f.exp > now || f.revoked_until.is_some_and(|r| r > now));
+        g.once.retain(|_, e| *e > now);
         let expired: Vec<String> = g
             .cleanup_index
             .iter()

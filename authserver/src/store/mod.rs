@@ -101,6 +101,83 @@ pub struct AccessTokenRecord {
     pub token_hash: String,
     /// `jwt` or `opaque`.
     pub format: String,
+    /// RFC 8693 `act` claim (JSON) of a token minted by token exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<String>,
+}
+
+/// A user who can log in at the authorization endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub username: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub created_at: u64,
+}
+
+/// A login session (`auth:session:{sha256 of the cookie}`), alive until `exp`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub username: String,
+    pub auth_time: u64,
+    pub exp: u64,
+}
+
+/// An authorization code as stored (by the SHA-256 of the code), alive until `exp`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthCodeRecord {
+    pub client_id: String,
+    /// The redirect URI the code was delivered to.
+    pub redirect_uri: String,
+    /// Whether the authorization request carried `redirect_uri` (then the token request
+    /// must repeat it, RFC 6749 §4.1.3).
+    pub redirect_uri_given: bool,
+    pub scope: String,
+    pub aud: String,
+    /// The user.
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_challenge: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_challenge_method: Option<String>,
+    /// The token family (grant) every token minted from this code belongs to.
+    pub grant_id: String,
+    pub auth_time: u64,
+    pub exp: u64,
+}
+
+/// A refresh token as stored (by its SHA-256), alive until `exp`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefreshTokenRecord {
+    pub client_id: String,
+    pub sub: String,
+    pub scope: String,
+    pub aud: String,
+    pub grant_id: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// The result of consuming a single-use artefact (code or refresh token).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Consumed<T> {
+    /// Unknown or expired.
+    Missing,
+    /// It exists but was issued to another client; it was left untouched.
+    WrongClient,
+    /// First use: it is now marked used.
+    Fresh(T),
+    /// It had been used before (a replay).
+    Replayed(T),
+}
+
+/// The members of a token family (one authorization grant).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FamilyTokens {
+    /// Access tokens: `(jti, exp)`.
+    pub access: Vec<(String, u64)>,
+    /// SHA-256 of every refresh token.
+    pub refresh: Vec<String>,
 }
 
 /// One entry of the revocation feed.
@@ -233,6 +310,61 @@ pub trait Store: Send + Sync + 'static {
     async fn get_stats(&self) -> StoreResult<BTreeMap<String, i64>>;
     async fn get_config(&self) -> StoreResult<BTreeMap<String, String>>;
     async fn set_config(&self, values: &BTreeMap<String, String>) -> StoreResult<()>;
+
+    // Users
+    /// Create a user; `Conflict` when the name is taken.
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<()>;
+    async fn get_user(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    async fn delete_user(&self, username: &str) -> StoreResult<bool>;
+    /// Every user, sorted by name.
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
+
+    // Login sessions, keyed by the SHA-256 of the session cookie
+    async fn save_session(&self, id_hash: &str, rec: &SessionRecord) -> StoreResult<()>;
+    async fn get_session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>>;
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
+
+    // Authorization codes and refresh tokens: single use, consumption is atomic; a used
+    // one is kept (marked) until it expires so that a replay is recognised.
+    async fn save_auth_code(&self, code_hash: &str, rec: &AuthCodeRecord) -> StoreResult<()>;
+    /// Mark the code used, unless it belongs to another client than `client_id`.
+    async fn consume_auth_code(
+        &self,
+        code_hash: &str,
+        client_id: &str,
+    ) -> StoreResult<Consumed<AuthCodeRecord>>;
+    async fn save_refresh_token(&self, hash: &str, rec: &RefreshTokenRecord) -> StoreResult<()>;
+    /// Mark the refresh token used (rotated), unless it belongs to another client.
+    async fn consume_refresh_token(
+        &self,
+        hash: &str,
+        client_id: &str,
+    ) -> StoreResult<Consumed<RefreshTokenRecord>>;
+    /// The record and whether it was used (rotated) already.
+    async fn get_refresh_token(
+        &self,
+        hash: &str,
+    ) -> StoreResult<Option<(RefreshTokenRecord, bool)>>;
+    async fn delete_refresh_tokens(&self, hashes: &[String]) -> StoreResult<()>;
+
+    // Token families (`auth:family:{grant_id}:*`, one hash tag)
+    /// Add tokens to a family, atomically refused (false) when the family is revoked. The
+    /// family's lists live until `exp`.
+    async fn family_add(
+        &self,
+        grant_id: &str,
+        access: &[(String, u64)],
+        refresh: &[String],
+        exp: u64,
+    ) -> StoreResult<bool>;
+    /// Mark the family revoked until `exp` (so nothing joins it any more) and return its
+    /// members. Idempotent.
+    async fn revoke_family(&self, grant_id: &str, exp: u64) -> StoreResult<FamilyTokens>;
+    async fn family_revoked(&self, grant_id: &str) -> StoreResult<bool>;
+
+    /// Claim a one-time identifier (a client assertion's `jti`) until `exp`; false when it
+    /// was claimed before.
+    async fn claim_assertion_jti(&self, key: &str, exp: u64) -> StoreResult<bool>;
 
     /// One pass of the token cleanup: drop expired entries from `auth_token_cleanup` (and
     /// any token record left behind), trim expired revocations from the feed.

@@ -42,6 +42,29 @@ fn k_blacklist(jti: &str) -> String {
 fn k_rate(key: &str) -> String {
     format!("auth:rate_limit:{key}")
 }
+fn k_user(username: &str) -> String {
+    format!("auth:user:{username}")
+}
+fn k_session(id_hash: &str) -> String {
+    format!("auth:session:{id_hash}")
+}
+fn k_code(hash: &str) -> String {
+    format!("auth:code:{hash}")
+}
+fn k_refresh(hash: &str) -> String {
+    format!("auth:refresh_token:{hash}")
+}
+/// The keys of one token family share the hash tag `{grant_id}` (one Cluster slot).
+fn k_family(grant_id: &str) -> [String; 3] {
+    [
+        format!("auth:family:{{{grant_id}}}:at"),
+        format!("auth:family:{{{grant_id}}}:rt"),
+        format!("auth:family:{{{grant_id}}}:revoked"),
+    ]
+}
+fn k_assertion(key: &str) -> String {
+    format!("auth:assertion_jti:{key}")
+}
 fn k_cache(service: &str, key: &str) -> String {
     format!("cache:resource:{service}:{key}")
 }
@@ -110,6 +133,44 @@ while true do
   if stop then break end
 end
 return removed
+";
+
+/// Consume a single-use record (KEYS: the record hash; ARGV: client_id). Returns
+/// {0, ''} when missing, {-1, ''} for another client's record (left untouched), else
+/// {uses including this one, data}.
+const CONSUME_LUA: &str = r"
+local r = redis.call('HMGET', KEYS[1], 'data', 'client_id')
+if not r[1] then return {0, ''} end
+if r[2] ~= ARGV[1] then return {-1, ''} end
+local used = redis.call('HINCRBY', KEYS[1], 'used', 1)
+return {used, r[1]}
+";
+
+/// Add members to a token family unless it is revoked (KEYS: at, rt, revoked;
+/// ARGV: exp, number of access tokens, jti/exp pairs, then refresh hashes).
+const FAMILY_ADD_LUA: &str = r"
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local n = tonumber(ARGV[2])
+local i = 3
+for _ = 1, n do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if n > 0 then redis.call('EXPIREAT', KEYS[1], ARGV[1]) end
+local m = 0
+while i <= #ARGV do
+  redis.call('SADD', KEYS[2], ARGV[i])
+  i = i + 1
+  m = m + 1
+end
+if m > 0 then redis.call('EXPIREAT', KEYS[2], ARGV[1]) end
+return 1
+";
+
+/// Mark a family revoked and return its members (KEYS: at, rt, revoked; ARGV: exp).
+const FAMILY_REVOKE_LUA: &str = r"
+redis.call('SET', KEYS[3], '1', 'EXAT', ARGV[1])
+return {redis.call('HGETALL', KEYS[1]), redis.call('SMEMBERS', KEYS[2])}
 ";
 
 /// A connection of any kind, cheap to clone (all are multiplexed).
@@ -193,6 +254,9 @@ pub struct RedisStore {
     feed_append: Arc<Script>,
     feed_read: Arc<Script>,
     feed_trim: Arc<Script>,
+    consume: Arc<Script>,
+    family_add: Arc<Script>,
+    family_revoke: Arc<Script>,
 }
 
 fn is_transient(e: &RedisError) -> bool {
@@ -329,6 +393,9 @@ impl RedisStore {
             feed_append: Arc::new(Script::new(FEED_APPEND_LUA)),
             feed_read: Arc::new(Script::new(FEED_READ_LUA)),
             feed_trim: Arc::new(Script::new(FEED_TRIM_LUA)),
+            consume: Arc::new(Script::new(CONSUME_LUA)),
+            family_add: Arc::new(Script::new(FAMILY_ADD_LUA)),
+            family_revoke: Arc::new(Script::new(FAMILY_REVOKE_LUA)),
         };
         // Fail fast on a wrong address or password.
         store.ping().await?;
@@ -458,6 +525,65 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Write a single-use record (code or refresh token): hash {data, client_id, used=0}
+    /// expiring at `exp`, in one MULTI.
+    async fn save_single_use(
+        &self,
+        key: String,
+        json: String,
+        client_id: String,
+        exp: u64,
+    ) -> StoreResult<()> {
+        self.idem(|mut c| {
+            let (key, json, client_id) = (key.clone(), json.clone(), client_id.clone());
+            async move {
+                let mut p = ::redis::pipe();
+                p.atomic()
+                    .hset_multiple(
+                        &key,
+                        &[
+                            ("data", json.as_str()),
+                            ("client_id", client_id.as_str()),
+                            ("used", "0"),
+                        ],
+                    )
+                    .ignore()
+                    .cmd("EXPIREAT")
+                    .arg(&key)
+                    .arg(exp)
+                    .ignore();
+                p.query_async::<()>(&mut c).await
+            }
+        })
+        .await
+    }
+
+    async fn consume_single_use<T: serde::de::DeserializeOwned>(
+        &self,
+        key: String,
+        client_id: &str,
+    ) -> StoreResult<Consumed<T>> {
+        let script = self.consume.clone();
+        let client_id = client_id.to_string();
+        // Not retried: a second attempt after a lost answer would look like a replay.
+        let (n, data): (i64, String) = self
+            .once(
+                |mut c| async move { script.key(&key).arg(&client_id).invoke_async(&mut c).await },
+            )
+            .await?;
+        let parse = |d: &str| -> StoreResult<T> {
+            serde_json::from_str(d).map_err(|e| corrupt("single-use record", e))
+        };
+        Ok(match n {
+            0 => Consumed::Missing,
+            -1 => Consumed::WrongClient,
+            1 => Consumed::Fresh(parse(&data)?),
+            _ => Consumed::Replayed(parse(&data)?),
+        })
+    }
+}
+
 fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
@@ -525,6 +651,7 @@ fn token_from_fields(
         exp: n("exp")?,
         token_hash: s("token_hash")?,
         format: s("format")?,
+        act: m.get("act").cloned(),
     }))
 }
 
@@ -687,6 +814,10 @@ return 1
             ("token_hash", rec.token_hash.clone()),
             ("format", rec.format.clone()),
         ];
+        let mut fields = fields;
+        if let Some(act) = &rec.act {
+            fields.push(("act", act.clone()));
+        }
         let mut p = self.pipe();
         p.hset_multiple(&key, &fields)
             .ignore()
@@ -981,6 +1112,303 @@ return 1
             }
         })
         .await
+    }
+
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let key = k_user(&user.username);
+        let script = Script::new(
+            r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'username', ARGV[1], 'password_hash', ARGV[2], 'created_at', ARGV[3])
+return 1
+",
+        );
+        let (name, hash, at) = (
+            user.username.clone(),
+            user.password_hash.clone(),
+            user.created_at,
+        );
+        let created: i64 = self
+            .once(|mut c| async move {
+                script
+                    .key(&key)
+                    .arg(&name)
+                    .arg(&hash)
+                    .arg(at)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if created == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(user.username.clone()))
+        }
+    }
+
+    async fn get_user(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        let key = k_user(username);
+        let m: HashMap<String, String> = self
+            .idem(|mut c| {
+                let key = key.clone();
+                async move { ::redis::cmd("HGETALL").arg(&key).query_async(&mut c).await }
+            })
+            .await?;
+        if m.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(UserRecord {
+            username: m
+                .get("username")
+                .cloned()
+                .ok_or_else(|| corrupt(&key, "no username"))?,
+            password_hash: m
+                .get("password_hash")
+                .cloned()
+                .ok_or_else(|| corrupt(&key, "no password_hash"))?,
+            created_at: m
+                .get("created_at")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        }))
+    }
+
+    async fn delete_user(&self, username: &str) -> StoreResult<bool> {
+        let key = k_user(username);
+        let n: i64 = self
+            .idem(|mut c| {
+                let key = key.clone();
+                async move { ::redis::cmd("DEL").arg(&key).query_async(&mut c).await }
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
+        let mut names: Vec<String> = self
+            .scan("auth:user:*")
+            .await?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix("auth:user:").map(str::to_string))
+            .collect();
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            if let Some(u) = self.get_user(&n).await? {
+                out.push(u);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn save_session(&self, id_hash: &str, rec: &SessionRecord) -> StoreResult<()> {
+        let key = k_session(id_hash);
+        let json = serde_json::to_string(rec).map_err(|e| corrupt(&key, e))?;
+        let exp = rec.exp;
+        self.idem(|mut c| {
+            let (key, json) = (key.clone(), json.clone());
+            async move {
+                ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&json)
+                    .arg("EXAT")
+                    .arg(exp)
+                    .query_async::<()>(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
+    async fn get_session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>> {
+        let key = k_session(id_hash);
+        let v: Option<String> = self
+            .idem(|mut c| {
+                let key = key.clone();
+                async move { ::redis::cmd("GET").arg(&key).query_async(&mut c).await }
+            })
+            .await?;
+        v.map(|j| serde_json::from_str(&j).map_err(|e| corrupt(&key, e)))
+            .transpose()
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        let key = k_session(id_hash);
+        self.idem(|mut c| {
+            let key = key.clone();
+            async move {
+                ::redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async::<()>(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
+    async fn save_auth_code(&self, code_hash: &str, rec: &AuthCodeRecord) -> StoreResult<()> {
+        let key = k_code(code_hash);
+        let json = serde_json::to_string(rec).map_err(|e| corrupt(&key, e))?;
+        self.save_single_use(key, json, rec.client_id.clone(), rec.exp)
+            .await
+    }
+
+    async fn consume_auth_code(
+        &self,
+        code_hash: &str,
+        client_id: &str,
+    ) -> StoreResult<Consumed<AuthCodeRecord>> {
+        self.consume_single_use(k_code(code_hash), client_id).await
+    }
+
+    async fn save_refresh_token(&self, hash: &str, rec: &RefreshTokenRecord) -> StoreResult<()> {
+        let key = k_refresh(hash);
+        let json = serde_json::to_string(rec).map_err(|e| corrupt(&key, e))?;
+        self.save_single_use(key, json, rec.client_id.clone(), rec.exp)
+            .await
+    }
+
+    async fn consume_refresh_token(
+        &self,
+        hash: &str,
+        client_id: &str,
+    ) -> StoreResult<Consumed<RefreshTokenRecord>> {
+        self.consume_single_use(k_refresh(hash), client_id).await
+    }
+
+    async fn get_refresh_token(
+        &self,
+        hash: &str,
+    ) -> StoreResult<Option<(RefreshTokenRecord, bool)>> {
+        let key = k_refresh(hash);
+        let (data, used): (Option<String>, Option<u64>) = self
+            .idem(|mut c| {
+                let key = key.clone();
+                async move {
+                    ::redis::cmd("HMGET")
+                        .arg(&key)
+                        .arg("data")
+                        .arg("used")
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        let Some(data) = data else { return Ok(None) };
+        let rec: RefreshTokenRecord = serde_json::from_str(&data).map_err(|e| corrupt(&key, e))?;
+        Ok(Some((rec, used.unwrap_or(0) > 0)))
+    }
+
+    async fn delete_refresh_tokens(&self, hashes: &[String]) -> StoreResult<()> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = hashes.iter().map(|h| k_refresh(h)).collect();
+        // One key per command: the keys live in different Cluster slots.
+        self.idem(|mut c| {
+            let keys = keys.clone();
+            async move {
+                let mut p = ::redis::pipe();
+                for k in &keys {
+                    p.del(k).ignore();
+                }
+                p.query_async::<()>(&mut c).await
+            }
+        })
+        .await
+    }
+
+    async fn family_add(
+        &self,
+        grant_id: &str,
+        access: &[(String, u64)],
+        refresh: &[String],
+        exp: u64,
+    ) -> StoreResult<bool> {
+        let keys = k_family(grant_id);
+        let script = self.family_add.clone();
+        let (access, refresh) = (access.to_vec(), refresh.to_vec());
+        let ok: i64 = self
+            .idem(|mut c| {
+                let (keys, script, access, refresh) = (
+                    keys.clone(),
+                    script.clone(),
+                    access.clone(),
+                    refresh.clone(),
+                );
+                async move {
+                    let mut inv = script.prepare_invoke();
+                    for k in &keys {
+                        inv.key(k);
+                    }
+                    inv.arg(exp).arg(access.len());
+                    for (jti, e) in &access {
+                        inv.arg(jti).arg(*e);
+                    }
+                    for h in &refresh {
+                        inv.arg(h);
+                    }
+                    inv.invoke_async(&mut c).await
+                }
+            })
+            .await?;
+        Ok(ok == 1)
+    }
+
+    async fn revoke_family(&self, grant_id: &str, exp: u64) -> StoreResult<FamilyTokens> {
+        let keys = k_family(grant_id);
+        let script = self.family_revoke.clone();
+        let (at, rt): (Vec<String>, Vec<String>) = self
+            .idem(|mut c| {
+                let (keys, script) = (keys.clone(), script.clone());
+                async move {
+                    script
+                        .key(&keys[0])
+                        .key(&keys[1])
+                        .key(&keys[2])
+                        .arg(exp)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        let mut access = Vec::with_capacity(at.len() / 2);
+        for pair in at.chunks(2) {
+            if let [jti, e] = pair {
+                let e = e.parse().map_err(|_| corrupt(&keys[0], "bad expiry"))?;
+                access.push((jti.clone(), e));
+            }
+        }
+        Ok(FamilyTokens {
+            access,
+            refresh: rt,
+        })
+    }
+
+    async fn family_revoked(&self, grant_id: &str) -> StoreResult<bool> {
+        let key = k_family(grant_id)[2].clone();
+        self.idem(|mut c| {
+            let key = key.clone();
+            async move { ::redis::cmd("EXISTS").arg(&key).query_async(&mut c).await }
+        })
+        .await
+    }
+
+    async fn claim_assertion_jti(&self, key: &str, exp: u64) -> StoreResult<bool> {
+        let key = k_assertion(key);
+        let r: Option<String> = self
+            .once(|mut c| async move {
+                ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EXAT")
+                    .arg(exp)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(r.is_some())
     }
 
     async fn cleanup(&self, now: u64, _feed_retention_secs: u64) -> StoreResult<CleanupReport> {

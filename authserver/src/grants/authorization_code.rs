@@ -1,0 +1,98 @@
+//! `authorization_code` (RFC 6749 §4.1.3) with PKCE (RFC 7636). The code is consumed
+//! atomically; a replay fails with `invalid_grant` and revokes every token the code issued.
+
+use sha2::{Digest, Sha256};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::Value;
+
+use crate::crypto;
+use crate::error::{OAuthError, OAuthResult};
+use crate::form::Params;
+use crate::http::authorize::valid_pkce_string;
+use crate::state::AppState;
+use crate::store::{now_secs, ClientRecord, Consumed};
+
+use super::{client_has_grant, family};
+
+fn bad(msg: &str) -> OAuthError {
+    OAuthError::InvalidGrant(msg.into())
+}
+
+pub async fn handle(
+    state: &AppState,
+    client: &ClientRecord,
+    params: &Params,
+) -> OAuthResult<Value> {
+    if !client_has_grant(client, "authorization_code") {
+        return Err(OAuthError::UnauthorizedClient(
+            "client is not registered for authorization_code".into(),
+        ));
+    }
+    let code = params.require("code")?;
+    if code.len() > 512 {
+        return Err(bad("invalid authorization code"));
+    }
+    let rec = match state
+        .store
+        .consume_auth_code(&crypto::token_hash(code), &client.client_id)
+        .await?
+    {
+        Consumed::Missing | Consumed::WrongClient => {
+            return Err(bad("invalid or expired authorization code"))
+        }
+        Consumed::Replayed(rec) => {
+            state.stat("code_replays");
+            family::revoke(state, &rec.grant_id, "authorization code replayed").await?;
+            return Err(bad(
+                "the authorization code was already used; tokens issued with it are revoked",
+            ));
+        }
+        Consumed::Fresh(rec) => rec,
+    };
+    if rec.exp <= now_secs() {
+        return Err(bad("the authorization code has expired"));
+    }
+    match (params.get("redirect_uri"), rec.redirect_uri_given) {
+        (Some(r), _) if r == rec.redirect_uri => {}
+        (None, false) => {}
+        (None, true) => return Err(OAuthError::InvalidGrant("redirect_uri is required".into())),
+        (Some(_), _) => return Err(bad("redirect_uri does not match the authorization request")),
+    }
+    let verifier = params.get("code_verifier");
+    match (&rec.code_challenge, verifier) {
+        (None, None) => {}
+        (None, Some(_)) => {
+            // RFC 9700 §2.1.1: a verifier without a challenge is a PKCE downgrade attempt.
+            return Err(bad(
+                "code_verifier sent but the authorization request had no code_challenge",
+            ));
+        }
+        (Some(_), None) => return Err(bad("code_verifier is required")),
+        (Some(challenge), Some(v)) => {
+            if !valid_pkce_string(v) {
+                return Err(bad("malformed code_verifier"));
+            }
+            let computed = match rec.code_challenge_method.as_deref() {
+                Some("S256") => URL_SAFE_NO_PAD.encode(Sha256::digest(v.as_bytes())),
+                Some("plain") => v.to_string(),
+                _ => return Err(bad("unsupported code_challenge_method")),
+            };
+            if !crypto::ct_eq(computed.as_bytes(), challenge.as_bytes()) {
+                return Err(bad("code_verifier does not match the code_challenge"));
+            }
+        }
+    }
+    family::issue(
+        state,
+        family::Grant {
+            client,
+            sub: &rec.sub,
+            scope: &rec.scope,
+            aud: &rec.aud,
+            grant_id: &rec.grant_id,
+        },
+    )
+    .await
+}

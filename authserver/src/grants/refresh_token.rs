@@ -1,0 +1,95 @@
+//! `refresh_token` (RFC 6749 §6) with rotation (RFC 9700 §4.14.2): every use consumes the
+//! refresh token and issues a new one; presenting a rotated token again revokes the whole
+//! family.
+
+use serde_json::Value;
+
+use crate::crypto;
+use crate::error::{OAuthError, OAuthResult};
+use crate::form::{parse_scope, Params};
+use crate::state::AppState;
+use crate::store::{now_secs, ClientRecord, Consumed};
+
+use super::{client_has_grant, family};
+
+pub async fn handle(
+    state: &AppState,
+    client: &ClientRecord,
+    params: &Params,
+) -> OAuthResult<Value> {
+    if !client_has_grant(client, "refresh_token") {
+        return Err(OAuthError::UnauthorizedClient(
+            "client is not registered for refresh_token".into(),
+        ));
+    }
+    let token = params.require("refresh_token")?;
+    if !token.starts_with(family::REFRESH_PREFIX) || token.len() > 256 {
+        return Err(OAuthError::InvalidGrant("invalid refresh token".into()));
+    }
+    let hash = crypto::token_hash(token);
+    // A request that is wrong in itself (a wider scope) must not spend the token: check it
+    // against the record before consuming.
+    // (Used, unknown or another client's tokens: consumption below decides and detects
+    // reuse.)
+    if let Some((rec, false)) = state.store.get_refresh_token(&hash).await? {
+        if rec.client_id == client.client_id {
+            narrowed_scope(&rec.scope, params.get("scope"))?;
+        }
+    }
+    let rec = match state
+        .store
+        .consume_refresh_token(&hash, &client.client_id)
+        .await?
+    {
+        Consumed::Missing | Consumed::WrongClient => {
+            return Err(OAuthError::InvalidGrant(
+                "invalid or expired refresh token".into(),
+            ))
+        }
+        Consumed::Replayed(rec) => {
+            state.stat("refresh_token_reuse");
+            family::revoke(state, &rec.grant_id, "rotated refresh token reused").await?;
+            return Err(OAuthError::InvalidGrant(
+                "the refresh token was already used; the grant is revoked".into(),
+            ));
+        }
+        Consumed::Fresh(rec) => rec,
+    };
+    if rec.exp <= now_secs() {
+        return Err(OAuthError::InvalidGrant(
+            "the refresh token has expired".into(),
+        ));
+    }
+    let scope = narrowed_scope(&rec.scope, params.get("scope"))?;
+    family::issue(
+        state,
+        family::Grant {
+            client,
+            sub: &rec.sub,
+            scope: &scope,
+            aud: &rec.aud,
+            grant_id: &rec.grant_id,
+        },
+    )
+    .await
+}
+
+/// RFC 6749 §6: a narrower scope may be asked for, never a wider one.
+fn narrowed_scope(granted: &str, requested: Option<&str>) -> OAuthResult<String> {
+    let Some(req) = requested else {
+        return Ok(granted.to_string());
+    };
+    let have: Vec<&str> = granted.split(' ').filter(|s| !s.is_empty()).collect();
+    let mut out: Vec<&str> = Vec::new();
+    for s in parse_scope(req)? {
+        if !have.contains(&s) {
+            return Err(OAuthError::InvalidScope(format!(
+                "scope {s:?} was not granted"
+            )));
+        }
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    Ok(out.join(" "))
+}

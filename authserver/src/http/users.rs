@@ -1,0 +1,125 @@
+//! `POST/GET /admin/users`, `GET/DELETE /admin/users/{username}` (admin Bearer token):
+//! the users who can log in at the authorization endpoint. Passwords are stored only as
+//! Argon2id hashes and never returned.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use crate::error::OAuthError;
+use crate::store::{now_secs, StoreError, UserRecord};
+use crate::users;
+
+use super::{client_auth, json_no_store, SharedState};
+
+fn view(u: &UserRecord) -> Value {
+    json!({"username": u.username, "created_at": u.created_at})
+}
+
+pub async fn create(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        client_auth::require_admin(&state, &headers, Some(peer)).await?;
+        let v = crate::json::from_request(&headers, &body)?;
+        let Value::Object(m) = v else {
+            return Err(OAuthError::InvalidRequest("expected a JSON object".into()));
+        };
+        if let Some(k) = m.keys().find(|k| *k != "username" && *k != "password") {
+            return Err(OAuthError::InvalidRequest(format!(
+                "unknown member {}",
+                crate::form::sanitize(k)
+            )));
+        }
+        let username = m.get("username").and_then(Value::as_str).unwrap_or("");
+        let password = m.get("password").and_then(Value::as_str).unwrap_or("");
+        if !users::valid_username(username) {
+            return Err(OAuthError::InvalidRequest(
+                "username must be 1-64 characters of letters, digits and . _ @ -".into(),
+            ));
+        }
+        if password.chars().count() < users::MIN_PASSWORD || password.len() > users::MAX_PASSWORD {
+            return Err(OAuthError::InvalidRequest(format!(
+                "password must have {} to {} characters",
+                users::MIN_PASSWORD,
+                users::MAX_PASSWORD
+            )));
+        }
+        let pw = password.to_string();
+        let hash = tokio::task::spawn_blocking(move || users::hash_password(&pw))
+            .await
+            .map_err(|e| OAuthError::ServerError(e.to_string()))?
+            .map_err(|e| OAuthError::ServerError(e.to_string()))?;
+        let user = UserRecord {
+            username: username.to_string(),
+            password_hash: hash,
+            created_at: now_secs(),
+        };
+        state.store.create_user(&user).await.map_err(|e| match e {
+            StoreError::Conflict(_) => OAuthError::Conflict("the user exists already".into()),
+            other => other.into(),
+        })?;
+        tracing::info!(username = %user.username, "user created");
+        Ok(json_no_store(StatusCode::CREATED, &view(&user)))
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn list(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        client_auth::require_admin(&state, &headers, Some(peer)).await?;
+        let users: Vec<Value> = state.store.list_users().await?.iter().map(view).collect();
+        Ok::<_, OAuthError>(json_no_store(StatusCode::OK, &json!({"users": users})))
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn read(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(username): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        client_auth::require_admin(&state, &headers, Some(peer)).await?;
+        let u = state
+            .store
+            .get_user(&username)
+            .await?
+            .ok_or_else(|| OAuthError::NotFound("no such user".into()))?;
+        Ok::<_, OAuthError>(json_no_store(StatusCode::OK, &view(&u)))
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn delete(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(username): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        client_auth::require_admin(&state, &headers, Some(peer)).await?;
+        if !state.store.delete_user(&username).await? {
+            return Err(OAuthError::NotFound("no such user".into()));
+        }
+        tracing::info!(username = %username, "user deleted");
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
