@@ -48,9 +48,17 @@ build-authserver:
 build-filter: deps-rust
 	$(CARGO) build --release --target $(WASM_TARGET) -p tollgate-filter
 
+# ---------------------------------------------------------------- demo
+.PHONY: demo demo-check
+demo: deps-rust venv build ## run the auth server, Envoy with the filter and an echo upstream; prints a tour
+	@$(PY) tests/demo/demo.py
+
+demo-check: venv build ## the demo tour, non-interactively; fails on any unexpected answer
+	$(PY) tests/demo/demo.py --check
+
 # ---------------------------------------------------------------- checks
 .PHONY: test lint fmt-check clippy test-unit test-e2e
-test: deps lint test-unit wasm-test build test-e2e test-chart ## run every check and test (what CI runs)
+test: deps lint test-unit wasm-test build test-e2e test-chart test-docs demo-check ## run every check and test (what CI runs)
 	@echo "make test: all passed"
 
 lint: fmt-check clippy ## rustfmt and clippy -D warnings
@@ -85,12 +93,20 @@ wasm-test: deps-wasm-test ## edge core tests on Wasm (wasip1 under node WASI + w
 test-e2e: venv build ## end-to-end tests over real Envoy, auth server and Redis
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider e2e
 
+.PHONY: test-docs
+test-docs: venv build ## the docs stay true: commands, flags, variables, targets, links, endpoints
+	cd tests && $(PY) -m pytest -q -p no:cacheprovider docs
+
+.PHONY: test-oauth-clients
+test-oauth-clients: deps-apt venv build-authserver ## authlib and oauth4webapi (npm ci) against the real auth server, memory and Redis
+	cd tests && $(PY) -m pytest -q -p no:cacheprovider e2e/test_oauth_clients.py
+
 # ---------------------------------------------------------------- chart, GitOps, images
 .PHONY: test-chart lint-docker package
 CHART_DIR := $(ROOT)/chart
 DIST      := $(ROOT)/dist
 
-test-chart: venv deps-apt build-filter ## Helm chart, Argo CD, k8s/ and Dockerfiles: render, lint, schemas, checkov, PSS, NetworkPolicies, real Redis and Envoy
+test-chart: venv deps-apt build-authserver build-filter ## Helm chart, Argo CD, k8s/ and Dockerfiles: render, lint, schemas, checkov, PSS, NetworkPolicies, real Redis and Envoy
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider chart
 
 lint-docker: venv ## hadolint on the Dockerfiles (they are built by the release workflow, not here)
