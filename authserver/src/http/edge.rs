@@ -1,4 +1,5 @@
-//! Endpoints for the edge filters: the revocation feed and the built Wasm module.
+//! Endpoints for the edge filters: the revocation feed and the built Wasm module (quota
+//! leases are in `lease.rs`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +17,28 @@ use super::{client_auth, json_no_store, SharedState};
 const DEFAULT_PAGE: usize = 1000;
 const MAX_PAGE: usize = 10_000;
 
+/// The callers of the edge endpoints: the admin token (`Authorization: Bearer`), or a client
+/// authenticated with `client_secret_basic` whose registered scope holds `tollgate:edge`.
+/// 401 `invalid_client` for missing or bad credentials, 403 `insufficient_scope` for a
+/// client without the scope.
+pub(super) async fn authorize_edge(
+    state: &SharedState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    what: &str,
+) -> Result<(), OAuthError> {
+    if client_auth::is_admin(state, headers) {
+        return Ok(());
+    }
+    let client = client_auth::authenticate(state, headers, Some(peer), None).await?;
+    if !has_scope(&client, "tollgate:edge") {
+        return Err(OAuthError::InsufficientScope(format!(
+            "{what} needs a client with scope tollgate:edge"
+        )));
+    }
+    Ok(())
+}
+
 /// `GET /edge/revocations?since=<cursor>[&limit=N]`: revoked `jti`s with their expiry.
 /// Callers: the admin token, or a client registered with scope `tollgate:edge`.
 pub async fn revocations(
@@ -25,14 +48,7 @@ pub async fn revocations(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let r = async {
-        if !client_auth::is_admin(&state, &headers) {
-            let client = client_auth::authenticate(&state, &headers, Some(peer), None).await?;
-            if !has_scope(&client, "tollgate:edge") {
-                return Err(OAuthError::InsufficientScope(
-                    "the revocation feed needs a client with scope tollgate:edge".into(),
-                ));
-            }
-        }
+        authorize_edge(&state, &headers, peer, "the revocation feed").await?;
         let since = match q.get("since").map(String::as_str) {
             None | Some("") => None,
             Some(s) => Some(s.parse::<u64>().map_err(|_| {

@@ -24,6 +24,7 @@ pub mod client_auth;
 pub mod edge;
 pub mod health;
 pub mod introspect;
+pub mod lease;
 pub mod metadata;
 pub mod pages;
 pub mod register;
@@ -100,6 +101,7 @@ pub fn router(state: SharedState) -> Router {
             get(users::read).delete(users::delete),
         )
         .route("/edge/revocations", get(edge::revocations))
+        .route("/edge/ratelimit/lease", post(lease::lease))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -249,3 +251,5 @@ pub fn json_no_store(status: StatusCode, body: &serde_json::Value) -> Response {
 mod tests;
 #[cfg(test)]
 mod tests_flows;
+#[cfg(test)]
+mod tests_lease;

@@ -192,6 +192,89 @@ async fn rate_limits(s: Both) {
     );
 }
 
+async fn rate_leases_grant_up_to_the_limit(s: Both) {
+    let (s, _) = s;
+    let l = s.rate_lease("p:a", 10, 60, 4).await.unwrap();
+    assert_eq!((l.granted, l.used, l.limit), (4, 4, 10));
+    assert!(l.reset_ms > 0 && l.reset_ms <= 60_000, "{l:?}");
+    let first_reset = l.reset_ms;
+    let l = s.rate_lease("p:a", 10, 60, 4).await.unwrap();
+    assert_eq!((l.granted, l.used), (4, 8));
+    assert!(
+        l.reset_ms <= first_reset,
+        "a lease never extends the window"
+    );
+    // Only what is left of the limit.
+    let l = s.rate_lease("p:a", 10, 60, 4).await.unwrap();
+    assert_eq!((l.granted, l.used), (2, 10));
+    // Exhausted: 0, and nothing is counted.
+    for _ in 0..3 {
+        let l = s.rate_lease("p:a", 10, 60, 1).await.unwrap();
+        assert_eq!((l.granted, l.used, l.limit), (0, 10, 10));
+        assert!(l.reset_ms > 0 && l.reset_ms <= 60_000);
+    }
+    // Keys are independent, and lease windows are not the plain rate-limit windows.
+    assert_eq!(s.rate_lease("p:b", 10, 60, 10).await.unwrap().granted, 10);
+    assert_eq!(s.peek_rate("p:a").await.unwrap(), 0);
+    assert!(s.rate_limit("p:a", 1, 60).await.unwrap().allowed);
+    assert_eq!(s.rate_lease("p:a", 10, 60, 1).await.unwrap().used, 10);
+    // A caller with a higher limit on the same key sees the same count; one with a lower
+    // limit than what is used gets 0, never a negative grant.
+    let l = s.rate_lease("p:a", 12, 60, 5).await.unwrap();
+    assert_eq!((l.granted, l.used, l.limit), (2, 12, 12));
+    let l = s.rate_lease("p:a", 5, 60, 5).await.unwrap();
+    assert_eq!((l.granted, l.used, l.limit), (0, 12, 5));
+}
+
+async fn rate_lease_window_resets(s: Both) {
+    let (s, _) = s;
+    let l = s.rate_lease("w", 3, 1, 3).await.unwrap();
+    assert_eq!((l.granted, l.used), (3, 3));
+    assert!(l.reset_ms <= 1000);
+    // Later leases do not extend the window.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let l = s.rate_lease("w", 3, 1, 1).await.unwrap();
+    assert_eq!(l.granted, 0);
+    assert!(l.reset_ms <= 400, "{l:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let l = s.rate_lease("w", 3, 1, 2).await.unwrap();
+    assert_eq!(
+        (l.granted, l.used),
+        (2, 2),
+        "a new window after the old one ended"
+    );
+    assert!(l.reset_ms > 0 && l.reset_ms <= 1000, "{l:?}");
+}
+
+async fn concurrent_leases_never_over_grant(s: Both) {
+    let (s, _) = s;
+    const LIMIT: u64 = 1000;
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = 0u64;
+            // Bounded: each successful call takes at least 1, so at most LIMIT + 1 calls.
+            for _ in 0..=LIMIT {
+                let l = s.rate_lease("hot", LIMIT, 60, 3 + t % 5).await.unwrap();
+                assert!(l.used <= LIMIT, "{l:?}");
+                if l.granted == 0 {
+                    break;
+                }
+                got += l.granted;
+            }
+            got
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, LIMIT, "the sum of grants is exactly the limit");
+    let l = s.rate_lease("hot", LIMIT, 60, 1).await.unwrap();
+    assert_eq!((l.granted, l.used), (0, LIMIT));
+}
+
 async fn keys_stats_config(s: Both) {
     let (s, _) = s;
     assert!(s.list_keys().await.unwrap().is_empty());
@@ -537,6 +620,9 @@ conformance! {
     revocation_and_feed => 100,
     feed_overflow_forces_resync => 3,
     rate_limits => 100,
+    rate_leases_grant_up_to_the_limit => 100,
+    rate_lease_window_resets => 100,
+    concurrent_leases_never_over_grant => 100,
     keys_stats_config => 100,
     service_cache => 100,
     users => 100,

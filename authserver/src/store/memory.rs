@@ -26,6 +26,7 @@ struct Inner {
     blacklist: HashMap<String, u64>,
     cleanup_index: HashMap<String, u64>,
     rate: HashMap<String, (u64, u64)>, // key -> (count, window end ms)
+    leases: HashMap<String, (u64, u64)>, // lease key -> (used, window end ms)
     keys: BTreeMap<String, StoredKey>,
     stats: BTreeMap<String, i64>,
     config: BTreeMap<String, String>,
@@ -305,6 +306,38 @@ impl Store for MemoryStore {
             remaining: limit.saturating_sub(count),
             reset_after,
         })
+    }
+
+    async fn rate_lease(
+        &self,
+        key: &str,
+        limit: u64,
+        window_secs: u64,
+        want: u64,
+    ) -> StoreResult<Lease> {
+        let now = now_ms();
+        let window_ms = window_secs.max(1).saturating_mul(1000);
+        let mut g = self.lock()?;
+        let entry = g
+            .leases
+            .entry(key.to_string())
+            .or_insert((0, now + window_ms));
+        if entry.1 <= now {
+            *entry = (0, now + window_ms);
+        }
+        let granted = want.min(limit.saturating_sub(entry.0));
+        entry.0 += granted;
+        let lease = Lease {
+            granted,
+            used: entry.0,
+            limit,
+            reset_ms: entry.1.saturating_sub(now).max(1),
+        };
+        // Bound memory: drop windows that have ended.
+        if g.leases.len() > 100_000 {
+            g.leases.retain(|_, (_, end)| *end > now);
+        }
+        Ok(lease)
     }
 
     async fn peek_rate(&self, key: &str) -> StoreResult<u64> {

@@ -4,9 +4,10 @@
 //!
 //! Redis layout (DB 0, auth data), see docs/architecture.md:
 //! `auth:client:{id}` hash, `auth:access_token:{jti}` hash+TTL, `auth:blacklist:{jti}`
-//! string+TTL, `auth:rate_limit:{key}` counter+TTL, `auth_token_cleanup` sorted set of
-//! expiries, `auth_stats` hash of counters, `auth_config` hash, `auth:keys` hash of signing
-//! keys, `auth:revocation_feed` sorted set + `auth:revocation_seq` counter.
+//! string+TTL, `auth:rate_limit:{key}` counter+TTL, `auth:rate_limit:lease:{key}`
+//! counter+TTL (quota leases of the edge filters' global mode), `auth_token_cleanup` sorted
+//! set of expiries, `auth_stats` hash of counters, `auth_config` hash, `auth:keys` hash of
+//! signing keys, `auth:revocation_feed` sorted set + `auth:revocation_seq` counter.
 //! Service cache (DB 1): `cache:resource:{service}:*`, `cache_stats`, `cache_config`,
 //! `cache_cleanup_metrics`.
 
@@ -207,6 +208,19 @@ pub struct RateDecision {
     pub reset_after: u64,
 }
 
+/// The answer to a quota lease (`auth:rate_limit:lease:{key}`, a fixed window that starts
+/// at the first lease of the window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Requests granted by this lease: `min(want, limit - used)`, possibly 0.
+    pub granted: u64,
+    /// Requests granted in this window so far, this lease included.
+    pub used: u64,
+    pub limit: u64,
+    /// Milliseconds until the window ends (at least 1).
+    pub reset_ms: u64,
+}
+
 /// A signing key as stored (shared by all replicas).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredKey {
@@ -299,6 +313,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<RateDecision>;
     /// The current count of a window without counting (0 when none is open).
     async fn peek_rate(&self, key: &str) -> StoreResult<u64>;
+    /// Take a quota lease of up to `want` requests from the window of `key` (its own
+    /// namespace, `auth:rate_limit:lease:{key}`), atomically: the sum of `granted` over a
+    /// window never exceeds `limit`. The window opens at the first lease (length
+    /// `window_secs`) and is not extended by later leases.
+    async fn rate_lease(
+        &self,
+        key: &str,
+        limit: u64,
+        window_secs: u64,
+        want: u64,
+    ) -> StoreResult<Lease>;
 
     // Signing keys
     async fn list_keys(&self) -> StoreResult<Vec<StoredKey>>;

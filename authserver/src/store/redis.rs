@@ -42,6 +42,9 @@ fn k_blacklist(jti: &str) -> String {
 fn k_rate(key: &str) -> String {
     format!("auth:rate_limit:{key}")
 }
+fn k_lease(key: &str) -> String {
+    format!("auth:rate_limit:lease:{key}")
+}
 fn k_user(username: &str) -> String {
     format!("auth:user:{username}")
 }
@@ -78,6 +81,31 @@ if ttl < 0 then
   ttl = tonumber(ARGV[1])
 end
 return {c, ttl}
+";
+
+/// Take a quota lease from a fixed window (KEYS: the lease counter; ARGV: limit, window ms,
+/// want). One key, so it is atomic and Cluster-safe. The window opens at the first lease
+/// (`SET .. PX`) and later leases add with `INCRBY`, which keeps the TTL. A key without a
+/// TTL (never written so by us) is treated as no window. Returns {granted, used, ttl ms}.
+const LEASE_LUA: &str = r"
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local ttl = redis.call('PTTL', KEYS[1])
+local used = 0
+if ttl > 0 then
+  used = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+end
+local g = limit - used
+if g > want then g = want end
+if g < 0 then g = 0 end
+if ttl > 0 then
+  if g > 0 then redis.call('INCRBY', KEYS[1], g) end
+else
+  ttl = window
+  redis.call('SET', KEYS[1], g, 'PX', window)
+end
+return {g, used + g, ttl}
 ";
 
 /// Append a revocation to the feed once (KEYS: index, feed, seq, floor;
@@ -251,6 +279,7 @@ pub struct RedisStore {
     opts: RedisOptions,
     cluster: bool,
     rate: Arc<Script>,
+    lease: Arc<Script>,
     feed_append: Arc<Script>,
     feed_read: Arc<Script>,
     feed_trim: Arc<Script>,
@@ -390,6 +419,7 @@ impl RedisStore {
             opts,
             cluster,
             rate: Arc::new(Script::new(RATE_LUA)),
+            lease: Arc::new(Script::new(LEASE_LUA)),
             feed_append: Arc::new(Script::new(FEED_APPEND_LUA)),
             feed_read: Arc::new(Script::new(FEED_READ_LUA)),
             feed_trim: Arc::new(Script::new(FEED_TRIM_LUA)),
@@ -999,6 +1029,37 @@ return 1
             limit,
             remaining: limit.saturating_sub(count),
             reset_after: (ttl_ms.max(0) as u64).div_ceil(1000).max(1),
+        })
+    }
+
+    async fn rate_lease(
+        &self,
+        key: &str,
+        limit: u64,
+        window_secs: u64,
+        want: u64,
+    ) -> StoreResult<Lease> {
+        let key = k_lease(key);
+        let window_ms = window_secs.max(1).saturating_mul(1000);
+        let script = self.lease.clone();
+        // Not retried: a lease that reached Redis but whose answer was lost must not be
+        // granted twice.
+        let (granted, used, ttl_ms): (u64, u64, i64) = self
+            .once(|mut c| async move {
+                script
+                    .key(&key)
+                    .arg(limit)
+                    .arg(window_ms)
+                    .arg(want)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(Lease {
+            granted,
+            used,
+            limit,
+            reset_ms: (ttl_ms.max(1)) as u64,
         })
     }
 
