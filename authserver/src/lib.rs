@@ -4,6 +4,8 @@
 //! talk only to the [`store::Store`] trait; `store/` has the Redis and in-memory
 //! implementations; `jobs/` holds the one-shot subcommands (cleanup, init, keys, status).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod cli;
 pub mod clients;
 pub mod config;
