@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ConfigError;
 use crate::jwt::Alg;
+use crate::{introspection, ratelimit, revocation};
 
 // ------------------------------------------------------------------ raw (serde) shapes
 
@@ -39,6 +40,116 @@ struct RawConfig {
     jwks_wait: RawJwksWait,
     #[serde(default = "d_tick_ms")]
     tick_ms: u64,
+    #[serde(default)]
+    auth_server: Option<RawAuthServer>,
+    #[serde(default)]
+    revocation: Option<RawRevocation>,
+    #[serde(default)]
+    introspection: Option<RawIntrospection>,
+    #[serde(default)]
+    client_ip: RawClientIp,
+    #[serde(default)]
+    rate_limit: RawRateLimitGlobal,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthServer {
+    cluster: String,
+    #[serde(default)]
+    authority: Option<String>,
+    client_id: String,
+    client_secret: String,
+    #[serde(default = "d_auth_timeout_ms")]
+    timeout_ms: u64,
+}
+
+impl std::fmt::Debug for RawAuthServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawAuthServer")
+            .field("cluster", &self.cluster)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocation {
+    #[serde(default = "d_rev_path")]
+    path: String,
+    #[serde(default = "d_poll_ms")]
+    poll_interval_ms: u64,
+    #[serde(default = "d_stale_after")]
+    stale_after_s: u64,
+    #[serde(default)]
+    stale_mode: FailMode,
+    #[serde(default = "d_rev_buckets")]
+    buckets: u32,
+    #[serde(default = "d_lease_ms")]
+    lease_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    issuer: String,
+    #[serde(default = "d_intro_path")]
+    path: String,
+    #[serde(default = "d_max_ttl")]
+    max_ttl_s: u64,
+    #[serde(default = "d_negative_ttl")]
+    negative_ttl_s: u64,
+    #[serde(default = "d_rl_slots")]
+    slots: u32,
+    #[serde(default = "d_closed")]
+    fail_mode: FailMode,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClientIp {
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    xff_hops: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimitGlobal {
+    #[serde(default = "d_rl_slots")]
+    slots: u32,
+    #[serde(default = "d_true")]
+    response_headers: bool,
+}
+
+impl Default for RawRateLimitGlobal {
+    fn default() -> Self {
+        RawRateLimitGlobal {
+            slots: d_rl_slots(),
+            response_headers: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleLimit {
+    requests: u64,
+    period_s: u64,
+    #[serde(default)]
+    burst: Option<u64>,
+    key: RawLimitKey,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawLimitKey {
+    Named(String),
+    Header { header: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +239,8 @@ struct RawRule {
     scope_mode: ScopeMode,
     #[serde(default)]
     audiences: Vec<String>,
+    #[serde(default)]
+    rate_limit: Option<RawRuleLimit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +354,39 @@ fn d_wait_ms() -> u64 {
 fn d_wait_status() -> u16 {
     503
 }
+fn d_auth_timeout_ms() -> u64 {
+    1000
+}
+fn d_rev_path() -> String {
+    "/edge/revocations".into()
+}
+fn d_intro_path() -> String {
+    "/oauth2/introspect".into()
+}
+fn d_poll_ms() -> u64 {
+    1000
+}
+fn d_stale_after() -> u64 {
+    30
+}
+fn d_rev_buckets() -> u32 {
+    64
+}
+fn d_lease_ms() -> u64 {
+    5000
+}
+fn d_negative_ttl() -> u64 {
+    10
+}
+fn d_rl_slots() -> u32 {
+    4096
+}
+fn d_true() -> bool {
+    true
+}
+fn d_closed() -> FailMode {
+    FailMode::Closed
+}
 
 // ------------------------------------------------------------------ checked shapes
 
@@ -269,6 +415,86 @@ pub enum ScopeMode {
     All,
     /// One of the listed scopes is enough.
     Any,
+}
+
+/// What the filter does when it cannot know (feed stale, auth server unreachable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Keep serving (log and count it).
+    #[default]
+    Open,
+    /// Refuse with 503 `temporarily_unavailable`.
+    Closed,
+}
+
+/// The auth server as the filter's own OAuth client sees it (feed and introspection).
+#[derive(Clone)]
+pub struct AuthServer {
+    pub cluster: String,
+    pub authority: String,
+    pub client_id: String,
+    /// `Basic base64(client_id:client_secret)`: the secret never appears elsewhere.
+    pub basic: String,
+    pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for AuthServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthServer")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("client_id", &self.client_id)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Revocation at the edge.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    pub path: String,
+    pub settings: revocation::Settings,
+    pub stale_after_ms: u64,
+    pub stale_mode: FailMode,
+}
+
+/// Opaque tokens by RFC 7662 introspection.
+#[derive(Debug, Clone)]
+pub struct Introspection {
+    /// Index of the issuer opaque tokens are attributed to.
+    pub issuer: usize,
+    pub path: String,
+    pub settings: introspection::Settings,
+    pub fail_mode: FailMode,
+}
+
+/// How the client address is found.
+#[derive(Debug, Clone, Default)]
+pub struct ClientIp {
+    /// A trusted header set by the proxy in front (lower-case).
+    pub header: Option<String>,
+    /// Take the n-th address from the right of `X-Forwarded-For` (0: not used).
+    pub xff_hops: u32,
+}
+
+/// What a rate-limit bucket is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    ClientId,
+    Sub,
+    ClientIp,
+    Header(String),
+}
+
+/// A rule's rate limit.
+#[derive(Debug, Clone)]
+pub struct RuleLimit {
+    pub name: String,
+    pub key: LimitKey,
+    pub limit: ratelimit::Limit,
+    /// Ready-made `RateLimit-Policy` value.
+    pub policy_header: String,
 }
 
 /// The source of one issuer's JWK Set: an Envoy cluster and a path.
@@ -321,6 +547,7 @@ pub struct Rule {
     /// Lower-case hosts, exact or `*.suffix`; empty = any.
     pub hosts: Vec<String>,
     pub policy: Policy,
+    pub rate_limit: Option<RuleLimit>,
 }
 
 #[derive(Debug, Clone)]
@@ -359,6 +586,11 @@ pub struct Config {
     /// Hex prefix of SHA-256 over the configuration text: namespaces the token cache so
     /// entries made under another configuration are never read.
     pub fingerprint: String,
+    pub auth_server: Option<AuthServer>,
+    pub revocation: Option<Revocation>,
+    pub introspection: Option<Introspection>,
+    pub client_ip: ClientIp,
+    pub rate_limit_response_headers: bool,
 }
 
 fn bad(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
@@ -539,6 +771,10 @@ impl Config {
             return Err(bad("realm", "must be non-empty without '\"' or '\\'"));
         }
 
+        if raw.rate_limit.slots == 0 || raw.rate_limit.slots > 1_048_576 {
+            return Err(bad("rate_limit.slots", "must be within 1..=1048576"));
+        }
+        let rl_slots = raw.rate_limit.slots;
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (i, r) in raw.rules.into_iter().enumerate() {
             let field = |n: &str| format!("rules[{i}].{n}");
@@ -579,12 +815,24 @@ impl Config {
                 audiences: r.audiences,
             };
             check_policy(&field(""), &policy)?;
+            let name = r.name.unwrap_or_else(|| format!("rule-{i}"));
+            let rate_limit = match r.rate_limit {
+                None => None,
+                Some(l) => Some(check_limit(
+                    &field("rate_limit."),
+                    l,
+                    &name,
+                    format!("{fingerprint}/r{i}"),
+                    rl_slots,
+                )?),
+            };
             rules.push(Rule {
-                name: r.name.unwrap_or_else(|| format!("rule-{i}")),
+                name,
                 path,
                 methods,
                 hosts,
                 policy,
+                rate_limit,
             });
         }
         let default_policy = match raw.default_rule {
@@ -639,7 +887,149 @@ impl Config {
             None => None,
         };
 
+        let auth_server = match raw.auth_server {
+            None => None,
+            Some(a) => {
+                if a.cluster.is_empty() {
+                    return Err(bad("auth_server.cluster", "must name an Envoy cluster"));
+                }
+                if a.client_id.is_empty() || a.client_secret.is_empty() {
+                    return Err(bad(
+                        "auth_server",
+                        "client_id and client_secret must not be empty",
+                    ));
+                }
+                if a.timeout_ms == 0 || a.timeout_ms > 60_000 {
+                    return Err(bad("auth_server.timeout_ms", "must be within 1..=60000"));
+                }
+                use base64::Engine as _;
+                let creds = format!(
+                    "{}:{}",
+                    form_encode(&a.client_id),
+                    form_encode(&a.client_secret)
+                );
+                Some(AuthServer {
+                    authority: a.authority.unwrap_or_else(|| a.cluster.clone()),
+                    cluster: a.cluster,
+                    client_id: a.client_id,
+                    basic: format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(creds)
+                    ),
+                    timeout_ms: a.timeout_ms,
+                })
+            }
+        };
+        let revocation = match raw.revocation {
+            None => None,
+            Some(r) => {
+                let Some(a) = &auth_server else {
+                    return Err(bad(
+                        "revocation",
+                        "needs `auth_server` (the cluster and client credentials of the feed)",
+                    ));
+                };
+                if !r.path.starts_with('/') {
+                    return Err(bad("revocation.path", "must start with '/'"));
+                }
+                if !(100..=300_000).contains(&r.poll_interval_ms) {
+                    return Err(bad(
+                        "revocation.poll_interval_ms",
+                        "must be within 100..=300000",
+                    ));
+                }
+                if r.stale_after_s == 0 || r.stale_after_s > 86_400 {
+                    return Err(bad("revocation.stale_after_s", "must be within 1..=86400"));
+                }
+                if r.buckets == 0 || r.buckets > 65_536 {
+                    return Err(bad("revocation.buckets", "must be within 1..=65536"));
+                }
+                if r.lease_ms < a.timeout_ms.saturating_add(r.poll_interval_ms)
+                    || r.lease_ms > 600_000
+                {
+                    return Err(bad(
+                        "revocation.lease_ms",
+                        "must be at least auth_server.timeout_ms + poll_interval_ms and at most 600000",
+                    ));
+                }
+                // The revoked set belongs to the feed, not to this configuration: a
+                // configuration change keeps it (no window without revocations).
+                let namespace = short_hash(&format!(
+                    "{}|{}|{}|{}",
+                    a.cluster, a.authority, r.path, r.buckets
+                ));
+                Some(Revocation {
+                    settings: revocation::Settings {
+                        namespace,
+                        path: r.path.clone(),
+                        buckets: r.buckets,
+                        poll_interval_ms: r.poll_interval_ms,
+                        lease_ms: r.lease_ms,
+                    },
+                    path: r.path,
+                    stale_after_ms: r.stale_after_s * 1000,
+                    stale_mode: r.stale_mode,
+                })
+            }
+        };
+        let introspection = match raw.introspection {
+            None => None,
+            Some(x) => {
+                let Some(a) = &auth_server else {
+                    return Err(bad(
+                        "introspection",
+                        "needs `auth_server` (the cluster and client credentials to introspect with)",
+                    ));
+                };
+                let Some(idx) = issuers.iter().position(|i| i.issuer == x.issuer) else {
+                    return Err(bad(
+                        "introspection.issuer",
+                        format!("{:?} is not one of issuers[].issuer", x.issuer),
+                    ));
+                };
+                if !x.path.starts_with('/') {
+                    return Err(bad("introspection.path", "must start with '/'"));
+                }
+                if x.max_ttl_s == 0 || x.max_ttl_s > 86_400 {
+                    return Err(bad("introspection.max_ttl_s", "must be within 1..=86400"));
+                }
+                if x.negative_ttl_s > 3600 {
+                    return Err(bad("introspection.negative_ttl_s", "must be at most 3600"));
+                }
+                if x.slots == 0 || x.slots > 1_048_576 {
+                    return Err(bad("introspection.slots", "must be within 1..=1048576"));
+                }
+                Some(Introspection {
+                    issuer: idx,
+                    path: x.path,
+                    settings: introspection::Settings {
+                        namespace: fingerprint.clone(),
+                        slots: x.slots,
+                        max_ttl_s: x.max_ttl_s,
+                        negative_ttl_s: x.negative_ttl_s,
+                        pending_ms: a.timeout_ms.saturating_add(1000),
+                    },
+                    fail_mode: x.fail_mode,
+                })
+            }
+        };
+        let client_ip = ClientIp {
+            header: match raw.client_ip.header {
+                Some(h) => Some(check_header_name("client_ip.header", &h)?),
+                None => None,
+            },
+            xff_hops: raw.client_ip.xff_hops,
+        };
+        if client_ip.xff_hops > 64 {
+            return Err(bad("client_ip.xff_hops", "must be at most 64"));
+        }
+
         Ok(Config {
+            auth_server,
+            revocation,
+            introspection,
+            client_ip,
+            rate_limit_response_headers: raw.rate_limit.response_headers,
             issuers,
             token_sources,
             clock_skew_s: raw.clock_skew_s,
@@ -674,6 +1064,90 @@ impl Config {
             .enumerate()
             .find(|(_, i)| i.issuer == iss)
     }
+}
+
+const KEY_HELP: &str = "use \"client_id\", \"sub\", \"client_ip\" or {\"header\": name}";
+
+fn check_limit(
+    prefix: &str,
+    l: RawRuleLimit,
+    rule_name: &str,
+    namespace: String,
+    slots: u32,
+) -> Result<RuleLimit, ConfigError> {
+    if l.requests == 0 || l.requests > 1_000_000_000 {
+        return Err(bad(
+            format!("{prefix}requests"),
+            "must be within 1..=1000000000",
+        ));
+    }
+    if l.period_s == 0 || l.period_s > 86_400 * 366 {
+        return Err(bad(
+            format!("{prefix}period_s"),
+            "must be within 1..=31622400",
+        ));
+    }
+    let burst = l.burst.unwrap_or(l.requests);
+    if burst == 0 || burst > 1_000_000_000 {
+        return Err(bad(
+            format!("{prefix}burst"),
+            "must be within 1..=1000000000",
+        ));
+    }
+    let key = match l.key {
+        RawLimitKey::Named(k) => match k.as_str() {
+            "client_id" => LimitKey::ClientId,
+            "sub" => LimitKey::Sub,
+            "client_ip" => LimitKey::ClientIp,
+            other => {
+                let msg = format!("{other:?}: {KEY_HELP}");
+                return Err(bad(format!("{prefix}key"), msg));
+            }
+        },
+        RawLimitKey::Header { header } => {
+            LimitKey::Header(check_header_name(&format!("{prefix}key.header"), &header)?)
+        }
+    };
+    let name = l.name.unwrap_or_else(|| rule_name.to_string());
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        return Err(bad(
+            format!("{prefix}name"),
+            "1..64 visible ASCII characters without '\"' or '\\' (defaults to the rule name)",
+        ));
+    }
+    let limit = ratelimit::Limit {
+        namespace,
+        requests: l.requests,
+        period_s: l.period_s,
+        burst,
+        slots,
+    };
+    Ok(RuleLimit {
+        policy_header: limit.policy_header(&name),
+        name,
+        key,
+        limit,
+    })
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value (RFC 6749 §2.3.1 for Basic).
+pub fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*') {
+            out.push(b as char);
+        } else if b == b' ' {
+            out.push('+');
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn check_policy(prefix: &str, p: &Policy) -> Result<(), ConfigError> {

@@ -1,18 +1,23 @@
-//! The filter's decisions, independent of proxy-wasm: what to do with a request, when to
-//! fetch a JWKS, what to do with the answer, and what becomes of requests that wait for a
-//! first JWKS. The glue turns [`Outcome`]s and [`FetchPlan`]s into hostcalls.
+//! The filter's decisions, independent of proxy-wasm: what to do with a request (token,
+//! revocation, route policy, rate limit), when to fetch a JWKS or poll the revocation feed,
+//! when to introspect an opaque token, what to do with the answers, and what becomes of
+//! requests that wait (for a first JWKS, or for an introspection answer). The glue turns
+//! [`Outcome`]s and [`FetchPlan`]s into hostcalls.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::cache;
-use crate::config::Config;
+use crate::cache::{self, TokenHash};
+use crate::config::{Config, FailMode, LimitKey, Policy, RuleLimit};
 use crate::host::{Host, Level};
 use crate::identity::Identity;
+use crate::introspection::{self, State};
 use crate::jwks::{self, JwksMeta, KeySet, WorkerKeys};
 use crate::jwt::{self, KeySource, VerifyError};
 use crate::metrics::Metric;
+use crate::ratelimit;
 use crate::reject::{self, Rejection};
+use crate::revocation;
 use crate::rules::{self, RouteInfo};
 use crate::token::{self, Found};
 
@@ -24,6 +29,8 @@ pub struct Request {
     pub authority: String,
     /// Every request header as received, lower-case names (pseudo-headers may be included).
     pub headers: Vec<(String, String)>,
+    /// The downstream peer address (`source.address`, `ip:port`), empty when unknown.
+    pub source: String,
 }
 
 impl Request {
@@ -41,32 +48,146 @@ impl Request {
             path: get(":path"),
             authority: get(":authority"),
             headers,
+            source: String::new(),
         }
+    }
+
+    /// The first value of a header (lower-case name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The client address: the configured trusted header, else the `xff_hops`-th address
+    /// from the right of `X-Forwarded-For` (1 = the rightmost, added by the proxy in front),
+    /// else the downstream peer address without its port.
+    pub fn client_ip(&self, cfg: &crate::config::ClientIp) -> String {
+        if let Some(v) = cfg.header.as_deref().and_then(|h| self.header(h)) {
+            let v = v.trim();
+            if !v.is_empty() {
+                return v.to_string();
+            }
+        }
+        if cfg.xff_hops > 0 {
+            let all: Vec<&str> = self
+                .headers
+                .iter()
+                .filter(|(k, _)| k == "x-forwarded-for")
+                .flat_map(|(_, v)| v.split(','))
+                .map(str::trim)
+                .collect();
+            let hops = cfg.xff_hops as usize;
+            if all.len() >= hops {
+                let ip = all[all.len() - hops];
+                if !ip.is_empty() {
+                    return ip.to_string();
+                }
+            }
+        }
+        strip_port(&self.source).to_string()
+    }
+}
+
+fn strip_port(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match addr.rsplit_once(':') {
+        // One colon: ip:port. More: a bare IPv6 address.
+        Some((ip, _)) if !ip.contains(':') => ip,
+        _ => addr,
+    }
+}
+
+/// A bearer token carried inside an [`Outcome`]: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretToken(pub String);
+
+impl std::fmt::Debug for SecretToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretToken(..)")
     }
 }
 
 /// What to do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Forward it, after setting these headers and removing these.
+    /// Forward it, after setting these headers and removing these; add `response_headers`
+    /// to the upstream's answer (rate-limit headers).
     Allow {
         set: Rc<[(String, String)]>,
         remove: Vec<String>,
+        response_headers: Vec<(String, String)>,
     },
     /// Answer locally.
     Reject(Rejection),
     /// The issuer's JWKS was never loaded: hold the request until it is (or time out).
     WaitForJwks { issuer: usize },
+    /// An opaque token this worker claimed: hold the request and dispatch
+    /// [`Worker::introspection_plan`]; the answer goes to [`Worker::on_introspection`].
+    Introspect { hash: TokenHash, token: SecretToken },
+    /// Another request (of this or another worker) is introspecting this token: hold the
+    /// request until the answer is in shared data.
+    WaitForIntrospection { hash: TokenHash },
 }
 
-/// A JWKS fetch the glue must dispatch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a [`FetchPlan`] is for (and where its answer goes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchKind {
+    /// A JWKS: [`Worker::on_fetch`].
+    Jwks { issuer: usize },
+    /// The revocation feed: [`Worker::on_revocations`].
+    Revocations,
+    /// An introspection: [`Worker::on_introspection`].
+    Introspection { hash: TokenHash },
+}
+
+/// An HTTP call the glue must dispatch (`dispatch_http_call`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct FetchPlan {
-    pub issuer: usize,
+    pub kind: FetchKind,
     pub cluster: String,
+    pub method: &'static str,
     pub path: String,
     pub authority: String,
+    /// Extra request headers (may hold credentials: never logged).
+    pub headers: Vec<(String, String)>,
+    /// Request body (may hold a token: never logged).
+    pub body: Option<Vec<u8>>,
     pub timeout_ms: u64,
+}
+
+impl FetchPlan {
+    /// The JWKS issuer index, for JWKS fetches.
+    pub fn issuer(&self) -> Option<usize> {
+        match self.kind {
+            FetchKind::Jwks { issuer } => Some(issuer),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for FetchPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchPlan")
+            .field("kind", &self.kind)
+            .field("cluster", &self.cluster)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request held until an introspection answer is in shared data.
+#[derive(Debug, Clone)]
+pub struct IntroWaiter {
+    pub context_id: u32,
+    pub hash: TokenHash,
+    pub deadline_ms: u64,
+    pub request: Request,
 }
 
 /// A request held until a first JWKS arrives.
@@ -95,7 +216,37 @@ pub struct Worker {
     pub cfg: Config,
     pub keys: WorkerKeys,
     pub waiters: Vec<Waiter>,
+    /// Requests waiting for an introspection answer.
+    pub intro_waiters: Vec<IntroWaiter>,
+    /// This worker's id in shared-data leases and claims (random per VM).
+    pub id: u32,
     local: HashMap<cache::TokenHash, LocalEntry>,
+    /// Introspection calls this worker has in flight: token hash, dispatching context.
+    inflight: Vec<(TokenHash, u32)>,
+    /// The revocation feed is stale beyond `stale_after_s` (computed on every tick).
+    stale: bool,
+    started_ms: u64,
+    last_prune_ms: u64,
+    poll_failing: bool,
+}
+
+/// A random non-zero u32 (std's `RandomState` is seeded from the OS / WASI `random_get`),
+/// mixed with a per-process counter so that workers made in one process (tests) differ even
+/// where the platform has no randomness.
+fn random_id() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x746f_6c6c_6761_7465);
+    let r = (h.finish() as u32) ^ n.wrapping_mul(0x9E37_79B9);
+    r.max(1)
+}
+
+/// Lower-case hex of a token hash (the `jti` the auth server publishes for opaque tokens).
+pub fn hex(h: &TokenHash) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct LazyKeys<'a> {
@@ -139,8 +290,33 @@ impl Worker {
             keys: WorkerKeys::new(&cfg),
             cfg,
             waiters: Vec::new(),
+            intro_waiters: Vec::new(),
+            id: random_id(),
             local: HashMap::new(),
+            inflight: Vec::new(),
+            stale: false,
+            started_ms: 0,
+            last_prune_ms: 0,
+            poll_failing: false,
         }
+    }
+
+    /// Create the shared-data slot tables (rate limits, introspection cache) so that every
+    /// later write is a true compare-and-swap. The glue runs it once in `on_configure`.
+    pub fn init_shared(&self, host: &dyn Host) {
+        for r in &self.cfg.rules {
+            if let Some(l) = &r.rate_limit {
+                ratelimit::init_slots(host, &l.limit);
+            }
+        }
+        if let Some(x) = &self.cfg.introspection {
+            introspection::init_slots(host, &x.settings);
+        }
+    }
+
+    /// Whether the revocation feed is stale beyond `stale_after_s` (as of the last tick).
+    pub fn revocations_stale(&self) -> bool {
+        self.stale
     }
 
     /// Decide about a request. Spoofed identity headers are the caller's to remove first
@@ -160,10 +336,16 @@ impl Worker {
         let token = match token::extract(&self.cfg, req.headers.as_slice(), &req.path) {
             Found::None => {
                 if rules::policy(&self.cfg, rule).allow_anonymous {
-                    host.metric(Metric::AllowedAnonymous, 1);
-                    return Outcome::Allow {
-                        set: Rc::from(Vec::new()),
-                        remove: strip,
+                    return match self.rate_limit(host, rule, None, req) {
+                        Err(r) => Outcome::Reject(r),
+                        Ok(response_headers) => {
+                            host.metric(Metric::AllowedAnonymous, 1);
+                            Outcome::Allow {
+                                set: Rc::from(Vec::new()),
+                                remove: strip,
+                                response_headers,
+                            }
+                        }
                     };
                 }
                 host.metric(Metric::DeniedMissing, 1);
@@ -194,7 +376,14 @@ impl Worker {
         if local_hit {
             host.metric(Metric::CacheHit, 1);
         } else {
-            let (id, expires_at) = match self.shared_or_verify(host, &token, &hash, now, now_ms) {
+            let opaque = self.cfg.introspection.is_some()
+                && token.bytes().filter(|b| *b == b'.').count() != 2;
+            let found = if opaque {
+                self.introspected(host, token, &hash, now_ms)
+            } else {
+                self.shared_or_verify(host, &token, &hash, now, now_ms)
+            };
+            let (id, expires_at) = match found {
                 Ok(v) => v,
                 Err(o) => return o,
             };
@@ -215,37 +404,87 @@ impl Worker {
                 },
             );
         }
-        let cfg = &self.cfg;
-        let Some(entry) = self.local.get(&hash) else {
-            return Outcome::Reject(reject::invalid_token(
-                &cfg.realm,
+        let outcome = match self.local.get(&hash) {
+            Some(entry) => {
+                self.authorize(host, rule, req, &entry.identity, &entry.headers, strip, now)
+            }
+            None => Outcome::Reject(reject::invalid_token(
+                &self.cfg.realm,
                 "internal error",
                 "internal",
-            ));
+            )),
         };
-        let identity = &entry.identity;
-        let policy = rules::policy(cfg, rule);
-        let outcome = Self::apply_policy(host, cfg, policy, identity, &entry.headers, strip);
-        if cfg.cache_local_entries == 0 {
+        if self.cfg.cache_local_entries == 0 {
             self.local.clear();
         }
         outcome
     }
 
-    fn apply_policy(
+    /// A known identity: revocation, feed staleness, the route's policy, its rate limit.
+    #[allow(clippy::too_many_arguments)]
+    fn authorize(
+        &self,
         host: &dyn Host,
-        cfg: &Config,
-        policy: &crate::config::Policy,
+        rule: Option<usize>,
+        req: &Request,
         identity: &Identity,
         headers: &Rc<[(String, String)]>,
         strip: Vec<String>,
+        now: u64,
     ) -> Outcome {
+        let cfg = &self.cfg;
+        if let Some(rv) = &cfg.revocation {
+            if let Some(jti) = &identity.jti {
+                if revocation::is_revoked(host, &rv.settings, jti, now) {
+                    host.metric(Metric::Denied("revoked"), 1);
+                    return Outcome::Reject(reject::invalid_token(
+                        &cfg.realm,
+                        "token revoked",
+                        "revoked",
+                    ));
+                }
+            }
+            if self.stale {
+                host.metric(Metric::RevocationStale, 1);
+                if rv.stale_mode == FailMode::Closed {
+                    host.metric(Metric::Denied("unavailable"), 1);
+                    return Outcome::Reject(reject::unavailable(
+                        &cfg.realm,
+                        "revocation status unknown, retry later",
+                        "unavailable",
+                    ));
+                }
+            }
+        }
+        let policy = rules::policy(cfg, rule);
+        if let Err(r) = Self::check_policy(host, cfg, policy, identity) {
+            return Outcome::Reject(r);
+        }
+        match self.rate_limit(host, rule, Some(identity), req) {
+            Err(r) => Outcome::Reject(r),
+            Ok(response_headers) => {
+                host.metric(Metric::Allowed, 1);
+                Outcome::Allow {
+                    set: Rc::clone(headers),
+                    remove: strip,
+                    response_headers,
+                }
+            }
+        }
+    }
+
+    fn check_policy(
+        host: &dyn Host,
+        cfg: &Config,
+        policy: &Policy,
+        identity: &Identity,
+    ) -> Result<(), Rejection> {
         // The route's policy.
         if !policy.audiences.is_empty()
             && !identity.aud.iter().any(|a| policy.audiences.contains(a))
         {
             host.metric(Metric::DeniedRuleAudience, 1);
-            return Outcome::Reject(reject::invalid_token(
+            return Err(reject::invalid_token(
                 &cfg.realm,
                 "audience not accepted for this resource",
                 "rule_audience",
@@ -262,16 +501,102 @@ impl Worker {
             };
             if !ok {
                 host.metric(Metric::DeniedScope, 1);
-                return Outcome::Reject(reject::insufficient_scope(
+                return Err(reject::insufficient_scope(
                     &cfg.realm,
                     &policy.scopes.join(" "),
                 ));
             }
         }
-        host.metric(Metric::Allowed, 1);
-        Outcome::Allow {
-            set: Rc::clone(headers),
-            remove: strip,
+        Ok(())
+    }
+
+    /// Count the request against its rule's rate limit. `Ok(headers)`: allowed, with the
+    /// response headers to add (empty without a limit or with `response_headers: false`).
+    /// A shared-data failure lets the request through (counted, logged).
+    fn rate_limit(
+        &self,
+        host: &dyn Host,
+        rule: Option<usize>,
+        identity: Option<&Identity>,
+        req: &Request,
+    ) -> Result<Vec<(String, String)>, Rejection> {
+        let Some(rl) = rule
+            .and_then(|i| self.cfg.rules.get(i))
+            .and_then(|r| r.rate_limit.as_ref())
+        else {
+            return Ok(Vec::new());
+        };
+        let key = limit_key(&self.cfg, rl, identity, req);
+        match ratelimit::check(host, &rl.limit, &key) {
+            Ok(d) if d.allowed => Ok(if self.cfg.rate_limit_response_headers {
+                vec![
+                    ("ratelimit-policy".to_string(), rl.policy_header.clone()),
+                    ("ratelimit".to_string(), d.header(&rl.name)),
+                ]
+            } else {
+                Vec::new()
+            }),
+            Ok(d) => {
+                host.metric(Metric::RateLimited, 1);
+                Err(reject::rate_limited(
+                    d.retry_after_s,
+                    &rl.policy_header,
+                    &d.header(&rl.name),
+                ))
+            }
+            Err(e) => {
+                host.metric(Metric::RateLimitError, 1);
+                host.log(
+                    Level::Warn,
+                    &format!("tollgate: rate limit {} not counted: {e}", rl.name),
+                );
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// An opaque token: the introspection cache, else claim the call (or wait for the
+    /// worker that has it). Returns the identity and its local expiry (Unix s).
+    fn introspected(
+        &mut self,
+        host: &dyn Host,
+        token: String,
+        hash: &TokenHash,
+        now_ms: u64,
+    ) -> Result<(Identity, u64), Outcome> {
+        let Some(x) = &self.cfg.introspection else {
+            return Err(Outcome::Reject(reject::invalid_token(
+                &self.cfg.realm,
+                "malformed token",
+                "malformed",
+            )));
+        };
+        match introspection::lookup(host, &x.settings, hash, now_ms) {
+            State::Active(id, until_ms) => {
+                host.metric(Metric::CacheHit, 1);
+                Ok((id, until_ms / 1000))
+            }
+            State::Inactive => {
+                host.metric(Metric::Denied("inactive"), 1);
+                Err(Outcome::Reject(reject::invalid_token(
+                    &self.cfg.realm,
+                    "token inactive",
+                    "inactive",
+                )))
+            }
+            State::Pending { .. } => Err(Outcome::WaitForIntrospection { hash: *hash }),
+            State::Miss { cas } => {
+                host.metric(Metric::CacheMiss, 1);
+                if introspection::claim(host, &x.settings, hash, self.id, cas, now_ms) {
+                    host.metric(Metric::IntrospectionCall, 1);
+                    Err(Outcome::Introspect {
+                        hash: *hash,
+                        token: SecretToken(token),
+                    })
+                } else {
+                    Err(Outcome::WaitForIntrospection { hash: *hash })
+                }
+            }
         }
     }
 
@@ -338,30 +663,321 @@ impl Worker {
         });
     }
 
+    /// Hold a request until the introspection of its token is answered (see
+    /// [`Worker::on_introspection`] and [`Worker::resolve_waiters`]).
+    pub fn hold_introspection(
+        &mut self,
+        host: &dyn Host,
+        context_id: u32,
+        hash: TokenHash,
+        request: Request,
+    ) {
+        let wait = self
+            .cfg
+            .introspection
+            .as_ref()
+            .map_or(0, |x| x.settings.pending_ms.saturating_mul(2));
+        self.intro_waiters.retain(|w| w.context_id != context_id);
+        self.intro_waiters.push(IntroWaiter {
+            context_id,
+            hash,
+            deadline_ms: host.now_ms().saturating_add(wait),
+            request,
+        });
+    }
+
+    /// The glue dispatched the introspection of `hash` from stream `context_id` (0: the
+    /// root context): if that stream ends first, its claim is released.
+    pub fn note_introspection_call(&mut self, hash: TokenHash, context_id: u32) {
+        self.inflight.push((hash, context_id));
+    }
+
     /// Whether a request of this stream is held.
     pub fn is_held(&self, context_id: u32) -> bool {
         self.waiters.iter().any(|w| w.context_id == context_id)
+            || self
+                .intro_waiters
+                .iter()
+                .any(|w| w.context_id == context_id)
     }
 
-    /// Forget a held request (its stream ended).
-    pub fn forget(&mut self, context_id: u32) {
+    /// Forget a held request (its stream ended). An introspection call it dispatched is
+    /// abandoned (Envoy cancels it with the stream): its claim is released, so that the
+    /// next tick lets another waiting request ask.
+    pub fn forget(&mut self, host: &dyn Host, context_id: u32) {
         self.waiters.retain(|w| w.context_id != context_id);
+        self.intro_waiters.retain(|w| w.context_id != context_id);
+        if let Some(x) = &self.cfg.introspection {
+            let now = host.now_ms();
+            for (h, _) in self.inflight.iter().filter(|(_, c)| *c == context_id) {
+                introspection::release(host, &x.settings, h, self.id, now);
+            }
+        }
+        self.inflight.retain(|(_, c)| *c != context_id);
     }
 
-    /// Decide held requests whose JWKS is now loaded or whose wait is over.
-    pub fn resolve_waiters(&mut self, host: &dyn Host) -> Vec<(u32, Outcome)> {
-        if self.waiters.is_empty() {
-            return Vec::new();
+    /// The request for an introspection call (POST, form body, Basic auth of the filter's
+    /// client). `None` without `introspection` configured.
+    pub fn introspection_plan(&self, hash: &TokenHash, token: &SecretToken) -> Option<FetchPlan> {
+        let x = self.cfg.introspection.as_ref()?;
+        let a = self.cfg.auth_server.as_ref()?;
+        Some(FetchPlan {
+            kind: FetchKind::Introspection { hash: *hash },
+            cluster: a.cluster.clone(),
+            method: "POST",
+            path: x.path.clone(),
+            authority: a.authority.clone(),
+            headers: vec![
+                ("authorization".into(), a.basic.clone()),
+                (
+                    "content-type".into(),
+                    "application/x-www-form-urlencoded".into(),
+                ),
+                ("accept".into(), "application/json".into()),
+            ],
+            body: Some(format!("token={}", crate::config::form_encode(&token.0)).into_bytes()),
+            timeout_ms: a.timeout_ms,
+        })
+    }
+
+    /// The outcome for a request whose introspection could not be answered, by `fail_mode`:
+    /// `closed` → 503; `open` → forwarded without identity, only on routes that require no
+    /// scope or audience (others still get the 503).
+    fn introspection_unavailable(&self, host: &dyn Host, req: &Request) -> Outcome {
+        let route = RouteInfo {
+            method: &req.method,
+            path: &req.path,
+            authority: &req.authority,
+        };
+        let rule = rules::select_index(&self.cfg, &route);
+        let policy = rules::policy(&self.cfg, rule);
+        let open = self
+            .cfg
+            .introspection
+            .as_ref()
+            .is_some_and(|x| x.fail_mode == FailMode::Open);
+        if open && policy.scopes.is_empty() && policy.audiences.is_empty() {
+            return match self.rate_limit(host, rule, None, req) {
+                Err(r) => Outcome::Reject(r),
+                Ok(response_headers) => {
+                    host.metric(Metric::AllowedUnverified, 1);
+                    Outcome::Allow {
+                        set: Rc::from(Vec::new()),
+                        remove: if self.cfg.headers.strip_authorization {
+                            vec!["authorization".to_string()]
+                        } else {
+                            Vec::new()
+                        },
+                        response_headers,
+                    }
+                }
+            };
         }
-        let now = host.now_ms();
-        let waiters = std::mem::take(&mut self.waiters);
+        host.metric(Metric::Denied("unavailable"), 1);
+        Outcome::Reject(reject::unavailable(
+            &self.cfg.realm,
+            "token cannot be checked now, retry later",
+            "unavailable",
+        ))
+    }
+
+    /// The answer to an introspection call: `Ok((status, body))`, or `Err(reason)` without
+    /// an HTTP answer. Stores the answer in shared data and decides this worker's requests
+    /// that waited for it. A failure releases the claim and answers them by `fail_mode`.
+    /// Returned outcomes may be [`Outcome::Introspect`] (dispatch it, keep the request held)
+    /// or a final one.
+    pub fn on_introspection(
+        &mut self,
+        host: &dyn Host,
+        hash: TokenHash,
+        result: Result<(u16, Vec<u8>), String>,
+    ) -> Vec<(u32, Outcome)> {
+        self.inflight.retain(|(h, _)| *h != hash);
+        let Some(x) = self.cfg.introspection.clone() else {
+            return Vec::new();
+        };
+        let now_ms = host.now_ms();
+        let answer = match result {
+            Ok((200, body)) => {
+                let iss = self.cfg.issuers.get(x.issuer);
+                let claim_names: Vec<String> = self
+                    .cfg
+                    .headers
+                    .claims
+                    .iter()
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                let expect = introspection::Expect {
+                    iss: iss.map(|i| i.issuer.as_str()),
+                    audiences: iss.map_or(&[][..], |i| i.audiences.as_slice()),
+                };
+                introspection::parse_answer_for(
+                    &body,
+                    x.issuer as u16,
+                    &claim_names,
+                    now_ms / 1000,
+                    expect,
+                )
+                .map_err(|e| e.to_string())
+            }
+            Ok((status, _)) => Err(format!("HTTP status {status}")),
+            Err(e) => Err(e),
+        };
+        let stored = match answer {
+            Ok(mut id) => {
+                if let Some(id) = id.as_mut() {
+                    if id.jti.is_none() {
+                        id.jti = Some(hex(&hash));
+                    }
+                }
+                introspection::store(host, &x.settings, &hash, id.as_ref(), now_ms)
+                    .map(|()| id.is_some())
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        let waiting: Vec<IntroWaiter>;
+        (waiting, self.intro_waiters) = std::mem::take(&mut self.intro_waiters)
+            .into_iter()
+            .partition(|w| w.hash == hash);
         let mut done = Vec::new();
+        match stored {
+            Ok(true) => {
+                for w in waiting {
+                    self.decide_intro_waiter(host, w, now_ms, &mut done);
+                }
+            }
+            Ok(false) => {
+                // Inactive: answered directly (with `negative_ttl_s: 0` the cache keeps
+                // nothing, and a re-lookup would only ask again).
+                for w in waiting {
+                    host.metric(Metric::Denied("inactive"), 1);
+                    done.push((
+                        w.context_id,
+                        Outcome::Reject(reject::invalid_token(
+                            &self.cfg.realm,
+                            "token inactive",
+                            "inactive",
+                        )),
+                    ));
+                }
+            }
+            Err(e) => {
+                introspection::release(host, &x.settings, &hash, self.id, now_ms);
+                host.metric(Metric::IntrospectionFailed, 1);
+                host.log(
+                    Level::Warn,
+                    &format!(
+                        "tollgate: introspection at cluster {} failed: {e}",
+                        self.cfg
+                            .auth_server
+                            .as_ref()
+                            .map_or("", |a| a.cluster.as_str())
+                    ),
+                );
+                for w in waiting {
+                    done.push((
+                        w.context_id,
+                        self.introspection_unavailable(host, &w.request),
+                    ));
+                }
+            }
+        }
+        done
+    }
+
+    /// The introspection call for stream `context_id` could not even be dispatched: release
+    /// the claim (other waiters retry on the next tick) and answer this stream by
+    /// `fail_mode`.
+    pub fn introspection_dispatch_failed(
+        &mut self,
+        host: &dyn Host,
+        hash: TokenHash,
+        context_id: u32,
+        reason: &str,
+    ) -> Outcome {
+        let now = host.now_ms();
+        if let Some(x) = &self.cfg.introspection {
+            introspection::release(host, &x.settings, &hash, self.id, now);
+        }
+        host.metric(Metric::IntrospectionFailed, 1);
+        host.log(
+            Level::Warn,
+            &format!("tollgate: introspection failed: {reason}"),
+        );
+        let pos = self
+            .intro_waiters
+            .iter()
+            .position(|w| w.context_id == context_id);
+        match pos {
+            Some(i) => {
+                let w = self.intro_waiters.remove(i);
+                self.introspection_unavailable(host, &w.request)
+            }
+            None => self.introspection_unavailable(host, &Request::default()),
+        }
+    }
+
+    /// Re-decide a request that waited for an introspection.
+    fn decide_intro_waiter(
+        &mut self,
+        host: &dyn Host,
+        w: IntroWaiter,
+        now_ms: u64,
+        done: &mut Vec<(u32, Outcome)>,
+    ) {
+        match self.on_request(host, &w.request) {
+            Outcome::WaitForIntrospection { .. } if now_ms < w.deadline_ms => {
+                self.intro_waiters.push(w)
+            }
+            Outcome::WaitForIntrospection { .. } => {
+                let o = self.introspection_unavailable(host, &w.request);
+                done.push((w.context_id, o));
+            }
+            Outcome::Introspect { hash, token } => {
+                let ctx = w.context_id;
+                self.intro_waiters.push(IntroWaiter { hash, ..w });
+                done.push((ctx, Outcome::Introspect { hash, token }));
+            }
+            o => done.push((w.context_id, o)),
+        }
+    }
+
+    /// Decide held requests whose JWKS is now loaded, whose introspection answer is in
+    /// shared data (or whose claim lapsed: then an [`Outcome::Introspect`] to dispatch), or
+    /// whose wait is over.
+    pub fn resolve_waiters(&mut self, host: &dyn Host) -> Vec<(u32, Outcome)> {
+        let mut done = Vec::new();
+        let now = host.now_ms();
+        if !self.intro_waiters.is_empty() {
+            // Waiters whose call is in flight on this worker are decided by its answer.
+            let (mine, others): (Vec<IntroWaiter>, Vec<IntroWaiter>) =
+                std::mem::take(&mut self.intro_waiters)
+                    .into_iter()
+                    .partition(|w| self.inflight.iter().any(|(h, _)| *h == w.hash));
+            self.intro_waiters = mine;
+            for w in others {
+                self.decide_intro_waiter(host, w, now, &mut done);
+            }
+        }
+        if self.waiters.is_empty() {
+            return done;
+        }
+        let waiters = std::mem::take(&mut self.waiters);
         for w in waiters {
             self.keys.refresh(host, &self.cfg, w.issuer);
             if self.keys.get(w.issuer).is_some() {
                 match self.on_request(host, &w.request) {
                     Outcome::WaitForJwks { .. } if now < w.deadline_ms => self.waiters.push(w),
                     Outcome::WaitForJwks { .. } => done.push((w.context_id, self.timeout())),
+                    Outcome::WaitForIntrospection { hash } => {
+                        self.hold_introspection(host, w.context_id, hash, w.request)
+                    }
+                    Outcome::Introspect { hash, token } => {
+                        let ctx = w.context_id;
+                        self.hold_introspection(host, ctx, hash, w.request);
+                        done.push((ctx, Outcome::Introspect { hash, token }));
+                    }
                     o => done.push((w.context_id, o)),
                 }
             } else if now >= w.deadline_ms {
@@ -380,7 +996,8 @@ impl Worker {
         ))
     }
 
-    /// Metric for a held request that timed out (the glue calls it when it sends the reply).
+    /// Metric for a held JWKS request that timed out (the glue calls it when it sends the
+    /// reply).
     pub fn count_rejection(host: &dyn Host, r: &Rejection) {
         if r.reason == "no_jwks" {
             host.metric(Metric::DeniedNoJwks, 1);
@@ -392,6 +1009,42 @@ impl Worker {
     pub fn tick(&mut self, host: &dyn Host) -> Vec<FetchPlan> {
         let now = host.now_ms();
         let mut plans = Vec::new();
+        if self.started_ms == 0 {
+            self.started_ms = now;
+        }
+        if let (Some(rv), Some(a)) = (&self.cfg.revocation, &self.cfg.auth_server) {
+            // Staleness, once per tick: since the last good poll (or since this worker
+            // started, before any).
+            let st = revocation::state(host, &rv.settings);
+            let since = st.last_ok_ms.max(self.started_ms);
+            let stale = now.saturating_sub(since) > rv.stale_after_ms;
+            if stale && !self.stale {
+                host.log(
+                    Level::Warn,
+                    &format!(
+                        "tollgate: revocation feed stale for {} ms (stale_mode {:?})",
+                        now.saturating_sub(since),
+                        rv.stale_mode
+                    ),
+                );
+            }
+            self.stale = stale;
+            if let Some(path) = revocation::plan_poll(host, &rv.settings, self.id, now) {
+                plans.push(FetchPlan {
+                    kind: FetchKind::Revocations,
+                    cluster: a.cluster.clone(),
+                    method: "GET",
+                    path,
+                    authority: a.authority.clone(),
+                    headers: vec![
+                        ("authorization".into(), a.basic.clone()),
+                        ("accept".into(), "application/json".into()),
+                    ],
+                    body: None,
+                    timeout_ms: a.timeout_ms,
+                });
+            }
+        }
         for (idx, iss) in self.cfg.issuers.iter().enumerate() {
             let key = jwks::meta_key(iss);
             let (val, cas) = host.shared_get(&key);
@@ -405,15 +1058,75 @@ impl Worker {
             if host.shared_set(&key, &next.encode(), cas).is_ok() {
                 host.metric(Metric::JwksFetch, 1);
                 plans.push(FetchPlan {
-                    issuer: idx,
+                    kind: FetchKind::Jwks { issuer: idx },
                     cluster: iss.jwks.cluster.clone(),
+                    method: "GET",
                     path: iss.jwks.path.clone(),
                     authority: iss.jwks.authority.clone(),
+                    headers: vec![("accept".into(), "application/json".into())],
+                    body: None,
                     timeout_ms: iss.jwks.timeout_ms,
                 });
             }
         }
         plans
+    }
+
+    /// The answer to a revocation-feed poll: `Ok((status, body))`, or `Err(reason)` when
+    /// there was no HTTP answer. A good page is merged into (or, on `resync`, replaces) the
+    /// shared revoked set and advances the cursor; a failure keeps both and is retried
+    /// after one poll interval.
+    pub fn on_revocations(&mut self, host: &dyn Host, result: Result<(u16, Vec<u8>), String>) {
+        let Some(rv) = &self.cfg.revocation else {
+            return;
+        };
+        let now = host.now_ms();
+        let r = match result {
+            Ok((200, body)) => {
+                revocation::on_poll_answer(host, &rv.settings, self.id, Some(&body), now)
+                    .map_err(|e| e.to_string())
+            }
+            Ok((status, _)) => Err(format!("HTTP status {status}")),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(applied) => {
+                host.metric(Metric::RevocationPollOk, 1);
+                self.stale = false;
+                if self.poll_failing {
+                    host.log(Level::Info, "tollgate: revocation feed reachable again");
+                }
+                self.poll_failing = false;
+                if applied.added > 0 {
+                    host.log(
+                        Level::Debug,
+                        &format!(
+                            "tollgate: {} revocation(s) added, {} live",
+                            applied.added, applied.live
+                        ),
+                    );
+                }
+                if now.saturating_sub(self.last_prune_ms) >= 60_000 {
+                    self.last_prune_ms = now;
+                    let _ = revocation::prune(host, &rv.settings, now / 1000);
+                }
+            }
+            Err(e) => {
+                host.metric(Metric::RevocationPollFailed, 1);
+                revocation::on_poll_failed(host, &rv.settings, self.id, now);
+                if !self.poll_failing {
+                    host.log(
+                        Level::Warn,
+                        &format!(
+                            "tollgate: revocation feed poll failed: {e}; keeping the \
+                             revoked set, retrying every {} ms",
+                            rv.settings.poll_interval_ms
+                        ),
+                    );
+                }
+                self.poll_failing = true;
+            }
+        }
     }
 
     /// The answer to a JWKS fetch: `Ok((status, body))`, or `Err(reason)` when there was no
@@ -489,6 +1202,19 @@ impl Worker {
                 );
             }
         }
+    }
+}
+
+/// The rate-limit key of a request: the identity's `client_id` / `sub`, the client
+/// address, or a request header; `""` when missing (one shared bucket for all such requests).
+fn limit_key(cfg: &Config, rl: &RuleLimit, identity: Option<&Identity>, req: &Request) -> String {
+    match &rl.key {
+        LimitKey::ClientId => identity
+            .and_then(|i| i.client_id.clone())
+            .unwrap_or_default(),
+        LimitKey::Sub => identity.map(|i| i.sub.clone()).unwrap_or_default(),
+        LimitKey::ClientIp => req.client_ip(&cfg.client_ip),
+        LimitKey::Header(h) => req.header(h).unwrap_or_default().to_string(),
     }
 }
 

@@ -34,7 +34,8 @@ pub struct Settings {
 /// What the cache says about a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
-    Active(Identity),
+    /// An active token's identity, and until when (Unix ms) the answer may be used.
+    Active(Identity, u64),
     Inactive,
     /// Someone is introspecting this token; `mine` when it is this worker.
     Pending {
@@ -89,8 +90,8 @@ pub fn lookup(host: &dyn Host, s: &Settings, h: &TokenHash, now_ms: u64) -> Stat
     })();
     match parsed {
         Some((_, until)) if until <= now_ms => State::Miss { cas },
-        Some((ACTIVE, _)) => match Identity::decode(&mut r) {
-            Some(id) => State::Active(id),
+        Some((ACTIVE, until)) => match Identity::decode(&mut r) {
+            Some(id) => State::Active(id, until),
             None => State::Miss { cas },
         },
         Some((INACTIVE, _)) => State::Inactive,
@@ -159,6 +160,15 @@ pub enum IntrospectionError {
     Field(&'static str),
 }
 
+/// What an active answer must show to be accepted by this gateway.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expect<'a> {
+    /// The configured issuer: an answer with another `iss` is not accepted.
+    pub iss: Option<&'a str>,
+    /// The issuer's audiences: when non-empty, the answer's `aud` must contain one.
+    pub audiences: &'a [String],
+}
+
 /// Parse an RFC 7662 answer into an identity (`None`: inactive). `issuer` is the index of
 /// the configured issuer the token is attributed to; `claim_names` the configured claim
 /// headers' claim names. An active token must have `exp` in the future.
@@ -168,6 +178,18 @@ pub fn parse_answer(
     claim_names: &[String],
     now_s: u64,
 ) -> Result<Option<Identity>, IntrospectionError> {
+    parse_answer_for(body, issuer, claim_names, now_s, Expect::default())
+}
+
+/// [`parse_answer`], refusing (as inactive) an active answer for another issuer, for none
+/// of the expected audiences, or for a refresh token.
+pub fn parse_answer_for(
+    body: &[u8],
+    issuer: u16,
+    claim_names: &[String],
+    now_s: u64,
+    expect: Expect<'_>,
+) -> Result<Option<Identity>, IntrospectionError> {
     let v: Value = serde_json::from_slice(body).map_err(|_| IntrospectionError::Json)?;
     let active = v
         .get("active")
@@ -175,6 +197,14 @@ pub fn parse_answer(
         .ok_or(IntrospectionError::NoActive)?;
     if !active {
         return Ok(None);
+    }
+    if v.get("token_type").and_then(Value::as_str) == Some("refresh_token") {
+        return Ok(None);
+    }
+    if let (Some(want), Some(got)) = (expect.iss, v.get("iss")) {
+        if got.as_str() != Some(want) {
+            return Ok(None);
+        }
     }
     let s = |k: &'static str| -> Result<Option<String>, IntrospectionError> {
         match v.get(k) {
@@ -200,6 +230,9 @@ pub fn parse_answer(
             .ok_or(IntrospectionError::Field("aud"))?,
         _ => return Err(IntrospectionError::Field("aud")),
     };
+    if !expect.audiences.is_empty() && !aud.iter().any(|a| expect.audiences.contains(a)) {
+        return Ok(None);
+    }
     let claims = claim_names
         .iter()
         .map(|c| match v.get(c) {
@@ -263,7 +296,10 @@ mod tests {
             .unwrap();
         assert_eq!(id.claims, vec![Some("t1".into())]);
         store(&host, &s, &h, Some(&id), 1_000_200).unwrap();
-        assert_eq!(lookup(&host, &s, &h, 1_000_300), State::Active(id));
+        assert_eq!(
+            lookup(&host, &s, &h, 1_000_300),
+            State::Active(id, 1_060_200)
+        );
         // Cached no longer than max_ttl (60 s) nor the token's exp.
         assert!(matches!(
             lookup(&host, &s, &h, 1_060_201),
@@ -298,6 +334,25 @@ mod tests {
         assert!(claim(&host, &s, &h, 2, cas, 2001));
         release(&host, &s, &h, 2, 2002);
         assert!(matches!(lookup(&host, &s, &h, 2003), State::Miss { .. }));
+    }
+
+    #[test]
+    fn answers_for_elsewhere_are_inactive() {
+        let auds = vec!["api".to_string()];
+        let e = Expect {
+            iss: Some("https://i"),
+            audiences: &auds,
+        };
+        let ok = br#"{"active":true,"iss":"https://i","sub":"u","aud":["x","api"],"exp":99}"#;
+        assert!(parse_answer_for(ok, 0, &[], 10, e).unwrap().is_some());
+        for other in [
+            &br#"{"active":true,"iss":"https://other","sub":"u","aud":"api","exp":99}"#[..],
+            br#"{"active":true,"iss":"https://i","sub":"u","aud":"web","exp":99}"#,
+            br#"{"active":true,"iss":"https://i","sub":"u","exp":99}"#,
+            br#"{"active":true,"iss":"https://i","sub":"u","aud":"api","exp":99,"token_type":"refresh_token"}"#,
+        ] {
+            assert_eq!(parse_answer_for(other, 0, &[], 10, e).unwrap(), None);
+        }
     }
 
     #[test]

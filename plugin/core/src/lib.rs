@@ -3,8 +3,9 @@
 //! Everything the proxy-wasm filter decides lives here, as plain Rust over the [`host::Host`]
 //! trait: configuration ([`config`]), token extraction ([`token`]), JWT verification
 //! ([`jwt`]), JWK Sets ([`jwks`]), rules ([`rules`]), RFC 6750 rejections ([`reject`]),
-//! identity headers ([`identity`]), the shared verified-token cache ([`cache`]) and the
-//! request / timer flow ([`engine`]). The `tollgate-filter` crate only maps this onto
+//! identity headers ([`identity`]), the shared verified-token cache ([`cache`]), revocation
+//! at the edge ([`revocation`]), opaque-token introspection ([`introspection`]), shared rate
+//! limits ([`ratelimit`]) and the request / timer flow ([`engine`]). The `tollgate-filter` crate only maps this onto
 //! proxy-wasm hostcalls. See `docs/filter.md`.
 
 pub mod cache;

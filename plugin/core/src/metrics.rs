@@ -18,6 +18,14 @@ pub enum Metric {
     JwksRefreshOk,
     JwksRefreshFailed,
     JwksUnknownKidRefresh,
+    RevocationPollOk,
+    RevocationPollFailed,
+    RevocationStale,
+    RateLimited,
+    RateLimitError,
+    IntrospectionCall,
+    IntrospectionFailed,
+    AllowedUnverified,
 }
 
 /// Every `TokenError::reason()` label, so the glue can define all counters up front.
@@ -57,6 +65,14 @@ impl Metric {
             Metric::JwksRefreshOk => "tollgate_jwks_refresh_ok".into(),
             Metric::JwksRefreshFailed => "tollgate_jwks_refresh_failed".into(),
             Metric::JwksUnknownKidRefresh => "tollgate_jwks_unknown_kid_refresh".into(),
+            Metric::RevocationPollOk => "tollgate_revocation_poll_ok".into(),
+            Metric::RevocationPollFailed => "tollgate_revocation_poll_failed".into(),
+            Metric::RevocationStale => "tollgate_revocation_stale".into(),
+            Metric::RateLimited => "tollgate_rate_limited".into(),
+            Metric::RateLimitError => "tollgate_rate_limit_error".into(),
+            Metric::IntrospectionCall => "tollgate_introspection_call".into(),
+            Metric::IntrospectionFailed => "tollgate_introspection_failed".into(),
+            Metric::AllowedUnverified => "tollgate_allowed_unverified".into(),
         }
     }
 
@@ -76,6 +92,17 @@ impl Metric {
             Metric::JwksRefreshFailed,
             Metric::JwksUnknownKidRefresh,
             Metric::Denied("claims"),
+            Metric::Denied("revoked"),
+            Metric::Denied("inactive"),
+            Metric::Denied("unavailable"),
+            Metric::RevocationPollOk,
+            Metric::RevocationPollFailed,
+            Metric::RevocationStale,
+            Metric::RateLimited,
+            Metric::RateLimitError,
+            Metric::IntrospectionCall,
+            Metric::IntrospectionFailed,
+            Metric::AllowedUnverified,
         ];
         v.extend(TOKEN_REASONS.iter().map(|r| Metric::Denied(r)));
         v

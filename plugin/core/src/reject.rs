@@ -88,3 +88,35 @@ pub fn jwks_unavailable(realm: &str, status: u16) -> Rejection {
     r.headers.push(("retry-after".into(), "1".into()));
     r
 }
+
+/// 503 `temporarily_unavailable` with `Retry-After` (revocation feed stale in `closed`
+/// mode, introspection unreachable in `closed` mode).
+pub fn unavailable(realm: &str, description: &str, reason: &'static str) -> Rejection {
+    let mut r = reply(
+        503,
+        format!("Bearer realm=\"{}\"", quote(realm)),
+        json!({"error": "temporarily_unavailable", "error_description": quote(description)}),
+        reason,
+    );
+    r.headers.push(("retry-after".into(), "1".into()));
+    r
+}
+
+/// 429 over a rate limit, with `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit`
+/// headers.
+pub fn rate_limited(retry_after_s: u64, policy: &str, ratelimit: &str) -> Rejection {
+    Rejection {
+        status: 429,
+        headers: vec![
+            ("retry-after".into(), retry_after_s.max(1).to_string()),
+            ("ratelimit-policy".into(), policy.to_string()),
+            ("ratelimit".into(), ratelimit.to_string()),
+            ("content-type".into(), "application/json".into()),
+            ("cache-control".into(), "no-store".into()),
+        ],
+        body: json!({"error": "rate_limited",
+                     "error_description": "too many requests, retry later"})
+        .to_string(),
+        reason: "rate_limited",
+    }
+}

@@ -72,6 +72,8 @@ pub fn parse_page(body: &[u8]) -> Result<FeedPage, FeedError> {
 pub struct Settings {
     /// Shared-data namespace (the configuration fingerprint).
     pub namespace: String,
+    /// Path of the feed on the auth server (`/edge/revocations`).
+    pub path: String,
     pub buckets: u32,
     pub poll_interval_ms: u64,
     /// A poller that has not renewed its lease for this long is replaced.
@@ -248,6 +250,8 @@ pub struct PollState {
     pub last_attempt_ms: u64,
     pub leader: u32,
     pub lease_until_ms: u64,
+    /// Last poll that ended (answered or failed), Unix ms.
+    pub last_done_ms: u64,
 }
 
 impl PollState {
@@ -257,6 +261,7 @@ impl PollState {
         out.extend_from_slice(&self.last_attempt_ms.to_be_bytes());
         out.extend_from_slice(&self.leader.to_be_bytes());
         out.extend_from_slice(&self.lease_until_ms.to_be_bytes());
+        out.extend_from_slice(&self.last_done_ms.to_be_bytes());
         if let Some(c) = &self.cursor {
             out.extend_from_slice(c.as_bytes());
         }
@@ -264,7 +269,7 @@ impl PollState {
     }
 
     fn decode(v: &[u8]) -> Option<PollState> {
-        if v.len() < 29 || v[0] != STATE_MAGIC {
+        if v.len() < 37 || v[0] != STATE_MAGIC {
             return None;
         }
         let u64_at = |i: usize| {
@@ -274,12 +279,13 @@ impl PollState {
         };
         let mut l = [0u8; 4];
         l.copy_from_slice(&v[17..21]);
-        let cursor = std::str::from_utf8(&v[29..]).ok().filter(|c| !c.is_empty());
+        let cursor = std::str::from_utf8(&v[37..]).ok().filter(|c| !c.is_empty());
         Some(PollState {
             last_ok_ms: u64_at(1),
             last_attempt_ms: u64_at(9),
             leader: u32::from_be_bytes(l),
             lease_until_ms: u64_at(21),
+            last_done_ms: u64_at(29),
             cursor: cursor.map(str::to_string),
         })
     }
@@ -307,7 +313,7 @@ pub fn plan_poll(host: &dyn Host, s: &Settings, me: u32, now_ms: u64) -> Option<
     // One poll in flight at a time: a new attempt only after the interval, or after the
     // lease of a stuck attempt ran out.
     let due = st.last_attempt_ms == 0
-        || (st.last_ok_ms >= st.last_attempt_ms
+        || (st.last_done_ms >= st.last_attempt_ms
             && now_ms >= st.last_attempt_ms.saturating_add(s.poll_interval_ms))
         || now_ms >= st.last_attempt_ms.saturating_add(s.lease_ms);
     if !due {
@@ -317,10 +323,29 @@ pub fn plan_poll(host: &dyn Host, s: &Settings, me: u32, now_ms: u64) -> Option<
     st.lease_until_ms = now_ms.saturating_add(s.lease_ms);
     st.last_attempt_ms = now_ms;
     host.shared_set(&key, &st.encode(), cas.or(Some(0))).ok()?;
+    let sep = if s.path.contains('?') { '&' } else { '?' };
     Some(match &st.cursor {
-        Some(c) => format!("/edge/revocations?since={c}"),
-        None => "/edge/revocations".to_string(),
+        Some(c) => format!("{}{sep}since={c}", s.path),
+        None => s.path.clone(),
     })
+}
+
+/// After a poll failed (no answer, bad status, bad body): the set and the cursor stay, and
+/// the same poller retries after one poll interval (not only when its lease runs out).
+pub fn on_poll_failed(host: &dyn Host, s: &Settings, me: u32, now_ms: u64) {
+    let key = state_key(s);
+    for _ in 0..CAS_ATTEMPTS {
+        let (v, cas) = host.shared_get(&key);
+        let mut st = v.as_deref().and_then(PollState::decode).unwrap_or_default();
+        if st.leader != me {
+            return;
+        }
+        st.last_done_ms = now_ms;
+        match host.shared_set(&key, &st.encode(), cas.or(Some(0))) {
+            Err(SharedError::CasMismatch) => continue,
+            _ => return,
+        }
+    }
 }
 
 /// After a poll answered: apply the page and advance the cursor; on failure record nothing
@@ -341,6 +366,7 @@ pub fn on_poll_answer(
         let mut st = v.as_deref().and_then(PollState::decode).unwrap_or_default();
         st.cursor = Some(page.cursor.clone());
         st.last_ok_ms = now_ms;
+        st.last_done_ms = now_ms;
         st.leader = me;
         st.lease_until_ms = now_ms.saturating_add(s.lease_ms);
         if page.more {
@@ -380,6 +406,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             namespace: "t".into(),
+            path: "/edge/revocations".into(),
             buckets: 8,
             poll_interval_ms: 1000,
             lease_ms: 5000,
@@ -467,6 +494,17 @@ mod tests {
         assert!(is_revoked(&host, &s, "a", 3));
         assert_eq!(state(&host, &s).cursor.as_deref(), Some("3"));
         assert_eq!(staleness_ms(&host, &s, 4000), Some(3000));
+    }
+
+    #[test]
+    fn a_failed_poll_is_retried_after_one_interval() {
+        let host = MemoryHost::new(0);
+        let s = settings();
+        assert!(plan_poll(&host, &s, 1, 10_000).is_some());
+        on_poll_failed(&host, &s, 1, 10_500);
+        assert_eq!(plan_poll(&host, &s, 1, 10_900), None);
+        assert_eq!(plan_poll(&host, &s, 2, 11_000), None, "the lease holds");
+        assert!(plan_poll(&host, &s, 1, 11_000).is_some());
     }
 
     #[test]

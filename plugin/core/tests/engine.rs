@@ -44,7 +44,9 @@ fn status(o: &Outcome) -> u16 {
     match o {
         Outcome::Allow { .. } => 200,
         Outcome::Reject(r) => r.status,
-        Outcome::WaitForJwks { .. } => 0,
+        Outcome::WaitForJwks { .. }
+        | Outcome::Introspect { .. }
+        | Outcome::WaitForIntrospection { .. } => 0,
     }
 }
 
@@ -381,10 +383,14 @@ fn requests_wait_only_while_no_jwks_was_ever_loaded() {
     assert_eq!(w.on_request(&host, &r), Outcome::WaitForJwks { issuer: 0 });
     w.hold(&host, 7, 0, r.clone());
     w.hold(&host, 8, 0, r.clone());
-    w.forget(8);
+    w.forget(&host, 8);
     assert!(w.resolve_waiters(&host).is_empty());
     let plans = w.tick(&host);
-    w.on_fetch(&host, plans[0].issuer, Ok((200, jwks(&[(&key, "k1")]))));
+    w.on_fetch(
+        &host,
+        plans[0].issuer().unwrap(),
+        Ok((200, jwks(&[(&key, "k1")]))),
+    );
     let done = w.resolve_waiters(&host);
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].0, 7);

@@ -3,9 +3,12 @@
 //! Every decision is taken by [`tollgate_edge_core::Worker`]; this crate only
 //! - implements the core's [`Host`] trait with proxy-wasm hostcalls ([`EnvoyHost`]),
 //! - parses the configuration in `on_configure` (refusing a bad one with a log line),
-//! - runs the timer in the root context: JWKS fetches through `dispatch_http_call`,
+//! - runs the timer in the root context: JWKS fetches and revocation-feed polls through
+//!   `dispatch_http_call`,
 //! - applies [`Outcome`]s to HTTP streams (remove spoofed headers, set identity headers,
-//!   local replies, holding a request while no JWKS was ever loaded).
+//!   rate-limit response headers, local replies, holding a request while no JWKS was ever
+//!   loaded or while its opaque token is introspected — the call is dispatched from the
+//!   stream, and its answer decides every request of the worker waiting for that token).
 //!
 //! Nothing here may panic: a panic aborts the Wasm VM and with it every request of the worker.
 
@@ -17,12 +20,17 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
-use tollgate_edge_core::engine::headers_to_remove;
+use tollgate_edge_core::cache::TokenHash;
+use tollgate_edge_core::engine::{headers_to_remove, FetchKind, SecretToken};
 use tollgate_edge_core::metrics::Metric;
-use tollgate_edge_core::{Config, Host, Level, Outcome, Request, SharedError, Worker};
+use tollgate_edge_core::{Config, FetchPlan, Host, Level, Outcome, Request, SharedError, Worker};
 
 /// Largest JWKS answer read (bytes).
 const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Largest revocation-feed page read (bytes): a resync lists every live revocation.
+const MAX_FEED_BYTES: usize = 16 * 1024 * 1024;
+/// Largest introspection answer read (bytes).
+const MAX_INTROSPECTION_BYTES: usize = 64 * 1024;
 
 /// [`Host`] over proxy-wasm hostcalls.
 #[derive(Default)]
@@ -87,12 +95,158 @@ pub struct Shared {
 
 type SharedRef = Rc<RefCell<Shared>>;
 
-/// The root context: configuration, timer, JWKS fetches, held requests.
+thread_local! {
+    /// dispatch_http_call token -> what the call is for, and the context that dispatched it
+    /// (0: the root). One map for the root and the HTTP contexts: whichever context
+    /// receives an answer hands it to the worker.
+    static CALLS: RefCell<HashMap<u32, (FetchKind, u32)>> = RefCell::new(HashMap::new());
+    /// Response headers to add to allowed streams (rate-limit headers), by context id.
+    static DEFERRED: RefCell<HashMap<u32, Vec<(String, String)>>> = RefCell::new(HashMap::new());
+}
+
+fn register_call(token: u32, kind: FetchKind, dispatcher: u32) {
+    CALLS.with(|c| c.borrow_mut().insert(token, (kind, dispatcher)));
+}
+
+/// A stream ended: Envoy cancels the calls it dispatched, forget them.
+fn forget_calls_of(dispatcher: u32) {
+    CALLS.with(|c| c.borrow_mut().retain(|_, (_, d)| *d != dispatcher));
+}
+
+/// Largest answer read, by kind of call (bytes).
+fn max_answer_bytes(kind: &FetchKind) -> usize {
+    match kind {
+        FetchKind::Jwks { .. } => MAX_JWKS_BYTES,
+        FetchKind::Revocations => MAX_FEED_BYTES,
+        FetchKind::Introspection { .. } => MAX_INTROSPECTION_BYTES,
+    }
+}
+
+/// Read the answer of the call being delivered: `Ok((status, body))` or why there is none.
+fn read_call_answer(
+    num_headers: usize,
+    body_size: usize,
+    max: usize,
+) -> Result<(u16, Vec<u8>), String> {
+    if num_headers == 0 {
+        return Err("no answer (timeout or connection failure)".to_string());
+    }
+    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse::<u16>().ok())
+        .unwrap_or(0);
+    if body_size > max {
+        return Err(format!("answer too large ({body_size} bytes)"));
+    }
+    let body = hostcalls::get_buffer(
+        proxy_wasm::types::BufferType::HttpCallResponseBody,
+        0,
+        body_size,
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Dispatch an introspection for stream `ctx` (the current stream in `ops`). When the call
+/// cannot be dispatched, returns the stream's answer by `fail_mode` (for the caller to
+/// apply: the stream is no longer held).
+fn start_introspection(
+    worker: &mut Worker,
+    host: &dyn Host,
+    ops: &mut dyn StreamOps,
+    ctx: u32,
+    dispatcher: u32,
+    hash: TokenHash,
+    token: &SecretToken,
+) -> Option<Outcome> {
+    let dispatched = match worker.introspection_plan(&hash, token) {
+        Some(plan) => ops.dispatch(&plan).map(|call| (call, plan.kind)),
+        None => Err("introspection is not configured".to_string()),
+    };
+    match dispatched {
+        Ok((call, kind)) => {
+            register_call(call, kind, dispatcher);
+            worker.note_introspection_call(hash, dispatcher);
+            None
+        }
+        Err(e) => Some(worker.introspection_dispatch_failed(host, hash, ctx, &e)),
+    }
+}
+
+/// Apply decisions about held streams from another context (`home`: the one running now):
+/// switch to each stream, apply (or dispatch its introspection), switch back.
+fn apply_decided(shared: &SharedRef, decided: Vec<(u32, Outcome)>, home: u32, dispatcher: u32) {
+    if decided.is_empty() {
+        return;
+    }
+    for (ctx, outcome) in decided {
+        if hostcalls::set_effective_context(ctx).is_err() {
+            continue; // the stream is gone
+        }
+        let mut guard = shared.borrow_mut();
+        let s = &mut *guard;
+        let mut ops = HostStream { context_id: ctx };
+        match &outcome {
+            Outcome::Introspect { hash, token } => {
+                if let Some(w) = s.worker.as_mut() {
+                    if let Some(o) =
+                        start_introspection(w, &s.host, &mut ops, ctx, dispatcher, *hash, token)
+                    {
+                        apply_outcome(&mut ops, &o, true);
+                    }
+                }
+            }
+            Outcome::Reject(r) => {
+                Worker::count_rejection(&s.host, r);
+                apply_outcome(&mut ops, &outcome, true);
+            }
+            _ => apply_outcome(&mut ops, &outcome, true),
+        }
+    }
+    let _ = hostcalls::set_effective_context(home);
+}
+
+/// An HTTP call's answer, delivered to context `home` (root or stream).
+fn on_call_answer(
+    shared: &SharedRef,
+    token_id: u32,
+    num_headers: usize,
+    body_size: usize,
+    home: u32,
+    dispatcher: u32,
+) {
+    let Some((kind, _)) = CALLS.with(|c| c.borrow_mut().remove(&token_id)) else {
+        return;
+    };
+    let result = read_call_answer(num_headers, body_size, max_answer_bytes(&kind));
+    let decided = {
+        let mut guard = shared.borrow_mut();
+        let s = &mut *guard;
+        let Some(w) = s.worker.as_mut() else {
+            return;
+        };
+        match kind {
+            FetchKind::Jwks { issuer } => {
+                w.on_fetch(&s.host, issuer, result);
+                w.resolve_waiters(&s.host)
+            }
+            FetchKind::Revocations => {
+                w.on_revocations(&s.host, result);
+                Vec::new()
+            }
+            FetchKind::Introspection { hash } => w.on_introspection(&s.host, hash, result),
+        }
+    };
+    apply_decided(shared, decided, home, dispatcher);
+}
+
+/// The root context: configuration, timer, JWKS fetches, revocation polls, held requests.
 pub struct TollgateRoot {
     context_id: u32,
     shared: SharedRef,
-    /// dispatch_http_call token -> issuer index.
-    pending: HashMap<u32, usize>,
 }
 
 impl TollgateRoot {
@@ -100,11 +254,10 @@ impl TollgateRoot {
         TollgateRoot {
             context_id,
             shared: Rc::new(RefCell::new(Shared::default())),
-            pending: HashMap::new(),
         }
     }
 
-    /// Answer or resume requests that waited for a first JWKS.
+    /// Answer or resume held requests that can be decided now.
     fn resolve_waiters(&mut self) {
         let decided = {
             let mut guard = self.shared.borrow_mut();
@@ -114,20 +267,7 @@ impl TollgateRoot {
                 None => Vec::new(),
             }
         };
-        if decided.is_empty() {
-            return;
-        }
-        for (ctx, outcome) in decided {
-            if hostcalls::set_effective_context(ctx).is_err() {
-                continue; // the stream is gone
-            }
-            if let Outcome::Reject(r) = &outcome {
-                let s = self.shared.borrow();
-                Worker::count_rejection(&s.host, r);
-            }
-            apply_outcome(&mut HostStream, &outcome, true);
-        }
-        let _ = hostcalls::set_effective_context(self.context_id);
+        apply_decided(&self.shared, decided, self.context_id, 0);
     }
 
     fn start_fetches(&mut self) {
@@ -140,40 +280,41 @@ impl TollgateRoot {
             }
         };
         for p in plans {
-            let headers = vec![
-                (":method", "GET"),
-                (":path", p.path.as_str()),
-                (":authority", p.authority.as_str()),
-                ("accept", "application/json"),
-                ("user-agent", "tollgate-filter"),
-            ];
-            match self.dispatch_http_call(
-                &p.cluster,
-                headers,
-                None,
-                vec![],
-                Duration::from_millis(p.timeout_ms),
-            ) {
-                Ok(token) => {
-                    self.pending.insert(token, p.issuer);
-                }
-                Err(status) => {
+            match dispatch_plan(&p) {
+                Ok(token) => register_call(token, p.kind, 0),
+                Err(e) => {
                     let mut guard = self.shared.borrow_mut();
                     let s = &mut *guard;
                     if let Some(w) = s.worker.as_mut() {
-                        w.on_fetch(
-                            &s.host,
-                            p.issuer,
-                            Err(format!(
-                                "dispatch to cluster {} refused: {status:?}",
-                                p.cluster
-                            )),
-                        );
+                        match p.kind {
+                            FetchKind::Jwks { issuer } => w.on_fetch(&s.host, issuer, Err(e)),
+                            FetchKind::Revocations => w.on_revocations(&s.host, Err(e)),
+                            FetchKind::Introspection { .. } => {}
+                        }
                     }
                 }
             }
         }
     }
+}
+
+/// `dispatch_http_call` for a plan (the answer goes to the context running now).
+fn dispatch_plan(p: &FetchPlan) -> Result<u32, String> {
+    let mut headers: Vec<(&str, &str)> = vec![
+        (":method", p.method),
+        (":path", p.path.as_str()),
+        (":authority", p.authority.as_str()),
+        ("user-agent", "tollgate-filter"),
+    ];
+    headers.extend(p.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    hostcalls::dispatch_http_call(
+        &p.cluster,
+        headers,
+        p.body.as_deref(),
+        vec![],
+        Duration::from_millis(p.timeout_ms),
+    )
+    .map_err(|status| format!("dispatch to cluster {} refused: {status:?}", p.cluster))
 }
 
 /// What the glue does to an HTTP stream: behind a trait so that the glue's handling of
@@ -183,10 +324,16 @@ pub trait StreamOps {
     fn set_request_header(&mut self, name: &str, value: &str);
     fn send_response(&mut self, status: u16, headers: &[(String, String)], body: &[u8]);
     fn resume_request(&mut self);
+    /// Headers to add to the upstream's response when it comes (rate-limit headers).
+    fn add_response_headers(&mut self, headers: &[(String, String)]);
+    /// Start an HTTP call (an introspection); returns the call's token.
+    fn dispatch(&mut self, plan: &FetchPlan) -> Result<u32, String>;
 }
 
 /// [`StreamOps`] on the current (effective) stream through proxy-wasm hostcalls.
-pub struct HostStream;
+pub struct HostStream {
+    pub context_id: u32,
+}
 
 impl StreamOps for HostStream {
     fn remove_request_header(&mut self, name: &str) {
@@ -205,50 +352,91 @@ impl StreamOps for HostStream {
     fn resume_request(&mut self) {
         let _ = hostcalls::resume_http_request();
     }
+    fn add_response_headers(&mut self, headers: &[(String, String)]) {
+        let ctx = self.context_id;
+        DEFERRED.with(|d| d.borrow_mut().insert(ctx, headers.to_vec()));
+    }
+    fn dispatch(&mut self, plan: &FetchPlan) -> Result<u32, String> {
+        dispatch_plan(plan)
+    }
 }
 
-/// Apply an outcome to a stream. `resume` = the stream was paused (held for a JWKS).
+/// Apply an outcome to a stream. `resume` = the stream was paused (held).
 pub fn apply_outcome(ops: &mut dyn StreamOps, outcome: &Outcome, resume: bool) {
     match outcome {
-        Outcome::Allow { set, remove } => {
+        Outcome::Allow {
+            set,
+            remove,
+            response_headers,
+        } => {
             for name in remove {
                 ops.remove_request_header(name);
             }
             for (k, v) in set.iter() {
                 ops.set_request_header(k, v);
             }
+            if !response_headers.is_empty() {
+                ops.add_response_headers(response_headers);
+            }
             if resume {
                 ops.resume_request();
             }
         }
         Outcome::Reject(r) => ops.send_response(r.status, &r.headers, r.body.as_bytes()),
-        Outcome::WaitForJwks { .. } => {}
+        Outcome::WaitForJwks { .. }
+        | Outcome::Introspect { .. }
+        | Outcome::WaitForIntrospection { .. } => {}
     }
 }
 
 /// The request-headers step of a stream: remove spoofed identity headers, decide, apply.
 /// Returns whether the stream continues now (`Action::Continue`) or is paused (answered
-/// locally, or held until a first JWKS arrives).
+/// locally, or held until a first JWKS / an introspection answer arrives). `source` is the
+/// downstream address (`source.address`).
 pub fn handle_request_headers(
     worker: &mut Worker,
     host: &dyn Host,
     ops: &mut dyn StreamOps,
     context_id: u32,
     headers: Vec<(String, String)>,
+    source: String,
 ) -> Action {
     for name in headers_to_remove(&worker.cfg, &headers) {
         ops.remove_request_header(&name);
     }
-    let req = Request::from_headers(headers);
+    let mut req = Request::from_headers(headers);
+    req.source = source;
     let outcome = worker.on_request(host, &req);
-    if let Outcome::WaitForJwks { issuer } = outcome {
-        worker.hold(host, context_id, issuer, req);
-        return Action::Pause;
-    }
-    apply_outcome(ops, &outcome, false);
     match outcome {
-        Outcome::Allow { .. } => Action::Continue,
-        _ => Action::Pause,
+        Outcome::WaitForJwks { issuer } => {
+            worker.hold(host, context_id, issuer, req);
+            Action::Pause
+        }
+        Outcome::WaitForIntrospection { hash } => {
+            worker.hold_introspection(host, context_id, hash, req);
+            Action::Pause
+        }
+        Outcome::Introspect { hash, token } => {
+            worker.hold_introspection(host, context_id, hash, req);
+            match start_introspection(worker, host, ops, context_id, context_id, hash, &token) {
+                None => Action::Pause,
+                Some(o) => {
+                    apply_outcome(ops, &o, false);
+                    match o {
+                        Outcome::Allow { .. } => Action::Continue,
+                        _ => Action::Pause,
+                    }
+                }
+            }
+        }
+        Outcome::Allow { .. } => {
+            apply_outcome(ops, &outcome, false);
+            Action::Continue
+        }
+        Outcome::Reject(_) => {
+            apply_outcome(ops, &outcome, false);
+            Action::Pause
+        }
     }
 }
 
@@ -260,33 +448,14 @@ impl Context for TollgateRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let Some(issuer) = self.pending.remove(&token_id) else {
-            return;
-        };
-        let result = if num_headers == 0 {
-            Err("no answer (timeout or connection failure)".to_string())
-        } else {
-            let status = self
-                .get_http_call_response_header(":status")
-                .and_then(|s| s.parse::<u16>().ok())
-                .unwrap_or(0);
-            if body_size > MAX_JWKS_BYTES {
-                Err(format!("JWKS answer too large ({body_size} bytes)"))
-            } else {
-                let body = self
-                    .get_http_call_response_body(0, body_size)
-                    .unwrap_or_default();
-                Ok((status, body))
-            }
-        };
-        {
-            let mut guard = self.shared.borrow_mut();
-            let s = &mut *guard;
-            if let Some(w) = s.worker.as_mut() {
-                w.on_fetch(&s.host, issuer, result);
-            }
-        }
-        self.resolve_waiters();
+        on_call_answer(
+            &self.shared,
+            token_id,
+            num_headers,
+            body_size,
+            self.context_id,
+            0,
+        );
     }
 }
 
@@ -303,21 +472,38 @@ impl RootContext for TollgateRoot {
             Ok(cfg) => {
                 let tick = cfg.tick_ms;
                 let issuers = cfg.issuers.len();
+                let features = format!(
+                    "revocation {}, introspection {}, {} rate-limited rule(s)",
+                    if cfg.revocation.is_some() {
+                        "on"
+                    } else {
+                        "off"
+                    },
+                    if cfg.introspection.is_some() {
+                        "on"
+                    } else {
+                        "off"
+                    },
+                    cfg.rules.iter().filter(|r| r.rate_limit.is_some()).count()
+                );
                 let mut s = self.shared.borrow_mut();
                 if s.host.metrics.is_empty() {
                     s.host.define_metrics();
                 }
                 let mut worker = Worker::new(cfg);
+                worker.init_shared(&s.host);
                 if let Some(old) = s.worker.take() {
                     // Requests held under the previous configuration are decided by the new one.
                     worker.waiters = old.waiters;
+                    worker.intro_waiters = old.intro_waiters;
+                    worker.id = old.id;
                 }
                 s.worker = Some(worker);
                 drop(s);
                 self.set_tick_period(Duration::from_millis(tick));
                 let _ = hostcalls::log(
                     LogLevel::Info,
-                    &format!("tollgate: configured with {issuers} issuer(s)"),
+                    &format!("tollgate: configured with {issuers} issuer(s), {features}"),
                 );
                 true
             }
@@ -356,11 +542,32 @@ pub struct TollgateHttp {
     held: bool,
 }
 
-impl Context for TollgateHttp {}
+impl Context for TollgateHttp {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        on_call_answer(
+            &self.shared,
+            token_id,
+            num_headers,
+            body_size,
+            self.context_id,
+            self.context_id,
+        );
+    }
+}
 
 impl HttpContext for TollgateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let headers = self.get_http_request_headers();
+        let source = self
+            .get_property(vec!["source", "address"])
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
         let mut guard = self.shared.borrow_mut();
         let s = &mut *guard;
         let Some(worker) = s.worker.as_mut() else {
@@ -373,19 +580,36 @@ impl HttpContext for TollgateHttp {
             );
             return Action::Pause;
         };
+        let mut ops = HostStream {
+            context_id: self.context_id,
+        };
         let action =
-            handle_request_headers(worker, &s.host, &mut HostStream, self.context_id, headers);
+            handle_request_headers(worker, &s.host, &mut ops, self.context_id, headers, source);
         if action == Action::Pause && worker.is_held(self.context_id) {
             self.held = true;
         }
         action
     }
 
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let ctx = self.context_id;
+        if let Some(headers) = DEFERRED.with(|d| d.borrow_mut().remove(&ctx)) {
+            for (k, v) in headers {
+                let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, &k, &v);
+            }
+        }
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
+        let ctx = self.context_id;
+        DEFERRED.with(|d| d.borrow_mut().remove(&ctx));
         if self.held {
-            if let Ok(mut s) = self.shared.try_borrow_mut() {
+            forget_calls_of(ctx);
+            if let Ok(mut guard) = self.shared.try_borrow_mut() {
+                let s = &mut *guard;
                 if let Some(w) = s.worker.as_mut() {
-                    w.forget(self.context_id);
+                    w.forget(&s.host, ctx);
                 }
             }
         }
@@ -414,6 +638,7 @@ mod tests {
     #[derive(Debug, Default)]
     struct Recorder {
         calls: Vec<String>,
+        refuse_calls: bool,
     }
 
     impl StreamOps for Recorder {
@@ -432,6 +657,21 @@ mod tests {
         }
         fn resume_request(&mut self) {
             self.calls.push("resume".into());
+        }
+        fn add_response_headers(&mut self, headers: &[(String, String)]) {
+            for (k, v) in headers {
+                self.calls.push(format!("later {k}={v}"));
+            }
+        }
+        fn dispatch(&mut self, plan: &FetchPlan) -> Result<u32, String> {
+            self.calls.push(format!(
+                "dispatch {} {} {}",
+                plan.method, plan.cluster, plan.path
+            ));
+            if self.refuse_calls {
+                return Err("cluster unknown".into());
+            }
+            Ok(77)
         }
     }
 
@@ -494,7 +734,14 @@ mod tests {
         let (host, mut w, sk) = setup(true);
         let mut rec = Recorder::default();
         let t = token(&sk, "read");
-        let action = handle_request_headers(&mut w, &host, &mut rec, 1, headers("/r", Some(&t)));
+        let action = handle_request_headers(
+            &mut w,
+            &host,
+            &mut rec,
+            1,
+            headers("/r", Some(&t)),
+            String::new(),
+        );
         assert_eq!(action, Action::Continue);
         assert_eq!(
             rec.calls,
@@ -512,7 +759,14 @@ mod tests {
     fn rejected_request_is_answered_and_paused() {
         let (host, mut w, sk) = setup(true);
         let mut rec = Recorder::default();
-        let action = handle_request_headers(&mut w, &host, &mut rec, 1, headers("/r", None));
+        let action = handle_request_headers(
+            &mut w,
+            &host,
+            &mut rec,
+            1,
+            headers("/r", None),
+            String::new(),
+        );
         assert_eq!(action, Action::Pause);
         assert_eq!(
             rec.calls,
@@ -523,7 +777,14 @@ mod tests {
         );
         let mut rec = Recorder::default();
         let t = token(&sk, "read");
-        let action = handle_request_headers(&mut w, &host, &mut rec, 2, headers("/w", Some(&t)));
+        let action = handle_request_headers(
+            &mut w,
+            &host,
+            &mut rec,
+            2,
+            headers("/w", Some(&t)),
+            String::new(),
+        );
         assert_eq!(action, Action::Pause);
         assert!(rec.calls[1].starts_with("respond 403 "), "{:?}", rec.calls);
         assert!(rec.calls[1].contains("scope=\"write\""));
@@ -534,7 +795,14 @@ mod tests {
         let (host, mut w, sk) = setup(false);
         let mut rec = Recorder::default();
         let t = token(&sk, "read");
-        let action = handle_request_headers(&mut w, &host, &mut rec, 9, headers("/r", Some(&t)));
+        let action = handle_request_headers(
+            &mut w,
+            &host,
+            &mut rec,
+            9,
+            headers("/r", Some(&t)),
+            String::new(),
+        );
         assert_eq!(action, Action::Pause);
         assert_eq!(rec.calls, vec!["remove x-tollgate-sub"]);
         assert!(w.is_held(9));
@@ -552,5 +820,157 @@ mod tests {
         assert_eq!(rec.calls.last().map(String::as_str), Some("resume"));
         assert!(rec.calls.contains(&"set x-tollgate-sub=alice".to_string()));
         assert!(!w.is_held(9));
+    }
+
+    fn opaque_setup() -> (MemoryHost, Worker) {
+        let cfg = Config::from_json(
+            json!({"issuers": [{"issuer": "https://i", "audiences": ["a"],
+                                "jwks": {"cluster": "auth"}}],
+                   "auth_server": {"cluster": "auth", "client_id": "gw", "client_secret": "s3cret"},
+                   "introspection": {"issuer": "https://i", "slots": 16},
+                   "rules": [{"path_prefix": "/rl", "rate_limit": {"requests": 1, "period_s": 60,
+                                                                   "key": "sub"}}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let host = MemoryHost::new(NOW * 1000);
+        let w = Worker::new(cfg);
+        w.init_shared(&host);
+        (host, w)
+    }
+
+    #[test]
+    fn opaque_token_is_held_then_resumed_by_the_introspection_answer() {
+        let (host, mut w) = opaque_setup();
+        let mut rec = Recorder::default();
+        let t = "tg_at_opaque";
+        let a = handle_request_headers(
+            &mut w,
+            &host,
+            &mut rec,
+            3,
+            headers("/rl", Some(t)),
+            String::new(),
+        );
+        assert_eq!(a, Action::Pause);
+        assert_eq!(
+            rec.calls,
+            vec![
+                "remove x-tollgate-sub",
+                "dispatch POST auth /oauth2/introspect"
+            ]
+        );
+        // A second stream with the same token waits for the same call.
+        let mut rec2 = Recorder::default();
+        let a = handle_request_headers(
+            &mut w,
+            &host,
+            &mut rec2,
+            4,
+            headers("/rl", Some(t)),
+            String::new(),
+        );
+        assert_eq!(a, Action::Pause);
+        assert_eq!(rec2.calls, vec!["remove x-tollgate-sub"]);
+        assert!(w.is_held(3) && w.is_held(4));
+        let hash = tollgate_edge_core::cache::hash_token(t);
+        let body = json!({"active": true, "iss": "https://i", "sub": "bob", "aud": "a",
+                          "exp": NOW + 60, "scope": "read"});
+        let decided = w.on_introspection(&host, hash, Ok((200, body.to_string().into_bytes())));
+        assert_eq!(decided.len(), 2);
+        let mut rec = Recorder::default();
+        apply_outcome(&mut rec, &decided[0].1, true);
+        assert!(rec.calls.contains(&"set x-tollgate-sub=bob".to_string()));
+        assert!(
+            rec.calls
+                .contains(&"later ratelimit-policy=\"rule-0\";q=1;w=60".to_string()),
+            "{:?}",
+            rec.calls
+        );
+        assert_eq!(rec.calls.last().map(String::as_str), Some("resume"));
+        // The second one is over the limit of 1 for this sub.
+        let Outcome::Reject(r) = &decided[1].1 else {
+            panic!("{:?}", decided[1])
+        };
+        assert_eq!(r.status, 429);
+        assert!(!w.is_held(3) && !w.is_held(4));
+    }
+
+    #[test]
+    fn opaque_token_fails_closed_when_the_call_fails() {
+        let (host, mut w) = opaque_setup();
+        let mut rec = Recorder::default();
+        let t = "tg_at_down";
+        handle_request_headers(
+            &mut w,
+            &host,
+            &mut rec,
+            5,
+            headers("/x", Some(t)),
+            String::new(),
+        );
+        let hash = tollgate_edge_core::cache::hash_token(t);
+        let decided = w.on_introspection(&host, hash, Err("no answer".into()));
+        assert_eq!(decided.len(), 1);
+        let mut rec = Recorder::default();
+        apply_outcome(&mut rec, &decided[0].1, true);
+        assert_eq!(rec.calls, vec!["respond 503 Bearer realm=\"tollgate\""]);
+        // The claim is released: the next request asks again.
+        let mut rec = Recorder::default();
+        handle_request_headers(
+            &mut w,
+            &host,
+            &mut rec,
+            6,
+            headers("/x", Some(t)),
+            String::new(),
+        );
+        assert!(
+            rec.calls.iter().any(|c| c.starts_with("dispatch POST")),
+            "{:?}",
+            rec.calls
+        );
+    }
+
+    #[test]
+    fn refused_dispatch_answers_at_once_and_releases_the_claim() {
+        let (host, mut w) = opaque_setup();
+        let mut rec = Recorder {
+            refuse_calls: true,
+            ..Recorder::default()
+        };
+        let t = "tg_at_nocluster";
+        let a = handle_request_headers(
+            &mut w,
+            &host,
+            &mut rec,
+            8,
+            headers("/x", Some(t)),
+            String::new(),
+        );
+        assert_eq!(a, Action::Pause);
+        assert_eq!(
+            rec.calls[1..],
+            [
+                "dispatch POST auth /oauth2/introspect",
+                "respond 503 Bearer realm=\"tollgate\""
+            ]
+        );
+        assert!(!w.is_held(8));
+        let mut rec = Recorder::default();
+        handle_request_headers(
+            &mut w,
+            &host,
+            &mut rec,
+            9,
+            headers("/x", Some(t)),
+            String::new(),
+        );
+        assert!(
+            rec.calls.iter().any(|c| c.starts_with("dispatch POST")),
+            "{:?}",
+            rec.calls
+        );
     }
 }
