@@ -48,18 +48,23 @@ def say(name: str, line: str) -> None:
         print(f"{prefix}{line}", flush=True)
 
 
-def demo_filter_config(issuer: str) -> dict:
-    """The demo's routes, as docs/filter.md describes them."""
+def demo_filter_config(issuer: str, edge: dict) -> dict:
+    """The demo's routes, as docs/filter.md describes them. `edge` is the gateway's own
+    client at the auth server (scope tollgate:edge): it reads the revocation feed."""
     return {
         "issuers": [issuer_entry(issuer, "tollgate-authserver", audiences=["tollgate"],
                                  algorithms=["ES256"], refresh_interval_s=60,
                                  min_refresh_interval_s=5)],
+        "auth_server": {"cluster": "tollgate-authserver", "client_id": edge["client_id"],
+                        "client_secret": edge["client_secret"], "timeout_ms": 1000},
+        "revocation": {"poll_interval_ms": 1000},
         "rules": [
             {"name": "public", "path_prefix": "/public/", "allow_anonymous": True},
             {"name": "api-read", "path_prefix": "/api/", "methods": ["GET", "HEAD"],
              "scopes": ["api:read"]},
             {"name": "api-write", "path_prefix": "/api/", "scopes": ["api:write"]},
-            {"name": "limited", "path_prefix": "/limited/"},
+            {"name": "limited", "path_prefix": "/limited/",
+             "rate_limit": {"requests": 5, "period_s": 60, "key": "client_id"}},
         ],
         "default_rule": {"allow_anonymous": False},
     }
@@ -171,9 +176,11 @@ class Demo:
         if not self.quiet:
             say("echo", f"upstream listening on 127.0.0.1:{self.echo_port}")
 
+        self.edge = self.register({"client_name": "gateway", "scope": "tollgate:edge",
+                                   "grant_types": ["client_credentials"]})
         cfg = self.dir / "envoy.yaml"
         cfg.write_text(render_config(
-            filter_config=demo_filter_config(self.issuer), admin_port=self.admin_port,
+            filter_config=demo_filter_config(self.issuer, self.edge), admin_port=self.admin_port,
             listen_port=self.gw_port, upstream_port=self.echo_port, auth_port=self.auth_port,
             wasm_path=filter_wasm()))
         envoy = Component("envoy", [envoy_binary(), "-c", str(cfg), "--concurrency", "2",
@@ -192,13 +199,16 @@ class Demo:
                 pass
             time.sleep(0.2)
 
-    def seed(self) -> dict:
+    def register(self, metadata: dict) -> dict:
         r = requests.post(f"{self.auth_base}/oauth2/register", timeout=5,
                           headers={"authorization": f"Bearer {self.admin_token}"},
-                          json={"client_name": "demo", "scope": "api:read",
-                                "grant_types": ["client_credentials"]})
+                          json=metadata)
         r.raise_for_status()
         return r.json()
+
+    def seed(self) -> dict:
+        return self.register({"client_name": "demo", "scope": "api:read",
+                              "grant_types": ["client_credentials"]})
 
     def stop(self) -> None:
         for p in reversed(self.parts):
@@ -240,9 +250,14 @@ def tour_text(d: Demo, client: dict) -> str:
         "# 5. a route that needs a scope the token lacks (POST needs api:write): 403",
         f"curl -si -X POST -H \"Authorization: Bearer $TOKEN\" {g}/api/hello | head -n 5",
         "",
-        "# 6. revoke the token at the auth server; introspection now says it is inactive",
+        "# 6. /limited/ allows 5 requests a minute per client: the 6th is 429 with Retry-After",
+        f"for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' -H \"Authorization: Bearer $TOKEN\" {g}/limited/; done; echo",
+        f"curl -si -H \"Authorization: Bearer $TOKEN\" {g}/limited/ | grep -i -E '^(HTTP|retry-after|ratelimit)'",
+        "",
+        "# 7. revoke the token at the auth server: within a second the gateway refuses it",
         f"curl -s -u {cred} -d \"token=$TOKEN\" {a}/oauth2/revoke",
-        f"curl -s -u {cred} -d \"token=$TOKEN\" {a}/oauth2/introspect",
+        "sleep 1.5",
+        f"curl -si -H \"Authorization: Bearer $TOKEN\" {g}/api/hello | head -n 5",
         "",
         "Ctrl-C stops everything.",
         "",
@@ -299,12 +314,55 @@ def run_tour(d: Demo, client: dict) -> Check:
     c.expect("   a spoofed x-tollgate-sub is replaced",
              r.status_code == 200 and r.json()["headers"].get("x-tollgate-sub") == client["client_id"])
 
+    codes = [requests.get(f"{d.gateway}/limited/", headers=bearer, timeout=5) for _ in range(6)]
+    c.expect("6. /limited/: 5 allowed, then 429",
+             [r.status_code for r in codes] == [200] * 5 + [429], str([r.status_code for r in codes]))
+    last = codes[-1]
+    c.expect("6. 429 carries Retry-After and RateLimit headers",
+             bool(last.headers.get("retry-after")) and "ratelimit-policy" in last.headers
+             and "ratelimit" in last.headers, str(dict(last.headers)))
+
     r = requests.post(f"{d.auth_base}/oauth2/revoke", auth=auth, data={"token": token}, timeout=5)
-    c.expect("6. revocation accepted", r.status_code == 200, r.text)
-    r = requests.post(f"{d.auth_base}/oauth2/introspect", auth=auth, data={"token": token},
-                      timeout=5)
-    c.expect("6. introspection says inactive", r.json() == {"active": False}, r.text)
+    c.expect("7. revocation accepted", r.status_code == 200, r.text)
+    start = time.monotonic()
+    while True:
+        r = requests.get(f"{d.gateway}/api/hello", headers=bearer, timeout=5)
+        if r.status_code == 401 or time.monotonic() - start > 5:
+            break
+        time.sleep(0.05)
+    c.expect("7. the gateway refuses the revoked token", r.status_code == 401, r.text)
+    say("demo", f"      (the revocation reached the gateway {time.monotonic() - start:.2f} s "
+                "after the revoke answer)")
     return c
+
+
+def readme_tour() -> str:
+    """The shell block of the README's tour section, as a reader copies it."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## The tour", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def run_readme_tour(d: Demo, c: Check) -> None:
+    """Run the README's tour commands verbatim (ports substituted when overridden) with a
+    client of their own, and check what they print."""
+    client = d.seed()
+    script = readme_tour().replace("127.0.0.1:9080", f"127.0.0.1:{d.auth_port}") \
+                          .replace("127.0.0.1:10000", f"127.0.0.1:{d.gw_port}")
+    env = {**os.environ, "CLIENT_ID": client["client_id"], "CLIENT_SECRET": client["client_secret"]}
+    r = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    out = r.stdout
+    for what, ok in [
+        ("README tour runs", r.returncode == 0),
+        ("README 2: identity headers upstream", f'"x-tollgate-sub": "{client["client_id"]}"' in out),
+        ("README 3: 401 with WWW-Authenticate", "HTTP/1.1 401" in out and "www-authenticate: bearer" in out.lower()),
+        ("README 4: public route", '"path": "/public/hello"' in out),
+        ("README 5: 403 insufficient_scope", "HTTP/1.1 403" in out and "insufficient_scope" in out),
+        ("README 6: five 200 then 429", "200 200 200 200 200 429" in out),
+        ("README 6: Retry-After and RateLimit headers", "retry-after:" in out.lower() and "ratelimit-policy:" in out.lower()),
+        ("README 7: revoked token refused", "HTTP/1.1 401" in "\n".join(out.splitlines()[-5:])),
+    ]:
+        c.expect(what, ok, "" if ok else f"\n--- output ---\n{out}\n--- stderr ---\n{r.stderr}")
 
 
 def main() -> int:
@@ -319,6 +377,7 @@ def main() -> int:
         client = d.seed()
         if args.check:
             c = run_tour(d, client)
+            run_readme_tour(d, c)
             say("demo", f"{c.passed} passed, {len(c.failures)} failed")
             return 1 if c.failures else 0
         print(tour_text(d, client), flush=True)
