@@ -7,8 +7,10 @@ VENV      := $(ROOT)/.venv
 PY        := $(VENV)/bin/python
 CARGO     ?= cargo
 WASM_TARGET := wasm32-wasip1
-AUTHSERVER_BIN := $(ROOT)/target/release/authserver
-FILTER_WASM    := $(ROOT)/target/$(WASM_TARGET)/release/tollgate_filter.wasm
+# Cargo's output directory ($CARGO_TARGET_DIR when set: CI keeps one across runs).
+TARGET_DIR     := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)
+AUTHSERVER_BIN := $(TARGET_DIR)/release/authserver
+FILTER_WASM    := $(TARGET_DIR)/$(WASM_TARGET)/release/tollgate_filter.wasm
 export AUTHSERVER_BIN FILTER_WASM
 
 # Debian packages the tests and the demo use (installed only when missing).
