@@ -526,6 +526,40 @@ impl RedisStore {
         p
     }
 
+    /// `HGETALL` of one key (idempotent, retried).
+    async fn hgetall(&self, key: &str) -> StoreResult<HashMap<String, String>> {
+        let key = key.to_string();
+        self.idem(|mut c| {
+            let key = key.clone();
+            async move { ::redis::cmd("HGETALL").arg(&key).query_async(&mut c).await }
+        })
+        .await
+    }
+
+    /// `DEL` of one key; whether it existed.
+    async fn del(&self, key: &str) -> StoreResult<bool> {
+        let key = key.to_string();
+        let n: i64 = self
+            .idem(|mut c| {
+                let key = key.clone();
+                async move { ::redis::cmd("DEL").arg(&key).query_async(&mut c).await }
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The sorted ids of the keys `<prefix><id>`.
+    async fn ids_under(&self, prefix: &str) -> StoreResult<Vec<String>> {
+        let mut ids: Vec<String> = self
+            .scan(&format!("{prefix}*"))
+            .await?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(prefix).map(str::to_string))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     async fn scan(&self, pattern: &str) -> StoreResult<Vec<String>> {
         let pattern = pattern.to_string();
         self.idem(|mut c| {
@@ -801,35 +835,16 @@ return 1
 
     async fn get_client(&self, client_id: &str) -> StoreResult<Option<ClientRecord>> {
         let key = k_client(client_id);
-        let m: HashMap<String, String> = self
-            .idem(|mut c| {
-                let key = key.clone();
-                async move { ::redis::cmd("HGETALL").arg(&key).query_async(&mut c).await }
-            })
-            .await?;
+        let m = self.hgetall(&key).await?;
         client_from_fields(&key, m)
     }
 
     async fn delete_client(&self, client_id: &str) -> StoreResult<bool> {
-        let key = k_client(client_id);
-        let n: i64 = self
-            .idem(|mut c| {
-                let key = key.clone();
-                async move { ::redis::cmd("DEL").arg(&key).query_async(&mut c).await }
-            })
-            .await?;
-        Ok(n > 0)
+        self.del(&k_client(client_id)).await
     }
 
     async fn list_client_ids(&self) -> StoreResult<Vec<String>> {
-        let mut ids: Vec<String> = self
-            .scan("auth:client:*")
-            .await?
-            .into_iter()
-            .filter_map(|k| k.strip_prefix("auth:client:").map(str::to_string))
-            .collect();
-        ids.sort();
-        Ok(ids)
+        self.ids_under("auth:client:").await
     }
 
     async fn save_access_token(&self, rec: &AccessTokenRecord) -> StoreResult<()> {
@@ -1209,12 +1224,7 @@ return 1
 
     async fn get_user(&self, username: &str) -> StoreResult<Option<UserRecord>> {
         let key = k_user(username);
-        let m: HashMap<String, String> = self
-            .idem(|mut c| {
-                let key = key.clone();
-                async move { ::redis::cmd("HGETALL").arg(&key).query_async(&mut c).await }
-            })
-            .await?;
+        let m = self.hgetall(&key).await?;
         if m.is_empty() {
             return Ok(None);
         }
@@ -1235,24 +1245,11 @@ return 1
     }
 
     async fn delete_user(&self, username: &str) -> StoreResult<bool> {
-        let key = k_user(username);
-        let n: i64 = self
-            .idem(|mut c| {
-                let key = key.clone();
-                async move { ::redis::cmd("DEL").arg(&key).query_async(&mut c).await }
-            })
-            .await?;
-        Ok(n > 0)
+        self.del(&k_user(username)).await
     }
 
     async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
-        let mut names: Vec<String> = self
-            .scan("auth:user:*")
-            .await?
-            .into_iter()
-            .filter_map(|k| k.strip_prefix("auth:user:").map(str::to_string))
-            .collect();
-        names.sort();
+        let names = self.ids_under("auth:user:").await?;
         let mut out = Vec::with_capacity(names.len());
         for n in names {
             if let Some(u) = self.get_user(&n).await? {
