@@ -4,7 +4,10 @@
 //! talk only to the [`store::Store`] trait; `store/` has the Redis and in-memory
 //! implementations; `jobs/` holds the one-shot subcommands (cleanup, init, keys, status).
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod cli;
 pub mod clients;
