@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ConfigError;
 use crate::jwt::Alg;
+use crate::lease::{self, LeaseFailMode};
 use crate::{introspection, ratelimit, revocation};
 
 // ------------------------------------------------------------------ raw (serde) shapes
@@ -122,6 +123,12 @@ struct RawRateLimitGlobal {
     slots: u32,
     #[serde(default = "d_true")]
     response_headers: bool,
+    #[serde(default = "d_lease_path")]
+    lease_path: String,
+}
+
+fn d_lease_path() -> String {
+    "/edge/ratelimit/lease".into()
 }
 
 impl Default for RawRateLimitGlobal {
@@ -129,6 +136,7 @@ impl Default for RawRateLimitGlobal {
         RawRateLimitGlobal {
             slots: d_rl_slots(),
             response_headers: true,
+            lease_path: d_lease_path(),
         }
     }
 }
@@ -143,6 +151,20 @@ struct RawRuleLimit {
     key: RawLimitKey,
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    mode: RawLimitMode,
+    #[serde(default)]
+    lease: Option<u64>,
+    #[serde(default)]
+    fail_mode: Option<LeaseFailMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+enum RawLimitMode {
+    #[default]
+    Local,
+    Global,
 }
 
 #[derive(Debug, Deserialize)]
@@ -495,6 +517,8 @@ pub struct RuleLimit {
     pub limit: ratelimit::Limit,
     /// Ready-made `RateLimit-Policy` value.
     pub policy_header: String,
+    /// Global mode: quota leases from the auth server (`None`: local mode).
+    pub global: Option<lease::Policy>,
 }
 
 /// The source of one issuer's JWK Set: an Envoy cluster and a path.
@@ -591,6 +615,8 @@ pub struct Config {
     pub introspection: Option<Introspection>,
     pub client_ip: ClientIp,
     pub rate_limit_response_headers: bool,
+    /// Path of the auth server's lease endpoint (global rate limits).
+    pub lease_path: String,
 }
 
 fn bad(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
@@ -1023,6 +1049,20 @@ impl Config {
         if client_ip.xff_hops > 64 {
             return Err(bad("client_ip.xff_hops", "must be at most 64"));
         }
+        if !raw.rate_limit.lease_path.starts_with('/') {
+            return Err(bad("rate_limit.lease_path", "must start with '/'"));
+        }
+        if auth_server.is_none() {
+            if let Some(i) = rules
+                .iter()
+                .position(|r| r.rate_limit.as_ref().is_some_and(|l| l.global.is_some()))
+            {
+                return Err(bad(
+                    format!("rules[{i}].rate_limit.mode"),
+                    "\"global\" needs `auth_server` (the leases come from it)",
+                ));
+            }
+        }
 
         Ok(Config {
             auth_server,
@@ -1030,6 +1070,7 @@ impl Config {
             introspection,
             client_ip,
             rate_limit_response_headers: raw.rate_limit.response_headers,
+            lease_path: raw.rate_limit.lease_path,
             issuers,
             token_sources,
             clock_skew_s: raw.clock_skew_s,
@@ -1120,6 +1161,41 @@ fn check_limit(
             "1..64 visible ASCII characters without '\"' or '\\' (defaults to the rule name)",
         ));
     }
+    let global = match l.mode {
+        RawLimitMode::Local => {
+            if l.lease.is_some() || l.fail_mode.is_some() {
+                return Err(bad(
+                    format!("{prefix}mode"),
+                    "`lease` and `fail_mode` need \"mode\": \"global\"",
+                ));
+            }
+            None
+        }
+        RawLimitMode::Global => {
+            if l.period_s > 86_400 {
+                return Err(bad(
+                    format!("{prefix}period_s"),
+                    "must be within 1..=86400 in global mode (the lease window)",
+                ));
+            }
+            let lease = l.lease.unwrap_or((l.requests / 10).clamp(1, l.requests));
+            if lease == 0 || lease > l.requests {
+                return Err(bad(
+                    format!("{prefix}lease"),
+                    format!("must be within 1..={} (the rule's requests)", l.requests),
+                ));
+            }
+            Some(lease::Policy {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                slots,
+                requests: l.requests,
+                window_s: l.period_s,
+                lease,
+                fail_mode: l.fail_mode.unwrap_or_default(),
+            })
+        }
+    };
     let limit = ratelimit::Limit {
         namespace,
         requests: l.requests,
@@ -1127,11 +1203,18 @@ fn check_limit(
         burst,
         slots,
     };
+    // Global mode: the window holds `requests`, whatever the local fallback's burst.
+    let policy_header = if global.is_some() {
+        format!("\"{name}\";q={};w={}", l.requests, l.period_s)
+    } else {
+        limit.policy_header(&name)
+    };
     Ok(RuleLimit {
-        policy_header: limit.policy_header(&name),
+        policy_header,
         name,
         key,
         limit,
+        global,
     })
 }
 

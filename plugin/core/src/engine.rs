@@ -4,6 +4,7 @@
 //! requests that wait (for a first JWKS, or for an introspection answer). The glue turns
 //! [`Outcome`]s and [`FetchPlan`]s into hostcalls.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -14,6 +15,7 @@ use crate::identity::Identity;
 use crate::introspection::{self, State};
 use crate::jwks::{self, JwksMeta, KeySet, WorkerKeys};
 use crate::jwt::{self, KeySource, VerifyError};
+use crate::lease::{self, KeyHash, LeaseFailMode, Spend};
 use crate::metrics::Metric;
 use crate::ratelimit;
 use crate::reject::{self, Rejection};
@@ -131,6 +133,9 @@ pub enum Outcome {
     /// Another request (of this or another worker) is introspecting this token: hold the
     /// request until the answer is in shared data.
     WaitForIntrospection { hash: TokenHash },
+    /// A globally rate-limited key without a lease: hold the request (see
+    /// [`Worker::hold_lease`]) until the root tick's lease call is answered (or times out).
+    WaitForLease { rule: usize, hash: KeyHash },
 }
 
 /// What a [`FetchPlan`] is for (and where its answer goes).
@@ -142,6 +147,14 @@ pub enum FetchKind {
     Revocations,
     /// An introspection: [`Worker::on_introspection`].
     Introspection { hash: TokenHash },
+    /// A rate-limit lease for `rule`'s key `hash`, sent at `sent_ms` asking for `want`:
+    /// [`Worker::on_lease`].
+    Lease {
+        rule: usize,
+        hash: KeyHash,
+        sent_ms: u64,
+        want: u64,
+    },
 }
 
 /// An HTTP call the glue must dispatch (`dispatch_http_call`).
@@ -190,6 +203,19 @@ pub struct IntroWaiter {
     pub request: Request,
 }
 
+/// A request held until a rate-limit lease is answered.
+#[derive(Debug, Clone)]
+pub struct LeaseWaiter {
+    pub context_id: u32,
+    pub rule: usize,
+    pub hash: KeyHash,
+    pub deadline_ms: u64,
+    pub request: Request,
+}
+
+/// Most keys a worker remembers to ask a lease for at its next tick.
+const MAX_WANTED: usize = 4096;
+
 /// A request held until a first JWKS arrives.
 #[derive(Debug, Clone)]
 pub struct Waiter {
@@ -218,6 +244,10 @@ pub struct Worker {
     pub waiters: Vec<Waiter>,
     /// Requests waiting for an introspection answer.
     pub intro_waiters: Vec<IntroWaiter>,
+    /// Requests waiting for a rate-limit lease.
+    pub lease_waiters: Vec<LeaseWaiter>,
+    /// Keys (rule, hash) whose lease runs low or is missing: the next tick asks for one.
+    wanted: RefCell<Vec<(usize, KeyHash)>>,
     /// This worker's id in shared-data leases and claims (random per VM).
     pub id: u32,
     local: HashMap<cache::TokenHash, LocalEntry>,
@@ -291,6 +321,8 @@ impl Worker {
             cfg,
             waiters: Vec::new(),
             intro_waiters: Vec::new(),
+            lease_waiters: Vec::new(),
+            wanted: RefCell::new(Vec::new()),
             id: random_id(),
             local: HashMap::new(),
             inflight: Vec::new(),
@@ -307,6 +339,9 @@ impl Worker {
         for r in &self.cfg.rules {
             if let Some(l) = &r.rate_limit {
                 ratelimit::init_slots(host, &l.limit);
+                if let Some(g) = &l.global {
+                    lease::init_slots(host, g);
+                }
             }
         }
         if let Some(x) = &self.cfg.introspection {
@@ -336,8 +371,8 @@ impl Worker {
         let token = match token::extract(&self.cfg, req.headers.as_slice(), &req.path) {
             Found::None => {
                 if rules::policy(&self.cfg, rule).allow_anonymous {
-                    return match self.rate_limit(host, rule, None, req) {
-                        Err(r) => Outcome::Reject(r),
+                    return match self.rate_limit(host, rule, None, req, true) {
+                        Err(o) => o,
                         Ok(response_headers) => {
                             host.metric(Metric::AllowedAnonymous, 1);
                             Outcome::Allow {
@@ -460,8 +495,8 @@ impl Worker {
         if let Err(r) = Self::check_policy(host, cfg, policy, identity) {
             return Outcome::Reject(r);
         }
-        match self.rate_limit(host, rule, Some(identity), req) {
-            Err(r) => Outcome::Reject(r),
+        match self.rate_limit(host, rule, Some(identity), req, true) {
+            Err(o) => o,
             Ok(response_headers) => {
                 host.metric(Metric::Allowed, 1);
                 Outcome::Allow {
@@ -511,23 +546,85 @@ impl Worker {
     }
 
     /// Count the request against its rule's rate limit. `Ok(headers)`: allowed, with the
-    /// response headers to add (empty without a limit or with `response_headers: false`).
-    /// A shared-data failure lets the request through (counted, logged).
+    /// response headers to add (empty without a limit or with `response_headers: false`);
+    /// `Err(outcome)`: a 429 (or 503), or, in global mode without a lease and `may_wait`,
+    /// [`Outcome::WaitForLease`]. A shared-data failure lets the request through (counted,
+    /// logged).
     fn rate_limit(
         &self,
         host: &dyn Host,
         rule: Option<usize>,
         identity: Option<&Identity>,
         req: &Request,
-    ) -> Result<Vec<(String, String)>, Rejection> {
-        let Some(rl) = rule
-            .and_then(|i| self.cfg.rules.get(i))
-            .and_then(|r| r.rate_limit.as_ref())
-        else {
+        may_wait: bool,
+    ) -> Result<Vec<(String, String)>, Outcome> {
+        let Some((idx, rl)) = rule.and_then(|i| {
+            self.cfg
+                .rules
+                .get(i)
+                .and_then(|r| r.rate_limit.as_ref())
+                .map(|l| (i, l))
+        }) else {
             return Ok(Vec::new());
         };
         let key = limit_key(&self.cfg, rl, identity, req);
-        match ratelimit::check(host, &rl.limit, &key) {
+        let Some(g) = &rl.global else {
+            return self.local_limit(host, rl, &key);
+        };
+        let hash = lease::key_hash(&key);
+        match lease::spend(host, g, &hash) {
+            Ok(Spend::Allowed {
+                remaining,
+                reset_s,
+                refill,
+            }) => {
+                if refill {
+                    self.want_lease(idx, hash);
+                }
+                Ok(if self.cfg.rate_limit_response_headers {
+                    vec![
+                        ("ratelimit-policy".to_string(), rl.policy_header.clone()),
+                        (
+                            "ratelimit".to_string(),
+                            format!("\"{}\";r={remaining};t={reset_s}", rl.name),
+                        ),
+                    ]
+                } else {
+                    Vec::new()
+                })
+            }
+            Ok(Spend::Exhausted { retry_after_s }) => {
+                host.metric(Metric::RateLimited, 1);
+                Err(Outcome::Reject(reject::rate_limited(
+                    retry_after_s,
+                    &rl.policy_header,
+                    &format!("\"{}\";r=0;t={retry_after_s}", rl.name),
+                )))
+            }
+            Ok(Spend::Wait) if may_wait => {
+                self.want_lease(idx, hash);
+                Err(Outcome::WaitForLease { rule: idx, hash })
+            }
+            Ok(Spend::Wait) | Ok(Spend::Failing) => self.lease_fail_mode(host, rl, g, &key),
+            Err(e) => {
+                host.metric(Metric::RateLimitError, 1);
+                host.log(
+                    Level::Warn,
+                    &format!("tollgate: rate limit {} not counted: {e}", rl.name),
+                );
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// The rule's own GCRA bucket, shared by the workers of this gateway.
+    fn local_limit(
+        &self,
+        host: &dyn Host,
+        rl: &RuleLimit,
+        key: &str,
+    ) -> Result<Vec<(String, String)>, Outcome> {
+        match ratelimit::check(host, &rl.limit, key) {
             Ok(d) if d.allowed => Ok(if self.cfg.rate_limit_response_headers {
                 vec![
                     ("ratelimit-policy".to_string(), rl.policy_header.clone()),
@@ -538,11 +635,11 @@ impl Worker {
             }),
             Ok(d) => {
                 host.metric(Metric::RateLimited, 1);
-                Err(reject::rate_limited(
+                Err(Outcome::Reject(reject::rate_limited(
                     d.retry_after_s,
                     &rl.policy_header,
                     &d.header(&rl.name),
-                ))
+                )))
             }
             Err(e) => {
                 host.metric(Metric::RateLimitError, 1);
@@ -552,6 +649,37 @@ impl Worker {
                 );
                 Ok(Vec::new())
             }
+        }
+    }
+
+    /// Global mode without an answer from the auth server: the rule's `fail_mode`.
+    fn lease_fail_mode(
+        &self,
+        host: &dyn Host,
+        rl: &RuleLimit,
+        g: &lease::Policy,
+        key: &str,
+    ) -> Result<Vec<(String, String)>, Outcome> {
+        host.metric(Metric::RateLimitFallback, 1);
+        match g.fail_mode {
+            LeaseFailMode::Local => self.local_limit(host, rl, key),
+            LeaseFailMode::Open => Ok(Vec::new()),
+            LeaseFailMode::Closed => {
+                host.metric(Metric::Denied("unavailable"), 1);
+                Err(Outcome::Reject(reject::unavailable(
+                    &self.cfg.realm,
+                    "rate limit cannot be checked now, retry later",
+                    "unavailable",
+                )))
+            }
+        }
+    }
+
+    /// Remember to ask for a lease of `rule`'s key `hash` at the next tick.
+    fn want_lease(&self, rule: usize, hash: KeyHash) {
+        let mut w = self.wanted.borrow_mut();
+        if w.len() < MAX_WANTED && !w.iter().any(|(r, h)| *r == rule && *h == hash) {
+            w.push((rule, hash));
         }
     }
 
@@ -699,6 +827,10 @@ impl Worker {
                 .intro_waiters
                 .iter()
                 .any(|w| w.context_id == context_id)
+            || self
+                .lease_waiters
+                .iter()
+                .any(|w| w.context_id == context_id)
     }
 
     /// Forget a held request (its stream ended). An introspection call it dispatched is
@@ -707,6 +839,7 @@ impl Worker {
     pub fn forget(&mut self, host: &dyn Host, context_id: u32) {
         self.waiters.retain(|w| w.context_id != context_id);
         self.intro_waiters.retain(|w| w.context_id != context_id);
+        self.lease_waiters.retain(|w| w.context_id != context_id);
         if let Some(x) = &self.cfg.introspection {
             let now = host.now_ms();
             for (h, _) in self.inflight.iter().filter(|(_, c)| *c == context_id) {
@@ -757,8 +890,8 @@ impl Worker {
             .as_ref()
             .is_some_and(|x| x.fail_mode == FailMode::Open);
         if open && policy.scopes.is_empty() && policy.audiences.is_empty() {
-            return match self.rate_limit(host, rule, None, req) {
-                Err(r) => Outcome::Reject(r),
+            return match self.rate_limit(host, rule, None, req, false) {
+                Err(o) => o,
                 Ok(response_headers) => {
                     host.metric(Metric::AllowedUnverified, 1);
                     Outcome::Allow {
@@ -939,8 +1072,151 @@ impl Worker {
                 self.intro_waiters.push(IntroWaiter { hash, ..w });
                 done.push((ctx, Outcome::Introspect { hash, token }));
             }
+            Outcome::WaitForLease { rule, hash } => {
+                self.hold_lease(host, w.context_id, rule, hash, w.request)
+            }
             o => done.push((w.context_id, o)),
         }
+    }
+
+    /// Re-decide a request that waited for a rate-limit lease. Past its deadline without an
+    /// answer, the key counts as failing (the rule's `fail_mode` decides).
+    fn decide_lease_waiter(
+        &mut self,
+        host: &dyn Host,
+        w: LeaseWaiter,
+        now_ms: u64,
+        done: &mut Vec<(u32, Outcome)>,
+    ) {
+        let outcome = match self.on_request(host, &w.request) {
+            Outcome::WaitForLease { rule, hash } if now_ms < w.deadline_ms => {
+                self.lease_waiters.push(LeaseWaiter { rule, hash, ..w });
+                return;
+            }
+            Outcome::WaitForLease { rule, hash } => {
+                if let Some(g) = self.global_policy(rule) {
+                    lease::on_failure(host, g, &hash);
+                }
+                host.log(
+                    Level::Warn,
+                    "tollgate: no rate-limit lease answer in time; following the rule's fail_mode",
+                );
+                match self.on_request(host, &w.request) {
+                    Outcome::WaitForLease { .. } => {
+                        host.metric(Metric::Denied("unavailable"), 1);
+                        Outcome::Reject(reject::unavailable(
+                            &self.cfg.realm,
+                            "rate limit cannot be checked now, retry later",
+                            "unavailable",
+                        ))
+                    }
+                    o => o,
+                }
+            }
+            o => o,
+        };
+        let ctx = w.context_id;
+        match outcome {
+            Outcome::WaitForJwks { issuer } => self.hold(host, ctx, issuer, w.request),
+            Outcome::WaitForIntrospection { hash } => {
+                self.hold_introspection(host, ctx, hash, w.request)
+            }
+            Outcome::Introspect { hash, token } => {
+                self.hold_introspection(host, ctx, hash, w.request);
+                done.push((ctx, Outcome::Introspect { hash, token }));
+            }
+            Outcome::WaitForLease { rule, hash } => {
+                self.hold_lease(host, ctx, rule, hash, w.request)
+            }
+            o => done.push((ctx, o)),
+        }
+    }
+
+    fn global_policy(&self, rule: usize) -> Option<&lease::Policy> {
+        self.cfg
+            .rules
+            .get(rule)
+            .and_then(|r| r.rate_limit.as_ref())
+            .and_then(|l| l.global.as_ref())
+    }
+
+    /// Hold a request until a lease of its key is answered (see [`Worker::on_lease`]) or
+    /// the call's timeout (plus two ticks) has passed.
+    pub fn hold_lease(
+        &mut self,
+        host: &dyn Host,
+        context_id: u32,
+        rule: usize,
+        hash: KeyHash,
+        request: Request,
+    ) {
+        let wait =
+            self.cfg.auth_server.as_ref().map_or(0, |a| a.timeout_ms) + 2 * self.cfg.tick_ms + 500;
+        self.lease_waiters.retain(|w| w.context_id != context_id);
+        self.lease_waiters.push(LeaseWaiter {
+            context_id,
+            rule,
+            hash,
+            deadline_ms: host.now_ms().saturating_add(wait),
+            request,
+        });
+    }
+
+    /// Decide this worker's requests that wait for a lease (the answer is in shared data,
+    /// or their wait is over).
+    fn resolve_lease_waiters(&mut self, host: &dyn Host, done: &mut Vec<(u32, Outcome)>) {
+        if self.lease_waiters.is_empty() {
+            return;
+        }
+        let now = host.now_ms();
+        for w in std::mem::take(&mut self.lease_waiters) {
+            self.decide_lease_waiter(host, w, now, done);
+        }
+    }
+
+    /// The answer to a lease call (`Ok((status, body))`, or `Err(reason)` without an HTTP
+    /// answer, or when it could not be dispatched): stored in the key's lease record (a
+    /// failure makes the key follow `fail_mode` for a second; the call is not retried
+    /// before), then this worker's waiting requests are decided.
+    pub fn on_lease(
+        &mut self,
+        host: &dyn Host,
+        kind: FetchKind,
+        result: Result<(u16, Vec<u8>), String>,
+    ) -> Vec<(u32, Outcome)> {
+        let FetchKind::Lease {
+            rule,
+            hash,
+            sent_ms,
+            want,
+        } = kind
+        else {
+            return Vec::new();
+        };
+        if let Some(g) = self.global_policy(rule) {
+            let answer = match result {
+                Ok((200, body)) => lease::parse_answer(&body),
+                Ok((status, _)) => Err(format!("HTTP status {status}")),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(a) => lease::on_answer(host, g, &hash, sent_ms, want, &a),
+                Err(e) => {
+                    host.metric(Metric::RateLimitLeaseFailed, 1);
+                    host.log(
+                        Level::Warn,
+                        &format!(
+                            "tollgate: rate-limit lease for {} failed: {e}; fail_mode {:?}",
+                            g.name, g.fail_mode
+                        ),
+                    );
+                    lease::on_failure(host, g, &hash);
+                }
+            }
+        }
+        let mut done = Vec::new();
+        self.resolve_lease_waiters(host, &mut done);
+        done
     }
 
     /// Decide held requests whose JWKS is now loaded, whose introspection answer is in
@@ -948,6 +1224,7 @@ impl Worker {
     /// whose wait is over.
     pub fn resolve_waiters(&mut self, host: &dyn Host) -> Vec<(u32, Outcome)> {
         let mut done = Vec::new();
+        self.resolve_lease_waiters(host, &mut done);
         let now = host.now_ms();
         if !self.intro_waiters.is_empty() {
             // Waiters whose call is in flight on this worker are decided by its answer.
@@ -977,6 +1254,9 @@ impl Worker {
                         let ctx = w.context_id;
                         self.hold_introspection(host, ctx, hash, w.request);
                         done.push((ctx, Outcome::Introspect { hash, token }));
+                    }
+                    Outcome::WaitForLease { rule, hash } => {
+                        self.hold_lease(host, w.context_id, rule, hash, w.request)
                     }
                     o => done.push((w.context_id, o)),
                 }
@@ -1045,6 +1325,7 @@ impl Worker {
                 });
             }
         }
+        self.lease_plans(host, now, &mut plans);
         for (idx, iss) in self.cfg.issuers.iter().enumerate() {
             let key = jwks::meta_key(iss);
             let (val, cas) = host.shared_get(&key);
@@ -1070,6 +1351,52 @@ impl Worker {
             }
         }
         plans
+    }
+
+    /// Lease calls due for the keys requests asked for (claimed in shared data: at most one
+    /// in flight per key and gateway).
+    fn lease_plans(&self, host: &dyn Host, now: u64, plans: &mut Vec<FetchPlan>) {
+        let wanted = std::mem::take(&mut *self.wanted.borrow_mut());
+        let Some(a) = &self.cfg.auth_server else {
+            return;
+        };
+        for (rule, hash) in wanted {
+            let Some(g) = self.global_policy(rule) else {
+                continue;
+            };
+            let Some(want) = lease::claim(host, g, &hash, a.timeout_ms) else {
+                continue;
+            };
+            host.metric(Metric::RateLimitLease, 1);
+            let body = format!(
+                "key={}&limit={}&window_s={}&want={want}",
+                crate::config::form_encode(&lease::wire_key(g, &hash)),
+                g.requests,
+                g.window_s
+            );
+            plans.push(FetchPlan {
+                kind: FetchKind::Lease {
+                    rule,
+                    hash,
+                    sent_ms: now,
+                    want,
+                },
+                cluster: a.cluster.clone(),
+                method: "POST",
+                path: self.cfg.lease_path.clone(),
+                authority: a.authority.clone(),
+                headers: vec![
+                    ("authorization".into(), a.basic.clone()),
+                    (
+                        "content-type".into(),
+                        "application/x-www-form-urlencoded".into(),
+                    ),
+                    ("accept".into(), "application/json".into()),
+                ],
+                body: Some(body.into_bytes()),
+                timeout_ms: a.timeout_ms,
+            });
+        }
     }
 
     /// The answer to a revocation-feed poll: `Ok((status, body))`, or `Err(reason)` when

@@ -5,7 +5,7 @@
 //! ([`jwt`]), JWK Sets ([`jwks`]), rules ([`rules`]), RFC 6750 rejections ([`reject`]),
 //! identity headers ([`identity`]), the shared verified-token cache ([`cache`]), revocation
 //! at the edge ([`revocation`]), opaque-token introspection ([`introspection`]), shared rate
-//! limits ([`ratelimit`]) and the request / timer flow ([`engine`]). The `tollgate-filter` crate only maps this onto
+//! limits ([`ratelimit`]), global rate limits by quota leases ([`lease`]) and the request / timer flow ([`engine`]). The `tollgate-filter` crate only maps this onto
 //! proxy-wasm hostcalls. See `docs/filter.md`.
 
 pub mod cache;
@@ -17,6 +17,7 @@ pub mod identity;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
+pub mod lease;
 pub mod metrics;
 pub mod ratelimit;
 pub mod reject;

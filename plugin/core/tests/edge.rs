@@ -91,7 +91,7 @@ fn worker(host: &MemoryHost, key: &TestKey, extra: Value) -> Worker {
         match p.kind {
             FetchKind::Jwks { issuer } => w.on_fetch(host, issuer, Ok((200, jwks(&[(key, "k1")])))),
             FetchKind::Revocations => w.on_revocations(host, Ok((200, feed("1", true, &[])))),
-            FetchKind::Introspection { .. } => unreachable!(),
+            FetchKind::Introspection { .. } | FetchKind::Lease { .. } => unreachable!(),
         }
     }
     w
@@ -570,4 +570,311 @@ fn a_waiter_takes_over_when_the_caller_goes_away() {
     let done = w.on_introspection(&host, h, Ok((200, active("svc", Some("j")))));
     assert_eq!(done.len(), 1);
     assert_eq!(status(&done[0].1), 200);
+}
+
+/// The auth server's lease endpoint, as `docs/contracts.md` specifies it (one fixed window
+/// per key, `granted = min(want, limit - used)`), for driving workers without the network.
+/// The real endpoint is exercised by `tests/e2e/test_edge_global_ratelimit.py`.
+struct LeaseServer {
+    used: u64,
+    window_end_ms: u64,
+    calls: u32,
+}
+
+impl LeaseServer {
+    fn answer(&mut self, now_ms: u64, plan: &FetchPlan) -> Vec<u8> {
+        self.calls += 1;
+        let body = String::from_utf8(plan.body.clone().unwrap()).unwrap();
+        let field = |k: &str| -> u64 {
+            body.split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let (limit, window_s, want) = (field("limit"), field("window_s"), field("want"));
+        if now_ms >= self.window_end_ms {
+            self.used = 0;
+            self.window_end_ms = now_ms + window_s * 1000;
+        }
+        let granted = want.min(limit - self.used);
+        self.used += granted;
+        let reset_ms = self.window_end_ms - now_ms;
+        serde_json::to_vec(
+            &json!({"granted": granted, "used": self.used, "limit": limit,
+                                   "reset_s": reset_ms.div_ceil(1000), "reset_ms": reset_ms}),
+        )
+        .unwrap()
+    }
+}
+
+/// One request through a worker as the glue does it: held while its key has no lease, the
+/// worker's ticks dispatch the lease calls (answered by `server`, or failing), and the
+/// answer decides it.
+fn drive(
+    host: &MemoryHost,
+    w: &mut Worker,
+    ctx: u32,
+    r: &Request,
+    server: &mut Option<&mut LeaseServer>,
+) -> Outcome {
+    match w.on_request(host, r) {
+        Outcome::WaitForLease { rule, hash } => {
+            w.hold_lease(host, ctx, rule, hash, r.clone());
+            for _ in 0..40 {
+                let mut decided = Vec::new();
+                for p in w.tick(host) {
+                    if matches!(p.kind, FetchKind::Lease { .. }) {
+                        let res = match server.as_deref_mut() {
+                            Some(s) => Ok((200, s.answer(host.now_ms.get(), &p))),
+                            None => Err("no answer (timeout or connection failure)".into()),
+                        };
+                        decided.extend(w.on_lease(host, p.kind, res));
+                    }
+                }
+                decided.extend(w.resolve_waiters(host));
+                if let Some((_, o)) = decided.into_iter().find(|(c, _)| *c == ctx) {
+                    return o;
+                }
+                host.advance_ms(100);
+            }
+            panic!("request {ctx} never decided");
+        }
+        o => {
+            // Prefetch: the tick asks for the next lease in the background.
+            for p in w.tick(host) {
+                if matches!(p.kind, FetchKind::Lease { .. }) {
+                    if let Some(s) = server.as_deref_mut() {
+                        let body = s.answer(host.now_ms.get(), &p);
+                        assert!(w.on_lease(host, p.kind, Ok((200, body))).is_empty());
+                    }
+                }
+            }
+            o
+        }
+    }
+}
+
+fn global_rules(extra: Value) -> Value {
+    let mut rl = json!({"requests": 20, "period_s": 60, "key": "client_id", "mode": "global"});
+    for (k, v) in extra.as_object().unwrap() {
+        rl[k] = v.clone();
+    }
+    json!({"rules": [{"name": "limited", "path_prefix": "/l", "rate_limit": rl}]})
+}
+
+#[test]
+fn global_rate_limit_two_gateways_keep_one_limit() {
+    let key = TestKey::es256(3);
+    // Two gateways (shared data each) with two workers each, one auth server.
+    let (ga, gb) = (MemoryHost::new(NOW * 1000), MemoryHost::new(NOW * 1000));
+    let extra = global_rules(json!({}));
+    let mut workers = [
+        (&ga, worker(&ga, &key, extra.clone())),
+        (&gb, worker(&gb, &key, extra.clone())),
+        (&ga, worker(&ga, &key, extra.clone())),
+        (&gb, worker(&gb, &key, extra)),
+    ];
+    let t = token(&key, "k1", &claims("a", ""));
+    let mut server = LeaseServer {
+        used: 0,
+        window_end_ms: 0,
+        calls: 0,
+    };
+    let mut codes = Vec::new();
+    let mut last = None;
+    for i in 0..40u32 {
+        let (h, w) = &mut workers[i as usize % 4];
+        let o = drive(
+            h,
+            w,
+            i + 1,
+            &req("/l/x", Some(&t), &[]),
+            &mut Some(&mut server),
+        );
+        if i == 0 {
+            assert_eq!(
+                reject_header(&o, "ratelimit-policy"),
+                Some("\"limited\";q=20;w=60")
+            );
+            assert!(reject_header(&o, "ratelimit")
+                .unwrap()
+                .starts_with("\"limited\";r=19;t="));
+        }
+        codes.push(status(&o));
+        last = Some(o);
+    }
+    let ok = codes.iter().filter(|c| **c == 200).count() as u64;
+    // Default lease: clamp(20 / 10, 1, 20) = 2 per gateway.
+    assert!((20 - 2 * 2..=20).contains(&ok), "{ok} allowed: {codes:?}");
+    assert!(
+        codes[codes.len() - 4..].iter().all(|c| *c == 429),
+        "{codes:?}"
+    );
+    let denied = last.unwrap();
+    let retry: u64 = reject_header(&denied, "retry-after")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    assert_eq!(
+        reject_header(&denied, "ratelimit"),
+        Some(format!("\"limited\";r=0;t={retry}").as_str())
+    );
+    assert_eq!(body(&denied)["error"], "rate_limited");
+    // Exhausted keys cost the auth server nothing more.
+    let calls = server.calls;
+    for i in 0..8u32 {
+        let (h, w) = &mut workers[i as usize % 4];
+        let o = drive(
+            h,
+            w,
+            100 + i,
+            &req("/l/x", Some(&t), &[]),
+            &mut Some(&mut server),
+        );
+        assert_eq!(status(&o), 429);
+    }
+    assert_eq!(server.calls, calls);
+    // The next window: new leases.
+    ga.advance_ms(61_000);
+    gb.advance_ms(61_000);
+    let (h, w) = &mut workers[0];
+    let o = drive(
+        h,
+        w,
+        200,
+        &req("/l/x", Some(&t), &[]),
+        &mut Some(&mut server),
+    );
+    assert_eq!(status(&o), 200);
+}
+
+#[test]
+fn global_rate_limit_lease_call_is_a_form_post_with_the_gateway_credentials() {
+    let key = TestKey::es256(3);
+    let (host, mut w) = loaded(&key, global_rules(json!({"lease": 5})));
+    let t = token(&key, "k1", &claims("a", ""));
+    let Outcome::WaitForLease { rule, hash } = w.on_request(&host, &req("/l/x", Some(&t), &[]))
+    else {
+        panic!("no lease yet: the request waits");
+    };
+    w.hold_lease(&host, 9, rule, hash, req("/l/x", Some(&t), &[]));
+    assert!(w.is_held(9));
+    let plans: Vec<FetchPlan> = w
+        .tick(&host)
+        .into_iter()
+        .filter(|p| matches!(p.kind, FetchKind::Lease { .. }))
+        .collect();
+    assert_eq!(plans.len(), 1);
+    let p = &plans[0];
+    assert_eq!(
+        (p.method, p.path.as_str()),
+        ("POST", "/edge/ratelimit/lease")
+    );
+    assert!(p
+        .headers
+        .iter()
+        .any(|(k, v)| k == "authorization" && v.starts_with("Basic ")));
+    let body = String::from_utf8(p.body.clone().unwrap()).unwrap();
+    let client_key = hex(&tollgate_edge_core::lease::key_hash("a"));
+    assert_eq!(
+        body,
+        format!("key=limited%3A{client_key}&limit=20&window_s=60&want=5")
+    );
+    // One call in flight per key and gateway.
+    let mut w2 = worker(&host, &key, global_rules(json!({"lease": 5})));
+    assert!(matches!(
+        w2.on_request(&host, &req("/l/x", Some(&t), &[])),
+        Outcome::WaitForLease { .. }
+    ));
+    assert!(!w2
+        .tick(&host)
+        .iter()
+        .any(|p| matches!(p.kind, FetchKind::Lease { .. })));
+    // The stream went away: forgotten.
+    w.forget(&host, 9);
+    assert!(!w.is_held(9));
+}
+
+#[test]
+fn global_rate_limit_fail_modes() {
+    let key = TestKey::es256(3);
+    let t = token(&key, "k1", &claims("a", ""));
+    for (mode, want) in [
+        ("local", vec![200, 200, 429]),
+        ("open", vec![200, 200, 200]),
+        ("closed", vec![503, 503, 503]),
+    ] {
+        let (host, mut w) = loaded(
+            &key,
+            global_rules(json!({"requests": 2, "lease": 1, "fail_mode": mode})),
+        );
+        let codes: Vec<u16> = (0..3)
+            .map(|i| {
+                status(&drive(
+                    &host,
+                    &mut w,
+                    i + 1,
+                    &req("/l/x", Some(&t), &[]),
+                    &mut None,
+                ))
+            })
+            .collect();
+        assert_eq!(codes, want, "fail_mode {mode}");
+        assert!(host.metric_value(Metric::RateLimitLeaseFailed) >= 1);
+        assert!(host.metric_value(Metric::RateLimitFallback) >= 3);
+    }
+    // No answer at all within the wait (call lost): the waiter follows the fail mode too.
+    let (host, mut w) = loaded(&key, global_rules(json!({"fail_mode": "closed"})));
+    let Outcome::WaitForLease { rule, hash } = w.on_request(&host, &req("/l/x", Some(&t), &[]))
+    else {
+        panic!("waits");
+    };
+    w.hold_lease(&host, 4, rule, hash, req("/l/x", Some(&t), &[]));
+    assert_eq!(
+        w.tick(&host)
+            .iter()
+            .filter(|p| matches!(p.kind, FetchKind::Lease { .. }))
+            .count(),
+        1
+    );
+    host.advance_ms(1000 + 2 * 200 + 500);
+    let decided = w.resolve_waiters(&host);
+    assert_eq!(decided.len(), 1);
+    assert_eq!(status(&decided[0].1), 503);
+}
+
+#[test]
+fn global_rate_limit_config() {
+    let c = config(edge_extra(global_rules(json!({"requests": 1000}))));
+    let g = c.rules[0]
+        .rate_limit
+        .as_ref()
+        .unwrap()
+        .global
+        .clone()
+        .unwrap();
+    assert_eq!((g.lease, g.window_s, g.requests), (100, 60, 1000));
+    let err = |v: Value| match Config::from_json(&config_json(v)) {
+        Err(ConfigError::Invalid { field, .. }) => field,
+        o => panic!("{o:?}"),
+    };
+    assert_eq!(err(global_rules(json!({}))), "rules[0].rate_limit.mode");
+    assert_eq!(
+        err(edge_extra(global_rules(json!({"lease": 21})))),
+        "rules[0].rate_limit.lease"
+    );
+    assert_eq!(
+        err(edge_extra(global_rules(json!({"period_s": 86401})))),
+        "rules[0].rate_limit.period_s"
+    );
+    assert_eq!(
+        err(edge_extra(global_rules(
+            json!({"mode": "local", "lease": 2})
+        ))),
+        "rules[0].rate_limit.mode"
+    );
+    let bad_mode = edge_extra(global_rules(json!({"fail_mode": "maybe"})));
+    assert!(Config::from_json(&config_json(bad_mode)).is_err());
 }

@@ -46,7 +46,8 @@ fn status(o: &Outcome) -> u16 {
         Outcome::Reject(r) => r.status,
         Outcome::WaitForJwks { .. }
         | Outcome::Introspect { .. }
-        | Outcome::WaitForIntrospection { .. } => 0,
+        | Outcome::WaitForIntrospection { .. }
+        | Outcome::WaitForLease { .. } => 0,
     }
 }
 

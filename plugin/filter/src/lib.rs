@@ -8,7 +8,8 @@
 //! - applies [`Outcome`]s to HTTP streams (remove spoofed headers, set identity headers,
 //!   rate-limit response headers, local replies, holding a request while no JWKS was ever
 //!   loaded or while its opaque token is introspected — the call is dispatched from the
-//!   stream, and its answer decides every request of the worker waiting for that token).
+//!   stream, and its answer decides every request of the worker waiting for that token —
+//!   or while a globally rate-limited key has no lease yet: the root tick asks for it).
 //!
 //! Nothing here may panic: a panic aborts the Wasm VM and with it every request of the worker.
 
@@ -31,6 +32,8 @@ const MAX_JWKS_BYTES: usize = 256 * 1024;
 const MAX_FEED_BYTES: usize = 16 * 1024 * 1024;
 /// Largest introspection answer read (bytes).
 const MAX_INTROSPECTION_BYTES: usize = 64 * 1024;
+/// Largest rate-limit lease answer read (bytes).
+const MAX_LEASE_BYTES: usize = 4 * 1024;
 
 /// [`Host`] over proxy-wasm hostcalls.
 #[derive(Default)]
@@ -119,6 +122,7 @@ fn max_answer_bytes(kind: &FetchKind) -> usize {
         FetchKind::Jwks { .. } => MAX_JWKS_BYTES,
         FetchKind::Revocations => MAX_FEED_BYTES,
         FetchKind::Introspection { .. } => MAX_INTROSPECTION_BYTES,
+        FetchKind::Lease { .. } => MAX_LEASE_BYTES,
     }
 }
 
@@ -238,6 +242,7 @@ fn on_call_answer(
                 Vec::new()
             }
             FetchKind::Introspection { hash } => w.on_introspection(&s.host, hash, result),
+            FetchKind::Lease { .. } => w.on_lease(&s.host, kind, result),
         }
     };
     apply_decided(shared, decided, home, dispatcher);
@@ -279,6 +284,7 @@ impl TollgateRoot {
                 None => return,
             }
         };
+        let mut decided = Vec::new();
         for p in plans {
             match dispatch_plan(&p) {
                 Ok(token) => register_call(token, p.kind, 0),
@@ -290,11 +296,15 @@ impl TollgateRoot {
                             FetchKind::Jwks { issuer } => w.on_fetch(&s.host, issuer, Err(e)),
                             FetchKind::Revocations => w.on_revocations(&s.host, Err(e)),
                             FetchKind::Introspection { .. } => {}
+                            FetchKind::Lease { .. } => {
+                                decided.extend(w.on_lease(&s.host, p.kind, Err(e)))
+                            }
                         }
                     }
                 }
             }
         }
+        apply_decided(&self.shared, decided, self.context_id, 0);
     }
 }
 
@@ -385,7 +395,8 @@ pub fn apply_outcome(ops: &mut dyn StreamOps, outcome: &Outcome, resume: bool) {
         Outcome::Reject(r) => ops.send_response(r.status, &r.headers, r.body.as_bytes()),
         Outcome::WaitForJwks { .. }
         | Outcome::Introspect { .. }
-        | Outcome::WaitForIntrospection { .. } => {}
+        | Outcome::WaitForIntrospection { .. }
+        | Outcome::WaitForLease { .. } => {}
     }
 }
 
@@ -414,6 +425,11 @@ pub fn handle_request_headers(
         }
         Outcome::WaitForIntrospection { hash } => {
             worker.hold_introspection(host, context_id, hash, req);
+            Action::Pause
+        }
+        Outcome::WaitForLease { rule, hash } => {
+            // The root tick asks for the lease; its answer (or timeout) resumes the stream.
+            worker.hold_lease(host, context_id, rule, hash, req);
             Action::Pause
         }
         Outcome::Introspect { hash, token } => {
@@ -496,6 +512,7 @@ impl RootContext for TollgateRoot {
                     // Requests held under the previous configuration are decided by the new one.
                     worker.waiters = old.waiters;
                     worker.intro_waiters = old.intro_waiters;
+                    worker.lease_waiters = old.lease_waiters;
                     worker.id = old.id;
                 }
                 s.worker = Some(worker);
@@ -820,6 +837,67 @@ mod tests {
         assert_eq!(rec.calls.last().map(String::as_str), Some("resume"));
         assert!(rec.calls.contains(&"set x-tollgate-sub=alice".to_string()));
         assert!(!w.is_held(9));
+    }
+
+    #[test]
+    fn globally_limited_request_is_held_until_the_lease_answer() {
+        let sk = p256::ecdsa::SigningKey::from_bytes((&[5u8; 32]).into()).unwrap();
+        let p = sk.verifying_key().to_encoded_point(false);
+        let cfg = Config::from_json(
+            json!({"issuers": [{"issuer": "https://i", "audiences": ["a"],
+                                "jwks": {"cluster": "auth"}}],
+                   "auth_server": {"cluster": "auth", "client_id": "gw", "client_secret": "s3cret"},
+                   "rules": [{"name": "g", "path_prefix": "/g",
+                              "rate_limit": {"requests": 10, "period_s": 60, "key": "sub",
+                                             "mode": "global"}}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let host = MemoryHost::new(NOW * 1000);
+        let mut w = Worker::new(cfg);
+        w.init_shared(&host);
+        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k",
+            "x": b64(p.x().unwrap()), "y": b64(p.y().unwrap())}]});
+        w.tick(&host);
+        w.on_fetch(&host, 0, Ok((200, jwks.to_string().into_bytes())));
+        let t = token(&sk, "read");
+        let mut rec = Recorder::default();
+        let action = handle_request_headers(
+            &mut w,
+            &host,
+            &mut rec,
+            5,
+            headers("/g", Some(&t)),
+            String::new(),
+        );
+        assert_eq!(action, Action::Pause);
+        assert_eq!(
+            rec.calls,
+            vec!["remove x-tollgate-sub"],
+            "no reply, no call from the stream"
+        );
+        assert!(w.is_held(5));
+        // The root tick asks; the answer resumes the stream with the rate-limit headers.
+        let plan = w
+            .tick(&host)
+            .into_iter()
+            .find(|p| matches!(p.kind, FetchKind::Lease { .. }))
+            .unwrap();
+        let body = br#"{"granted":1,"used":1,"limit":10,"reset_s":60,"reset_ms":60000}"#;
+        let decided = w.on_lease(&host, plan.kind, Ok((200, body.to_vec())));
+        assert_eq!(decided.len(), 1);
+        assert_eq!(decided[0].0, 5);
+        let mut rec = Recorder::default();
+        apply_outcome(&mut rec, &decided[0].1, true);
+        assert_eq!(rec.calls.last().map(String::as_str), Some("resume"));
+        assert!(
+            rec.calls
+                .contains(&"later ratelimit=\"g\";r=9;t=60".to_string()),
+            "{:?}",
+            rec.calls
+        );
+        assert!(!w.is_held(5));
     }
 
     fn opaque_setup() -> (MemoryHost, Worker) {
