@@ -147,6 +147,6 @@ bench-authserver: deps-apt venv $(VENV)/.bench-stamp build-authserver $(PEER_DIR
 	cd $(BENCH_DIR) && $(PY) bench_authserver.py
 	cd $(BENCH_DIR) && $(PY) report.py
 
-bench-gateway: deps-apt venv $(VENV)/.bench-stamp build-authserver build-filter ## Envoy: no auth vs native jwt_authn vs Tollgate filter
+bench-gateway: deps-apt venv $(VENV)/.bench-stamp build-authserver build-filter ## Envoy: no auth vs native jwt_authn vs Tollgate filter; rate limits, opaque tokens, revocation propagation
 	cd $(BENCH_DIR) && $(PY) bench_gateway.py
 	cd $(BENCH_DIR) && $(PY) report.py

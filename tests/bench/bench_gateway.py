@@ -10,6 +10,9 @@ for each scenario (an idle Envoy costs nothing). Scenarios:
 - distinct tokens: a stream of tokens minted beforehand by the auth server, each sent once
   per pass over the list; the measurement is short enough that (nearly) every request
   carries a token the gateway has not seen: the number of passes is reported.
+
+Then the edge scenarios of bench_edge.py (rate-limited routes vs native local_ratelimit,
+opaque tokens vs the native JWT path, revocation propagation), unless BENCH_EDGE=0.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 import requests
 
+import bench_edge
 import common
 from bench_authserver import authserver_bin, jose_header
 from common import BenchError, Processes, Settings
@@ -67,6 +71,7 @@ class AuthServer:
         self.port = common.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         admin = secrets.token_urlsafe(32)
+        self.admin = admin
         env = {
             "TOLLGATE_STORE": "memory",
             "TOLLGATE_LISTEN": f"127.0.0.1:{self.port}",
@@ -97,16 +102,38 @@ class AuthServer:
             raise BenchError(f"register: {r.status_code} {r.text[:300]}")
         self.client = (r.json()["client_id"], r.json()["client_secret"])
 
-    def token(self) -> str:
-        r = requests.post(f"{self.base}/oauth2/token", timeout=5,
-                          data={"grant_type": "client_credentials", "scope": SCOPE},
-                          headers={"Authorization": common.basic_auth(*self.client)})
+    def register(self, name: str, scope: str, **extra: Any) -> tuple[str, str]:
+        """One more client (RFC 7591 with the admin token): (client_id, client_secret)."""
+        r = requests.post(f"{self.base}/oauth2/register", timeout=5,
+                          headers={"Authorization": f"Bearer {self.admin}"},
+                          json={"client_name": name, "grant_types": ["client_credentials"],
+                                "token_endpoint_auth_method": "client_secret_basic",
+                                "scope": scope, **extra})
+        if r.status_code not in (200, 201):
+            raise BenchError(f"register {name}: {r.status_code} {r.text[:300]}")
+        return r.json()["client_id"], r.json()["client_secret"]
+
+    def revoke(self, token: str, client: tuple[str, str] | None = None,
+               session: requests.Session | None = None) -> None:
+        """RFC 7009 revocation by the client the token was issued to."""
+        r = (session or requests).post(
+            f"{self.base}/oauth2/revoke", timeout=5, data={"token": token},
+            headers={"Authorization": common.basic_auth(*(client or self.client))})
+        if r.status_code != 200:
+            raise BenchError(f"revoke: {r.status_code} {r.text[:300]}")
+
+    def token(self, client: tuple[str, str] | None = None,
+              session: requests.Session | None = None) -> str:
+        r = (session or requests).post(
+            f"{self.base}/oauth2/token", timeout=5,
+            data={"grant_type": "client_credentials", "scope": SCOPE},
+            headers={"Authorization": common.basic_auth(*(client or self.client))})
         if r.status_code != 200:
             raise BenchError(f"token: {r.status_code} {r.text[:300]}")
         return r.json()["access_token"]
 
     def mint(self, settings: Settings, workdir: Path, count: int,
-             max_seconds: float) -> list[str]:
+             max_seconds: float, client: tuple[str, str] | None = None) -> list[str]:
         """Mint `count` distinct tokens with wrk (mint_tokens.lua), bounded in time."""
         tokens: set[str] = set()
         deadline = time.monotonic() + max_seconds
@@ -117,7 +144,7 @@ class AuthServer:
             common.run_wrk(settings, self.base, "mint_tokens.lua", {
                 "BENCH_PATH": "/oauth2/token",
                 "BENCH_BODY": f"grant_type=client_credentials&scope={SCOPE.replace(':', '%3A')}",
-                "BENCH_AUTH": common.basic_auth(*self.client),
+                "BENCH_AUTH": common.basic_auth(*(client or self.client)),
                 "BENCH_MINT_PREFIX": str(prefix)}, duration=3, threads=2)
             for part in workdir.glob(f"mint{round_no}.*"):
                 tokens.update(t for t in part.read_text().split("\n") if t)
@@ -127,14 +154,16 @@ class AuthServer:
 
 # ------------------------------------------------------------------ gateways
 
-def render_config(kind: str, values: dict[str, Any], workdir: Path) -> Path:
-    template = string.Template((ENVOY_DIR / f"{kind}.yaml").read_text())
+def render_config(kind: str, values: dict[str, Any], workdir: Path,
+                  template_name: str | None = None) -> Path:
+    template = string.Template((ENVOY_DIR / f"{template_name or kind}.yaml").read_text())
     path = workdir / f"envoy-{kind}.yaml"
     path.write_text(template.substitute(values))
     return path
 
 
-def tollgate_filter_config(auth: AuthServer, audience: str) -> str:
+def tollgate_filter_config(auth: AuthServer, audience: str,
+                           extra: dict[str, Any] | None = None) -> str:
     cfg = {
         "issuers": [{
             "issuer": auth.issuer,
@@ -146,6 +175,7 @@ def tollgate_filter_config(auth: AuthServer, audience: str) -> str:
         }],
         "cache": {"slots": CACHE_SIZE},
         "default_rule": {"allow_anonymous": False},
+        **(extra or {}),
     }
     text = json.dumps(cfg, separators=(",", ":"))
     if "'" in text:
@@ -155,18 +185,25 @@ def tollgate_filter_config(auth: AuthServer, audience: str) -> str:
 
 def start_gateway(kind: str, procs: Processes, settings: Settings, workdir: Path,
                   auth: AuthServer, audience: str, token: str, tokens_file: Path,
-                  concurrency: int) -> tuple[str, int]:
+                  concurrency: int, filter_config: str | None = None) -> tuple[str, int]:
     """Start one Envoy, check it accepts and rejects what it should; return its URL."""
     listen, admin = common.free_port(), common.free_port()
     values: dict[str, Any] = {
         "listen_port": listen, "admin_port": admin, "auth_port": auth.port,
         "issuer": auth.issuer, "audience": audience, "jwks_uri": auth.jwks_uri,
         "cache_size": CACHE_SIZE,
+        **bench_edge.native_limits(),
     }
+    template = None
     if kind == "tollgate":
         values["wasm"] = str(filter_wasm())
-        values["filter_config"] = tollgate_filter_config(auth, audience)
-    config = render_config(kind, values, workdir)
+        values["filter_config"] = tollgate_filter_config(
+            auth, audience, {"rules": bench_edge.tollgate_rate_limit_rules()})
+    elif filter_config is not None:  # another Tollgate configuration (bench_edge.py)
+        values["wasm"] = str(filter_wasm())
+        values["filter_config"] = filter_config
+        template = "tollgate"
+    config = render_config(kind, values, workdir, template)
     proc = procs.start(f"envoy-{kind}", settings.server_prefix() + [
         envoy_bin(), "-c", str(config), "--concurrency", str(concurrency),
         "--disable-hot-restart", "-l", "warning"])
@@ -260,6 +297,7 @@ def main() -> int:
     workdir = common.new_workdir("gateway")
     procs = Processes(workdir)
     gateways: dict[str, Any] = {}
+    edge: dict[str, Any] | None = None
     try:
         machine = common.machine_info({"envoy": [envoy_bin(), "--version"]})
         machine["versions"]["envoy"] = machine["versions"]["envoy"].split("version: ")[-1]
@@ -321,6 +359,11 @@ def main() -> int:
             res["passes"] = round(res["requests"] / max(len(minted) - 3, 1), 2)
             res["filter_stats_after"] = filter_stats(admin)
             gateways[kind]["distinct"] = res
+        if {"native", "tollgate"} <= set(urls) and common.env_int("BENCH_EDGE", 1):
+            edge = bench_edge.run(sys.modules[__name__], settings, procs, workdir, auth,
+                                  audience, token, tokens_file, len(minted), concurrency,
+                                  urls, filter_stats,
+                                  gateways["native"]["distinct"]["requests"])
     except BenchError as exc:
         print(f"bench-gateway failed: {exc}\n(logs in {workdir})", file=sys.stderr)
         return 1
@@ -328,7 +371,8 @@ def main() -> int:
         procs.close()
         # The tokens die with the in-memory keys of the stopped auth server; delete them
         # anyway rather than leave bearer tokens lying around.
-        for leftover in (*workdir.glob("token*.txt"), *workdir.glob("mint*")):
+        for leftover in (*workdir.glob("token*.txt"), *workdir.glob("mint*"),
+                         workdir / "envoy-edge.yaml"):
             leftover.unlink(missing_ok=True)
 
     def rps(gw: str, sc: str) -> float | None:
@@ -350,6 +394,7 @@ def main() -> int:
         "scenarios": [{"key": k, "label": lbl} for k, lbl in SCENARIOS],
         "gateways": gateways,
         "ratios": ratios,
+        "edge": edge,
         "targets": {
             "repeated_1x_native": (ratios["repeated"]["tollgate_vs_native"] or 0) >= 1.0,
             "repeated_0.9x_noauth": (ratios["repeated"]["tollgate_vs_noauth"] or 0) >= 0.9,
@@ -360,9 +405,13 @@ def main() -> int:
         print(json.dumps({k: {sc: v.get("filter_stats_after") for sc, v in g.items()}
                           for k, g in gateways.items()}, indent=1))
         report(data)
+        if edge:
+            bench_edge.report(edge)
         return 0
     path = common.save_results("gateway", data)
     report(data)
+    if edge:
+        bench_edge.report(edge)
     print(f"\nresults: {path.relative_to(common.ROOT)}")
     return 0
 

@@ -198,6 +198,7 @@ def start_redis(procs: Processes, settings: Settings) -> int:
 # ------------------------------------------------------------------------------ wrk
 
 WRK_JSON = re.compile(r"^WRK_JSON (\{.*\})$", re.M)
+WRK_STATUS = re.compile(r"^WRK_STATUS (\{.*\})$", re.M)
 NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 SOCKET_ERRORS = re.compile(r"Socket errors: (.*)")
 
@@ -229,7 +230,10 @@ def run_wrk(settings: Settings, url: str, script: str, env: dict[str, str],
     errors = raw["errors"]
     seconds = raw["duration_us"] / 1e6
     lat = raw["latency_us"]
+    status = WRK_STATUS.search(proc.stdout)  # lua/status.lua only
+    extra = {"status_counts": json.loads(status.group(1))} if status else {}
     return {
+        **extra,
         "requests": raw["requests"],
         "seconds": round(seconds, 3),
         "rps": round(raw["requests"] / seconds, 1) if seconds else 0.0,
