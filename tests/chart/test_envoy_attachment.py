@@ -133,6 +133,7 @@ def bootstrap_from(ef: dict, auth_port: int, echo_port: int, listen: int, admin:
             "listeners": [{
                 "name": "gateway",
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                "enable_reuse_port": False,
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": {

@@ -97,19 +97,30 @@ class Envoy:
                  auth_port: int | None = None, issuer_port: int | None = None,
                  concurrency: int = 2, wait: bool = True, log_level: str = "info",
                  extra_args: list[str] | None = None):
-        self.admin_port = free_port()
-        self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tollgate-envoy-"))
         self.config_path = self.dir / "envoy.yaml"
-        self.config_path.write_text(render_config(
-            filter_config=filter_config, admin_port=self.admin_port, listen_port=self.port,
-            upstream_port=upstream_port, auth_port=auth_port, issuer_port=issuer_port))
-        cmd = [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(concurrency),
-               "--base-id", str(random.randint(1000, 2**30)), "-l", log_level,
-               "--disable-hot-restart", *(extra_args or [])]
-        self.proc = Process(cmd, name="envoy", log_path=self.dir / "envoy.log")
-        if wait:
-            self.wait_ready()
+        # A free port can be taken by another process before Envoy binds it (the listener
+        # has SO_REUSEPORT off, so that is a loud failure): then start again on new ports.
+        for attempt in range(3):
+            self.admin_port = free_port()
+            self.port = free_port()
+            self.config_path.write_text(render_config(
+                filter_config=filter_config, admin_port=self.admin_port,
+                listen_port=self.port, upstream_port=upstream_port, auth_port=auth_port,
+                issuer_port=issuer_port))
+            cmd = [envoy_binary(), "-c", str(self.config_path),
+                   "--concurrency", str(concurrency),
+                   "--base-id", str(random.randint(1000, 2**30)), "-l", log_level,
+                   "--disable-hot-restart", *(extra_args or [])]
+            self.proc = Process(cmd, name="envoy", log_path=self.dir / f"envoy-{attempt}.log")
+            if not wait:
+                return
+            try:
+                self.wait_ready()
+                return
+            except RuntimeError:
+                if attempt == 2 or "Address already in use" not in self.proc.log():
+                    raise
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
