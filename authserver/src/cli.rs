@@ -1,6 +1,5 @@
 //! The `authserver` command line.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -216,6 +215,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
     let store = open_store(&cfg.store, &cfg)
         .await
         .map_err(|e| e.to_string())?;
+    let limits = http::server::ConnLimits::from_config(&cfg);
     let state = AppState::new(cfg, store).await.map_err(|e| e.to_string())?;
     state.spawn_background();
     let app = http::router(state.clone());
@@ -223,13 +223,8 @@ async fn serve(cfg: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     tracing::info!(listen = %listen, "serving");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown())
-    .await
-    .map_err(|e| e.to_string())?;
+    // hyper with a timer: header timeout, send timeout and head limits (see http::server).
+    http::server::serve(listener, app, limits, shutdown()).await;
     state.flush_stats().await;
     tracing::info!("stopped");
     Ok(())

@@ -125,6 +125,26 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_REQUEST_TIMEOUT_MS", global = true)]
     pub request_timeout_ms: Option<u64>,
 
+    /// Time a client has to send a complete request head (request line and headers),
+    /// counted from when the server starts waiting for it, so also how long an idle
+    /// keep-alive connection stays open, milliseconds [default: 10000].
+    #[arg(long, env = "TOLLGATE_HEADER_TIMEOUT_MS", global = true)]
+    pub header_timeout_ms: Option<u64>,
+
+    /// Time a client may leave response bytes unread (a client that stops reading) before
+    /// the connection is closed, milliseconds [default: 10000].
+    #[arg(long, env = "TOLLGATE_SEND_TIMEOUT_MS", global = true)]
+    pub send_timeout_ms: Option<u64>,
+
+    /// Largest accepted request head (request line and headers), bytes; larger is 431
+    /// [default: 32768].
+    #[arg(long, env = "TOLLGATE_MAX_HEADER_BYTES", global = true)]
+    pub max_header_bytes: Option<usize>,
+
+    /// Most header fields accepted in one request; more is 431 [default: 100].
+    #[arg(long, env = "TOLLGATE_MAX_HEADERS", global = true)]
+    pub max_headers: Option<usize>,
+
     /// Time limit for one store command, milliseconds [default: 2000].
     #[arg(long, env = "TOLLGATE_STORE_TIMEOUT_MS", global = true)]
     pub store_timeout_ms: Option<u64>,
@@ -133,6 +153,23 @@ pub struct Settings {
     /// [default: 100000].
     #[arg(long, env = "TOLLGATE_REVOCATION_FEED_MAX", global = true)]
     pub revocation_feed_max: Option<usize>,
+
+    /// How long an idempotent store operation is retried (with backoff) across a lost
+    /// connection or a Redis failover before the request fails with 503, milliseconds;
+    /// 0 = no retry [default: 3000].
+    #[arg(long, env = "TOLLGATE_STORE_RETRY_MS", global = true)]
+    pub store_retry_ms: Option<u64>,
+
+    /// Replicas that must have a durable write (refresh tokens, revocations, code and
+    /// refresh-token consumption, clients, users, keys) before it is acknowledged (Redis
+    /// `WAIT`); 0 = off [default: 0].
+    #[arg(long, env = "TOLLGATE_REDIS_WAIT_REPLICAS", global = true)]
+    pub redis_wait_replicas: Option<u32>,
+
+    /// How long `WAIT` waits for those replicas, milliseconds; below
+    /// TOLLGATE_STORE_TIMEOUT_MS [default: 500].
+    #[arg(long, env = "TOLLGATE_REDIS_WAIT_TIMEOUT_MS", global = true)]
+    pub redis_wait_timeout_ms: Option<u64>,
 
     /// Path of the built Wasm filter to serve at /edge/module.wasm (optional).
     #[arg(long, env = "TOLLGATE_EDGE_MODULE", global = true)]
@@ -170,7 +207,14 @@ pub struct Config {
     pub trusted_proxy_hops: usize,
     pub max_body_bytes: usize,
     pub request_timeout_ms: u64,
+    pub header_timeout_ms: u64,
+    pub send_timeout_ms: u64,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
     pub store_timeout_ms: u64,
+    pub store_retry_ms: u64,
+    pub redis_wait_replicas: u32,
+    pub redis_wait_timeout_ms: u64,
     pub revocation_feed_max: usize,
     pub edge_module: Option<PathBuf>,
     pub log_format: String,
@@ -214,7 +258,14 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "trusted_proxy_hops",
     "max_body_bytes",
     "request_timeout_ms",
+    "header_timeout_ms",
+    "send_timeout_ms",
+    "max_header_bytes",
+    "max_headers",
     "store_timeout_ms",
+    "store_retry_ms",
+    "redis_wait_replicas",
+    "redis_wait_timeout_ms",
     "revocation_feed_max",
     "edge_module",
     "log_format",
@@ -252,6 +303,18 @@ fn num<T: std::str::FromStr>(
     }
 }
 
+/// A size or count within `min..=max`.
+fn in_range(name: &'static str, v: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::Invalid {
+            name,
+            detail: format!("{v} is not in {min}..={max}"),
+        })
+    }
+}
+
 /// `TOLLGATE_STORE` with db 1 for the service cache.
 fn derive_cache_store(store: &StoreUrl) -> StoreUrl {
     match store {
@@ -281,6 +344,45 @@ fn derive_cache_store(store: &StoreUrl) -> StoreUrl {
         // Redis Cluster has only db 0: the cache lives beside the auth keys (`cache:` prefix).
         StoreUrl::Cluster { .. } => store.clone(),
     }
+}
+
+fn positive_ms(name: &'static str, v: u64) -> Result<u64, ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::Invalid {
+            name,
+            detail: "must be greater than 0".into(),
+        });
+    }
+    Ok(v)
+}
+
+/// `WAIT` needs a Redis store, a timeout (`WAIT n 0` would block forever) and a timeout
+/// below the command timeout (else the client gives up before `WAIT` answers).
+fn check_wait(
+    store: &StoreUrl,
+    replicas: u32,
+    timeout_ms: u64,
+    store_timeout_ms: u64,
+) -> Result<(), ConfigError> {
+    if replicas == 0 {
+        return Ok(());
+    }
+    if *store == StoreUrl::Memory {
+        return Err(ConfigError::Invalid {
+            name: "TOLLGATE_REDIS_WAIT_REPLICAS",
+            detail: "needs a Redis store (TOLLGATE_STORE is memory)".into(),
+        });
+    }
+    if timeout_ms == 0 || timeout_ms >= store_timeout_ms {
+        return Err(ConfigError::Invalid {
+            name: "TOLLGATE_REDIS_WAIT_TIMEOUT_MS",
+            detail: format!(
+                "{timeout_ms}: must be greater than 0 (WAIT 0 blocks forever) and below \
+                 TOLLGATE_STORE_TIMEOUT_MS ({store_timeout_ms})"
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl Settings {
@@ -353,6 +455,36 @@ impl Settings {
                 });
             }
         }
+        let store_timeout_ms = positive_ms(
+            "TOLLGATE_STORE_TIMEOUT_MS",
+            num(
+                "TOLLGATE_STORE_TIMEOUT_MS",
+                self.store_timeout_ms,
+                &file,
+                "store_timeout_ms",
+                2000,
+            )?,
+        )?;
+        let redis_wait_replicas = num(
+            "TOLLGATE_REDIS_WAIT_REPLICAS",
+            self.redis_wait_replicas,
+            &file,
+            "redis_wait_replicas",
+            0,
+        )?;
+        let redis_wait_timeout_ms = num(
+            "TOLLGATE_REDIS_WAIT_TIMEOUT_MS",
+            self.redis_wait_timeout_ms,
+            &file,
+            "redis_wait_timeout_ms",
+            500,
+        )?;
+        check_wait(
+            &store,
+            redis_wait_replicas,
+            redis_wait_timeout_ms,
+            store_timeout_ms,
+        )?;
         let positive = |name: &'static str, v: u64| {
             if v == 0 {
                 Err(ConfigError::Invalid {
@@ -469,13 +601,60 @@ impl Settings {
                 "request_timeout_ms",
                 10_000,
             )?,
-            store_timeout_ms: num(
-                "TOLLGATE_STORE_TIMEOUT_MS",
-                self.store_timeout_ms,
-                &file,
-                "store_timeout_ms",
-                2000,
+            header_timeout_ms: positive(
+                "TOLLGATE_HEADER_TIMEOUT_MS",
+                num(
+                    "TOLLGATE_HEADER_TIMEOUT_MS",
+                    self.header_timeout_ms,
+                    &file,
+                    "header_timeout_ms",
+                    10_000,
+                )?,
             )?,
+            send_timeout_ms: positive(
+                "TOLLGATE_SEND_TIMEOUT_MS",
+                num(
+                    "TOLLGATE_SEND_TIMEOUT_MS",
+                    self.send_timeout_ms,
+                    &file,
+                    "send_timeout_ms",
+                    10_000,
+                )?,
+            )?,
+            max_header_bytes: in_range(
+                "TOLLGATE_MAX_HEADER_BYTES",
+                num(
+                    "TOLLGATE_MAX_HEADER_BYTES",
+                    self.max_header_bytes,
+                    &file,
+                    "max_header_bytes",
+                    32_768,
+                )?,
+                1024,
+                1 << 20,
+            )?,
+            max_headers: in_range(
+                "TOLLGATE_MAX_HEADERS",
+                num(
+                    "TOLLGATE_MAX_HEADERS",
+                    self.max_headers,
+                    &file,
+                    "max_headers",
+                    100,
+                )?,
+                1,
+                10_000,
+            )?,
+            store_timeout_ms,
+            store_retry_ms: num(
+                "TOLLGATE_STORE_RETRY_MS",
+                self.store_retry_ms,
+                &file,
+                "store_retry_ms",
+                3000,
+            )?,
+            redis_wait_replicas,
+            redis_wait_timeout_ms,
             revocation_feed_max: num(
                 "TOLLGATE_REVOCATION_FEED_MAX",
                 self.revocation_feed_max,
@@ -601,6 +780,100 @@ mod tests {
             },
         ];
         for s in bad {
+            assert!(s.resolve().is_err(), "{s:?} accepted");
+        }
+    }
+
+    #[test]
+    fn wait_settings_are_checked() {
+        let c = Settings::default().resolve().unwrap();
+        assert_eq!(
+            (
+                c.redis_wait_replicas,
+                c.redis_wait_timeout_ms,
+                c.store_retry_ms
+            ),
+            (0, 500, 3000)
+        );
+        let redis = || Settings {
+            store: Some("redis://127.0.0.1:6379/0".into()),
+            redis_wait_replicas: Some(1),
+            ..Default::default()
+        };
+        let c = redis().resolve().unwrap();
+        assert_eq!((c.redis_wait_replicas, c.redis_wait_timeout_ms), (1, 500));
+        // Shown by `authserver status`.
+        let shown = serde_json::to_value(&c).unwrap();
+        assert_eq!(shown["redis_wait_replicas"], 1);
+        assert_eq!(shown["redis_wait_timeout_ms"], 500);
+        let refused = [
+            // WAIT on the in-memory store means nothing.
+            Settings {
+                redis_wait_replicas: Some(1),
+                ..Default::default()
+            },
+            // WAIT n 0 blocks forever.
+            Settings {
+                redis_wait_timeout_ms: Some(0),
+                ..redis()
+            },
+            // The command timeout would cut WAIT short.
+            Settings {
+                redis_wait_timeout_ms: Some(2000),
+                ..redis()
+            },
+            Settings {
+                store_timeout_ms: Some(0),
+                ..Default::default()
+            },
+        ];
+        for s in refused {
+            let e = s.resolve().unwrap_err().to_string();
+            assert!(e.contains("TOLLGATE_"), "{e}");
+        }
+        // Off (0), the timeout is not checked.
+        assert!(Settings {
+            redis_wait_timeout_ms: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .is_ok());
+    }
+
+    #[test]
+    fn connection_limits_have_documented_defaults_and_bounds() {
+        let c = Settings::default().resolve().unwrap();
+        assert_eq!(
+            (
+                c.header_timeout_ms,
+                c.send_timeout_ms,
+                c.max_header_bytes,
+                c.max_headers
+            ),
+            (10_000, 10_000, 32_768, 100)
+        );
+        for s in [
+            Settings {
+                header_timeout_ms: Some(0),
+                ..Default::default()
+            },
+            Settings {
+                send_timeout_ms: Some(0),
+                ..Default::default()
+            },
+            Settings {
+                max_header_bytes: Some(100),
+                ..Default::default()
+            },
+            Settings {
+                max_header_bytes: Some(2 << 20),
+                ..Default::default()
+            },
+            Settings {
+                max_headers: Some(0),
+                ..Default::default()
+            },
+        ] {
             assert!(s.resolve().is_err(), "{s:?} accepted");
         }
     }

@@ -150,13 +150,28 @@ fn quote_param(s: &str) -> String {
         .collect()
 }
 
+/// RFC 6749 §5.2 (and RFC 6750 §3, RFC 7591 §3.2.2): `error_description` is limited to
+/// %x20-21 / %x23-5B / %x5D-7E. Messages that quote client input are mapped into that set
+/// (`"` → `'`, `\` → `/`, anything else outside it → `?`) and bounded in length.
+pub fn description_text(s: &str) -> String {
+    s.chars()
+        .take(512)
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            ' ' | '!' | '\u{23}'..='\u{5b}' | '\u{5d}'..='\u{7e}' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         if let OAuthError::ServerError(detail) = &self {
             tracing::error!(error = %detail, "server error");
         }
         let status = self.status();
-        let description = self.description();
+        let description = description_text(&self.description());
         let body = serde_json::to_vec(&ErrorBody {
             error: self.code(),
             error_description: &description,

@@ -126,8 +126,8 @@ pub fn parse_scope(s: &str) -> Result<Vec<&str>, OAuthError> {
     let tokens: Vec<&str> = s.split(' ').filter(|t| !t.is_empty()).collect();
     if let Some(bad) = tokens.iter().find(|t| !valid_scope_token(t)) {
         return Err(OAuthError::InvalidScope(format!(
-            "malformed scope token {:?}",
-            bad.chars().take(32).collect::<String>()
+            "malformed scope token '{}'",
+            crate::error::description_text(&bad.chars().take(32).collect::<String>())
         )));
     }
     Ok(tokens)

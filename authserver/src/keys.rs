@@ -51,7 +51,6 @@ impl SigningAlg {
         }
     }
 
-    #[cfg(test)]
     fn jwt_alg(&self) -> Algorithm {
         match self {
             SigningAlg::ES256 => Algorithm::ES256,
@@ -256,6 +255,14 @@ impl LoadedKey {
     }
 }
 
+/// What [`KeyRing::verify`] returns of a verified access token.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct OwnClaims {
+    pub jti: String,
+    pub exp: u64,
+    pub client_id: String,
+}
+
 /// All keys known to this replica, as loaded from the store.
 #[derive(Default)]
 pub struct KeyRing {
@@ -324,6 +331,30 @@ impl KeyRing {
         json!({ "keys": keys })
     }
 
+    /// The claims of one of our own unexpired JWTs, once its signature checks out with the
+    /// key its `kid` names (and that key's algorithm only) and its `iss` is `issuer`; `None`
+    /// for anything else. Used where the token's record may be gone (revocation after a
+    /// Redis failover lost it, docs/reliability.md).
+    pub fn verify(&self, token: &str, issuer: &str) -> Option<OwnClaims> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        let kid = header.kid?;
+        let key = self.keys.iter().find(|k| k.stored.kid == kid)?;
+        let alg = key.alg.jwt_alg();
+        if header.alg != alg {
+            return None;
+        }
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.jwk.clone()).ok()?;
+        let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).ok()?;
+        let mut v = jsonwebtoken::Validation::new(alg);
+        v.set_issuer(&[issuer]);
+        v.set_required_spec_claims(&["exp", "iss"]);
+        v.validate_aud = false;
+        v.leeway = 0;
+        jsonwebtoken::decode::<OwnClaims>(token, &decoding, &v)
+            .ok()
+            .map(|d| d.claims)
+    }
+
     /// Stored keys whose publication period is over and can be deleted.
     pub fn expired(&self, now: u64, max_token_ttl: u64) -> Vec<String> {
         self.keys
@@ -373,6 +404,50 @@ mod tests {
     #[test]
     fn rs256_signs_and_verifies_with_published_jwk() {
         roundtrip(SigningAlg::RS256);
+    }
+
+    #[test]
+    fn verify_accepts_only_our_unexpired_tokens() {
+        let now = crate::store::now_secs();
+        for alg in [SigningAlg::ES256, SigningAlg::EdDSA, SigningAlg::RS256] {
+            let stored = new_stored_key(alg, 0, 0).unwrap();
+            let (ring, _) = KeyRing::load(std::slice::from_ref(&stored));
+            let k = &ring.keys()[0];
+            let claims = |iss: &str, exp: u64| {
+                json!({"iss": iss, "sub": "c", "aud": "a", "exp": exp, "jti": "j1",
+                       "client_id": "c1"})
+            };
+            let good = k.sign(&claims("https://as", now + 60)).unwrap();
+            assert_eq!(
+                ring.verify(&good, "https://as"),
+                Some(OwnClaims {
+                    jti: "j1".into(),
+                    exp: now + 60,
+                    client_id: "c1".into()
+                })
+            );
+            assert_eq!(ring.verify(&good, "https://other"), None, "issuer");
+            let expired = k.sign(&claims("https://as", now - 10)).unwrap();
+            assert_eq!(ring.verify(&expired, "https://as"), None, "expired");
+            let mut tampered = good.clone();
+            tampered.insert(good.len() / 2, 'A');
+            assert_eq!(ring.verify(&tampered, "https://as"), None, "tampered");
+            let other = new_stored_key(alg, 0, 0).unwrap();
+            let (other_ring, _) = KeyRing::load(&[other]);
+            assert_eq!(other_ring.verify(&good, "https://as"), None, "unknown kid");
+        }
+        // HS256 signed with the public key as secret (algorithm confusion): refused.
+        let stored = new_stored_key(SigningAlg::ES256, 0, 0).unwrap();
+        let (ring, _) = KeyRing::load(std::slice::from_ref(&stored));
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some(stored.kid.clone());
+        let forged = jsonwebtoken::encode(
+            &h,
+            &json!({"iss": "https://as", "exp": now + 60, "jti": "j", "client_id": "c"}),
+            &EncodingKey::from_secret(ring.keys()[0].jwk.to_string().as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(ring.verify(&forged, "https://as"), None);
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod form;
+/// Property functions of the fuzz targets and the corpus regression test (`fuzzing` feature).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grants;
 pub mod http;
 pub mod jobs;
@@ -59,6 +63,9 @@ fn redis_options(cfg: &config::Config) -> RedisOptions {
         response_timeout: std::time::Duration::from_millis(cfg.store_timeout_ms),
         connect_timeout: std::time::Duration::from_millis(cfg.store_timeout_ms),
         feed_max: cfg.revocation_feed_max,
+        retry_budget: std::time::Duration::from_millis(cfg.store_retry_ms),
+        wait_replicas: cfg.redis_wait_replicas,
+        wait_timeout: std::time::Duration::from_millis(cfg.redis_wait_timeout_ms),
     }
 }
 

@@ -153,8 +153,10 @@ impl AppState {
 
     /// Background work of a serving replica: flush counters, reload keys (so that a key
     /// rotated by another replica or by `authserver keys rotate` is picked up, and the
-    /// switch to a pending key happens on time), rotate keys automatically when configured.
+    /// switch to a pending key happens on time), rotate keys automatically when configured,
+    /// fold the metrics' histogram samples into their buckets.
     pub fn spawn_background(self: &Arc<Self>) {
+        crate::http::spawn_metrics_upkeep(crate::http::METRICS_UPKEEP_INTERVAL);
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -21,6 +21,37 @@ impl RedisServer {
     /// Start a server, or `None` when `redis-server` is not installed and
     /// `TOLLGATE_REQUIRE_REDIS` is unset (`make test` sets it, so CI never skips).
     pub fn start() -> Option<RedisServer> {
+        Self::start_with(&[])
+    }
+
+    /// A replica of this server, once its link to the master is up (for `WAIT` tests).
+    pub fn replica(&self) -> RedisServer {
+        let master = self.port.to_string();
+        let r = Self::start_with(&["--replicaof", "127.0.0.1", &master])
+            .unwrap_or_else(|| panic!("the master started, the replica must too"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            // Linked on the replica's side and online on the master's.
+            if r.info("replication").contains("master_link_status:up")
+                && self.info("replication").contains("state=online")
+            {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the replica did not link to its master");
+    }
+
+    /// `INFO <section>` ("" when the server does not answer).
+    pub fn info(&self, section: &str) -> String {
+        ::redis::Client::open(self.url(0))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .and_then(|mut c| ::redis::cmd("INFO").arg(section).query(&mut c))
+            .unwrap_or_default()
+    }
+
+    /// Start a server with extra arguments.
+    pub fn start_with(extra: &[&str]) -> Option<RedisServer> {
         let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         for _attempt in 0..5 {
             let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
@@ -39,7 +70,11 @@ impl RedisServer {
                     "no",
                     "--dir",
                     &dir.path().display().to_string(),
+                    // Replicas sync at once instead of after the default 5 s.
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn();
@@ -81,5 +116,138 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A real Redis Cluster on loopback: `masters` primaries sharing the 16384 slots evenly,
+/// each with `replicas` replicas, every node a [`RedisServer`] (all stopped on drop, also
+/// when a test panics). Formed the way `redis-cli --cluster create` does it: `CLUSTER
+/// ADDSLOTS`, distinct config epochs, `CLUSTER MEET`, `CLUSTER REPLICATE`; ready when every
+/// node reports `cluster_state:ok` with all slots and nodes known and replicas are linked.
+pub struct RedisCluster {
+    /// The primaries first (in slot order), then the replicas.
+    pub nodes: Vec<RedisServer>,
+    pub masters: usize,
+}
+
+impl RedisCluster {
+    /// `None` when `redis-server` is missing and `TOLLGATE_REQUIRE_REDIS` is unset.
+    pub fn start(masters: usize, replicas: usize) -> Option<RedisCluster> {
+        assert!(masters > 0, "a cluster needs a primary");
+        let total = masters * (1 + replicas);
+        let mut nodes = Vec::with_capacity(total);
+        for _ in 0..total {
+            nodes.push(Self::node()?);
+        }
+        let c = RedisCluster { nodes, masters };
+        const SLOTS: usize = 16384;
+        for (i, n) in c.nodes.iter().enumerate().take(masters) {
+            let (from, to) = (i * SLOTS / masters, (i + 1) * SLOTS / masters);
+            n.cmd::<()>(
+                ::redis::cmd("CLUSTER")
+                    .arg("ADDSLOTS")
+                    .arg((from..to).collect::<Vec<_>>()),
+            );
+        }
+        for (i, n) in c.nodes.iter().enumerate() {
+            n.cmd::<()>(::redis::cmd("CLUSTER").arg("SET-CONFIG-EPOCH").arg(i + 1));
+        }
+        for n in &c.nodes[1..] {
+            let (_, bus): (String, u16) =
+                n.cmd(::redis::cmd("CONFIG").arg("GET").arg("cluster-port"));
+            c.nodes[0].cmd::<()>(
+                ::redis::cmd("CLUSTER")
+                    .arg("MEET")
+                    .arg("127.0.0.1")
+                    .arg(n.port)
+                    .arg(bus),
+            );
+        }
+        c.wait_until("every node knows every node", |n| {
+            n.cluster_info()
+                .contains(&format!("cluster_known_nodes:{total}"))
+        });
+        for r in 0..masters * replicas {
+            let id: String = c.nodes[r % masters].cmd(::redis::cmd("CLUSTER").arg("MYID"));
+            c.nodes[masters + r].cmd::<()>(::redis::cmd("CLUSTER").arg("REPLICATE").arg(id));
+        }
+        c.wait_until("cluster_state:ok on every node", |n| {
+            let info = n.cluster_info();
+            info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+        });
+        c.wait_until("replicas linked to their primaries", |n| {
+            let repl = n.info("replication");
+            repl.contains("role:master") || repl.contains("master_link_status:up")
+        });
+        // Roles travel by gossip: wait until every node sees every replica as one.
+        c.wait_until("every node sees every replica", |n| {
+            let nodes: String = n.cmd(::redis::cmd("CLUSTER").arg("NODES"));
+            nodes.lines().filter(|l| l.contains("slave")).count() == masters * replicas
+        });
+        Some(c)
+    }
+
+    /// A node with `--cluster-enabled` and its bus on a free port of its own (the default,
+    /// port + 10000, can be past 65535).
+    fn node() -> Option<RedisServer> {
+        for _attempt in 0..5 {
+            let bus = free_port().to_string();
+            let node = std::panic::catch_unwind(|| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+            });
+            if let Ok(n) = node {
+                return n;
+            }
+        }
+        panic!("no cluster node started");
+    }
+
+    fn wait_until(&self, what: &str, ok: impl Fn(&RedisServer) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.nodes.iter().all(&ok) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the test cluster did not converge: {what}");
+    }
+
+    /// `redis+cluster://127.0.0.1:<p1>,…` with every primary.
+    pub fn url(&self) -> String {
+        let addrs: Vec<String> = self.nodes[..self.masters]
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", addrs.join(","))
+    }
+
+    /// The primaries.
+    pub fn primaries(&self) -> &[RedisServer] {
+        &self.nodes[..self.masters]
+    }
+}
+
+impl RedisServer {
+    /// Run one command on this node (test set-up: panics on error).
+    pub fn cmd<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> T {
+        ::redis::Client::open(self.url(0))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+            .and_then(|mut c| cmd.query(&mut c))
+            .unwrap_or_else(|e| panic!("redis-server :{}: {e}", self.port))
+    }
+
+    fn cluster_info(&self) -> String {
+        ::redis::Client::open(self.url(0))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .and_then(|mut c| ::redis::cmd("CLUSTER").arg("INFO").query(&mut c))
+            .unwrap_or_default()
     }
 }

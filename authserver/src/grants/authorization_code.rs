@@ -34,9 +34,10 @@ pub async fn handle(
     if code.len() > 512 {
         return Err(bad("invalid authorization code"));
     }
+    let code_hash = crypto::token_hash(code);
     let rec = match state
         .store
-        .consume_auth_code(&crypto::token_hash(code), &client.client_id)
+        .consume_auth_code(&code_hash, &client.client_id)
         .await?
     {
         Consumed::Missing | Consumed::WrongClient => {
@@ -84,7 +85,7 @@ pub async fn handle(
             }
         }
     }
-    family::issue(
+    let issued = family::issue(
         state,
         family::Grant {
             client,
@@ -94,5 +95,12 @@ pub async fn handle(
             grant_id: &rec.grant_id,
         },
     )
-    .await
+    .await;
+    if issued.as_ref().is_err_and(family::issued_nothing) {
+        // Nothing reached the client: the code may be exchanged again (docs/reliability.md).
+        if let Err(e) = state.store.release_auth_code(&code_hash).await {
+            tracing::warn!(error = %e, "could not release an authorization code");
+        }
+    }
+    issued
 }

@@ -47,6 +47,16 @@ pub async fn revoke(state: &AppState, grant_id: &str, why: &str) -> OAuthResult<
     Ok(n)
 }
 
+/// Whether `issue` failed without handing anything out because the store or the server
+/// failed (not because the grant was revoked): the consumed code or refresh token may then
+/// be given back.
+pub fn issued_nothing(e: &OAuthError) -> bool {
+    matches!(
+        e,
+        OAuthError::TemporarilyUnavailable(_) | OAuthError::ServerError(_)
+    )
+}
+
 /// What a user grant issues.
 pub struct Grant<'a> {
     pub client: &'a ClientRecord,

@@ -27,7 +27,7 @@ pub fn granted_scope(client: &ClientRecord, requested: Option<&str>) -> OAuthRes
             let want = parse_scope(req)?;
             if let Some(bad) = want.iter().find(|s| !allowed.contains(s)) {
                 return Err(OAuthError::InvalidScope(format!(
-                    "scope {bad:?} is not allowed for this client"
+                    "scope '{bad}' is not allowed for this client"
                 )));
             }
             let mut out: Vec<&str> = Vec::new();

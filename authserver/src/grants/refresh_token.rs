@@ -61,7 +61,7 @@ pub async fn handle(
         ));
     }
     let scope = narrowed_scope(&rec.scope, params.get("scope"))?;
-    family::issue(
+    let issued = family::issue(
         state,
         family::Grant {
             client,
@@ -71,7 +71,16 @@ pub async fn handle(
             grant_id: &rec.grant_id,
         },
     )
-    .await
+    .await;
+    if issued.as_ref().is_err_and(family::issued_nothing) {
+        // The store failed after the rotation: the client got no new token, so its refresh
+        // token stays usable; presenting it again is a retry, not a reuse that revokes the
+        // grant (docs/reliability.md).
+        if let Err(e) = state.store.release_refresh_token(&hash).await {
+            tracing::warn!(error = %e, "could not release a refresh token");
+        }
+    }
+    issued
 }
 
 /// RFC 6749 §6: a narrower scope may be asked for, never a wider one.
@@ -84,7 +93,7 @@ fn narrowed_scope(granted: &str, requested: Option<&str>) -> OAuthResult<String>
     for s in parse_scope(req)? {
         if !have.contains(&s) {
             return Err(OAuthError::InvalidScope(format!(
-                "scope {s:?} was not granted"
+                "scope '{s}' was not granted"
             )));
         }
         if !out.contains(&s) {

@@ -108,12 +108,12 @@ pub async fn handle(
             for s in parse_scope(req)? {
                 if !subject_scope.contains(&s) {
                     return Err(OAuthError::InvalidScope(format!(
-                        "scope {s:?} is not in the subject token"
+                        "scope '{s}' is not in the subject token"
                     )));
                 }
                 if !policy_scopes.contains(&s) {
                     return Err(OAuthError::InvalidScope(format!(
-                        "scope {s:?} may not be delegated by this client"
+                        "scope '{s}' may not be delegated by this client"
                     )));
                 }
                 if !out.contains(&s) {

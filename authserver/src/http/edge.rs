@@ -1,15 +1,15 @@
 //! Endpoints for the edge filters: the revocation feed and the built Wasm module (quota
 //! leases are in `lease.rs`).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::error::OAuthError;
+use crate::form::Params;
 
 use super::introspect::has_scope;
 use super::{client_auth, json_no_store, SharedState};
@@ -45,12 +45,14 @@ pub async fn revocations(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let r = async {
         authorize_edge(&state, &headers, peer, "the revocation feed").await?;
-        let since = match q.get("since").map(String::as_str) {
-            None | Some("") => None,
+        // Strict: UTF-8, valid percent-encoding, no repeated parameter (one meaning only).
+        let q = Params::parse(query.as_deref().unwrap_or("").as_bytes())?;
+        let since = match q.get("since") {
+            None => None,
             Some(s) => Some(s.parse::<u64>().map_err(|_| {
                 OAuthError::InvalidRequest("since must be a cursor returned by this feed".into())
             })?),

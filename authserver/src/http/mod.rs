@@ -1,18 +1,21 @@
-//! The HTTP surface: one module per endpoint family, a router, and the middleware every
-//! request passes (body limit, timeout, metrics, uniform JSON errors).
+//! The HTTP surface: one module per endpoint family, a router, the middleware every
+//! request passes (single-valued headers, body limit and read deadline, timeout, panics,
+//! metrics, uniform JSON errors) and the connection loop (`server`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::OAuthError;
 use crate::state::AppState;
@@ -29,6 +32,7 @@ pub mod metadata;
 pub mod pages;
 pub mod register;
 pub mod revoke;
+pub mod server;
 pub mod token;
 pub mod users;
 
@@ -54,11 +58,33 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     })
 }
 
+/// How often histogram samples are folded into their buckets (see [`spawn_metrics_upkeep`]).
+pub const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The recorder keeps every histogram sample (one per request) until a scrape of `/metrics`
+/// or an upkeep folds them into the buckets, and `build_recorder` starts no upkeep task: a
+/// server nobody scrapes would grow for as long as it serves (found by `make soak`). This
+/// task runs the upkeep every `every`.
+pub fn spawn_metrics_upkeep(every: Duration) -> tokio::task::JoinHandle<()> {
+    let handle = metrics_handle();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    })
+}
+
 /// The router with every endpoint.
 pub fn router(state: SharedState) -> Router {
     metrics_handle();
     let body_limit = state.cfg.max_body_bytes;
-    let timeout = Duration::from_millis(state.cfg.request_timeout_ms);
+    let guard = GuardLimits {
+        timeout: Duration::from_millis(state.cfg.request_timeout_ms),
+        max_body: body_limit,
+    };
     let public = Router::new()
         .route(
             "/.well-known/oauth-authorization-server",
@@ -107,8 +133,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(not_found)
         .layer(middleware::from_fn(uniform_errors))
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(timeout, request_timeout))
+        .layer(middleware::from_fn_with_state(guard, request_guard))
         .layer(middleware::from_fn(track))
         .with_state(state)
 }
@@ -117,12 +144,93 @@ async fn not_found() -> OAuthError {
     OAuthError::NotFound("no such endpoint".into())
 }
 
-/// Bound the time of every request: a slow store or client never holds a request forever.
-async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
+/// What [`request_guard`] enforces.
+#[derive(Debug, Clone, Copy)]
+struct GuardLimits {
+    /// Time for the whole request: reading the body and the handler.
+    timeout: Duration,
+    /// Largest body.
+    max_body: usize,
+}
+
+/// Headers that must appear at most once: a second `Authorization` or `Content-Type` would
+/// let this server and a proxy in front read different values (RFC 6749 §3.1, RFC 6750 §2).
+const SINGLE_VALUED: [header::HeaderName; 2] = [header::AUTHORIZATION, header::CONTENT_TYPE];
+
+/// An error answer after which the connection is closed (the body may be unread).
+fn closing(mut r: Response, status: StatusCode) -> Response {
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Every request passes here first: repeated single-valued headers are refused, the body is
+/// read completely (at most `max_body` bytes: 413, and within the request deadline: 408),
+/// then the handler runs within what is left of the deadline (503 when a slow store makes
+/// it miss it). A slow client or store never holds a request forever.
+async fn request_guard(State(limits): State<GuardLimits>, req: Request, next: Next) -> Response {
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    for name in &SINGLE_VALUED {
+        if req.headers().get_all(name).iter().nth(1).is_some() {
+            return closing(
+                OAuthError::InvalidRequest(format!("the {name} header is repeated"))
+                    .into_response(),
+                StatusCode::BAD_REQUEST,
+            );
+        }
+    }
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limits.max_body as u64) {
+        return closing(
+            OAuthError::PayloadTooLarge.into_response(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let read = tokio::time::timeout_at(deadline, Limited::new(body, limits.max_body).collect());
+    let body: Bytes = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return closing(
+                OAuthError::PayloadTooLarge.into_response(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+            );
+        }
+        Ok(Err(_)) => {
+            return closing(
+                OAuthError::InvalidRequest("malformed or incomplete request body".into())
+                    .into_response(),
+                StatusCode::BAD_REQUEST,
+            );
+        }
+        Err(_) => {
+            return closing(
+                OAuthError::InvalidRequest("the request body did not arrive in time".into())
+                    .into_response(),
+                StatusCode::REQUEST_TIMEOUT,
+            );
+        }
+    };
+    let req = Request::from_parts(parts, Body::from(body));
+    match tokio::time::timeout_at(deadline, next.run(req)).await {
         Ok(r) => r,
         Err(_) => OAuthError::TemporarilyUnavailable("request timed out".into()).into_response(),
     }
+}
+
+/// A handler panicked: answer a plain `server_error` (the detail goes to the log only).
+fn panicked(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = err
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| err.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    OAuthError::ServerError(format!("handler panicked: {detail}")).into_response()
 }
 
 /// Turn the framework's own plain-text rejections (405, 413, 415, 400 from extractors) into
@@ -251,5 +359,7 @@ pub fn json_no_store(status: StatusCode, body: &serde_json::Value) -> Response {
 mod tests;
 #[cfg(test)]
 mod tests_flows;
+#[cfg(test)]
+mod tests_hostile;
 #[cfg(test)]
 mod tests_lease;

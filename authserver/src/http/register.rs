@@ -31,6 +31,16 @@ fn client_json(state: &SharedState, c: &ClientRecord) -> Value {
     v
 }
 
+/// The client metadata document: a body that is not strict JSON (syntax, invalid UTF-8,
+/// a member given twice, nesting deeper than the parser allows) is `invalid_client_metadata`
+/// (RFC 7591 §3.2.2): with duplicated members, which value counts would be a guess.
+fn metadata_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, OAuthError> {
+    crate::json::from_request(headers, body).map_err(|e| match e {
+        OAuthError::InvalidRequest(d) => OAuthError::InvalidClientMetadata(d),
+        other => other,
+    })
+}
+
 pub async fn create(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -39,7 +49,7 @@ pub async fn create(
 ) -> Response {
     let r = async {
         client_auth::require_admin(&state, &headers, Some(peer)).await?;
-        let md = clients::validate(crate::json::from_request(&headers, &body)?)?;
+        let md = clients::validate(metadata_json(&headers, &body)?)?;
         let now = now_secs();
         let secret =
             clients::uses_secret(&md.token_endpoint_auth_method).then(crypto::new_client_secret);
@@ -131,7 +141,7 @@ pub async fn update(
 ) -> Response {
     let r = async {
         let existing = authorize_for(&state, &headers, peer, &client_id).await?;
-        let v = crate::json::from_request(&headers, &body)?;
+        let v = metadata_json(&headers, &body)?;
         // RFC 7592 §2.2: the body carries the client_id, which must match.
         match v.get("client_id").and_then(Value::as_str) {
             Some(id) if id == client_id => {}

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::OAuthError;
-use crate::form::{sanitize, Params};
+use crate::form::Params;
 use crate::grants;
 
 use super::{client_auth, json_no_store, SharedState};
@@ -45,10 +45,11 @@ async fn handle(
         grants::token_exchange::GRANT => {
             grants::token_exchange::handle(state, &client, &params).await?
         }
-        other => {
+        // The value is not echoed: a confused client may have put a secret in it.
+        _ => {
             return Err(OAuthError::UnsupportedGrantType(format!(
-                "grant_type {} is not supported",
-                sanitize(other)
+                "grant_type must be one of: {}",
+                crate::clients::GRANT_TYPES.join(", ")
             )))
         }
     };

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::memory::MemoryStore;
 use super::redis::{RedisOptions, RedisStore};
 use super::*;
-use crate::testutil::RedisServer;
+use crate::testutil::{RedisCluster, RedisServer};
 
 type Both = (Arc<dyn Store>, Arc<dyn ServiceCache>);
 
@@ -431,6 +431,23 @@ async fn codes_are_single_use(s: Both) {
         s.consume_auth_code("h", "c1").await.unwrap(),
         Consumed::Replayed(c.clone())
     );
+    s.release_auth_code("h").await.unwrap();
+    assert_eq!(
+        s.consume_auth_code("h", "c1").await.unwrap(),
+        Consumed::Replayed(c.clone()),
+        "a replayed code is never released"
+    );
+    s.save_auth_code("h2", &c).await.unwrap();
+    assert!(matches!(
+        s.consume_auth_code("h2", "c1").await.unwrap(),
+        Consumed::Fresh(_)
+    ));
+    s.release_auth_code("h2").await.unwrap();
+    assert_eq!(
+        s.consume_auth_code("h2", "c1").await.unwrap(),
+        Consumed::Fresh(c.clone()),
+        "a released code is a first use again"
+    );
     assert_eq!(
         s.consume_auth_code("nope", "c1").await.unwrap(),
         Consumed::Missing
@@ -485,6 +502,27 @@ async fn refresh_tokens_rotate(s: Both) {
     assert_eq!(
         s.consume_refresh_token("r1", "c1").await.unwrap(),
         Consumed::Replayed(r.clone())
+    );
+    // A release gives back a first use, never a replay.
+    s.release_refresh_token("r1").await.unwrap();
+    assert_eq!(
+        s.consume_refresh_token("r1", "c1").await.unwrap(),
+        Consumed::Replayed(r.clone())
+    );
+    s.save_refresh_token("r2", &r).await.unwrap();
+    assert!(matches!(
+        s.consume_refresh_token("r2", "c1").await.unwrap(),
+        Consumed::Fresh(_)
+    ));
+    s.release_refresh_token("r2").await.unwrap();
+    s.release_refresh_token("missing").await.unwrap();
+    assert_eq!(
+        s.get_refresh_token("r2").await.unwrap(),
+        Some((r.clone(), false))
+    );
+    assert_eq!(
+        s.consume_refresh_token("r2", "c1").await.unwrap(),
+        Consumed::Fresh(r.clone())
     );
     s.delete_refresh_tokens(&["r1".to_string(), "zz".to_string()])
         .await
@@ -590,6 +628,37 @@ async fn redis(server: &RedisServer, feed_max: usize) -> Both {
     (Arc::new(s), Arc::new(c))
 }
 
+/// The Redis store with `WAIT 1` against a master with one replica: every durable write
+/// must be acknowledged by the replica, and the results must not change.
+async fn redis_wait(server: &RedisServer, feed_max: usize) -> Both {
+    let opts = RedisOptions {
+        feed_max,
+        wait_replicas: 1,
+        wait_timeout: Duration::from_millis(1000),
+        ..Default::default()
+    };
+    let s = RedisStore::connect(&StoreUrl::parse(&server.url(0)).unwrap(), opts.clone())
+        .await
+        .unwrap();
+    let c = RedisStore::connect(&StoreUrl::parse(&server.url(1)).unwrap(), opts)
+        .await
+        .unwrap();
+    (Arc::new(s), Arc::new(c))
+}
+
+/// The store and the service cache on one three-primary Redis Cluster, as the auth server
+/// opens them for a `redis+cluster://` URL (Cluster has only DB 0: the cache is told apart
+/// by its key prefix, `cache:` / `cache_`).
+async fn on_cluster(cluster: &RedisCluster, feed_max: usize) -> Both {
+    let opts = RedisOptions {
+        feed_max,
+        ..Default::default()
+    };
+    let url = StoreUrl::parse(&cluster.url()).unwrap();
+    let s = Arc::new(RedisStore::connect(&url, opts).await.unwrap());
+    (s.clone(), s)
+}
+
 macro_rules! conformance {
     ($($name:ident => $feed_max:expr),* $(,)?) => {
         mod on_memory {
@@ -608,6 +677,27 @@ macro_rules! conformance {
                 async fn $name() {
                     let Some(server) = RedisServer::start() else { return };
                     super::$name(redis(&server, $feed_max).await).await;
+                }
+            )*
+        }
+        mod on_redis_with_wait {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(server) = RedisServer::start() else { return };
+                    let _replica = server.replica();
+                    super::$name(redis_wait(&server, $feed_max).await).await;
+                }
+            )*
+        }
+        mod on_cluster {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(cluster) = RedisCluster::start(3, 0) else { return };
+                    super::$name(on_cluster(&cluster, $feed_max).await).await;
                 }
             )*
         }
@@ -638,6 +728,144 @@ conformance! {
 async fn redis_unreachable_is_unavailable_not_a_hang() {
     let port = crate::testutil::free_port();
     let url = StoreUrl::parse(&format!("redis://127.0.0.1:{port}/0")).unwrap();
+    let opts = RedisOptions {
+        connect_timeout: Duration::from_millis(300),
+        response_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    // A liveness bound, not a performance threshold: the call must return at all.
+    let r = tokio::time::timeout(Duration::from_secs(60), RedisStore::connect(&url, opts))
+        .await
+        .expect("connect must not hang");
+    assert!(
+        matches!(r, Err(StoreError::Unavailable(_))),
+        "{:?}",
+        r.err()
+    );
+}
+
+/// Redis Cluster beyond the shared suite: the keys spread over every primary, listings
+/// (`SCAN`) and multi-key batches reach every primary, the service cache shares DB 0 with
+/// the auth data without either job touching the other's keys, and `backend_info` reports
+/// every node's role and replication.
+#[tokio::test]
+async fn cluster_spreads_keys_and_reaches_every_primary() {
+    let Some(cluster) = RedisCluster::start(3, 1) else {
+        return;
+    };
+    let (s, c) = on_cluster(&cluster, 100).await;
+    let keys_on = |n: &RedisServer, pattern: &str| -> Vec<String> {
+        n.cmd(::redis::cmd("KEYS").arg(pattern))
+    };
+
+    let ids: Vec<String> = (0..60).map(|i| format!("c{i:02}")).collect();
+    for id in &ids {
+        s.create_client(&client(id)).await.unwrap();
+    }
+    for n in cluster.primaries() {
+        assert!(
+            !keys_on(n, "auth:client:*").is_empty(),
+            "no client on :{}",
+            n.port
+        );
+    }
+    assert_eq!(
+        s.list_client_ids().await.unwrap(),
+        ids,
+        "SCAN saw every primary"
+    );
+
+    // Batches over many slots: tokens (record + cleanup index + counter), refresh tokens.
+    let now = now_secs();
+    for i in 0..40 {
+        // Already expired: the record goes at once, the cleanup entry stays for cleanup.
+        s.save_access_token(&token(&format!("old{i}"), now - 1))
+            .await
+            .unwrap();
+        s.save_access_token(&token(&format!("live{i}"), now + 100))
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.get_stats().await.unwrap().get("tokens_issued"), Some(&80));
+    assert_eq!(s.count_live_tokens(now).await.unwrap(), 40);
+    let r = s.cleanup(now, 0).await.unwrap();
+    assert_eq!(r.expired_tokens, 40);
+    for i in 0..40 {
+        assert!(s
+            .get_access_token(&format!("live{i}"))
+            .await
+            .unwrap()
+            .0
+            .is_some());
+    }
+    let rt = RefreshTokenRecord {
+        client_id: "c00".into(),
+        sub: "alice".into(),
+        scope: "a".into(),
+        aud: "api".into(),
+        grant_id: "g".into(),
+        iat: now,
+        exp: now + 100,
+    };
+    let hashes: Vec<String> = (0..30).map(|i| format!("h{i}")).collect();
+    for h in &hashes {
+        s.save_refresh_token(h, &rt).await.unwrap();
+    }
+    s.delete_refresh_tokens(&hashes).await.unwrap();
+    for h in &hashes {
+        assert_eq!(s.get_refresh_token(h).await.unwrap(), None);
+    }
+
+    // The service cache beside the auth data (Cluster has only DB 0).
+    for i in 0..30 {
+        c.cache_put("svc", &format!("k{i}"), "v", None)
+            .await
+            .unwrap();
+    }
+    let r = c.cache_cleanup(now_secs()).await.unwrap();
+    assert_eq!((r.services, r.entries, r.ttl_set), (1, 30, 30));
+    assert_eq!(
+        s.list_client_ids().await.unwrap(),
+        ids,
+        "cache-cleanup left them"
+    );
+    for n in cluster.primaries() {
+        for k in keys_on(n, "auth:client:*") {
+            let ttl: i64 = n.cmd(::redis::cmd("TTL").arg(&k));
+            assert_eq!(ttl, -1, "{k} got a cache TTL");
+        }
+    }
+    s.cleanup(now_secs(), 0).await.unwrap();
+    assert_eq!(
+        c.cache_get("svc", "k7").await.unwrap().as_deref(),
+        Some("v")
+    );
+
+    // Every node in the status.
+    let info = s.backend_info().await.unwrap();
+    assert_eq!(
+        (info.kind.as_str(), info.role.as_str()),
+        ("redis+cluster", "cluster")
+    );
+    let d = &info.details;
+    assert_eq!(d["cluster_state"], "ok");
+    assert_eq!(
+        (d["primaries"].as_str(), d["replicas"].as_str()),
+        ("3", "3")
+    );
+    for n in cluster.primaries() {
+        assert_eq!(d[&format!("node.127.0.0.1:{}.role", n.port)], "master");
+        assert_eq!(
+            d[&format!("node.127.0.0.1:{}.connected_slaves", n.port)],
+            "1"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cluster_unreachable_is_unavailable_not_a_hang() {
+    let (p1, p2) = (crate::testutil::free_port(), crate::testutil::free_port());
+    let url = StoreUrl::parse(&format!("redis+cluster://127.0.0.1:{p1},127.0.0.1:{p2}")).unwrap();
     let opts = RedisOptions {
         connect_timeout: Duration::from_millis(300),
         response_timeout: Duration::from_millis(300),

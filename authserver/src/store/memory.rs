@@ -1,10 +1,14 @@
 //! The embedded in-memory store: the default for local runs and the demo. Same semantics
 //! as the Redis store (the conformance suite runs against both), TTLs included; state is
-//! lost when the process stops.
+//! lost when the process stops. No other process can reach it, so no `authserver cleanup`
+//! CronJob can either: the store drops expired access tokens itself every second (in expiry
+//! order: the work is what expired, not what is live) and runs the rest of the cleanup pass
+//! once per [`SWEEP_INTERVAL`], so that expired entries do not pile up in a long-running
+//! server. `cleanup()` reports what these passes removed since the last report.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
@@ -24,7 +28,8 @@ struct Inner {
     clients: BTreeMap<String, ClientRecord>,
     access_tokens: HashMap<String, AccessTokenRecord>,
     blacklist: HashMap<String, u64>,
-    cleanup_index: HashMap<String, u64>,
+    /// (exp, jti) of every access token record, in expiry order.
+    cleanup_index: BTreeSet<(u64, String)>,
     rate: HashMap<String, (u64, u64)>, // key -> (count, window end ms)
     leases: HashMap<String, (u64, u64)>, // lease key -> (used, window end ms)
     keys: BTreeMap<String, StoredKey>,
@@ -44,6 +49,11 @@ struct Inner {
     refresh: HashMap<String, (RefreshTokenRecord, u64)>,
     families: HashMap<String, Family>,
     once: HashMap<String, u64>,
+    /// When the last full cleanup pass and the last token pass ran (ms since the epoch).
+    last_sweep_ms: u64,
+    last_token_sweep_ms: u64,
+    /// What the store's own passes removed since `cleanup()` last reported.
+    swept: CleanupReport,
 }
 
 #[derive(Default)]
@@ -85,11 +95,27 @@ fn consume<T: Clone>(
     }
 }
 
+/// Undo a consumption when it was the only use (see `Store::release_refresh_token`).
+fn release<T>(map: &mut HashMap<String, (T, u64)>, key: &str) {
+    if let Some((_, used)) = map.get_mut(key) {
+        if *used == 1 {
+            *used = 0;
+        }
+    }
+}
+
 /// In-memory implementation of [`Store`] and [`ServiceCache`].
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     feed_max: usize,
+    sweep_every_ms: u64,
 }
+
+/// How often the store runs the whole cleanup pass by itself (what Redis drops by TTL, and
+/// what `authserver cleanup` removes from a Redis store).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often it drops expired access tokens (the entries that come and go by the thousand).
+const TOKEN_SWEEP_INTERVAL_MS: u64 = 1000;
 
 impl Default for MemoryStore {
     fn default() -> Self {
@@ -112,15 +138,88 @@ fn alive(exp_secs: u64) -> bool {
 impl MemoryStore {
     pub fn new(feed_max: usize) -> Self {
         MemoryStore {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                last_sweep_ms: now_ms(),
+                last_token_sweep_ms: now_ms(),
+                ..Inner::default()
+            }),
             feed_max: feed_max.max(1),
+            sweep_every_ms: SWEEP_INTERVAL.as_millis() as u64,
         }
+    }
+
+    /// The same store with another interval between its own full cleanup passes (tests).
+    pub fn with_sweep_interval(mut self, every: Duration) -> Self {
+        self.sweep_every_ms = (every.as_millis() as u64).max(1);
+        self
     }
 
     fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, Inner>> {
         // A poisoned lock means a panic happened while holding it; the data is still
         // consistent at the granularity of our operations, so keep serving.
-        Ok(self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        if now.saturating_sub(g.last_sweep_ms) >= self.sweep_every_ms {
+            g.last_sweep_ms = now;
+            g.last_token_sweep_ms = now;
+            let r = sweep(&mut g, now / 1000);
+            g.swept.expired_tokens += r.expired_tokens;
+            g.swept.feed_entries_trimmed += r.feed_entries_trimmed;
+        } else if now.saturating_sub(g.last_token_sweep_ms) >= TOKEN_SWEEP_INTERVAL_MS {
+            g.last_token_sweep_ms = now;
+            let n = sweep_tokens(&mut g, now / 1000);
+            g.swept.expired_tokens += n;
+        }
+        Ok(g)
+    }
+}
+
+/// Expired access tokens, from the head of the expiry-ordered index.
+fn sweep_tokens(g: &mut Inner, now: u64) -> u64 {
+    let mut n = 0u64;
+    while g.cleanup_index.first().is_some_and(|(exp, _)| *exp <= now) {
+        if let Some((_, jti)) = g.cleanup_index.pop_first() {
+            g.access_tokens.remove(&jti);
+            n += 1;
+        }
+    }
+    if n > 0 {
+        *g.stats.entry("tokens_cleaned".into()).or_insert(0) += n as i64;
+    }
+    n
+}
+
+/// One cleanup pass: what Redis drops by TTL, plus what `authserver cleanup` removes from
+/// a Redis store (expired tokens of the cleanup index, the expired head of the feed).
+fn sweep(g: &mut Inner, now: u64) -> CleanupReport {
+    g.sessions.retain(|_, s| s.exp > now);
+    g.codes.retain(|_, (r, _)| r.exp > now);
+    g.refresh.retain(|_, (r, _)| r.exp > now);
+    g.families
+        .retain(|_, f| f.exp > now || f.revoked_until.is_some_and(|r| r > now));
+    g.once.retain(|_, e| *e > now);
+    let now_ms = now.saturating_mul(1000);
+    g.rate.retain(|_, (_, end)| *end > now_ms);
+    g.leases.retain(|_, (_, end)| *end > now_ms);
+    g.cache
+        .retain(|_, e| e.expires_ms.is_none_or(|x| x > now_ms));
+    let expired_tokens = sweep_tokens(g, now);
+    g.blacklist.retain(|_, exp| *exp > now);
+    g.revoked_index.retain(|_, exp| *exp > now);
+    // Expired entries leave from the head of the feed (as in Redis); readers skip any
+    // expired entry further in.
+    let mut trimmed = 0u64;
+    while let Some(entry) = g.feed.first_entry() {
+        if entry.get().exp > now {
+            break;
+        }
+        entry.remove();
+        trimmed += 1;
+    }
+    CleanupReport {
+        expired_tokens,
+        feed_entries_trimmed: trimmed,
+        keys_removed: 0,
     }
 }
 
@@ -172,8 +271,10 @@ impl Store for MemoryStore {
 
     async fn save_access_token(&self, rec: &AccessTokenRecord) -> StoreResult<()> {
         let mut g = self.lock()?;
-        g.access_tokens.insert(rec.jti.clone(), rec.clone());
-        g.cleanup_index.insert(rec.jti.clone(), rec.exp);
+        if let Some(old) = g.access_tokens.insert(rec.jti.clone(), rec.clone()) {
+            g.cleanup_index.remove(&(old.exp, old.jti));
+        }
+        g.cleanup_index.insert((rec.exp, rec.jti.clone()));
         *g.stats.entry("tokens_issued".into()).or_insert(0) += 1;
         Ok(())
     }
@@ -272,8 +373,7 @@ impl Store for MemoryStore {
         Ok(self
             .lock()?
             .cleanup_index
-            .values()
-            .filter(|exp| **exp > now)
+            .range((now.saturating_add(1), String::new())..)
             .count() as u64)
     }
 
@@ -475,6 +575,16 @@ impl Store for MemoryStore {
         ))
     }
 
+    async fn release_refresh_token(&self, hash: &str) -> StoreResult<()> {
+        release(&mut self.lock()?.refresh, hash);
+        Ok(())
+    }
+
+    async fn release_auth_code(&self, code_hash: &str) -> StoreResult<()> {
+        release(&mut self.lock()?.codes, code_hash);
+        Ok(())
+    }
+
     async fn get_refresh_token(
         &self,
         hash: &str,
@@ -556,42 +666,12 @@ impl Store for MemoryStore {
 
     async fn cleanup(&self, now: u64, _feed_retention_secs: u64) -> StoreResult<CleanupReport> {
         let mut g = self.lock()?;
-        // What Redis drops by TTL.
-        g.sessions.retain(|_, s| s.exp > now);
-        g.codes.retain(|_, (r, _)| r.exp > now);
-        g.refresh.retain(|_, (r, _)| r.exp > now);
-        g.families
-            .retain(|_, f| f.exp > now || f.revoked_until.is_some_and(|r| r > now));
-        g.once.retain(|_, e| *e > now);
-        let expired: Vec<String> = g
-            .cleanup_index
-            .iter()
-            .filter(|(_, exp)| **exp <= now)
-            .map(|(j, _)| j.clone())
-            .collect();
-        for j in &expired {
-            g.cleanup_index.remove(j);
-            g.access_tokens.remove(j);
-        }
-        g.blacklist.retain(|_, exp| *exp > now);
-        g.revoked_index.retain(|_, exp| *exp > now);
-        // Expired entries leave from the head of the feed (as in Redis); readers skip any
-        // expired entry further in.
-        let mut trimmed = 0u64;
-        while let Some(entry) = g.feed.first_entry() {
-            if entry.get().exp > now {
-                break;
-            }
-            entry.remove();
-            trimmed += 1;
-        }
-        if !expired.is_empty() {
-            *g.stats.entry("tokens_cleaned".into()).or_insert(0) += expired.len() as i64;
-        }
+        let r = sweep(&mut g, now);
+        let before = std::mem::take(&mut g.swept);
         Ok(CleanupReport {
-            expired_tokens: expired.len() as u64,
-            feed_entries_trimmed: trimmed,
-            keys_removed: 0,
+            expired_tokens: r.expired_tokens + before.expired_tokens,
+            feed_entries_trimmed: r.feed_entries_trimmed + before.feed_entries_trimmed,
+            keys_removed: r.keys_removed,
         })
     }
 }
@@ -690,5 +770,100 @@ impl ServiceCache for MemoryStore {
 
     async fn cache_stats(&self) -> StoreResult<BTreeMap<String, String>> {
         Ok(self.lock()?.cache_stats.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(jti: &str, exp: u64) -> AccessTokenRecord {
+        AccessTokenRecord {
+            jti: jti.into(),
+            client_id: "c1".into(),
+            sub: "c1".into(),
+            scope: "a".into(),
+            aud: "api".into(),
+            iat: now_secs(),
+            exp,
+            token_hash: "h".into(),
+            format: "jwt".into(),
+            act: None,
+        }
+    }
+
+    /// A long-running server on the memory store has no cleanup job (no other process can
+    /// reach its memory): expired entries must leave by themselves, or the store grows for
+    /// as long as tokens are issued (found by `make soak` with SOAK_STORE=memory).
+    #[tokio::test]
+    async fn expired_entries_leave_without_a_cleanup_job() {
+        let s = MemoryStore::new(1000).with_sweep_interval(Duration::from_millis(200));
+        let now = now_secs();
+        for i in 0..100 {
+            s.save_access_token(&record(&format!("short{i}"), now + 1))
+                .await
+                .unwrap();
+        }
+        assert!(s.revoke_access_token("short0", now + 1).await.unwrap());
+        s.save_access_token(&record("long", now + 600))
+            .await
+            .unwrap();
+        assert!(s.revoke_access_token("long", now + 600).await.unwrap());
+        s.rate_limit("client:c1", 10, 1).await.unwrap();
+        {
+            let g = s.lock().unwrap();
+            assert_eq!(g.access_tokens.len(), 101);
+            assert_eq!(g.cleanup_index.len(), 101);
+            assert_eq!(g.feed.len(), 2);
+            assert_eq!(g.rate.len(), 1);
+        }
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        // Any use of the store runs the pass once it is due; nobody calls cleanup().
+        let (rec, revoked) = s.get_access_token("long").await.unwrap();
+        assert_eq!(rec.map(|r| r.jti), Some("long".to_string()));
+        assert!(revoked);
+        let g = s.lock().unwrap();
+        assert_eq!(
+            g.access_tokens.len(),
+            1,
+            "expired token records are dropped"
+        );
+        assert_eq!(g.cleanup_index.len(), 1, "and their cleanup-index entries");
+        assert_eq!(g.blacklist.len(), 1);
+        assert_eq!(g.revoked_index.len(), 1);
+        assert_eq!(g.feed.len(), 1, "the expired head of the feed is trimmed");
+        assert!(g.rate.is_empty(), "closed rate-limit windows are dropped");
+        assert_eq!(g.stats.get("tokens_cleaned"), Some(&100));
+    }
+
+    #[tokio::test]
+    async fn tokens_leave_every_second_and_the_report_counts_them() {
+        // The full pass is not due for an hour: only the per-second token pass runs.
+        let s = MemoryStore::new(1000).with_sweep_interval(Duration::from_secs(3600));
+        let now = now_secs();
+        s.save_access_token(&record("j1", now + 1)).await.unwrap();
+        s.save_access_token(&record("j2", now + 600)).await.unwrap();
+        // Saved again with another expiry: one index entry, the new one.
+        s.save_access_token(&record("j2", now + 1)).await.unwrap();
+        assert!(s.revoke_access_token("j1", now + 1).await.unwrap());
+        assert_eq!(s.count_live_tokens(now).await.unwrap(), 2);
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(s.get_access_token("j1").await.unwrap(), (None, false));
+        {
+            let g = s.lock().unwrap();
+            assert!(
+                g.access_tokens.is_empty(),
+                "token records leave every second"
+            );
+            assert!(g.cleanup_index.is_empty());
+            assert_eq!(g.feed.len(), 1, "the rest waits for the full pass");
+        }
+        assert_eq!(s.count_live_tokens(now_secs()).await.unwrap(), 0);
+        // `authserver cleanup` reports what the store removed on its own since last time.
+        let r = s.cleanup(now_secs(), 0).await.unwrap();
+        assert_eq!((r.expired_tokens, r.feed_entries_trimmed), (2, 1));
+        let r = s.cleanup(now_secs(), 0).await.unwrap();
+        assert_eq!((r.expired_tokens, r.feed_entries_trimmed), (0, 0));
+        assert_eq!(s.get_stats().await.unwrap().get("tokens_cleaned"), Some(&2));
     }
 }

@@ -365,6 +365,12 @@ pub trait Store: Send + Sync + 'static {
         hash: &str,
         client_id: &str,
     ) -> StoreResult<Consumed<RefreshTokenRecord>>;
+    /// Give back a refresh token this caller consumed (`Consumed::Fresh`) when it then
+    /// failed to issue anything (the store went away mid-request): it is unused again, unless
+    /// it was presented again meanwhile (a replay stays a replay). Best effort.
+    async fn release_refresh_token(&self, hash: &str) -> StoreResult<()>;
+    /// As [`Store::release_refresh_token`], for an authorization code.
+    async fn release_auth_code(&self, code_hash: &str) -> StoreResult<()>;
     /// The record and whether it was used (rotated) already.
     async fn get_refresh_token(
         &self,
