@@ -651,6 +651,17 @@ fn short_hash(s: &str) -> String {
 }
 
 impl Config {
+    /// Whether any decision can depend on the downstream peer address (`source.address`):
+    /// only a rate limit keyed by `client_ip` reads it. The glue asks Envoy for the address
+    /// (a property lookup, the costliest hostcall of an allowed request) only then.
+    pub fn uses_peer_address(&self) -> bool {
+        self.rules.iter().any(|r| {
+            r.rate_limit
+                .as_ref()
+                .is_some_and(|l| l.key == LimitKey::ClientIp)
+        })
+    }
+
     /// Parse and validate the JSON configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig =

@@ -14,7 +14,7 @@ use crate::host::{Host, Level};
 use crate::identity::Identity;
 use crate::introspection::{self, State};
 use crate::jwks::{self, JwksMeta, KeySet, WorkerKeys};
-use crate::jwt::{self, KeySource, VerifyError};
+use crate::jwt::{self, Alg, KeySource, VerifyError};
 use crate::lease::{self, KeyHash, LeaseFailMode, Spend};
 use crate::metrics::Metric;
 use crate::ratelimit;
@@ -216,6 +216,45 @@ pub struct LeaseWaiter {
 /// Most keys a worker remembers to ask a lease for at its next tick.
 const MAX_WANTED: usize = 4096;
 
+/// A worker writes at most one warning per this interval about one failing dependency
+/// (introspection, rate-limit leases), whose failures can come with every request.
+pub const WARN_EVERY_MS: u64 = 10_000;
+
+/// Rate limit of one kind of warning: during an outage of the auth server every request
+/// with a new opaque token (or every lease call) fails, and a warning each would flood the
+/// log of a busy gateway (and let anyone sending made-up tokens write it). The metrics still
+/// count every failure; a warning says how many were not logged since the previous one.
+#[derive(Debug, Default)]
+struct WarnThrottle {
+    /// When the last warning was written (Unix ms); `None`: never.
+    last_ms: std::cell::Cell<Option<u64>>,
+    /// Warnings left out since then.
+    suppressed: std::cell::Cell<u64>,
+}
+
+impl WarnThrottle {
+    /// Write `msg` at warning level unless a warning of this kind was written in the last
+    /// [`WARN_EVERY_MS`]; then it is only counted.
+    fn warn(&self, host: &dyn Host, msg: &str) {
+        let now = host.now_ms();
+        if matches!(self.last_ms.get(), Some(t) if now.saturating_sub(t) < WARN_EVERY_MS) {
+            self.suppressed.set(self.suppressed.get().saturating_add(1));
+            return;
+        }
+        self.last_ms.set(Some(now));
+        match self.suppressed.replace(0) {
+            0 => host.log(Level::Warn, msg),
+            n => host.log(
+                Level::Warn,
+                &format!(
+                    "{msg} ({n} more like it in the last {} s)",
+                    WARN_EVERY_MS / 1000
+                ),
+            ),
+        }
+    }
+}
+
 /// A request held until a first JWKS arrives.
 #[derive(Debug, Clone)]
 pub struct Waiter {
@@ -223,6 +262,24 @@ pub struct Waiter {
     pub deadline_ms: u64,
     pub issuer: usize,
     pub request: Request,
+}
+
+/// Key of a worker's local cache: the whole token (never shown by `Debug`). Lookups hash
+/// it with std's per-process random SipHash key and compare it in full, so two tokens
+/// never share an entry.
+#[derive(PartialEq, Eq, Hash)]
+struct LocalKey(Box<str>);
+
+impl std::borrow::Borrow<str> for LocalKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for LocalKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalKey(..)")
+    }
 }
 
 /// A verified token in a worker's local cache: identity and ready-made headers.
@@ -250,7 +307,8 @@ pub struct Worker {
     wanted: RefCell<Vec<(usize, KeyHash)>>,
     /// This worker's id in shared-data leases and claims (random per VM).
     pub id: u32,
-    local: HashMap<cache::TokenHash, LocalEntry>,
+    /// Keyed by the whole token (see [`LocalKey`]).
+    local: HashMap<LocalKey, LocalEntry>,
     /// Introspection calls this worker has in flight: token hash, dispatching context.
     inflight: Vec<(TokenHash, u32)>,
     /// The revocation feed is stale beyond `stale_after_s` (computed on every tick).
@@ -258,6 +316,9 @@ pub struct Worker {
     started_ms: u64,
     last_prune_ms: u64,
     poll_failing: bool,
+    /// Warnings about failed introspections / lease calls (see [`WarnThrottle`]).
+    introspection_warn: WarnThrottle,
+    lease_warn: WarnThrottle,
 }
 
 /// A random non-zero u32 (std's `RandomState` is seeded from the OS / WASI `random_get`),
@@ -300,15 +361,24 @@ pub fn headers_to_remove(cfg: &Config, headers: &[(String, String)]) -> Vec<Stri
         if k.starts_with(':') {
             continue;
         }
-        let lower = k.to_ascii_lowercase();
-        let hit = cfg.headers.remove.binary_search(&lower).is_ok()
+        // Envoy hands header names over in lower case: no copy unless one is not.
+        let lower: std::borrow::Cow<'_, str> = if k.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(k.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(k.as_str())
+        };
+        let hit = cfg
+            .headers
+            .remove
+            .binary_search_by(|r| r.as_str().cmp(&lower))
+            .is_ok()
             || cfg
                 .headers
                 .strip_prefix
                 .as_deref()
                 .is_some_and(|p| lower.starts_with(p));
-        if hit && !out.contains(&lower) {
-            out.push(lower);
+        if hit && !out.iter().any(|o| *o == *lower) {
+            out.push(lower.into_owned());
         }
     }
     out
@@ -330,6 +400,8 @@ impl Worker {
             started_ms: 0,
             last_prune_ms: 0,
             poll_failing: false,
+            introspection_warn: WarnThrottle::default(),
+            lease_warn: WarnThrottle::default(),
         }
     }
 
@@ -406,24 +478,30 @@ impl Worker {
         }
         let now_ms = host.now_ms();
         let now = now_ms / 1000;
+        // The local cache is keyed by the token itself (compared in full on a hit), so a
+        // hit costs no SHA-256: the hash is computed only for the shared cache on a miss.
+        if let Some(e) = self.local.get(token.as_str()) {
+            if now < e.expires_at {
+                host.metric(Metric::CacheHit, 1);
+                return self.authorize(host, rule, req, &e.identity, &e.headers, strip, now);
+            }
+        }
         let hash = cache::hash_token(&token);
-        let local_hit = matches!(self.local.get(&hash), Some(e) if now < e.expires_at);
-        if local_hit {
-            host.metric(Metric::CacheHit, 1);
+        let opaque =
+            self.cfg.introspection.is_some() && token.bytes().filter(|b| *b == b'.').count() != 2;
+        let found = if opaque {
+            self.introspected(host, token.clone(), &hash, now_ms)
         } else {
-            let opaque = self.cfg.introspection.is_some()
-                && token.bytes().filter(|b| *b == b'.').count() != 2;
-            let found = if opaque {
-                self.introspected(host, token, &hash, now_ms)
-            } else {
-                self.shared_or_verify(host, &token, &hash, now, now_ms)
-            };
-            let (id, expires_at) = match found {
-                Ok(v) => v,
-                Err(o) => return o,
-            };
-            let headers: Rc<[(String, String)]> = Rc::from(id.headers(&self.cfg));
-            let max = (self.cfg.cache_local_entries as usize).max(1);
+            self.shared_or_verify(host, &token, &hash, now, now_ms)
+        };
+        let (id, expires_at) = match found {
+            Ok(v) => v,
+            Err(o) => return o,
+        };
+        let headers: Rc<[(String, String)]> = Rc::from(id.headers(&self.cfg));
+        let outcome = self.authorize(host, rule, req, &id, &headers, strip, now);
+        let max = self.cfg.cache_local_entries as usize;
+        if max > 0 {
             if self.local.len() >= max {
                 self.local.retain(|_, e| e.expires_at > now);
                 if self.local.len() >= max {
@@ -431,26 +509,13 @@ impl Worker {
                 }
             }
             self.local.insert(
-                hash,
+                LocalKey(Box::from(token.as_str())),
                 LocalEntry {
                     expires_at,
                     identity: id,
                     headers,
                 },
             );
-        }
-        let outcome = match self.local.get(&hash) {
-            Some(entry) => {
-                self.authorize(host, rule, req, &entry.identity, &entry.headers, strip, now)
-            }
-            None => Outcome::Reject(reject::invalid_token(
-                &self.cfg.realm,
-                "internal error",
-                "internal",
-            )),
-        };
-        if self.cfg.cache_local_entries == 0 {
-            self.local.clear();
         }
         outcome
     }
@@ -998,8 +1063,8 @@ impl Worker {
             Err(e) => {
                 introspection::release(host, &x.settings, &hash, self.id, now_ms);
                 host.metric(Metric::IntrospectionFailed, 1);
-                host.log(
-                    Level::Warn,
+                self.introspection_warn.warn(
+                    host,
                     &format!(
                         "tollgate: introspection at cluster {} failed: {e}",
                         self.cfg
@@ -1034,10 +1099,8 @@ impl Worker {
             introspection::release(host, &x.settings, &hash, self.id, now);
         }
         host.metric(Metric::IntrospectionFailed, 1);
-        host.log(
-            Level::Warn,
-            &format!("tollgate: introspection failed: {reason}"),
-        );
+        self.introspection_warn
+            .warn(host, &format!("tollgate: introspection failed: {reason}"));
         let pos = self
             .intro_waiters
             .iter()
@@ -1097,8 +1160,8 @@ impl Worker {
                 if let Some(g) = self.global_policy(rule) {
                     lease::on_failure(host, g, &hash);
                 }
-                host.log(
-                    Level::Warn,
+                self.lease_warn.warn(
+                    host,
                     "tollgate: no rate-limit lease answer in time; following the rule's fail_mode",
                 );
                 match self.on_request(host, &w.request) {
@@ -1203,8 +1266,8 @@ impl Worker {
                 Ok(a) => lease::on_answer(host, g, &hash, sent_ms, want, &a),
                 Err(e) => {
                     host.metric(Metric::RateLimitLeaseFailed, 1);
-                    host.log(
-                        Level::Warn,
+                    self.lease_warn.warn(
+                        host,
                         &format!(
                             "tollgate: rate-limit lease for {} failed: {e}; fail_mode {:?}",
                             g.name, g.fail_mode
@@ -1291,6 +1354,16 @@ impl Worker {
         let mut plans = Vec::new();
         if self.started_ms == 0 {
             self.started_ms = now;
+            // The ES256 generator table (once per VM, ≈ 10–30 ms in V8): at the first tick
+            // rather than in the first request that verifies an ES256 token.
+            if self
+                .cfg
+                .issuers
+                .iter()
+                .any(|i| i.algorithms.contains(&Alg::ES256))
+            {
+                crate::es256::prepare();
+            }
         }
         if let (Some(rv), Some(a)) = (&self.cfg.revocation, &self.cfg.auth_server) {
             // Staleness, once per tick: since the last good poll (or since this worker

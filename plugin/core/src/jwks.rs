@@ -9,6 +9,8 @@
 //!   refresh because of an unknown `kid`. Updated with compare-and-swap so that one worker
 //!   fetches for all of them.
 
+use std::sync::Arc;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::DecodingKey;
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::{Config, Issuer};
+use crate::es256;
 use crate::jwt::Alg;
 
 /// The key families the filter verifies with.
@@ -34,6 +37,8 @@ pub struct Key {
     pub alg: Option<Alg>,
     pub kind: KeyKind,
     pub decoding: DecodingKey,
+    /// A P-256 key for [`crate::es256`] (with its precomputed table once used).
+    pub p256: Option<Arc<es256::PublicKey>>,
 }
 
 impl std::fmt::Debug for Key {
@@ -98,6 +103,7 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return None,
     };
+    let mut p256 = None;
     let (kind, decoding) = match str_field(o, "kty")? {
         "EC" => {
             let (kind, len) = match str_field(o, "crv")? {
@@ -109,6 +115,14 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
             let y = str_field(o, "y")?;
             if b64_len(x)? != len || b64_len(y)? != len {
                 return None;
+            }
+            if kind == KeyKind::P256 {
+                let xb: [u8; 32] = URL_SAFE_NO_PAD.decode(x).ok()?.try_into().ok()?;
+                let yb: [u8; 32] = URL_SAFE_NO_PAD.decode(y).ok()?.try_into().ok()?;
+                let mut xy = [0u8; 64];
+                xy[..32].copy_from_slice(&xb);
+                xy[32..].copy_from_slice(&yb);
+                p256 = Some(Arc::new(es256::PublicKey::new(xy)));
             }
             (kind, DecodingKey::from_ec_components(x, y).ok()?)
         }
@@ -142,6 +156,7 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
         alg,
         kind,
         decoding,
+        p256,
     })
 }
 
@@ -165,6 +180,22 @@ impl KeySet {
             return Err(JwksError::NoUsableKey(set.skipped));
         }
         Ok(set)
+    }
+
+    /// Take over the ES256 tables of `old`'s P-256 keys that this set still holds (the
+    /// same coordinates): a JWKS refresh that changes nothing costs no table rebuild.
+    pub fn keep_tables_of(&mut self, old: &KeySet) {
+        for k in &mut self.keys {
+            let Some(pk) = &k.p256 else { continue };
+            let same = old.keys.iter().find_map(|o| {
+                o.p256
+                    .as_ref()
+                    .filter(|op| op.coordinates() == pk.coordinates())
+            });
+            if let Some(same) = same {
+                k.p256 = Some(Arc::clone(same));
+            }
+        }
     }
 
     pub fn by_kid(&self, kid: &str) -> Option<&Key> {
@@ -298,7 +329,10 @@ impl WorkerKeys {
             return;
         }
         if let Some((_, doc)) = decode_doc(&val) {
-            if let Ok(set) = KeySet::parse(doc) {
+            if let Ok(mut set) = KeySet::parse(doc) {
+                if let Some((_, old)) = &self.sets[idx] {
+                    set.keep_tables_of(old);
+                }
                 self.sets[idx] = Some((cas, set));
             }
         }

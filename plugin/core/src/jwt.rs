@@ -6,13 +6,13 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
 use crate::config::{normalize_typ, Config};
 use crate::error::TokenError;
 use crate::identity::{header_safe, Identity};
-use crate::jwks::{KeyKind, KeySet};
+use crate::jwks::{Key, KeyKind, KeySet};
 
 /// An accepted signing algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -287,15 +287,21 @@ pub fn verify(
         // A kid naming a key of another type (e.g. an RSA kid in an ES256 token).
         return Err(TokenError::AlgorithmNotAllowed.into());
     }
-    if !check_signature(p.signature, p.signing_input, &key.decoding, alg) {
+    if !check_signature(p.signature, p.signing_input, key, alg) {
         return Err(TokenError::BadSignature.into());
     }
     claims_to_identity(&p.claims, cfg, idx, now)
 }
 
-fn check_signature(sig: &str, input: &str, key: &DecodingKey, alg: Alg) -> bool {
+fn check_signature(sig: &str, input: &str, key: &Key, alg: Alg) -> bool {
+    if let (Alg::ES256, Some(pk)) = (alg, &key.p256) {
+        // Several times faster than the generic path in Wasm (see crate::es256).
+        return URL_SAFE_NO_PAD
+            .decode(sig)
+            .is_ok_and(|s| crate::es256::verify(pk, input.as_bytes(), &s));
+    }
     matches!(
-        jsonwebtoken::crypto::verify(sig, input.as_bytes(), key, alg.jwt()),
+        jsonwebtoken::crypto::verify(sig, input.as_bytes(), &key.decoding, alg.jwt()),
         Ok(true)
     )
 }

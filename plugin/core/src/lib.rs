@@ -12,6 +12,11 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod es256;
+/// Property functions of the fuzz targets and the corpus regression test (`fuzzing` feature).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod identity;
 pub mod introspection;

@@ -141,3 +141,25 @@ fn documented_examples_parse() {
     assert_eq!(full.rules.len(), 3);
     assert_eq!(full.token_sources.len(), 3);
 }
+
+#[test]
+fn peer_address_is_needed_only_for_client_ip_limits() {
+    let with_rules = |rules: serde_json::Value| {
+        let mut v = minimal();
+        v["rules"] = rules;
+        Config::from_json(v.to_string().as_bytes()).unwrap()
+    };
+    assert!(!with_rules(json!([])).uses_peer_address());
+    assert!(!with_rules(json!([
+        {"path_prefix": "/a", "rate_limit": {"requests": 5, "period_s": 60, "key": "client_id"}},
+        {"path_prefix": "/b", "rate_limit": {"requests": 5, "period_s": 60,
+                                             "key": {"header": "x-user"}}},
+        {"path_prefix": "/c", "scopes": ["read"]}
+    ]))
+    .uses_peer_address());
+    assert!(with_rules(json!([
+        {"path_prefix": "/a", "rate_limit": {"requests": 5, "period_s": 60, "key": "client_id"}},
+        {"path_prefix": "/b", "rate_limit": {"requests": 5, "period_s": 60, "key": "client_ip"}}
+    ]))
+    .uses_peer_address());
+}

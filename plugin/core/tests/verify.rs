@@ -253,3 +253,51 @@ fn jwks_parsing() {
     assert!(KeySet::parse(b"not json").is_err());
     assert!(KeySet::parse(br#"{"nokeys":[]}"#).is_err());
 }
+
+#[test]
+fn es256_key_tables_survive_an_unchanged_jwks_refresh() {
+    let (a, b) = (TestKey::es256(3), TestKey::es256(5));
+    let mut first = keys(&[(&a, "k1")]);
+    let t = token(&a, "k1", &claims("client-a", "api:read"));
+    assert!(verify(&t, &mut first).is_ok());
+    // The refreshed document holds the same key and a new one: the same key keeps its
+    // (already built) table, the new one gets its own.
+    let mut second = KeySet::parse(&jwks(&[(&a, "k1"), (&b, "k2")])).unwrap();
+    let old = first.0.as_ref().unwrap();
+    second.keep_tables_of(old);
+    let same = |s: &KeySet, kid: &str| s.by_kid(kid).and_then(|k| k.p256.clone()).unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        &same(old, "k1"),
+        &same(&second, "k1")
+    ));
+    assert!(!std::sync::Arc::ptr_eq(
+        &same(old, "k1"),
+        &same(&second, "k2")
+    ));
+    let mut second = Keys(Some(second));
+    assert!(verify(&t, &mut second).is_ok());
+    let t2 = token(&b, "k2", &claims("client-b", "api:read"));
+    assert!(verify(&t2, &mut second).is_ok());
+    // k2's signature does not verify under k1.
+    let forged = token(&b, "k1", &claims("client-b", "api:read"));
+    assert_eq!(refused(&forged, &mut second), TokenError::BadSignature);
+}
+
+#[test]
+fn es256_key_off_the_curve_verifies_nothing() {
+    let a = TestKey::es256(3);
+    let mut jwk = a.jwk("k1");
+    // Change y: the coordinates no longer name a point of the curve.
+    let mut y = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        jwk["y"].as_str().unwrap(),
+    )
+    .unwrap();
+    y[31] ^= 1;
+    jwk["y"] = json!(b64(&y));
+    // Taken (the JWKS code checks lengths, not the curve equation) but never verifies.
+    let set = KeySet::parse(json!({ "keys": [jwk] }).to_string().as_bytes()).unwrap();
+    let mut k = Keys(Some(set));
+    let t = token(&a, "k1", &claims("client-a", "api:read"));
+    assert_eq!(refused(&t, &mut k), TokenError::BadSignature);
+}

@@ -1,0 +1,4 @@
+//! `jwks_parse`: see `tollgate_edge_core::fuzzing::jwks_parse` and docs/fuzzing.md.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tollgate_edge_core::fuzzing::jwks_parse(data));

@@ -1,0 +1,4 @@
+//! `jwt_verify`: see `tollgate_edge_core::fuzzing::jwt_verify` and docs/fuzzing.md.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tollgate_edge_core::fuzzing::jwt_verify(data));

@@ -1,0 +1,4 @@
+//! `lease_answer`: see `tollgate_edge_core::fuzzing::lease_answer` and docs/fuzzing.md.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tollgate_edge_core::fuzzing::lease_answer(data));
