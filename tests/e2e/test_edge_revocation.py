@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import socket
 import time
 
 import pytest
@@ -192,8 +193,21 @@ def test_rate_limit_by_client_ip_and_header(echo, wasm):
                         for _ in range(3)]
             assert ip("192.0.2.1") == [200, 200, 429]
             assert ip("192.0.2.2") == [200, 200, 429], "the trusted hop, not the spoofable first"
+            # Without X-Forwarded-For the key is the downstream peer address (the filter
+            # reads `source.address` only for such rules): two loopback sources, two buckets.
+            assert [peer_status(gw, "/ip/", "127.0.0.3") for _ in range(3)] == [200, 200, 429]
+            assert [peer_status(gw, "/ip/", "127.0.0.4") for _ in range(3)] == [200, 200, 429]
             assert [call(gw, None, "/key/", {"x-api-key": "k1"}).status_code for _ in range(2)] == [200, 429]
             assert call(gw, None, "/key/", {"x-api-key": "k2"}).status_code == 200
+
+
+def peer_status(gw: Envoy, path: str, source_ip: str) -> int:
+    """Status of a GET sent from `source_ip` (a loopback address: all of 127/8 is local)."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=20,
+                                  source_address=(source_ip, 0)) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n".encode())
+        head = s.recv(64).decode("latin-1")
+    return int(head.split(" ", 2)[1])
 
 
 def introspections(auth: AuthServer) -> int:

@@ -6,6 +6,8 @@ and deliberately broken ones.
     tok = iss.mint(sub="alice", scope="api:read")
     iss.add_key("rsa1", "RS256")             # published at the next JWKS fetch
     iss.mode = "down"                        # JWKS endpoint answers 503
+    iss.mode = "slow"                        # the JWKS, after iss.slow_s seconds
+    iss.mode = "invalid-json"                # or any other of GARBAGE_MODES
     iss.jwks_requests                        # how many times the JWKS was fetched
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 import uuid
@@ -32,6 +35,39 @@ ALG_KEYGEN = {
     "PS256": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
     "EdDSA": lambda: ed25519.Ed25519PrivateKey.generate(),
 }
+
+# Broken JWKS answers (mode -> (status, content-type, body)). Every one of them must leave a
+# filter's previous key set serving. "garbage" is the historical name of the HTML one.
+_HTML = (b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
+         b"<body><h1>Bad Gateway</h1><p>The upstream is unavailable.</p></body></html>")
+GARBAGE_MODES: dict[str, tuple[int, str, bytes]] = {
+    "garbage": (200, "application/json", b"<html>not a jwks</html>"),
+    "invalid-json": (200, "application/json", b'{"keys": [{"kty": "EC", "crv": "P-256", "x": '),
+    "not-an-object": (200, "application/json", b'["keys", 1, null]'),
+    "no-keys": (200, "application/json", b'{"issuer": "https://elsewhere.example", "jwks": []}'),
+    "empty-keys": (200, "application/json", b'{"keys": []}'),
+    "keys-not-a-list": (200, "application/json", b'{"keys": {"kty": "EC", "kid": "k1"}}'),
+    "wrong-types": (200, "application/json", json.dumps({"keys": [
+        {"kty": 7, "kid": ["k1"], "crv": None, "x": 1, "y": True},
+        {"kty": "EC", "crv": "P-256", "kid": "k1", "x": 12345, "y": {"a": 1}},
+        {"kty": "EC", "crv": "P-256", "kid": 42, "x": "AAAA", "y": "AAAA"},
+        {"kty": "RSA", "kid": "k1", "n": "AQAB", "e": "AQAB"},
+        {"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": "bm90IDMyIGJ5dGVz"},
+        "k1", 3.5, None]}).encode()),
+    "private-only": (200, "application/json",
+                     b'{"keys": [{"kty": "oct", "kid": "k1", "k": "c2VjcmV0"}]}'),
+    "error-500": (500, "application/json",
+                  b'{"error": "server_error", "error_description": "boom"}'),
+    "html": (200, "text/html; charset=utf-8", _HTML),
+    "html-404": (404, "text/html", _HTML),
+    "binary": (200, "application/json", bytes(range(256)) * 4),  # not even UTF-8
+    # Larger than the filter reads (256 KiB): refused without parsing.
+    "huge": (200, "application/json",
+             b'{"keys": [], "padding": "' + b"x" * (300 * 1024) + b'"}'),
+}
+# Modes that are not a fixed answer: "ok", "down" (503), "slow" (the real JWKS after
+# `slow_s`), "truncated" (a content-length longer than the body, then the connection closes).
+MODES = ("ok", "down", "slow", "truncated", *GARBAGE_MODES)
 
 
 def b64url(data: bytes) -> str:
@@ -59,8 +95,10 @@ class TestIssuer:
         self.audience = audience
         self.keys: dict[str, tuple[Any, str]] = {}   # kid -> (private key, alg)
         self.published: set[str] = set()
-        self.mode = "ok"              # "ok" | "down" (503) | "garbage" (200, not a JWKS)
+        self.mode = "ok"              # "ok" | "down" (503) | "garbage" (200, not a JWKS) | MODES
+        self.slow_s = 3.0             # how long "slow" waits before answering
         self.jwks_requests = 0
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
         self.add_key("k1", first_alg)
         issuer_self = self
@@ -73,19 +111,42 @@ class TestIssuer:
                     issuer_self.jwks_requests += 1
                     mode = issuer_self.mode
                     body = json.dumps(issuer_self.jwks()).encode()
+                ctype = "application/json"
                 if self.path.split("?")[0] != "/oauth2/jwks":
                     status, body = 404, b"{}"
                 elif mode == "down":
                     status, body = 503, b'{"error":"down"}'
-                elif mode == "garbage":
-                    status, body = 200, b"<html>not a jwks</html>"
+                elif mode in GARBAGE_MODES:
+                    status, ctype, body = GARBAGE_MODES[mode]
+                elif mode == "slow":
+                    # Wait (interruptibly: stop() ends it), then answer the real JWKS.
+                    issuer_self._stopping.wait(issuer_self.slow_s)
+                    status = 200
+                elif mode == "truncated":
+                    self.send_response(200)
+                    self.send_header("content-type", ctype)
+                    self.send_header("content-length", str(len(body) + 100))
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
+                elif mode != "ok":
+                    raise ValueError(f"unknown issuer mode {mode!r}; one of {MODES}")
                 else:
                     status = 200
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", ctype)
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the client gave up (a "slow" answer after its timeout)
 
             def log_message(self, *args):
                 pass
@@ -145,5 +206,6 @@ class TestIssuer:
         return f"{head}.{body}.{b64url(mac)}"
 
     def stop(self) -> None:
+        self._stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
