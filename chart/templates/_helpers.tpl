@@ -217,6 +217,18 @@ seccompProfile:
   value: {{ .Values.authserver.defaultAudience | quote }}
 - name: TOLLGATE_LOG_FORMAT
   value: {{ .Values.authserver.logFormat | quote }}
+{{- $wait := .Values.redis.sentinel.waitReplicas }}
+{{- if eq (toString $wait) "all" }}{{ $wait = .Values.redis.sentinel.replicas }}{{ end }}
+{{- if and (eq .Values.redis.mode "sentinel") (gt (int $wait) 0) }}
+{{- if gt (int $wait) (int .Values.redis.sentinel.replicas) }}
+{{- fail "redis.sentinel.waitReplicas cannot exceed redis.sentinel.replicas: every durable write would fail" }}
+{{- end }}
+# Durable writes are acknowledged once this many replicas have them (docs/reliability.md).
+- name: TOLLGATE_REDIS_WAIT_REPLICAS
+  value: {{ $wait | toString | quote }}
+- name: TOLLGATE_REDIS_WAIT_TIMEOUT_MS
+  value: {{ .Values.redis.sentinel.waitTimeoutMs | quote }}
+{{- end }}
 - name: RUST_LOG
   value: {{ .Values.authserver.logLevel | quote }}
 {{- if .Values.redis.tls.enabled }}

@@ -79,6 +79,8 @@ def generate() -> dict:
     at("redis.sentinel.sentinels")["minimum"]=3
     at("redis.sentinel.quorum")["minimum"]=2
     at("redis.sentinel.replicas")["minimum"]=1
+    at("redis.sentinel.waitReplicas").update({"type":["string","integer"],"pattern":"^(all|[0-9]+)$","minimum":0})
+    at("redis.sentinel.waitTimeoutMs").update({"minimum":1,"maximum":1999})
     for k,v in at("redis.auth.users")["properties"].items(): v.update({"pattern":"^[a-zA-Z0-9_-]+$"})
     for k in ["authserverPassword","cachePassword","replicationPassword","sentinelPassword","exporterPassword"]:
         at("redis.auth."+k)["pattern"]="^[A-Za-z0-9._~-]*$"

@@ -163,6 +163,22 @@ def test_store_urls_follow_the_contract():
         "tollgate-redis-sentinel-2.tollgate-redis-sentinel-headless.tollgate.svc.cluster.local:26379"
         "/tollgate/0"
     )
+    # Sentinel mode acknowledges durable writes once a replica has them (docs/reliability.md);
+    # standalone has no replica to wait for.
+    # "all" replicas by default: staging has one, production two.
+    assert (env["TOLLGATE_REDIS_WAIT_REPLICAS"], env["TOLLGATE_REDIS_WAIT_TIMEOUT_MS"]) == ("1", "500")
+
+    def wait_env(files, overrides=None):
+        d = by_kind(render_docs(files, overrides), "Deployment")[0]
+        return {e["name"]: e.get("value") for e in
+                d["spec"]["template"]["spec"]["containers"][0]["env"]}.get("TOLLGATE_REDIS_WAIT_REPLICAS")
+
+    assert wait_env(ENV_FILES["production"]) == "2"
+    assert wait_env(ENV_FILES["production"], {"redis": {"sentinel": {"waitReplicas": 1}}}) == "1"
+    assert wait_env(ENV_FILES["production"], {"redis": {"sentinel": {"waitReplicas": 0}}}) is None
+    assert wait_env([]) is None     # standalone: no replica to wait for
+    with pytest.raises(Exception, match="waitReplicas"):
+        render_docs(ENV_FILES["staging"], {"redis": {"sentinel": {"waitReplicas": 5}}})
 
 
 def test_external_redis_mode():
