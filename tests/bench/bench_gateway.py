@@ -47,6 +47,9 @@ SCENARIOS = [
 ]
 SCOPE = "api:read"
 CACHE_SIZE = 8192  # Tollgate's default cache.slots; native jwt_cache_size set to the same
+# Envoy process id of each gateway started by start_gateway, by kind: its CPU time per
+# request is measured next to requests/s (a load-independent view on a shared machine).
+ENVOY_PIDS: dict[str, int] = {}
 
 
 def envoy_bin() -> str:
@@ -207,6 +210,8 @@ def start_gateway(kind: str, procs: Processes, settings: Settings, workdir: Path
     proc = procs.start(f"envoy-{kind}", settings.server_prefix() + [
         envoy_bin(), "-c", str(config), "--concurrency", str(concurrency),
         "--disable-hot-restart", "-l", "warning"])
+    # The venv's `envoy` (and `taskset`) exec Envoy itself: the pid is Envoy's.
+    ENVOY_PIDS[kind] = proc.pid
     common.wait_until(f"envoy ({kind}) ready",
                       lambda: requests.get(f"http://127.0.0.1:{admin}/ready",
                                            timeout=1).status_code == 200,
@@ -271,6 +276,10 @@ def report(data: dict[str, Any]) -> None:
     common.print_table(
         f"bench-gateway ({data['machine']['nproc']} cores, {data['machine']['cpu_model']}, "
         f"envoy --concurrency {data['envoy_concurrency']})", header, rows)
+    for key, label in SCENARIOS:
+        cpu = [f"{gw} {data['gateways'][gw][key].get('envoy_cpu_us_per_request')}"
+               for gw, _ in GATEWAYS if key in data["gateways"].get(gw, {})]
+        print(f"Envoy CPU per request, {label} (us): " + ", ".join(cpu))
     d = data["gateways"].get("tollgate", {}).get("distinct")
     if d:
         print(f"distinct tokens: {d['distinct_tokens']} minted, Tollgate made "
@@ -335,9 +344,14 @@ def main() -> int:
         runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in urls}
         for kind, (url, _) in urls.items():
             common.run_wrk(settings, url, "bearer.lua", env, settings.warmup)
+        cpu: dict[str, list[tuple[int | None, int]]] = {kind: [] for kind in urls}
         for i in range(rounds):
             for kind, (url, _) in urls.items():
+                c0 = common.process_cpu_ns(ENVOY_PIDS[kind])
                 r = common.run_wrk(settings, url, "bearer.lua", env, per_round)
+                c1 = common.process_cpu_ns(ENVOY_PIDS[kind])
+                cpu[kind].append((c1 - c0 if c0 is not None and c1 is not None else None,
+                                  r["requests"]))
                 print(f"  {kind}: repeated token, round {i + 1}: {r['rps']:,.0f} req/s",
                       flush=True)
                 if r["non_2xx"]:
@@ -346,15 +360,24 @@ def main() -> int:
         for kind, (_, admin) in urls.items():
             gateways[kind]["repeated"] = common.combine_rounds(f"{kind}: repeated token",
                                                                runs[kind])
+            per_round_us = [common.cpu_us_per_request(c, n) for c, n in cpu[kind]]
+            gateways[kind]["repeated"]["envoy_cpu_us_per_request"] = (
+                sorted(per_round_us)[len(per_round_us) // 2]
+                if None not in per_round_us else None)
+            gateways[kind]["repeated"]["envoy_cpu_us_per_request_rounds"] = per_round_us
             gateways[kind]["repeated"]["filter_stats_after"] = filter_stats(admin)
         for kind, (url, admin) in urls.items():
             # No warm-up: it would use up tokens, and the gateway is warm from the run
             # above; the stream starts after the 3 tokens checked at start-up.
+            c0 = common.process_cpu_ns(ENVOY_PIDS[kind])
             res = common.measure(
                 settings, url, "bearer.lua",
                 {"BENCH_PATH": "/api/resource", "BENCH_TOKENS_FILE": str(tokens_file),
                  "BENCH_TOKEN_OFFSET": "3"},
                 f"{kind}: distinct tokens", duration=distinct_duration, warmup=0)
+            c1 = common.process_cpu_ns(ENVOY_PIDS[kind])
+            res["envoy_cpu_us_per_request"] = common.cpu_us_per_request(
+                c1 - c0 if c0 is not None and c1 is not None else None, res["requests"])
             res["distinct_tokens"] = len(minted) - 3
             res["passes"] = round(res["requests"] / max(len(minted) - 3, 1), 2)
             res["filter_stats_after"] = filter_stats(admin)

@@ -195,6 +195,38 @@ def start_redis(procs: Processes, settings: Settings) -> int:
     return port
 
 
+# ------------------------------------------------------------------------------ CPU
+
+def process_cpu_ns(pid: int) -> int | None:
+    """CPU time a process has used so far (all its threads), in ns: the run times in
+    /proc/<pid>/task/*/schedstat (ns resolution), else utime + stime of /proc/<pid>/stat
+    (clock ticks). None when the process is gone or /proc is not there."""
+    total, found = 0, False
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+                found = True
+            except (OSError, ValueError, IndexError):
+                pass
+    except OSError:
+        return None
+    if found:
+        return total
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_us_per_request(cpu_ns: int | None, requests: int) -> float | None:
+    if cpu_ns is None or requests <= 0:
+        return None
+    return round(cpu_ns / 1000 / requests, 1)
+
+
 # ------------------------------------------------------------------------------ wrk
 
 WRK_JSON = re.compile(r"^WRK_JSON (\{.*\})$", re.M)

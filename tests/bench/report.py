@@ -144,6 +144,19 @@ def gateway_md(d: dict[str, Any]) -> str:
             f"before the run, {d['settings']['distinct_duration_s']:.0f} s measured; passes "
             f"over the list: {passes} (below 1: every request carried a token the gateway "
             "had never seen).")
+    cpu_rows = []
+    for sc in d["scenarios"]:
+        vals = [(g["label"], (d["gateways"].get(g["key"], {}).get(sc["key"]) or {})
+                 .get("envoy_cpu_us_per_request")) for g in gws]
+        if any(v is not None for _, v in vals):
+            cpu_rows.append(f"{sc['label']}: " + ", ".join(
+                f"{lbl} {v:.1f}" if v is not None else f"{lbl} n/a" for lbl, v in vals))
+    if cpu_rows:
+        notes.append(
+            "- Envoy CPU time per request, µs (all threads of the gateway's Envoy, from "
+            "/proc, over the measured runs; the repeated-token figure is the median of the "
+            "rounds; it depends far less on the machine's other load than requests/s): "
+            + "; ".join(cpu_rows) + ".")
     t = d["targets"]
     notes.append(
         "- Targets of the issue: Tollgate ≥ 1.0× native on repeated tokens "
