@@ -100,8 +100,8 @@ wasm-test: deps-wasm-test ## edge core tests on Wasm (wasip1 under node WASI + w
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  $(CARGO) test -p tollgate-edge-core --target wasm32-unknown-unknown
 
-test-e2e: venv build ## end-to-end tests over real Envoy, auth server and Redis
-	cd tests && $(PY) -m pytest -q -p no:cacheprovider e2e
+test-e2e: deps-apt venv build ## end-to-end tests over real Envoy, auth server and Redis
+	cd tests && TOLLGATE_REQUIRE_REDIS=1 $(PY) -m pytest -q -p no:cacheprovider e2e
 
 .PHONY: test-docs
 test-docs: venv build ## the docs stay true: commands, flags, variables, targets, links, endpoints
@@ -110,6 +110,34 @@ test-docs: venv build ## the docs stay true: commands, flags, variables, targets
 .PHONY: test-oauth-clients
 test-oauth-clients: deps-apt venv build-authserver ## authlib and oauth4webapi (npm ci) against the real auth server, memory and Redis
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider e2e/test_oauth_clients.py
+
+# cargo fuzz (libFuzzer) on the stable toolchain: RUSTC_BOOTSTRAP=1 lets stable rustc take the
+# -Z flags cargo fuzz passes (AddressSanitizer included). Each target runs FUZZ_SECONDS from
+# its seed corpus (fuzz/corpus, read-only) and its crash regressions; what it learns goes to
+# $(TARGET_DIR)/fuzz-corpus, a crash stops the run and lands in <crate>/fuzz/artifacts/.
+# The seeds and regressions also run in `make test` (tests/fuzz_corpus.rs). docs/fuzzing.md.
+FUZZ_SECONDS ?= 60
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_TARGETS := $(addprefix plugin/core:,jwt_parse jwt_verify jwks_parse config_parse \
+  revocation_feed introspection_answer lease_answer) \
+  $(addprefix authserver:,form_parse token_request)
+.PHONY: fuzz deps-fuzz
+deps-fuzz:
+	@$(CARGO) fuzz --version 2>/dev/null | grep -q " $(CARGO_FUZZ_VERSION)$$" || \
+	  $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
+
+fuzz: deps-fuzz ## every cargo fuzz target for FUZZ_SECONDS (default 60) each; stops at the first crash
+	@set -e; mkdir -p $(TARGET_DIR)/fuzz-logs; for spec in $(FUZZ_TARGETS); do \
+	  dir=$${spec%%:*}; t=$${spec#*:}; work=$(TARGET_DIR)/fuzz-corpus/$$t; log=$(TARGET_DIR)/fuzz-logs/$$t.log; \
+	  mkdir -p $$work; seeds="fuzz/corpus/$$t"; \
+	  if [ -d $$dir/fuzz/regressions/$$t ]; then seeds="$$seeds fuzz/regressions/$$t"; fi; \
+	  echo "== $$dir: $$t, $(FUZZ_SECONDS) s (log: $$log)"; \
+	  ( cd $$dir && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir fuzz --target-dir $(TARGET_DIR)/fuzz \
+	      $$t $$work $$seeds -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	      -print_final_stats=1 ) > $$log 2>&1 || \
+	    { tail -n 80 $$log; echo "make fuzz: $$t failed: input in $$dir/fuzz/artifacts/$$t/"; exit 1; }; \
+	  grep -E '^#[0-9]+[[:space:]]+DONE' $$log | tail -n 1; grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' $$log; \
+	done; echo "make fuzz: no crash in $(words $(FUZZ_TARGETS)) targets"
 
 # ---------------------------------------------------------------- chart, GitOps, images
 .PHONY: test-chart lint-docker package
@@ -150,3 +178,9 @@ bench-authserver: deps-apt venv $(VENV)/.bench-stamp build-authserver $(PEER_DIR
 bench-gateway: deps-apt venv $(VENV)/.bench-stamp build-authserver build-filter ## Envoy: no auth vs native jwt_authn vs Tollgate filter; rate limits, opaque tokens, revocation propagation
 	cd $(BENCH_DIR) && $(PY) bench_gateway.py
 	cd $(BENCH_DIR) && $(PY) report.py
+
+# ---------------------------------------------------------------- soak
+.PHONY: soak
+SOAK_SECONDS ?= 600
+soak: deps-apt venv $(VENV)/.bench-stamp build ## bounded soak (SOAK_SECONDS=600): issuance, introspection, revocation, gateway traffic; fails on errors or memory growth
+	cd tests/soak && SOAK_SECONDS=$(SOAK_SECONDS) $(PY) soak.py
