@@ -671,14 +671,7 @@ impl Worker {
                 Err(Outcome::WaitForLease { rule: idx, hash })
             }
             Ok(Spend::Wait) | Ok(Spend::Failing) => self.lease_fail_mode(host, rl, g, &key),
-            Err(e) => {
-                host.metric(Metric::RateLimitError, 1);
-                host.log(
-                    Level::Warn,
-                    &format!("tollgate: rate limit {} not counted: {e}", rl.name),
-                );
-                Ok(Vec::new())
-            }
+            Err(e) => Ok(limit_not_counted(host, rl, &e)),
         }
     }
 
@@ -706,14 +699,7 @@ impl Worker {
                     &d.header(&rl.name),
                 )))
             }
-            Err(e) => {
-                host.metric(Metric::RateLimitError, 1);
-                host.log(
-                    Level::Warn,
-                    &format!("tollgate: rate limit {} not counted: {e}", rl.name),
-                );
-                Ok(Vec::new())
-            }
+            Err(e) => Ok(limit_not_counted(host, rl, &e)),
         }
     }
 
@@ -1603,6 +1589,21 @@ impl Worker {
             }
         }
     }
+}
+
+/// A bucket or lease that could not be updated (shared-data failure, contention): the
+/// request passes uncounted, and the metric and the log say so.
+fn limit_not_counted(
+    host: &dyn Host,
+    rl: &RuleLimit,
+    e: &ratelimit::LimitError,
+) -> Vec<(String, String)> {
+    host.metric(Metric::RateLimitError, 1);
+    host.log(
+        Level::Warn,
+        &format!("tollgate: rate limit {} not counted: {e}", rl.name),
+    );
+    Vec::new()
 }
 
 /// The rate-limit key of a request: the identity's `client_id` / `sub`, the client
