@@ -32,14 +32,39 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             // Linked on the replica's side and online on the master's.
+            let info = self.info("replication");
             if r.info("replication").contains("master_link_status:up")
-                && self.info("replication").contains("state=online")
+                && info.contains("state=online")
+                && self.replicas_ack(info.matches("state=online").count())
             {
                 return r;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("the replica did not link to its master");
+    }
+
+    /// Whether `n` replicas confirm a write (`WAIT`). After a diskless full sync Redis 7
+    /// reports a replica `online` but streams commands to it only after its first
+    /// `REPLCONF ACK`, up to a second later: until then `WAIT` counts it out.
+    fn replicas_ack(&self, n: usize) -> bool {
+        ::redis::Client::open(self.url(0))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .and_then(|mut c| {
+                ::redis::pipe()
+                    .cmd("SET")
+                    .arg("tollgate:test:replication-probe")
+                    .arg(1)
+                    .ignore()
+                    .cmd("DEL")
+                    .arg("tollgate:test:replication-probe")
+                    .ignore()
+                    .cmd("WAIT")
+                    .arg(n)
+                    .arg(200)
+                    .query::<(usize,)>(&mut c)
+            })
+            .is_ok_and(|(acked,)| acked >= n)
     }
 
     /// `INFO <section>` ("" when the server does not answer).
