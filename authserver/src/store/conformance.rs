@@ -30,7 +30,8 @@ fn client(id: &str) -> ClientRecord {
     }
 }
 
-fn token(jti: &str, exp: u64) -> AccessTokenRecord {
+/// An access-token record for store tests (also used by the stores' own tests).
+pub(super) fn token(jti: &str, exp: u64) -> AccessTokenRecord {
     AccessTokenRecord {
         jti: jti.into(),
         client_id: "c1".into(),

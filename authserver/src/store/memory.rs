@@ -777,20 +777,7 @@ impl ServiceCache for MemoryStore {
 mod tests {
     use super::*;
 
-    fn record(jti: &str, exp: u64) -> AccessTokenRecord {
-        AccessTokenRecord {
-            jti: jti.into(),
-            client_id: "c1".into(),
-            sub: "c1".into(),
-            scope: "a".into(),
-            aud: "api".into(),
-            iat: now_secs(),
-            exp,
-            token_hash: "h".into(),
-            format: "jwt".into(),
-            act: None,
-        }
-    }
+    use crate::store::conformance::token as record;
 
     /// A long-running server on the memory store has no cleanup job (no other process can
     /// reach its memory): expired entries must leave by themselves, or the store grows for

@@ -2570,20 +2570,9 @@ mod durability_tests {
             Consumed::Fresh(_)
         ));
         // Writes whose loss is harmless do not wait.
-        s.save_access_token(&AccessTokenRecord {
-            jti: "j9".into(),
-            client_id: "c1".into(),
-            sub: "c1".into(),
-            scope: "a".into(),
-            aud: "api".into(),
-            iat: now_secs(),
-            exp,
-            token_hash: "h".into(),
-            format: "jwt".into(),
-            act: None,
-        })
-        .await
-        .unwrap();
+        s.save_access_token(&crate::store::conformance::token("j9", exp))
+            .await
+            .unwrap();
         s.rate_limit("k", 10, 60).await.unwrap();
         s.save_auth_code(
             "code",
