@@ -137,14 +137,17 @@ class RedisServer:
             self.proc.wait()
 
     def wait_replicas(self, n: int, timeout: float = 30.0) -> None:
-        """Until ``n`` replicas are online (synced, streaming) on this master."""
+        """Until ``n`` replicas are online and streaming on this master: Redis 7 reports a
+        replica ``online`` after a diskless full sync but streams commands to it only after
+        its first ``REPLCONF ACK`` (up to a second later), so ``WAIT`` must count it too."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 info = self.info()
                 online = [k for k, v in info.items()
                           if k.startswith("slave") and k[5:].isdigit() and "state=online" in v]
-                if info.get("role") == "master" and len(online) >= n:
+                if (info.get("role") == "master" and len(online) >= n
+                        and self.call("WAIT", str(n), "200") >= n):
                     return
             except (OSError, RespError):
                 pass
