@@ -60,6 +60,11 @@ pub enum KeysAction {
     },
     /// List keys and their state.
     List,
+    /// Re-encrypt every stored private key under the current key-encryption key (after
+    /// changing TOLLGATE_KEY_ENCRYPTION_KEY, with the old one in
+    /// TOLLGATE_KEY_ENCRYPTION_KEYS_PREVIOUS); also seals keys still in clear. Idempotent,
+    /// safe while servers serve.
+    Rewrap,
 }
 
 fn init_tracing(cfg: &Config) {
@@ -179,16 +184,32 @@ async fn execute(cmd: Command, cfg: Config) -> Result<(), String> {
                     drop(state);
                 }
                 KeysAction::Rotate { delay } => {
+                    cfg.check_production().map_err(|e| err(&e))?;
                     let k = jobs::keys::rotate(
                         store.as_ref(),
                         alg,
                         delay.unwrap_or(cfg.key_activation_delay),
+                        &cfg.key_encryption,
                     )
                     .await
                     .map_err(|e| err(&e))?;
                     tracing::info!(kid = %k.kid, active_from = k.active_from, "new signing key published");
                 }
                 KeysAction::List => {}
+                KeysAction::Rewrap => {
+                    let r = jobs::keys::rewrap(store.as_ref(), &cfg.key_encryption, false)
+                        .await
+                        .map_err(|e| err(&e))?;
+                    tracing::info!(
+                        kek_id = %r.kek_id,
+                        migrated = r.migrated,
+                        rewrapped = r.rewrapped,
+                        unchanged = r.unchanged,
+                        "signing keys sealed under the current key-encryption key"
+                    );
+                    print_json(&r);
+                    return Ok(());
+                }
             }
             print_json(
                 &jobs::keys::list(store.as_ref(), ttl)

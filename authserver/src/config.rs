@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 use serde::Serialize;
 
+use crate::crypto::{parse_kek, KekError, KeyEncryption};
 use crate::keys::SigningAlg;
 use crate::store::StoreUrl;
 
@@ -66,6 +68,41 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub secret_pepper: Option<String>,
+
+    /// Production mode: refuse to start without TOLLGATE_SECRET_PEPPER and a key-encryption
+    /// key (no secret generated into the store) [default: false].
+    #[arg(
+        long,
+        env = "TOLLGATE_PRODUCTION",
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub production: Option<bool>,
+
+    /// Key-encryption key (base64 of 32 random bytes) that seals the private signing keys
+    /// in the store (AES-256-GCM).
+    #[arg(
+        long,
+        env = "TOLLGATE_KEY_ENCRYPTION_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub key_encryption_key: Option<String>,
+
+    /// File with the key-encryption key on its first line; further lines are previous keys
+    /// (as TOLLGATE_KEY_ENCRYPTION_KEYS_PREVIOUS).
+    #[arg(long, env = "TOLLGATE_KEY_ENCRYPTION_KEY_FILE", global = true)]
+    pub key_encryption_key_file: Option<PathBuf>,
+
+    /// Previous key-encryption keys, comma-separated: they only decrypt, during a rotation
+    /// (`authserver keys rewrap` re-encrypts under the current one).
+    #[arg(
+        long,
+        env = "TOLLGATE_KEY_ENCRYPTION_KEYS_PREVIOUS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub key_encryption_keys_previous: Option<String>,
 
     /// Default `aud` of access tokens for clients that register no audience [default: tollgate].
     #[arg(long, env = "TOLLGATE_DEFAULT_AUDIENCE", global = true)]
@@ -193,6 +230,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     #[serde(skip)]
     pub secret_pepper: Option<String>,
+    pub production: bool,
+    /// The KEKs (shown by their ids only).
+    #[serde(serialize_with = "ser_kek")]
+    pub key_encryption: Arc<KeyEncryption>,
     pub default_audience: String,
     pub signing_alg: String,
     pub key_activation_delay: u64,
@@ -224,6 +265,100 @@ fn ser_store<S: serde::Serializer>(u: &StoreUrl, s: S) -> Result<S::Ok, S::Error
     s.serialize_str(&u.redacted())
 }
 
+fn ser_kek<S: serde::Serializer>(k: &Arc<KeyEncryption>, s: S) -> Result<S::Ok, S::Error> {
+    k.as_ref().serialize(s)
+}
+
+fn kek_err(e: KekError) -> ConfigError {
+    match e {
+        KekError::Invalid { name, detail } => ConfigError::Invalid { name, detail },
+        other => ConfigError::Invalid {
+            name: "TOLLGATE_KEY_ENCRYPTION_KEY",
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// The KEKs from TOLLGATE_KEY_ENCRYPTION_KEY or the first line of
+/// TOLLGATE_KEY_ENCRYPTION_KEY_FILE (current), the file's further lines and
+/// TOLLGATE_KEY_ENCRYPTION_KEYS_PREVIOUS (previous). Errors never contain key material.
+fn key_encryption(
+    key: Option<String>,
+    file: Option<PathBuf>,
+    previous: Option<String>,
+) -> Result<KeyEncryption, ConfigError> {
+    const KEY: &str = "TOLLGATE_KEY_ENCRYPTION_KEY";
+    const FILE: &str = "TOLLGATE_KEY_ENCRYPTION_KEY_FILE";
+    const PREV: &str = "TOLLGATE_KEY_ENCRYPTION_KEYS_PREVIOUS";
+    let mut lines: Vec<zeroize::Zeroizing<String>> = Vec::new();
+    if let Some(path) = &file {
+        if key.is_some() {
+            return Err(ConfigError::Invalid {
+                name: FILE,
+                detail: format!("set {KEY} or {FILE}, not both"),
+            });
+        }
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::File {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            }
+        })?);
+        lines = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| zeroize::Zeroizing::new(l.to_string()))
+            .collect();
+        if lines.is_empty() {
+            return Err(ConfigError::Invalid {
+                name: FILE,
+                detail: format!("{} holds no key", path.display()),
+            });
+        }
+    }
+    let key = zeroize::Zeroizing::new(key);
+    let current = match (key.as_deref(), lines.first()) {
+        (Some(k), _) => Some(parse_kek(KEY, k).map_err(kek_err)?),
+        (None, Some(l)) => Some(parse_kek(FILE, l).map_err(kek_err)?),
+        (None, None) => None,
+    };
+    let mut prev = Vec::new();
+    for l in lines.iter().skip(1) {
+        prev.push(parse_kek(FILE, l).map_err(kek_err)?);
+    }
+    let previous = zeroize::Zeroizing::new(previous);
+    for p in previous
+        .as_deref()
+        .unwrap_or_default()
+        .split([',', ' ', '\n'])
+        .filter(|p| !p.trim().is_empty())
+    {
+        prev.push(parse_kek(PREV, p).map_err(kek_err)?);
+    }
+    match current {
+        Some(c) => KeyEncryption::new(&c, &prev).map_err(kek_err),
+        None if prev.is_empty() => Ok(KeyEncryption::none()),
+        None => Err(ConfigError::Invalid {
+            name: PREV,
+            detail: format!("previous keys need a current one ({KEY})"),
+        }),
+    }
+}
+
+/// `true`/`false` (also 1/0, yes/no, on/off) from the config file.
+fn boolish(name: &'static str, v: Option<String>) -> Result<Option<bool>, ConfigError> {
+    match v.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(None),
+        Some("true" | "1" | "yes" | "on") => Ok(Some(true)),
+        Some("false" | "0" | "no" | "off" | "") => Ok(Some(false)),
+        Some(other) => Err(ConfigError::Invalid {
+            name,
+            detail: format!("{other:?} is not true or false"),
+        }),
+    }
+}
+
 fn load_file(path: &PathBuf) -> Result<BTreeMap<String, serde_yaml::Value>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
         path: path.display().to_string(),
@@ -244,6 +379,10 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "cache_store",
     "admin_token",
     "secret_pepper",
+    "production",
+    "key_encryption_key",
+    "key_encryption_key_file",
+    "key_encryption_keys_previous",
     "default_audience",
     "signing_alg",
     "key_activation_delay",
@@ -495,6 +634,20 @@ impl Settings {
                 Ok(v)
             }
         };
+        let production = match self.production {
+            Some(p) => p,
+            None => boolish("TOLLGATE_PRODUCTION", file.str("production"))?.unwrap_or(false),
+        };
+        let key_encryption = key_encryption(
+            pick(&self.key_encryption_key, "key_encryption_key").filter(|k| !k.is_empty()),
+            self.key_encryption_key_file
+                .clone()
+                .or_else(|| file.str("key_encryption_key_file").map(PathBuf::from)),
+            pick(
+                &self.key_encryption_keys_previous,
+                "key_encryption_keys_previous",
+            ),
+        )?;
         Ok(Config {
             listen,
             issuer,
@@ -502,6 +655,8 @@ impl Settings {
             cache_store,
             admin_token,
             secret_pepper: pick(&self.secret_pepper, "secret_pepper").filter(|p| !p.is_empty()),
+            production,
+            key_encryption: Arc::new(key_encryption),
             default_audience: pick(&self.default_audience, "default_audience")
                 .unwrap_or_else(|| "tollgate".into()),
             signing_alg,
@@ -672,6 +827,32 @@ impl Settings {
 }
 
 impl Config {
+    /// Production mode: the secrets that must come from outside the store are there
+    /// (the pepper never falls back to `auth_config`, signing keys are never stored in
+    /// clear). Checked by every command that uses them (`serve`, `init`, `keys`).
+    pub fn check_production(&self) -> Result<(), ConfigError> {
+        if !self.production {
+            return Ok(());
+        }
+        if self.secret_pepper.is_none() {
+            return Err(ConfigError::Invalid {
+                name: "TOLLGATE_SECRET_PEPPER",
+                detail: "required in production mode (TOLLGATE_PRODUCTION): the pepper is \
+                         never generated into the store there"
+                    .into(),
+            });
+        }
+        if !self.key_encryption.is_configured() {
+            return Err(ConfigError::Invalid {
+                name: "TOLLGATE_KEY_ENCRYPTION_KEY",
+                detail: "required in production mode (TOLLGATE_PRODUCTION): signing keys are \
+                         never stored in clear there (or TOLLGATE_KEY_ENCRYPTION_KEY_FILE)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Values that `auth_config` in the store may override at run time (set by `init`).
     pub fn apply_store_overrides(&mut self, m: &BTreeMap<String, String>) {
         let set = |target: &mut u64, key: &str| {
@@ -694,6 +875,11 @@ impl Config {
             .resolve()
             .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"));
         c.admin_token = Some("test-admin-token-0123456789".into());
+        // Signing keys sealed in every test, as in production.
+        c.key_encryption = Arc::new(
+            KeyEncryption::new(&[7u8; 32], &[])
+                .unwrap_or_else(|e| unreachable!("a 32-byte key is valid: {e}")),
+        );
         c
     }
 }
@@ -875,6 +1061,139 @@ mod tests {
             },
         ] {
             assert!(s.resolve().is_err(), "{s:?} accepted");
+        }
+    }
+
+    const KEK_A: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+    const KEK_B: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    #[test]
+    fn production_mode_without_a_kek_or_pepper_refuses() {
+        let dev = Settings::default().resolve().unwrap();
+        assert!(!dev.production && !dev.key_encryption.is_configured());
+        assert!(
+            dev.check_production().is_ok(),
+            "development: no requirement"
+        );
+        let prod = |pepper: Option<&str>, kek: Option<&str>| Settings {
+            production: Some(true),
+            secret_pepper: pepper.map(str::to_string),
+            key_encryption_key: kek.map(str::to_string),
+            ..Default::default()
+        };
+        for (s, missing) in [
+            (prod(None, Some(KEK_A)), "TOLLGATE_SECRET_PEPPER"),
+            (prod(Some("pepper"), None), "TOLLGATE_KEY_ENCRYPTION_KEY"),
+            (prod(Some(""), Some(KEK_A)), "TOLLGATE_SECRET_PEPPER"),
+        ] {
+            let e = s
+                .resolve()
+                .unwrap()
+                .check_production()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(missing) && e.contains("production"), "{e}");
+        }
+        let c = prod(Some("pepper"), Some(KEK_A)).resolve().unwrap();
+        assert!(c.check_production().is_ok());
+        // From the config file too, and shown (ids only) by `status`.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            format!("production: true\nkey_encryption_key: {KEK_A}\n"),
+        )
+        .unwrap();
+        let c = Settings {
+            config_file: Some(p),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert!(c.production && c.key_encryption.is_configured());
+        let shown = serde_json::to_string(&c).unwrap();
+        assert!(shown.contains(c.key_encryption.current_id().unwrap()));
+        assert!(
+            !shown.contains(KEK_A) && !shown.contains(&KEK_A[..20]),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn key_encryption_keys_from_variables_and_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kek");
+        std::fs::write(&file, format!("{KEK_B}\n# the previous one\n{KEK_A}\n")).unwrap();
+        let from_file = Settings {
+            key_encryption_key_file: Some(file.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let from_env = Settings {
+            key_encryption_key: Some(KEK_B.into()),
+            key_encryption_keys_previous: Some(format!("{KEK_A}, {KEK_B}")),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        for c in [&from_file, &from_env] {
+            assert_eq!(c.key_encryption.previous_ids().len(), 1);
+        }
+        assert_eq!(
+            from_file.key_encryption.current_id(),
+            from_env.key_encryption.current_id()
+        );
+        assert_eq!(
+            from_file.key_encryption.previous_ids(),
+            from_env.key_encryption.previous_ids()
+        );
+        let bad = [
+            (
+                Settings {
+                    key_encryption_key: Some("dG9vIHNob3J0".into()),
+                    ..Default::default()
+                },
+                "TOLLGATE_KEY_ENCRYPTION_KEY",
+            ),
+            (
+                Settings {
+                    key_encryption_key: Some(KEK_A.into()),
+                    key_encryption_key_file: Some(file.clone()),
+                    ..Default::default()
+                },
+                "not both",
+            ),
+            (
+                Settings {
+                    key_encryption_keys_previous: Some(KEK_A.into()),
+                    ..Default::default()
+                },
+                "need a current one",
+            ),
+            (
+                Settings {
+                    key_encryption_key: Some(KEK_A.into()),
+                    key_encryption_keys_previous: Some(format!("{KEK_B},oops")),
+                    ..Default::default()
+                },
+                "TOLLGATE_KEY_ENCRYPTION_KEYS_PREVIOUS",
+            ),
+            (
+                Settings {
+                    key_encryption_key_file: Some(dir.path().join("missing")),
+                    ..Default::default()
+                },
+                "missing",
+            ),
+        ];
+        for (s, needle) in bad {
+            let e = s.resolve().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+            assert!(
+                !e.contains(&KEK_A[..20]) && !e.contains(&KEK_B[..20]),
+                "{e}"
+            );
         }
     }
 

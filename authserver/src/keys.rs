@@ -1,14 +1,20 @@
 //! Signing keys: generation (ES256, RS256, EdDSA), the JWK Set, and the key ring that picks
 //! the signing key. Keys live in the store so that all replicas agree; a new key is
 //! published in the JWKS before it signs, and an old key stays published until every token
-//! it signed has expired.
+//! it signed has expired. The private keys are stored sealed under a key-encryption key
+//! (`crypto::KeyEncryption`); a replica opens each key once, when it first loads it, and
+//! keeps it in memory.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use std::sync::Arc;
+
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
+use crate::crypto::{KekError, KeyEncryption, KIND_SIGNING_KEY};
 use crate::store::StoredKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +29,12 @@ pub enum KeyError {
     NoActiveKey,
     #[error("signing failed: {0}")]
     Sign(String),
+    #[error("signing key {kid} cannot be decrypted: {source}")]
+    Sealed {
+        kid: String,
+        #[source]
+        source: KekError,
+    },
 }
 
 /// The algorithms the server signs with.
@@ -146,7 +158,8 @@ pub fn generate_pem(alg: SigningAlg) -> Result<String, KeyError> {
     Ok(pem)
 }
 
-/// A new stored key, published now and signing from `active_from`.
+/// A new key record with the private key in clear (tests; the server uses
+/// [`new_sealed_key`]), published now and signing from `active_from`.
 pub fn new_stored_key(alg: SigningAlg, now: u64, active_from: u64) -> Result<StoredKey, KeyError> {
     let pem = generate_pem(alg)?;
     let (kid, _) = public_jwk(alg, &pem)?;
@@ -154,10 +167,73 @@ pub fn new_stored_key(alg: SigningAlg, now: u64, active_from: u64) -> Result<Sto
         kid,
         alg: alg.as_str().into(),
         private_pem: pem,
+        sealed_private_key: None,
         created_at: now,
         active_from,
         retire_at: None,
     })
+}
+
+/// A new key record, sealed under the current KEK (in clear only without one, which
+/// production mode refuses).
+pub fn new_sealed_key(
+    alg: SigningAlg,
+    now: u64,
+    active_from: u64,
+    kek: &KeyEncryption,
+) -> Result<StoredKey, KeyError> {
+    let k = new_stored_key(alg, now, active_from)?;
+    if !kek.is_configured() {
+        return Ok(k);
+    }
+    seal(&k, kek)
+}
+
+/// The record with its private key sealed under the current KEK (whatever it was sealed
+/// under before, or in clear); its other fields unchanged.
+pub fn seal(k: &StoredKey, kek: &KeyEncryption) -> Result<StoredKey, KeyError> {
+    let pem = private_pem(k, kek)?;
+    let sealed = kek
+        .seal(KIND_SIGNING_KEY, &k.kid, pem.as_bytes())
+        .map_err(|source| KeyError::Sealed {
+            kid: k.kid.clone(),
+            source,
+        })?;
+    Ok(StoredKey {
+        private_pem: String::new(),
+        sealed_private_key: Some(sealed),
+        ..k.clone()
+    })
+}
+
+/// Whether the record is sealed under the current KEK (nothing for `keys rewrap` to do).
+pub fn sealed_under_current(k: &StoredKey, kek: &KeyEncryption) -> bool {
+    k.private_pem.is_empty()
+        && k.sealed_private_key
+            .as_ref()
+            .is_some_and(|s| Some(s.kek_id.as_str()) == kek.current_id())
+}
+
+/// The PKCS#8 PEM of a stored key: opened with the KEK that sealed it, or the clear text of
+/// an unsealed record.
+pub fn private_pem(k: &StoredKey, kek: &KeyEncryption) -> Result<Zeroizing<String>, KeyError> {
+    let sealed_err = |source| KeyError::Sealed {
+        kid: k.kid.clone(),
+        source,
+    };
+    match &k.sealed_private_key {
+        Some(s) => {
+            let bytes = kek.open(KIND_SIGNING_KEY, &k.kid, s).map_err(sealed_err)?;
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| sealed_err(KekError::Malformed("not a PEM")))?;
+            Ok(Zeroizing::new(text.to_string()))
+        }
+        None if !k.private_pem.is_empty() => Ok(Zeroizing::new(k.private_pem.clone())),
+        None => Err(KeyError::BadKey {
+            kid: k.kid.clone(),
+            detail: "the record holds no private key".into(),
+        }),
+    }
 }
 
 /// The parsed private key, kept ready: ES256 and EdDSA sign with a precomputed key
@@ -171,27 +247,30 @@ enum Signer {
     Rs256(EncodingKey),
 }
 
-/// A key ready to sign.
+/// A key ready to sign. `stored` is the record as last read (sealed); the opened key lives
+/// only in `signer`.
 pub struct LoadedKey {
     pub stored: StoredKey,
     pub alg: SigningAlg,
     pub jwk: Value,
-    signer: Signer,
+    signer: Arc<Signer>,
 }
 
 impl LoadedKey {
-    pub fn load(stored: &StoredKey) -> Result<LoadedKey, KeyError> {
+    /// Open (with `kek`) and parse a stored key.
+    pub fn load(stored: &StoredKey, kek: &KeyEncryption) -> Result<LoadedKey, KeyError> {
         let bad = |d: String| KeyError::BadKey {
             kid: stored.kid.clone(),
             detail: d,
         };
         let alg = SigningAlg::parse(&stored.alg)?;
-        let (kid, jwk) = public_jwk(alg, &stored.private_pem).map_err(|e| bad(e.to_string()))?;
+        let pem = private_pem(stored, kek)?;
+        let (kid, jwk) = public_jwk(alg, &pem).map_err(|e| bad(e.to_string()))?;
         if kid != stored.kid {
             return Err(bad("kid does not match the key's thumbprint".into()));
         }
         use p256::pkcs8::DecodePrivateKey;
-        let pem = stored.private_pem.as_str();
+        let pem = pem.as_str();
         let signer = match alg {
             SigningAlg::ES256 => {
                 use p256::pkcs8::EncodePrivateKey;
@@ -217,14 +296,14 @@ impl LoadedKey {
             stored: stored.clone(),
             alg,
             jwk,
-            signer,
+            signer: Arc::new(signer),
         })
     }
 
     /// Sign claims as an RFC 9068 access token (`typ: at+jwt`).
     pub fn sign<T: serde::Serialize>(&self, claims: &T) -> Result<String, KeyError> {
         let sign_err = |e: &dyn std::fmt::Display| KeyError::Sign(e.to_string());
-        if let Signer::Rs256(enc) = &self.signer {
+        if let Signer::Rs256(enc) = self.signer.as_ref() {
             let mut header = Header::new(Algorithm::RS256);
             header.typ = Some("at+jwt".into());
             header.kid = Some(self.stored.kid.clone());
@@ -237,7 +316,7 @@ impl LoadedKey {
         URL_SAFE_NO_PAD.encode_string(&h, &mut out);
         out.push('.');
         URL_SAFE_NO_PAD.encode_string(&c, &mut out);
-        let sig: Vec<u8> = match &self.signer {
+        let sig: Vec<u8> = match self.signer.as_ref() {
             Signer::Es256(k) => k
                 .sign(&ring::rand::SystemRandom::new(), out.as_bytes())
                 .map_err(|e| sign_err(&e))?
@@ -271,13 +350,34 @@ pub struct KeyRing {
 
 impl KeyRing {
     /// Load every usable stored key; unusable ones are reported and skipped.
-    pub fn load(stored: &[StoredKey]) -> (KeyRing, Vec<KeyError>) {
+    pub fn load(stored: &[StoredKey], kek: &KeyEncryption) -> (KeyRing, Vec<KeyError>) {
+        KeyRing::default().reload(stored, kek)
+    }
+
+    /// The ring for the records `stored`, reusing the keys this ring has opened already
+    /// (the kid is the key's thumbprint, so a kid names one key for good): each private key
+    /// is decrypted once, when it first appears, and a record re-encrypted under another
+    /// KEK meanwhile needs no KEK change here. The schedule (`active_from`, `retire_at`)
+    /// comes from the records.
+    pub fn reload(&self, stored: &[StoredKey], kek: &KeyEncryption) -> (KeyRing, Vec<KeyError>) {
         let mut keys = Vec::new();
         let mut errors = Vec::new();
         for s in stored {
-            match LoadedKey::load(s) {
-                Ok(k) => keys.push(k),
-                Err(e) => errors.push(e),
+            let known = self
+                .keys
+                .iter()
+                .find(|k| k.stored.kid == s.kid && k.alg.as_str() == s.alg);
+            match known {
+                Some(k) => keys.push(LoadedKey {
+                    stored: s.clone(),
+                    alg: k.alg,
+                    jwk: k.jwk.clone(),
+                    signer: k.signer.clone(),
+                }),
+                None => match LoadedKey::load(s, kek) {
+                    Ok(k) => keys.push(k),
+                    Err(e) => errors.push(e),
+                },
             }
         }
         // Deterministic order so that every replica picks the same active key.
@@ -357,16 +457,32 @@ impl KeyRing {
 
     /// Stored keys whose publication period is over and can be deleted.
     pub fn expired(&self, now: u64, max_token_ttl: u64) -> Vec<String> {
-        self.keys
-            .iter()
-            .filter(|k| {
-                k.stored
-                    .retire_at
-                    .is_some_and(|r| r.saturating_add(max_token_ttl) <= now)
-            })
-            .map(|k| k.stored.kid.clone())
-            .collect()
+        let stored: Vec<StoredKey> = self.keys.iter().map(|k| k.stored.clone()).collect();
+        expired_kids(&stored, now, max_token_ttl)
     }
+}
+
+/// The records whose publication period is over (read from the records alone: `cleanup`
+/// needs no KEK).
+pub fn expired_kids(stored: &[StoredKey], now: u64, max_token_ttl: u64) -> Vec<String> {
+    stored
+        .iter()
+        .filter(|k| {
+            k.retire_at
+                .is_some_and(|r| r.saturating_add(max_token_ttl) <= now)
+        })
+        .map(|k| k.kid.clone())
+        .collect()
+}
+
+/// The kid of the record that signs at `now` by the ring's rule (from the records alone:
+/// `keys list` needs no KEK).
+pub fn active_kid(stored: &[StoredKey], now: u64) -> Option<String> {
+    stored
+        .iter()
+        .filter(|k| k.active_from <= now && k.retire_at.is_none_or(|r| r > now))
+        .max_by(|a, b| (a.active_from, &a.kid).cmp(&(b.active_from, &b.kid)))
+        .map(|k| k.kid.clone())
 }
 
 #[cfg(test)]
@@ -376,7 +492,7 @@ mod tests {
 
     fn roundtrip(alg: SigningAlg) {
         let stored = new_stored_key(alg, 100, 100).unwrap();
-        let k = LoadedKey::load(&stored).unwrap();
+        let k = LoadedKey::load(&stored, &KeyEncryption::none()).unwrap();
         let token = k
             .sign(&json!({"sub": "x", "exp": 4_000_000_000u64, "aud": "a"}))
             .unwrap();
@@ -411,7 +527,7 @@ mod tests {
         let now = crate::store::now_secs();
         for alg in [SigningAlg::ES256, SigningAlg::EdDSA, SigningAlg::RS256] {
             let stored = new_stored_key(alg, 0, 0).unwrap();
-            let (ring, _) = KeyRing::load(std::slice::from_ref(&stored));
+            let (ring, _) = KeyRing::load(std::slice::from_ref(&stored), &KeyEncryption::none());
             let k = &ring.keys()[0];
             let claims = |iss: &str, exp: u64| {
                 json!({"iss": iss, "sub": "c", "aud": "a", "exp": exp, "jti": "j1",
@@ -433,12 +549,12 @@ mod tests {
             tampered.insert(good.len() / 2, 'A');
             assert_eq!(ring.verify(&tampered, "https://as"), None, "tampered");
             let other = new_stored_key(alg, 0, 0).unwrap();
-            let (other_ring, _) = KeyRing::load(&[other]);
+            let (other_ring, _) = KeyRing::load(&[other], &KeyEncryption::none());
             assert_eq!(other_ring.verify(&good, "https://as"), None, "unknown kid");
         }
         // HS256 signed with the public key as secret (algorithm confusion): refused.
         let stored = new_stored_key(SigningAlg::ES256, 0, 0).unwrap();
-        let (ring, _) = KeyRing::load(std::slice::from_ref(&stored));
+        let (ring, _) = KeyRing::load(std::slice::from_ref(&stored), &KeyEncryption::none());
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some(stored.kid.clone());
         let forged = jsonwebtoken::encode(
@@ -450,11 +566,107 @@ mod tests {
         assert_eq!(ring.verify(&forged, "https://as"), None);
     }
 
+    fn kek(b: u8) -> KeyEncryption {
+        KeyEncryption::new(&[b; 32], &[]).unwrap()
+    }
+
+    #[test]
+    fn sealed_keys_hold_no_private_key_and_sign_once_opened() {
+        let a = kek(1);
+        for alg in [SigningAlg::ES256, SigningAlg::EdDSA, SigningAlg::RS256] {
+            let k = new_sealed_key(alg, 0, 0, &a).unwrap();
+            assert!(k.private_pem.is_empty());
+            assert!(sealed_under_current(&k, &a));
+            let json = serde_json::to_string(&k).unwrap();
+            assert!(
+                !json.contains("PRIVATE KEY") && !json.contains("private_pem"),
+                "{json}"
+            );
+            let loaded = LoadedKey::load(&k, &a).unwrap();
+            assert_eq!(loaded.stored.kid, k.kid);
+            assert!(loaded.sign(&json!({"sub": "x"})).is_ok());
+        }
+    }
+
+    #[test]
+    fn wrong_kek_is_a_clear_error_naming_the_kid_and_kek() {
+        let a = kek(1);
+        let k = new_sealed_key(SigningAlg::ES256, 0, 0, &a).unwrap();
+        for (other, needle) in [
+            (kek(2), a.current_id().unwrap().to_string()),
+            (
+                KeyEncryption::none(),
+                "TOLLGATE_KEY_ENCRYPTION_KEY".to_string(),
+            ),
+        ] {
+            let (ring, errors) = KeyRing::load(std::slice::from_ref(&k), &other);
+            assert!(ring.is_empty());
+            let e = errors[0].to_string();
+            assert!(matches!(errors[0], KeyError::Sealed { .. }), "{e}");
+            assert!(e.contains(&k.kid) && e.contains(&needle), "{e}");
+            assert!(!e.contains("PRIVATE"), "{e}");
+        }
+        // Another record's ciphertext under this kid: refused, not loaded as this key.
+        let other = new_sealed_key(SigningAlg::ES256, 0, 0, &a).unwrap();
+        let moved = StoredKey {
+            sealed_private_key: other.sealed_private_key.clone(),
+            ..k.clone()
+        };
+        let e = LoadedKey::load(&moved, &a).err().unwrap();
+        assert!(
+            matches!(
+                e,
+                KeyError::Sealed {
+                    source: KekError::Open(_),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reload_opens_each_key_once() {
+        let a = kek(1);
+        let k = new_sealed_key(SigningAlg::ES256, 0, 0, &a).unwrap();
+        let (ring, errors) = KeyRing::load(std::slice::from_ref(&k), &a);
+        assert!(errors.is_empty());
+        // The record re-encrypted under a KEK this replica lacks, and retired: the key it
+        // holds already is kept, with the record's new schedule.
+        let two = KeyEncryption::new(&[2; 32], &[Zeroizing::new([1; 32])]).unwrap();
+        let mut rewrapped = seal(&k, &two).unwrap();
+        rewrapped.retire_at = Some(50);
+        let (again, errors) = ring.reload(std::slice::from_ref(&rewrapped), &KeyEncryption::none());
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(again.keys()[0].stored.retire_at, Some(50));
+        assert!(again.active(10).is_some() && again.active(50).is_none());
+        // A key it does not hold yet needs the KEK.
+        let (fresh, errors) = KeyRing::default().reload(&[rewrapped], &a);
+        assert!(fresh.is_empty() && errors.len() == 1);
+    }
+
+    #[test]
+    fn schedule_from_records_matches_the_ring() {
+        let mut old = new_stored_key(SigningAlg::ES256, 0, 0).unwrap();
+        old.retire_at = Some(160);
+        let new = new_stored_key(SigningAlg::ES256, 100, 160).unwrap();
+        let both = [old.clone(), new.clone()];
+        let (ring, _) = KeyRing::load(&both, &KeyEncryption::none());
+        for t in [0, 120, 159, 160, 1000, 1060] {
+            assert_eq!(
+                active_kid(&both, t),
+                ring.active(t).map(|k| k.stored.kid.clone()),
+                "{t}"
+            );
+            assert_eq!(expired_kids(&both, t, 900), ring.expired(t, 900), "{t}");
+        }
+    }
+
     #[test]
     fn kid_must_match_thumbprint() {
         let mut stored = new_stored_key(SigningAlg::ES256, 0, 0).unwrap();
         stored.kid = "forged".into();
-        assert!(LoadedKey::load(&stored).is_err());
+        assert!(LoadedKey::load(&stored, &KeyEncryption::none()).is_err());
     }
 
     #[test]
@@ -462,7 +674,7 @@ mod tests {
         let mut old = new_stored_key(SigningAlg::ES256, 0, 0).unwrap();
         let new = new_stored_key(SigningAlg::ES256, 100, 160).unwrap();
         old.retire_at = Some(160);
-        let (ring, errs) = KeyRing::load(&[old.clone(), new.clone()]);
+        let (ring, errs) = KeyRing::load(&[old.clone(), new.clone()], &KeyEncryption::none());
         assert!(errs.is_empty());
         // Before activation: the old key signs, both are published.
         assert_eq!(ring.active(120).unwrap().stored.kid, old.kid);

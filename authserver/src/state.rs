@@ -8,7 +8,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::keys::{new_stored_key, KeyError, KeyRing, SigningAlg};
+use crate::keys::{new_sealed_key, KeyError, KeyRing, SigningAlg};
 use crate::store::{now_secs, Store, StoreError};
 
 /// The built filter module served at `/edge/module.wasm`.
@@ -34,6 +34,8 @@ pub enum StartupError {
     Key(#[from] KeyError),
     #[error("cannot read edge module {path}: {detail}")]
     EdgeModule { path: String, detail: String },
+    #[error("configuration error: {0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 const PEPPER_CONFIG_KEY: &str = "secret_pepper";
@@ -45,10 +47,13 @@ impl AppState {
         mut cfg: Config,
         store: Arc<dyn Store>,
     ) -> Result<Arc<AppState>, StartupError> {
+        // Production mode: the pepper and the KEK come from outside the store, or no start.
+        cfg.check_production()?;
         let overrides = store.get_config().await?;
         cfg.apply_store_overrides(&overrides);
         let pepper = match &cfg.secret_pepper {
             Some(p) => p.as_bytes().to_vec(),
+            // Development only (check_production): a pepper kept in the store.
             None => match overrides.get(PEPPER_CONFIG_KEY) {
                 Some(p) => p.as_bytes().to_vec(),
                 None => {
@@ -90,7 +95,35 @@ impl AppState {
             stats: Mutex::new(HashMap::new()),
             edge_module,
         });
+        let kek = state.cfg.key_encryption.clone();
+        if kek.is_configured() {
+            // Upgrade path: keys stored in clear by an earlier version are sealed now.
+            let r = crate::jobs::keys::rewrap(state.store.as_ref(), &kek, true).await?;
+            if r.migrated > 0 {
+                tracing::info!(
+                    keys = r.migrated,
+                    kek_id = %r.kek_id,
+                    "sealed the signing keys stored in clear under the key-encryption key"
+                );
+            }
+        } else {
+            tracing::warn!(
+                "TOLLGATE_KEY_ENCRYPTION_KEY is not set: signing keys are stored in clear \
+                 (refused in production mode)"
+            );
+        }
         state.ensure_key().await?;
+        // A key that cannot be decrypted (wrong or missing KEK) stops the start, with the
+        // kid and the KEK id it needs; later reloads only skip such a key.
+        let stored = state.store.list_keys().await?;
+        let (ring, errors) = KeyRing::load(&stored, &kek);
+        if let Some(e) = errors
+            .into_iter()
+            .find(|e| matches!(e, KeyError::Sealed { .. }))
+        {
+            return Err(e.into());
+        }
+        *state.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
         state.reload_keys().await?;
         Ok(state)
     }
@@ -100,7 +133,7 @@ impl AppState {
         if self.store.list_keys().await?.is_empty() {
             let alg = SigningAlg::parse(&self.cfg.signing_alg)?;
             let now = now_secs();
-            let key = new_stored_key(alg, now, now)?;
+            let key = new_sealed_key(alg, now, now, &self.cfg.key_encryption)?;
             tracing::info!(kid = %key.kid, alg = alg.as_str(), "created the first signing key");
             self.store.put_key(&key).await?;
         }
@@ -110,7 +143,8 @@ impl AppState {
     /// Reload the key ring from the store (all replicas converge on the same keys).
     pub async fn reload_keys(&self) -> Result<(), StartupError> {
         let stored = self.store.list_keys().await?;
-        let (ring, errors) = KeyRing::load(&stored);
+        // Keys opened already are kept; only new ones are decrypted.
+        let (ring, errors) = self.keys().reload(&stored, &self.cfg.key_encryption);
         for e in errors {
             tracing::error!(error = %e, "skipping unusable signing key");
         }

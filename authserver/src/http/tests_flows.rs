@@ -1344,9 +1344,14 @@ async fn replicas_agree_on_the_active_key_through_the_store() {
     assert_eq!(first, active(&b), "one key created, both use it");
 
     // Rotate with a 2 s activation delay (as `authserver keys rotate --delay 2` does).
-    let new = crate::jobs::keys::rotate(a.state.store.as_ref(), SigningAlg::ES256, 2)
-        .await
-        .unwrap();
+    let new = crate::jobs::keys::rotate(
+        a.state.store.as_ref(),
+        SigningAlg::ES256,
+        2,
+        &a.state.cfg.key_encryption,
+    )
+    .await
+    .unwrap();
     a.state.reload_keys().await.unwrap();
     b.state.reload_keys().await.unwrap();
     // Published at once by both, not signing yet.

@@ -283,6 +283,7 @@ async fn keys_stats_config(s: Both) {
         kid: "k1".into(),
         alg: "ES256".into(),
         private_pem: "pem".into(),
+        sealed_private_key: None,
         created_at: 1,
         active_from: 1,
         retire_at: None,
@@ -308,6 +309,51 @@ async fn keys_stats_config(s: Both) {
     assert_eq!(s.get_config().await.unwrap(), m);
     s.ping().await.unwrap();
     assert!(!s.backend_info().await.unwrap().kind.is_empty());
+}
+
+/// A test KEK (never a real one).
+fn test_kek(b: u8) -> crate::crypto::KeyEncryption {
+    crate::crypto::KeyEncryption::new(&[b; 32], &[]).unwrap()
+}
+
+/// What the store holds of a signing key is its sealed form only, and the compare-and-set
+/// that re-encryption and retirement use loses no concurrent write.
+async fn signing_keys_are_stored_sealed(s: Both) {
+    use crate::keys::{new_sealed_key, private_pem, seal, SigningAlg};
+    let (s, _) = s;
+    let kek = test_kek(1);
+    let k = new_sealed_key(SigningAlg::ES256, 1, 1, &kek).unwrap();
+    let pem = private_pem(&k, &kek).unwrap();
+    s.put_key(&k).await.unwrap();
+    let back = s.list_keys().await.unwrap();
+    assert_eq!(back, vec![k.clone()]);
+    let stored = serde_json::to_string(&back).unwrap();
+    for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!stored.contains(line), "private key material in the store");
+    }
+    assert!(!stored.contains("PRIVATE KEY"));
+    assert_eq!(&*private_pem(&back[0], &kek).unwrap(), &*pem);
+
+    // Compare-and-set: replaced only from the expected record; a retry of a replacement
+    // that went through is a success; a stale or missing record is not replaced.
+    let rotated =
+        crate::crypto::KeyEncryption::new(&[2; 32], &[zeroize::Zeroizing::new([1; 32])]).unwrap();
+    let rewrapped = seal(&k, &rotated).unwrap();
+    assert!(s.replace_key(&k, &rewrapped).await.unwrap());
+    assert!(s.replace_key(&k, &rewrapped).await.unwrap(), "a retry");
+    let mut retired = k.clone();
+    retired.retire_at = Some(9);
+    assert!(!s.replace_key(&k, &retired).await.unwrap(), "stale");
+    assert_eq!(s.list_keys().await.unwrap(), vec![rewrapped.clone()]);
+    let mut other = rewrapped.clone();
+    other.kid = "k2".into();
+    assert!(
+        !s.replace_key(&rewrapped, &other).await.unwrap(),
+        "another kid"
+    );
+    s.delete_key(&k.kid).await.unwrap();
+    assert!(!s.replace_key(&rewrapped, &retired).await.unwrap(), "gone");
+    assert!(s.list_keys().await.unwrap().is_empty());
 }
 
 async fn service_cache(s: Both) {
@@ -715,6 +761,7 @@ conformance! {
     rate_lease_window_resets => 100,
     concurrent_leases_never_over_grant => 100,
     keys_stats_config => 100,
+    signing_keys_are_stored_sealed => 100,
     service_cache => 100,
     users => 100,
     sessions_expire => 100,
@@ -723,6 +770,58 @@ conformance! {
     token_families => 100,
     assertion_jtis => 100,
     access_token_act_round_trips => 100,
+}
+
+/// The raw Redis value of every signing key, as a backup (RDB/AOF) holds it, after a server
+/// started on a store with a key in clear (written by an earlier version) and created its
+/// own: both sealed, no private key material, and the server signs with them.
+#[tokio::test]
+async fn redis_holds_signing_keys_only_sealed() {
+    use crate::keys::{new_stored_key, SigningAlg};
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (s, _) = redis(&server, 100).await;
+    let clear = new_stored_key(SigningAlg::ES256, now_secs() - 10, now_secs() - 10).unwrap();
+    s.put_key(&clear).await.unwrap();
+    let raw: BTreeMap<String, String> = server.cmd(::redis::cmd("HGETALL").arg("auth:keys"));
+    assert!(
+        raw[&clear.kid].contains("PRIVATE KEY"),
+        "the old clear form"
+    );
+
+    let cfg = crate::config::Config::for_tests();
+    let state = crate::state::AppState::new(cfg.clone(), s.clone())
+        .await
+        .unwrap();
+    crate::jobs::keys::rotate(s.as_ref(), SigningAlg::EdDSA, 0, &cfg.key_encryption)
+        .await
+        .unwrap();
+    state.reload_keys().await.unwrap();
+    let raw: BTreeMap<String, String> = server.cmd(::redis::cmd("HGETALL").arg("auth:keys"));
+    assert_eq!(raw.len(), 2);
+    let body = |pem: &str| -> Vec<String> {
+        pem.lines()
+            .filter(|l| !l.starts_with("-----"))
+            .map(str::to_string)
+            .collect()
+    };
+    for (kid, value) in &raw {
+        assert!(!value.contains("PRIVATE KEY"), "{kid} in clear");
+        for line in body(&clear.private_pem) {
+            assert!(!value.contains(&line), "{kid} holds key material");
+        }
+        let rec: StoredKey = serde_json::from_str(value).unwrap();
+        let sealed = rec.sealed_private_key.expect("sealed");
+        assert_eq!(
+            Some(sealed.kek_id.as_str()),
+            cfg.key_encryption.current_id()
+        );
+    }
+    let ring = state.keys();
+    assert_eq!(ring.keys().len(), 2, "both keys opened");
+    let signer = ring.active(now_secs()).unwrap();
+    assert!(signer.sign(&serde_json::json!({"sub": "x"})).is_ok());
 }
 
 #[tokio::test]

@@ -460,6 +460,18 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn replace_key(&self, expected: &StoredKey, new: &StoredKey) -> StoreResult<bool> {
+        let mut g = self.lock()?;
+        match g.keys.get_mut(&expected.kid) {
+            Some(cur) if cur == new => Ok(true),
+            Some(cur) if cur == expected && new.kid == expected.kid => {
+                *cur = new.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn delete_key(&self, kid: &str) -> StoreResult<()> {
         self.lock()?.keys.remove(kid);
         Ok(())

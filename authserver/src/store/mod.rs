@@ -221,13 +221,20 @@ pub struct Lease {
     pub reset_ms: u64,
 }
 
-/// A signing key as stored (shared by all replicas).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A signing key as stored (shared by all replicas). The private key is sealed under a
+/// key-encryption key (`sealed_private_key`); `private_pem` holds it in clear only in records
+/// written without a KEK (before encryption at rest, or a development run without one),
+/// which the server seals at start (`keys::seal_clear_keys`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredKey {
     pub kid: String,
     pub alg: String,
-    /// PKCS#8 PEM of the private key.
+    /// PKCS#8 PEM of the private key in clear; empty when sealed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub private_pem: String,
+    /// The PKCS#8 PEM sealed under a KEK, with the kid as associated data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_private_key: Option<crate::crypto::Sealed>,
     pub created_at: u64,
     /// From this time on the key may sign (it is published in the JWKS from `created_at`).
     pub active_from: u64,
@@ -235,6 +242,24 @@ pub struct StoredKey {
     /// every token it signed has expired (`retire_at` + access-token TTL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retire_at: Option<u64>,
+}
+
+/// Never the private key, not even in a test's assertion message.
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("in_clear", &!self.private_pem.is_empty())
+            .field(
+                "sealed_under",
+                &self.sealed_private_key.as_ref().map(|s| &s.kek_id),
+            )
+            .field("created_at", &self.created_at)
+            .field("active_from", &self.active_from)
+            .field("retire_at", &self.retire_at)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -328,6 +353,11 @@ pub trait Store: Send + Sync + 'static {
     // Signing keys
     async fn list_keys(&self) -> StoreResult<Vec<StoredKey>>;
     async fn put_key(&self, key: &StoredKey) -> StoreResult<()>;
+    /// Replace the record `expected.kid` with `new` only if it is still `expected`
+    /// (compare-and-set, atomic): false when it changed or is gone. Re-encryption and
+    /// retirement use it so that neither loses the other's concurrent write. A retry of a
+    /// replacement that went through answers true.
+    async fn replace_key(&self, expected: &StoredKey, new: &StoredKey) -> StoreResult<bool>;
     async fn delete_key(&self, kid: &str) -> StoreResult<()>;
 
     // Counters and configuration

@@ -94,6 +94,17 @@ end
 return {c, ttl}
 ";
 
+/// Compare-and-set of one signing key (KEYS: `auth:keys`; ARGV: kid, expected record, new
+/// record): 1 when replaced or already the new record (a retry), 0 when it changed or is
+/// gone.
+const KEY_CAS_LUA: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur == ARGV[3] then return 1 end
+if cur ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+";
+
 /// Take a quota lease from a fixed window (KEYS: the lease counter; ARGV: limit, window ms,
 /// want). One key, so it is atomic and Cluster-safe. The window opens at the first lease
 /// (`SET .. PX`) and later leases add with `INCRBY`, which keeps the TTL. A key without a
@@ -1818,6 +1829,18 @@ impl Store for RedisStore {
         let mut cmd = ::redis::cmd("HSET");
         cmd.arg(K_KEYS).arg(&key.kid).arg(&json);
         self.write_one::<Value>(&cmd).await.map(drop)
+    }
+
+    async fn replace_key(&self, expected: &StoredKey, new: &StoredKey) -> StoreResult<bool> {
+        if new.kid != expected.kid {
+            return Ok(false);
+        }
+        let old = serde_json::to_string(expected).map_err(|e| corrupt(K_KEYS, e))?;
+        let json = serde_json::to_string(new).map_err(|e| corrupt(K_KEYS, e))?;
+        let mut cmd = eval(KEY_CAS_LUA, &[K_KEYS]);
+        cmd.arg(&new.kid).arg(&old).arg(&json);
+        let done: i64 = self.write_one(&cmd).await?;
+        Ok(done == 1)
     }
 
     async fn delete_key(&self, kid: &str) -> StoreResult<()> {
