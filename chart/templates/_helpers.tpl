@@ -203,6 +203,21 @@ seccompProfile:
     secretKeyRef:
       name: {{ include "tollgate.authserver.secretName" . }}
       key: secret-pepper
+# Production mode: no start without the pepper and the key-encryption key that seals the
+# signing keys in Redis (docs/operations.md, "Key-encryption key").
+- name: TOLLGATE_PRODUCTION
+  value: "true"
+- name: TOLLGATE_KEY_ENCRYPTION_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tollgate.authserver.secretName" . }}
+      key: key-encryption-key
+- name: TOLLGATE_KEY_ENCRYPTION_KEYS_PREVIOUS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tollgate.authserver.secretName" . }}
+      key: key-encryption-keys-previous
+      optional: true
 - name: TOLLGATE_STORE
   value: {{ include "tollgate.redis.url" (dict "ctx" . "user" .Values.redis.auth.users.authserver "var" "TOLLGATE_REDIS_PASSWORD" "db" 0) | quote }}
 - name: TOLLGATE_CACHE_STORE
@@ -246,7 +261,8 @@ seccompProfile:
 checkov.io/skip-env-secrets: CKV_K8S_35=The auth server contract (docs/contracts.md) takes the store URL and admin token from environment variables; they come from a Secret by secretKeyRef and are never logged
 {{- end -}}
 
-{{/* A password kept across upgrades: the value, else the one in the cluster, else random. */}}
+{{/* A password kept across upgrades: the value, else the one in the cluster, else random
+(40 letters and digits, or with "bytes" N: N random bytes in base64). */}}
 {{- define "tollgate.secretValue" -}}
 {{- if .value -}}
 {{- .value -}}
@@ -254,6 +270,8 @@ checkov.io/skip-env-secrets: CKV_K8S_35=The auth server contract (docs/contracts
 {{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .secret -}}
 {{- if and $existing (hasKey $existing.data .key) -}}
 {{- index $existing.data .key | b64dec -}}
+{{- else if .bytes -}}
+{{- randBytes (int .bytes) -}}
 {{- else -}}
 {{- randAlphaNum 40 -}}
 {{- end -}}

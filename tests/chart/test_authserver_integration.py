@@ -38,6 +38,7 @@ SECRETS = {
     ("tollgate-redis", "cache-password"): PASSWORDS["CACHE_PASSWORD"],
     ("tollgate-authserver", "admin-token"): ADMIN,
     ("tollgate-authserver", "secret-pepper"): "pepper-0123456789abcdef0123456789",
+    ("tollgate-authserver", "key-encryption-key"): b64encode(bytes(range(32))).decode(),
     ("orders-service-client", "client-secret"): CLIENT_SECRET,
 }
 OVERRIDES = {
@@ -62,6 +63,8 @@ def k8s_env(container: dict, redis_port: int) -> dict:
     for e in container["env"]:
         if "valueFrom" in e:
             ref = e["valueFrom"]["secretKeyRef"]
+            if ref.get("optional") and (ref["name"], ref["key"]) not in SECRETS:
+                continue
             env[e["name"]] = SECRETS[(ref["name"], ref["key"])]
         else:
             env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])

@@ -152,7 +152,8 @@ def test_store_urls_follow_the_contract():
     # $(VAR) expansion only works for variables defined earlier in the list.
     names = [e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]]
     assert names.index("TOLLGATE_REDIS_PASSWORD") < names.index("TOLLGATE_STORE")
-    for secret_var in ("TOLLGATE_ADMIN_TOKEN", "TOLLGATE_REDIS_PASSWORD", "TOLLGATE_SECRET_PEPPER"):
+    for secret_var in ("TOLLGATE_ADMIN_TOKEN", "TOLLGATE_REDIS_PASSWORD", "TOLLGATE_SECRET_PEPPER",
+                       "TOLLGATE_KEY_ENCRYPTION_KEY", "TOLLGATE_KEY_ENCRYPTION_KEYS_PREVIOUS"):
         assert "secretKeyRef" in env[secret_var]["valueFrom"], secret_var
     sentinel = render_docs(ENV_FILES["staging"])
     env = {e["name"]: e.get("value") for e in by_kind(sentinel, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -295,3 +296,31 @@ def test_package_contains_what_the_chart_needs(tmp_path):
     # The packaged chart renders like the source tree.
     loaded = helm.Chart.load(archive).render(values_for([]), name="tollgate", namespace=NAMESPACE)
     assert any("EnvoyFilter" in t for t in loaded.values())
+
+
+def test_key_encryption_key_is_generated_once_as_32_bytes_and_reaches_every_pod():
+    """The KEK that seals the signing keys in Redis: generated into the auth server Secret
+    like the pepper (32 random bytes, base64), or taken from existingSecret; every pod that
+    runs the binary gets it and production mode, which refuses to start without it."""
+    import base64
+    docs = render_docs([])
+    secret = [d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == "tollgate-authserver"][0]
+    kek = base64.b64decode(base64.b64decode(secret["data"]["key-encryption-key"]))
+    assert len(kek) == 32
+    assert "key-encryption-keys-previous" not in secret["data"]
+    pods = [by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]]
+    pods += [j["spec"]["template"]["spec"] for j in by_kind(docs, "Job") if "init" in j["metadata"]["name"]]
+    pods += [c["spec"]["jobTemplate"]["spec"]["template"]["spec"] for c in by_kind(docs, "CronJob")]
+    for pod in pods:
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["TOLLGATE_PRODUCTION"]["value"] == "true"
+        assert env["TOLLGATE_KEY_ENCRYPTION_KEY"]["valueFrom"]["secretKeyRef"] == {
+            "name": "tollgate-authserver", "key": "key-encryption-key"}
+        prev = env["TOLLGATE_KEY_ENCRYPTION_KEYS_PREVIOUS"]["valueFrom"]["secretKeyRef"]
+        assert prev["key"] == "key-encryption-keys-previous" and prev["optional"] is True
+    # A value given: used as is; previous keys: into the Secret.
+    given = base64.b64encode(bytes(range(32))).decode()
+    docs = render_docs([], {"authserver": {"keyEncryptionKey": given, "keyEncryptionKeysPrevious": "old"}})
+    secret = [d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == "tollgate-authserver"][0]
+    assert base64.b64decode(secret["data"]["key-encryption-key"]).decode() == given
+    assert base64.b64decode(secret["data"]["key-encryption-keys-previous"]).decode() == "old"
