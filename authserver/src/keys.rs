@@ -182,11 +182,13 @@ pub fn new_sealed_key(
     active_from: u64,
     kek: &KeyEncryption,
 ) -> Result<StoredKey, KeyError> {
-    let k = new_stored_key(alg, now, active_from)?;
+    let mut k = new_stored_key(alg, now, active_from)?;
     if !kek.is_configured() {
         return Ok(k);
     }
-    seal(&k, kek)
+    let sealed = seal(&k, kek);
+    zeroize::Zeroize::zeroize(&mut k.private_pem);
+    sealed
 }
 
 /// The record with its private key sealed under the current KEK (whatever it was sealed
@@ -200,9 +202,13 @@ pub fn seal(k: &StoredKey, kek: &KeyEncryption) -> Result<StoredKey, KeyError> {
             source,
         })?;
     Ok(StoredKey {
+        kid: k.kid.clone(),
+        alg: k.alg.clone(),
         private_pem: String::new(),
         sealed_private_key: Some(sealed),
-        ..k.clone()
+        created_at: k.created_at,
+        active_from: k.active_from,
+        retire_at: k.retire_at,
     })
 }
 
