@@ -208,6 +208,12 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_REDIS_WAIT_TIMEOUT_MS", global = true)]
     pub redis_wait_timeout_ms: Option<u64>,
 
+    /// Memory for password checks running at once, MiB: each Argon2id check takes 19 MiB,
+    /// so this allows one check per 20 MiB (at least one); more sign-ins wait briefly, then
+    /// get 503 [default: a quarter of the container's memory limit, 64 without one].
+    #[arg(long, env = "TOLLGATE_PASSWORD_MEMORY_MIB", global = true)]
+    pub password_memory_mib: Option<u64>,
+
     /// Path of the built Wasm filter to serve at /edge/module.wasm (optional).
     #[arg(long, env = "TOLLGATE_EDGE_MODULE", global = true)]
     pub edge_module: Option<PathBuf>,
@@ -257,6 +263,8 @@ pub struct Config {
     pub redis_wait_replicas: u32,
     pub redis_wait_timeout_ms: u64,
     pub revocation_feed_max: usize,
+    /// `None`: derived from the container's memory limit (see `users::password_slots`).
+    pub password_memory_mib: Option<u64>,
     pub edge_module: Option<PathBuf>,
     pub log_format: String,
 }
@@ -406,6 +414,7 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "redis_wait_replicas",
     "redis_wait_timeout_ms",
     "revocation_feed_max",
+    "password_memory_mib",
     "edge_module",
     "log_format",
 ];
@@ -817,6 +826,21 @@ impl Settings {
                 "revocation_feed_max",
                 100_000,
             )?,
+            password_memory_mib: match self.password_memory_mib {
+                Some(v) => Some(v),
+                None => match file.str("password_memory_mib") {
+                    Some(_) => Some(num(
+                        "TOLLGATE_PASSWORD_MEMORY_MIB",
+                        None,
+                        &file,
+                        "password_memory_mib",
+                        0,
+                    )?),
+                    None => None,
+                },
+            }
+            .map(|v| positive("TOLLGATE_PASSWORD_MEMORY_MIB", v))
+            .transpose()?,
             edge_module: self
                 .edge_module
                 .clone()

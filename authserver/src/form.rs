@@ -55,8 +55,10 @@ impl Params {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let mime = ct.split(';').next().unwrap_or("").trim();
+        // RFC 6749 §5.2 (and RFC 7662, RFC 7009 after it): a request the endpoint cannot
+        // read is `invalid_request`, 400, not 415.
         if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-            return Err(OAuthError::UnsupportedMediaType(
+            return Err(OAuthError::InvalidRequest(
                 "content type must be application/x-www-form-urlencoded".into(),
             ));
         }

@@ -98,7 +98,11 @@ pub fn form_parse(data: &[u8]) {
             assert!(form_ct);
             assert_eq!(&a, b);
         }
-        (Err(OAuthError::UnsupportedMediaType(_)), _) => assert!(!form_ct),
+        // Not a form: 400 invalid_request (RFC 6749 §5.2), never 415.
+        (Err(e @ OAuthError::InvalidRequest(_)), _) if !form_ct => {
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        }
+        (Err(e), _) if !form_ct => panic!("a request that is not a form got {e:?}"),
         (Err(e), Err(d)) => {
             assert!(form_ct);
             assert_eq!(e.code(), d.code());
@@ -498,8 +502,7 @@ pub fn token_request(data: &[u8]) {
     if status != StatusCode::OK {
         let code = a.body["error"].as_str().unwrap_or_default();
         let known = TOKEN_ERRORS.contains(&code)
-            || (status == StatusCode::PAYLOAD_TOO_LARGE && code == "invalid_request")
-            || (status == StatusCode::UNSUPPORTED_MEDIA_TYPE && code == "invalid_request");
+            || (status == StatusCode::PAYLOAD_TOO_LARGE && code == "invalid_request");
         assert!(known, "{status} {code}: not a token endpoint error");
         if let Some(d) = a.body.get("error_description") {
             let d = d

@@ -24,6 +24,8 @@ pub struct AppState {
     pub pepper: Vec<u8>,
     stats: Mutex<HashMap<&'static str, i64>>,
     pub edge_module: Option<EdgeModule>,
+    /// The bound on password checks running at once (their memory).
+    pub password_checks: crate::users::PasswordChecks,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +89,14 @@ impl AppState {
             }
             None => None,
         };
+        let password_mib = crate::users::password_memory_mib(cfg.password_memory_mib);
+        let password_checks =
+            crate::users::PasswordChecks::new(crate::users::password_slots(password_mib));
+        tracing::info!(
+            memory_mib = password_mib,
+            slots = password_checks.size(),
+            "password checks bounded"
+        );
         let state = Arc::new(AppState {
             cfg,
             store,
@@ -94,6 +104,7 @@ impl AppState {
             pepper,
             stats: Mutex::new(HashMap::new()),
             edge_module,
+            password_checks,
         });
         let kek = state.cfg.key_encryption.clone();
         if kek.is_configured() {

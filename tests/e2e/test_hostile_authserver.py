@@ -284,7 +284,9 @@ def test_repeated_authorization_and_content_type_headers_are_refused(srv):
 
 # ---------------------------------------------------------------- content types
 
-def test_unknown_content_types_are_415(srv):
+def test_unknown_content_types_are_refused(srv):
+    # Form endpoints: 400 invalid_request (RFC 6749 §5.2, RFC 7662, RFC 7009 say a request
+    # the endpoint cannot read is invalid_request, 400). JSON endpoints: 415.
     body_form = b"grant_type=client_credentials&token=x&key=a&limit=5&window_s=1&want=1"
     body_json = b'{"client_name":"x","grant_types":["client_credentials"]}'
     for path, auth in [("/oauth2/token", srv.basic), ("/oauth2/introspect", srv.basic),
@@ -292,7 +294,7 @@ def test_unknown_content_types_are_415(srv):
         for ct in [JSON, "text/plain", "multipart/form-data; boundary=x",
                    "application/x-www-form-urlencodedx", b"\xff\xfe/\xff", None]:
             headers = [auth] + ([("Content-Type", ct)] if ct is not None else [])
-            assert_error(srv.req("POST", path, headers, body_form), 415, "invalid_request")
+            assert_error(srv.req("POST", path, headers, body_form), 400, "invalid_request")
     for path, method in [("/oauth2/register", "POST"), ("/admin/users", "POST"),
                          (f"/oauth2/register/{srv.client['client_id']}", "PUT")]:
         for ct in [FORM, "text/json", "application/jsonp", b"application/json\xff", None]:

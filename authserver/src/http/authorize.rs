@@ -6,14 +6,14 @@
 //!   errors go back to the client with `error` and the unchanged `state`. A logged-in user
 //!   gets the consent page (skipped for clients registered with `skip_consent: true`), then
 //!   a single-use code. Every response to the client carries `iss` (RFC 9207).
-//! - `POST /oauth2/login`: the login form (CSRF-checked, failures limited per user and per
-//!   IP); creates `auth:session:{sha256(id)}` and the `tg_session` cookie.
+//! - `POST /oauth2/login`: the login form (CSRF-checked; attempts limited per user, or per
+//!   device for a browser holding the user's device cookie; password checks bounded in
+//!   number); creates `auth:session:{sha256(id)}` and the `tg_session` and `tg_device`
+//!   cookies (`__Host-` prefixed over HTTPS).
 //! - `POST /oauth2/consent`: the user's decision (CSRF-checked).
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
@@ -24,7 +24,7 @@ use crate::store::{now_secs, AuthCodeRecord, ClientRecord, SessionRecord, StoreE
 use crate::users;
 
 use super::pages::{self, escape};
-use super::{client_ip, SharedState};
+use super::SharedState;
 
 /// A validated authorization request.
 pub struct AuthzRequest {
@@ -336,7 +336,16 @@ fn login_page(
     username: &str,
 ) -> Response {
     let (nonce, set) = pages::csrf_nonce(&state.cfg.issuer, headers);
-    let csrf = pages::csrf_token(&state.pepper, &nonce);
+    let csrf = pages::csrf_token_for(
+        &state.pepper,
+        &state.cfg.issuer,
+        headers,
+        &nonce,
+        &pages::CsrfUse {
+            form: "login",
+            authz: &req.raw,
+        },
+    );
     let err = error
         .map(|e| format!("<p role=\"alert\" class=\"error\">{}</p>", escape(e)))
         .unwrap_or_default();
@@ -368,7 +377,16 @@ fn consent_page(
     user: &str,
 ) -> Response {
     let (nonce, set) = pages::csrf_nonce(&state.cfg.issuer, headers);
-    let csrf = pages::csrf_token(&state.pepper, &nonce);
+    let csrf = pages::csrf_token_for(
+        &state.pepper,
+        &state.cfg.issuer,
+        headers,
+        &nonce,
+        &pages::CsrfUse {
+            form: "consent",
+            authz: &req.raw,
+        },
+    );
     let scopes: String = if req.scope.is_empty() {
         "<li>basic access (no scopes)</li>".into()
     } else {
@@ -403,7 +421,8 @@ async fn current_user(
     state: &SharedState,
     headers: &HeaderMap,
 ) -> Result<Option<SessionRecord>, StoreError> {
-    let Some(sid) = pages::cookie(headers, pages::SESSION_COOKIE) else {
+    let name = pages::cookie_name(&state.cfg.issuer, pages::SESSION_COOKIE);
+    let Some(sid) = pages::cookie(headers, &name) else {
         return Ok(None);
     };
     let Some(s) = state.store.get_session(&crypto::token_hash(sid)).await? else {
@@ -521,19 +540,24 @@ async fn carried(state: &SharedState, form: &Params) -> Result<AuthzRequest, Aut
 }
 
 /// `POST /oauth2/login`.
-pub async fn login(
-    State(state): State<SharedState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn login(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
     let form = match Params::from_request(&headers, &body) {
         Ok(p) => p,
         Err(e) => {
             return pages::error_page(StatusCode::BAD_REQUEST, &format!("Malformed request: {e}"))
         }
     };
-    if !pages::csrf_ok(&state.pepper, &headers, form.get("csrf")) {
+    let csrf_use = pages::CsrfUse {
+        form: "login",
+        authz: form.get("authz").unwrap_or(""),
+    };
+    if !pages::csrf_ok(
+        &state.pepper,
+        &state.cfg.issuer,
+        &headers,
+        form.get("csrf"),
+        &csrf_use,
+    ) {
         state.stat("login_csrf_failures");
         return csrf_failure();
     }
@@ -551,16 +575,20 @@ pub async fn login(
                 username,
             ));
         }
+        // Count the attempt before checking the password, so that parallel attempts
+        // cannot all run: per username, or, from a browser that signed in as this user
+        // before (a genuine device cookie), per device, so that other people's failures
+        // never lock the user out of a device they used. No per-IP counter: behind a proxy
+        // every user has one address.
+        let device = pages::device_of(&state.pepper, &state.cfg.issuer, &headers, username);
         let limit = state.cfg.rate_limit_per_ip;
-        let ip = client_ip(&headers, Some(peer), state.cfg.trusted_proxy_hops);
-        let user_key = format!("loginfail:user:{}", crypto::token_hash(username));
-        let ip_key = format!("loginfail:ip:{ip}");
         if limit > 0 {
-            let (u, i) = tokio::join!(
-                state.store.peek_rate(&user_key),
-                state.store.peek_rate(&ip_key)
-            );
-            if u? >= limit || i? >= limit {
+            let key = match device {
+                Some(nonce) => format!("loginfail:device:{}", crypto::token_hash(nonce)),
+                None => format!("loginfail:user:{}", crypto::token_hash(username)),
+            };
+            let d = state.store.rate_limit(&key, limit, 60).await?;
+            if !d.allowed {
                 state.stat("login_rate_limited");
                 metrics::counter!("tollgate_rate_limited_total", "kind" => "login").increment(1);
                 let mut r = login_page(
@@ -568,11 +596,12 @@ pub async fn login(
                     &headers,
                     &req,
                     StatusCode::TOO_MANY_REQUESTS,
-                    Some("Too many failed sign-in attempts. Wait a minute and try again."),
+                    Some("Too many sign-in attempts for this user. Wait a minute and try again."),
                     username,
                 );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+                if let Ok(v) = HeaderValue::from_str(&d.reset_after.max(1).to_string()) {
+                    r.headers_mut().insert(header::RETRY_AFTER, v);
+                }
                 return Ok(r);
             }
         }
@@ -581,22 +610,33 @@ pub async fn login(
         } else {
             None
         };
-        let phc = user
-            .as_ref()
-            .map(|u| u.password_hash.clone())
-            .unwrap_or_else(|| users::dummy_hash().to_string());
-        let ok = users::verify_password_blocking(password.to_string(), phc).await && user.is_some();
+        let phc = user.as_ref().map(|u| u.password_hash.clone());
+        let ok = match state
+            .password_checks
+            .verify(password.to_string(), phc)
+            .await
+        {
+            Ok(ok) => ok,
+            Err(users::Busy) => {
+                state.stat("login_busy");
+                metrics::counter!("tollgate_rate_limited_total", "kind" => "password_checks")
+                    .increment(1);
+                let mut r = login_page(
+                    &state,
+                    &headers,
+                    &req,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("Too many people are signing in right now. Try again in a moment."),
+                    username,
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return Ok(r);
+            }
+        };
         if !ok {
             state.stat("login_failures");
             metrics::counter!("tollgate_login_failures_total").increment(1);
-            if limit > 0 {
-                let (a, b) = tokio::join!(
-                    state.store.rate_limit(&user_key, limit, 60),
-                    state.store.rate_limit(&ip_key, limit, 60)
-                );
-                a?;
-                b?;
-            }
             return Ok(login_page(
                 &state,
                 &headers,
@@ -623,12 +663,22 @@ pub async fn login(
             "{}/oauth2/authorize?{}",
             state.cfg.issuer, req.raw
         ));
-        if let Some(c) = pages::set_cookie(
-            &state.cfg.issuer,
-            pages::SESSION_COOKIE,
-            &sid,
-            state.cfg.session_ttl,
-        ) {
+        let issuer = &state.cfg.issuer;
+        let cookies = [
+            pages::set_cookie(
+                issuer,
+                &pages::cookie_name(issuer, pages::SESSION_COOKIE),
+                &sid,
+                state.cfg.session_ttl,
+            ),
+            pages::set_cookie(
+                issuer,
+                &pages::cookie_name(issuer, pages::DEVICE_COOKIE),
+                &pages::device_value(&state.pepper, username),
+                pages::DEVICE_TTL,
+            ),
+        ];
+        for c in cookies.into_iter().flatten() {
             r.headers_mut().append(header::SET_COOKIE, c);
         }
         Ok(r)
@@ -649,7 +699,17 @@ pub async fn consent(
             return pages::error_page(StatusCode::BAD_REQUEST, &format!("Malformed request: {e}"))
         }
     };
-    if !pages::csrf_ok(&state.pepper, &headers, form.get("csrf")) {
+    let csrf_use = pages::CsrfUse {
+        form: "consent",
+        authz: form.get("authz").unwrap_or(""),
+    };
+    if !pages::csrf_ok(
+        &state.pepper,
+        &state.cfg.issuer,
+        &headers,
+        form.get("csrf"),
+        &csrf_use,
+    ) {
         return csrf_failure();
     }
     let r = async {

@@ -1,6 +1,7 @@
 //! Client authentication at the token, introspection, revocation and feed endpoints:
-//! `client_secret_basic` and `client_secret_post` (RFC 6749 §2.3.1), with the per-IP limit
-//! on failed attempts and the per-client request limit.
+//! `client_secret_basic` and `client_secret_post` (RFC 6749 §2.3.1), `private_key_jwt` and
+//! public clients, with the per-(client_id, IP) limit on failed attempts and the per-client
+//! request limit.
 
 use std::net::SocketAddr;
 
@@ -126,24 +127,75 @@ pub fn presented(headers: &HeaderMap, params: Option<&Params>) -> OAuthResult<Pr
     }
 }
 
-/// Authenticate the calling client. Counts failures per client IP (refusing an IP over
-/// `rate_limit_per_ip` failures a minute) and requests per client (`rate_limit_per_client`
-/// a minute, or the client's own `rate_limit_per_minute`).
+/// A client that authenticated, and the address it called from.
+#[derive(Debug)]
+pub struct Caller {
+    pub client: ClientRecord,
+    ip: String,
+}
+
+impl Caller {
+    /// A public client (`none`): it proves nothing but its `client_id`, so its request
+    /// quota is counted per (client_id, IP), never for the client as a whole.
+    pub fn is_public(&self) -> bool {
+        c_method(&self.client) == "none"
+    }
+
+    fn quota_key(&self) -> String {
+        if self.is_public() {
+            format!(
+                "client:{}:{}",
+                crypto::token_hash(&self.client.client_id),
+                self.ip
+            )
+        } else {
+            format!("client:{}", self.client.client_id)
+        }
+    }
+}
+
+/// The failure counter of one (client_id, IP) pair. Only the caller that fails spends it:
+/// failures of one client, or from one address, never count against another.
+fn fail_key(client_id: &str, ip: &str) -> String {
+    format!("authfail:{}:{ip}", crypto::token_hash(client_id))
+}
+
+/// Authenticate the calling client and spend one request of its quota
+/// (`rate_limit_per_client` a minute or the client's own `rate_limit_per_minute`; for a
+/// public client per (client_id, IP)).
 pub async fn authenticate(
     state: &SharedState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     params: Option<&Params>,
 ) -> OAuthResult<ClientRecord> {
-    let ip = client_ip(headers, peer, state.cfg.trusted_proxy_hops);
-    let fail_key = format!("authfail:{ip}");
-    let ip_limit = state.cfg.rate_limit_per_ip;
+    let caller = authenticate_caller(state, headers, peer, params).await?;
+    spend_quota(state, &caller).await?;
+    Ok(caller.client)
+}
 
+/// Authenticate the calling client without spending its quota.
+///
+/// Valid credentials are always accepted: failures are counted per (client_id, IP) after
+/// the credentials were checked, and a pair over `rate_limit_per_ip` failures a minute gets
+/// 429 instead of 401 for its further failures. Client secrets are 256-bit random values
+/// and assertions are signatures, so answering a right secret while the pair is limited
+/// gives a guesser nothing, and nobody else's failures, from the same address (every caller
+/// behind one sidecar) or for the same client, lock a client with the right credentials out.
+pub async fn authenticate_caller(
+    state: &SharedState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    params: Option<&Params>,
+) -> OAuthResult<Caller> {
+    let ip = client_ip(headers, peer, state.cfg.trusted_proxy_hops);
     let creds = match presented(headers, params) {
         Ok(c) => c,
         Err(e) => {
             if matches!(e, OAuthError::InvalidClient(_)) {
-                note_failure(state, &fail_key, ip_limit).await?;
+                // Malformed credentials name no client: their own counter per IP.
+                let id = params.and_then(|p| p.get("client_id")).unwrap_or("");
+                note_failure(state, &fail_key(id, &ip)).await?;
             }
             return Err(e);
         }
@@ -152,35 +204,18 @@ pub async fn authenticate(
         Presented::Basic { client_id, secret } => (client_id, secret, "client_secret_basic"),
         Presented::Post { client_id, secret } => (client_id, secret, "client_secret_post"),
         Presented::Public { client_id } => {
-            return authenticate_secretless(state, client_id, None, &fail_key, ip_limit).await;
+            let client = authenticate_secretless(state, client_id, None, &ip).await?;
+            return Ok(Caller { client, ip });
         }
         Presented::Jwt {
             client_id,
             assertion,
         } => {
-            return authenticate_secretless(state, client_id, Some(assertion), &fail_key, ip_limit)
-                .await;
+            let client = authenticate_secretless(state, client_id, Some(assertion), &ip).await?;
+            return Ok(Caller { client, ip });
         }
     };
-
-    // One round trip: the client record, this IP's failure count, this client's window.
-    let store = state.store.as_ref();
-    let client_limit = state.cfg.rate_limit_per_client;
-    let (client, failures) = tokio::join!(store.get_client(client_id), async {
-        if ip_limit > 0 {
-            store.peek_rate(&fail_key).await.map(Some)
-        } else {
-            Ok(None)
-        }
-    });
-    if let Some(f) = failures? {
-        if f >= ip_limit {
-            metrics::counter!("tollgate_rate_limited_total", "kind" => "auth_failures")
-                .increment(1);
-            return Err(OAuthError::RateLimited { retry_after: 60 });
-        }
-    }
-    let client = client?;
+    let client = state.store.get_client(client_id).await?;
 
     // Always compute the keyed hash, so an unknown client id costs the same as a wrong
     // secret.
@@ -200,7 +235,7 @@ pub async fn authenticate(
         _ => {
             state.stat("client_auth_failures");
             metrics::counter!("tollgate_client_auth_failures_total").increment(1);
-            note_failure(state, &fail_key, ip_limit).await?;
+            note_failure(state, &fail_key(client_id, &ip)).await?;
             return Err(OAuthError::InvalidClient(
                 "client authentication failed".into(),
             ));
@@ -208,32 +243,32 @@ pub async fn authenticate(
     };
     if c_method(&client) != method {
         state.stat("client_auth_failures");
-        note_failure(state, &fail_key, ip_limit).await?;
+        note_failure(state, &fail_key(client_id, &ip)).await?;
         return Err(OAuthError::InvalidClient(format!(
             "client is registered for {}",
             c_method(&client)
         )));
     }
-    client_rate_limit(state, &client, client_limit).await?;
-    Ok(client)
+    Ok(Caller { client, ip })
 }
 
-/// The per-client request limit (`rate_limit_per_client`, or the client's own).
-async fn client_rate_limit(
-    state: &SharedState,
-    client: &ClientRecord,
-    default_limit: u64,
-) -> OAuthResult<()> {
-    let limit = client
+/// The client's request limit: `rate_limit_per_client`, or its own `rate_limit_per_minute`.
+fn quota(state: &SharedState, client: &ClientRecord) -> u64 {
+    client
         .metadata
         .extra
         .get("rate_limit_per_minute")
         .and_then(|v| v.as_u64())
-        .unwrap_or(default_limit);
+        .unwrap_or(state.cfg.rate_limit_per_client)
+}
+
+/// Spend one request of the caller's quota; 429 when it is used up.
+pub async fn spend_quota(state: &SharedState, caller: &Caller) -> OAuthResult<()> {
+    let limit = quota(state, &caller.client);
     if limit > 0 {
         let d = state
             .store
-            .rate_limit(&format!("client:{}", client.client_id), limit, 60)
+            .rate_limit(&caller.quota_key(), limit, 60)
             .await?;
         if !d.allowed {
             metrics::counter!("tollgate_rate_limited_total", "kind" => "client").increment(1);
@@ -245,33 +280,58 @@ async fn client_rate_limit(
     Ok(())
 }
 
+/// Whether the caller's quota is used up, without spending it (429 when it is). For a
+/// public client at the token endpoint, whose quota is spent only once a grant succeeded.
+pub async fn check_quota(state: &SharedState, caller: &Caller) -> OAuthResult<()> {
+    let limit = quota(state, &caller.client);
+    if limit > 0 && state.store.peek_rate(&caller.quota_key()).await? >= limit {
+        metrics::counter!("tollgate_rate_limited_total", "kind" => "client").increment(1);
+        return Err(OAuthError::RateLimited { retry_after: 60 });
+    }
+    Ok(())
+}
+
+/// Spend one request of the quota of a caller whose grant already succeeded: what was
+/// issued is answered whatever the count says, and a store error is only logged.
+pub async fn spend_quota_after_success(state: &SharedState, caller: &Caller) {
+    let limit = quota(state, &caller.client);
+    if limit > 0 {
+        if let Err(e) = state.store.rate_limit(&caller.quota_key(), limit, 60).await {
+            tracing::warn!(error = %e, "could not count a request against the client's quota");
+        }
+    }
+}
+
+/// Count a failed grant of a public client against its (client_id, IP) failure counter: a
+/// public client proves nothing at authentication, so a wrong code or refresh token is the
+/// failure that an attacker using its client_id repeats. 429 once the pair is over the
+/// limit, else `e` unchanged.
+pub async fn note_grant_failure(state: &SharedState, caller: &Caller, e: OAuthError) -> OAuthError {
+    if caller.is_public() && matches!(e, OAuthError::InvalidGrant(_)) {
+        if let Err(limited) =
+            note_failure(state, &fail_key(&caller.client.client_id, &caller.ip)).await
+        {
+            return limited;
+        }
+    }
+    e
+}
+
 /// Public clients (`none`) and `private_key_jwt`: the client must be registered for exactly
-/// that method; an assertion must verify.
+/// that method; an assertion must verify. Failures count per (client_id, IP).
 async fn authenticate_secretless(
     state: &SharedState,
     client_id: &str,
     assertion: Option<&str>,
-    fail_key: &str,
-    ip_limit: u64,
+    ip: &str,
 ) -> OAuthResult<ClientRecord> {
-    let store = state.store.as_ref();
-    let (client, failures) = tokio::join!(store.get_client(client_id), async {
-        if ip_limit > 0 {
-            store.peek_rate(fail_key).await.map(Some)
-        } else {
-            Ok(None)
-        }
-    });
-    if failures?.is_some_and(|f| f >= ip_limit) {
-        metrics::counter!("tollgate_rate_limited_total", "kind" => "auth_failures").increment(1);
-        return Err(OAuthError::RateLimited { retry_after: 60 });
-    }
+    let client = state.store.get_client(client_id).await?;
     let want = if assertion.is_some() {
         "private_key_jwt"
     } else {
         "none"
     };
-    let outcome = match client? {
+    let outcome = match client {
         Some(c) if c_method(&c) == want => match assertion {
             Some(a) => super::client_assertion::verify(state, &c, a)
                 .await
@@ -283,15 +343,12 @@ async fn authenticate_secretless(
         )),
     };
     match outcome {
-        Ok(c) => {
-            client_rate_limit(state, &c, state.cfg.rate_limit_per_client).await?;
-            Ok(c)
-        }
+        Ok(c) => Ok(c),
         Err(e) => {
             if matches!(e, OAuthError::InvalidClient(_)) {
                 state.stat("client_auth_failures");
                 metrics::counter!("tollgate_client_auth_failures_total").increment(1);
-                note_failure(state, fail_key, ip_limit).await?;
+                note_failure(state, &fail_key(client_id, ip)).await?;
             }
             Err(e)
         }
@@ -306,7 +363,9 @@ fn c_method(c: &ClientRecord) -> &str {
     }
 }
 
-async fn note_failure(state: &SharedState, key: &str, limit: u64) -> OAuthResult<()> {
+/// Count one failure under `key` (`rate_limit_per_ip` a minute); 429 once over the limit.
+async fn note_failure(state: &SharedState, key: &str) -> OAuthResult<()> {
+    let limit = state.cfg.rate_limit_per_ip;
     if limit == 0 {
         return Ok(());
     }
@@ -350,16 +409,13 @@ pub async fn require_admin(
             "the admin API is disabled (TOLLGATE_ADMIN_TOKEN is not set)".into(),
         ));
     }
-    let ip = client_ip(headers, peer, state.cfg.trusted_proxy_hops);
-    let fail_key = format!("authfail:{ip}");
-    let limit = state.cfg.rate_limit_per_ip;
-    if limit > 0 && state.store.peek_rate(&fail_key).await? >= limit {
-        return Err(OAuthError::RateLimited { retry_after: 60 });
-    }
     if is_admin(state, headers) {
         return Ok(());
     }
-    note_failure(state, &fail_key, limit).await?;
+    // The admin token is a long random secret: failures are counted per IP after the check
+    // (429 instead of 401 once over the limit), never held against the right token.
+    let ip = client_ip(headers, peer, state.cfg.trusted_proxy_hops);
+    note_failure(state, &format!("adminfail:{ip}")).await?;
     Err(OAuthError::InvalidToken(
         "missing or invalid admin token".into(),
     ))

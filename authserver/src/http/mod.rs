@@ -316,14 +316,19 @@ pub fn peer_of(req: &Request) -> Option<SocketAddr> {
         .map(|c| c.0)
 }
 
-/// Per-IP limit on the public, unauthenticated endpoints (`rate_limit_default`/min).
+/// Per-IP limit on the public, unauthenticated endpoints (`rate_limit_default`/min), except
+/// the JWKS and the metadata documents: they are answered from memory (counting them costs
+/// more than serving them), and behind a sidecar every caller has one address, so one
+/// caller's flood would stop every gateway's key fetch.
 async fn default_rate_limit(
     State(state): State<SharedState>,
     req: Request,
     next: Next,
 ) -> Response {
     let limit = state.cfg.rate_limit_default;
-    if limit > 0 {
+    let path = req.uri().path();
+    let unlimited = path == "/oauth2/jwks" || path.starts_with("/.well-known/");
+    if limit > 0 && !unlimited {
         let ip = client_ip(req.headers(), peer_of(&req), state.cfg.trusted_proxy_hops);
         match state.store.rate_limit(&format!("ip:{ip}"), limit, 60).await {
             Ok(d) if !d.allowed => {
@@ -363,3 +368,5 @@ mod tests_flows;
 mod tests_hostile;
 #[cfg(test)]
 mod tests_lease;
+#[cfg(test)]
+mod tests_lockout;

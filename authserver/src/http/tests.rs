@@ -376,7 +376,7 @@ async fn token_endpoint_errors(app: App) {
                 .unwrap(),
         )
         .await;
-    assert_error(&r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request");
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
     let r = app
         .send(
             Request::post("/oauth2/token")
@@ -885,7 +885,7 @@ async fn rate_limits(app: App) {
     let r = app.token(&id, &secret, "").await;
     assert_error(&r, StatusCode::TOO_MANY_REQUESTS, "slow_down");
     assert!(r.headers.get(header::RETRY_AFTER).is_some());
-    // Failed authentications per IP (limit 20 in this app).
+    // Failed authentications per (client_id, IP) (limit 20 in this app).
     let (id2, secret2) = app.register(json!({"scope": "a"})).await;
     let mut limited = false;
     for _ in 0..30 {
@@ -896,12 +896,13 @@ async fn rate_limits(app: App) {
         }
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
-    assert!(limited, "failed logins from one IP are limited");
-    // While limited, even the right secret is refused from that IP.
-    assert_eq!(
-        app.token(&id2, &secret2, "").await.status,
-        StatusCode::TOO_MANY_REQUESTS
+    assert!(
+        limited,
+        "failed authentications of one client from one IP are limited"
     );
+    // The right secret is still accepted: failures never lock a client with the right
+    // credentials out (issue 12: behind a sidecar every caller has one IP).
+    assert_eq!(app.token(&id2, &secret2, "").await.status, StatusCode::OK);
 }
 
 async fn health_and_metrics(app: App) {

@@ -747,31 +747,26 @@ async fn login_csrf_and_brute_force_limits(app: App) {
     b.xff = Some("10.0.1.1".into());
     let r = b.login(&q, "alice", PASSWORD).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", html(&r));
-    assert_eq!(r.headers[header::RETRY_AFTER], "60");
+    assert!(r.headers.get(header::RETRY_AFTER).is_some());
     assert!(!b.jar.contains_key("tg_session"));
     let r = b.login(&q, "bob", PASSWORD).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", html(&r));
 
-    // Per-IP limit: failures for unknown users from one IP lock that IP out.
+    // No per-IP limit at the login page (issue 12: behind a proxy every user has one IP):
+    // failures for other names from one IP do not keep bob out.
     let mut b = Browser::new(&app);
     b.xff = Some("10.9.9.9".into());
-    for u in ["mallory1", "mallory2", "mallory3"] {
+    for u in ["mallory1", "mallory2", "mallory3", "mallory4"] {
         assert_eq!(
             b.login(&q, u, "whatever-pass").await.status,
             StatusCode::UNAUTHORIZED
         );
     }
+    b.jar.remove("tg_session");
     assert_eq!(
         b.login(&q, "bob", PASSWORD).await.status,
-        StatusCode::TOO_MANY_REQUESTS
+        StatusCode::SEE_OTHER
     );
-    let stats = app
-        .state
-        .store
-        .peek_rate("loginfail:ip:10.9.9.9")
-        .await
-        .unwrap();
-    assert_eq!(stats, 3);
 }
 
 async fn consent_page_and_decisions(app: App) {

@@ -246,7 +246,7 @@ async fn bad_parameters_are_invalid_request(app: App) {
             Some(&auth),
         )
         .await;
-    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.body["error"], "invalid_request");
     let r = app.get(PATH, Some(&auth)).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);

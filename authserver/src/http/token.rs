@@ -37,21 +37,34 @@ async fn handle(
 ) -> Result<Response, OAuthError> {
     let params = Params::from_request(headers, body)?;
     let grant_type = params.require("grant_type")?.to_string();
-    let client = client_auth::authenticate(state, headers, peer, Some(&params)).await?;
-    let body = match grant_type.as_str() {
-        "client_credentials" => grants::client_credentials::handle(state, &client, &params).await?,
-        "authorization_code" => grants::authorization_code::handle(state, &client, &params).await?,
-        "refresh_token" => grants::refresh_token::handle(state, &client, &params).await?,
+    let caller = client_auth::authenticate_caller(state, headers, peer, Some(&params)).await?;
+    // A public client's quota is per (client_id, IP) and spent only by a grant that
+    // succeeds: somebody sending bad codes under its client_id spends nothing of it.
+    if caller.is_public() {
+        client_auth::check_quota(state, &caller).await?;
+    } else {
+        client_auth::spend_quota(state, &caller).await?;
+    }
+    let client = &caller.client;
+    let outcome = match grant_type.as_str() {
+        "client_credentials" => grants::client_credentials::handle(state, client, &params).await,
+        "authorization_code" => grants::authorization_code::handle(state, client, &params).await,
+        "refresh_token" => grants::refresh_token::handle(state, client, &params).await,
         grants::token_exchange::GRANT => {
-            grants::token_exchange::handle(state, &client, &params).await?
+            grants::token_exchange::handle(state, client, &params).await
         }
         // The value is not echoed: a confused client may have put a secret in it.
-        _ => {
-            return Err(OAuthError::UnsupportedGrantType(format!(
-                "grant_type must be one of: {}",
-                crate::clients::GRANT_TYPES.join(", ")
-            )))
-        }
+        _ => Err(OAuthError::UnsupportedGrantType(format!(
+            "grant_type must be one of: {}",
+            crate::clients::GRANT_TYPES.join(", ")
+        ))),
     };
+    let body = match outcome {
+        Ok(body) => body,
+        Err(e) => return Err(client_auth::note_grant_failure(state, &caller, e).await),
+    };
+    if caller.is_public() {
+        client_auth::spend_quota_after_success(state, &caller).await;
+    }
     Ok(json_no_store(StatusCode::OK, &body))
 }
