@@ -58,7 +58,7 @@ main() {
   SA_DIR=${SA_DIR:-/var/run/secrets/kubernetes.io/serviceaccount}
   KUBERNETES_API=${KUBERNETES_API:-https://${KUBERNETES_SERVICE_HOST}:${KUBERNETES_SERVICE_PORT}}
   WORK=$(mktemp -d)
-  run=$(random_value 10 | tr 'A-Z' 'a-z')
+  run=$(LC_ALL=C tr -dc 'a-z0-9' </dev/urandom | head -c 10)
   secrets=""
   while read -r secret key; do
     [ -n "$secret" ] || continue

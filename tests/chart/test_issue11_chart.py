@@ -444,3 +444,95 @@ def test_defect11_production_issuer_is_routed_public_paths_only():
 def test_defect11_admin_paths_cannot_be_exposed(path):
     with pytest.raises(helm.HelmError, match="not a public endpoint"):
         render(values_for(ENV_FILES["production"], {"expose": {"paths": ["/oauth2/token", path]}}))
+
+
+# ----------------------------------------------------------------------------- defect 12
+
+INSTALL = ROOT / "docs/install.md"
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+
+
+def sh_blocks(path: Path) -> list[str]:
+    return [m.group(2) for m in FENCE.finditer(path.read_text()) if m.group(1) == "sh"]
+
+
+def test_defect12_install_defines_every_variable_before_use():
+    """install.md top to bottom: every $VAR a command uses was assigned by an earlier
+    command of the page (or is the shell's own)."""
+    defined = {"HOME", "PATH", "PWD"}
+    missing = []
+    for body in sh_blocks(INSTALL):
+        for line in body.replace("\\\n", " ").splitlines():
+            line = line.split(" # ")[0].strip()
+            if not line or line.startswith("#"):
+                continue
+            for var in re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", line):
+                if var not in defined:
+                    missing.append(f"{var}: {line}")
+            for var in re.findall(r"(?:^|[\s;(])([A-Z_][A-Z0-9_]*)=", line):
+                defined.add(var)
+    text = INSTALL.read_text()
+    # Variables only shown inside inline code in the prose are defined in the prose.
+    for var in set(re.findall(r"`[^`]*\$\{?([A-Z_][A-Z0-9_]*)[^`]*`", text)) - defined:
+        assert re.search(rf"`{var}`|{var}=", text), f"{var} is used in install.md but never defined"
+    assert not missing, missing
+
+
+def test_defect12_install_has_no_circular_step():
+    """No step before the install needs a running auth server (the module pin is known
+    from the release), and the Tollgate namespace is always $NS."""
+    text = INSTALL.read_text()
+    before_install = text[: text.index("helm install tollgate")]
+    assert "port-forward" not in before_install and "/edge/module.wasm.sha256" not in before_install
+    for body in sh_blocks(INSTALL):
+        for ns in re.findall(r"-n\s+([\w\"$-]+)", body):
+            assert ns in ('"$NS"', "istio-system", "argocd"), f"namespace {ns} in install.md"
+
+
+def test_defect12_install_documents_clusterissuer_promotion_and_prerequisites():
+    text = INSTALL.read_text()
+    prod = yaml.safe_load((CHART / "values-production.yaml").read_text())
+    ref = prod["redis"]["tls"]["certManager"]["issuerRef"]
+    manifests = [d for m in FENCE.finditer(text) if m.group(1) == "yaml"
+                 for d in yaml.safe_load_all(m.group(2)) if d]
+    assert any(d.get("kind") == ref["kind"] and d["metadata"]["name"] == ref["name"] for d in manifests)
+    apps = {a["metadata"]["labels"]["tollgate.dev/environment"]: a for a in generated_applications()}
+    rev = apps["production"]["spec"]["source"]["targetRevision"]
+    assert f"`{rev}` branch" in text and f"refs/heads/{rev}" in text
+    for env in ENV_FILES:
+        assert f"k8s/overlays/$ENV" in text and env in text
+    # The picture: namespaces, mesh boundary, NetworkPolicy flows, the module's way.
+    pictures = [m.group(2) for m in FENCE.finditer(text) if m.group(1) == "text"]
+    assert any("istio-system" in p and "outside the mesh" in p for p in pictures)
+    assert any("istio-agent" in p and "sha256" in p for p in pictures)
+    assert "| from | to | port | why |" in text
+
+
+def test_defect12_chart_icon_exists():
+    icon = yaml.safe_load((CHART / "Chart.yaml").read_text())["icon"]
+    rel = icon.split("/main/", 1)[1]
+    assert (ROOT / rel).is_file(), rel
+
+
+def test_defect12_runbook_commands_work_under_tls_and_strict():
+    """Under STRICT mTLS nothing outside the mesh (a laptop, a gateway pod's curl) calls the
+    auth server's Service in plain HTTP; with Redis TLS the plain port is closed, so every
+    redis-cli carries the TLS flags."""
+    for doc in ("runbooks.md", "operations.md", "install.md"):
+        text = (ROOT / "docs" / doc).read_text()
+        assert not re.search(r"curl[^`\n]*http://tollgate-authserver\.", text), doc
+        for cmd in re.findall(r"`([^`]*redis-cli[^`]*)`", text):
+            if "exec" in cmd:
+                assert "$REDIS_TLS" in cmd, (doc, cmd)
+
+
+def test_defect12_wrong_claims_fixed():
+    ops = (ROOT / "docs/operations.md").read_text()
+    assert "TOLLGATE_REDIS_WAIT_REPLICAS=1` (the chart's" not in ops
+    assert "+@all -@dangerous" not in ops
+    render_sh = (CHART / "files/redis/render.sh").read_text()
+    assert 'DATA_RULES="-@all ' in render_sh  # what operations.md now says
+    pa = (K8S / "base/peerauthentication.yaml").read_text()
+    assert "auth server or Redis from outside the mesh are refused" not in pa
+    ns = (K8S / "base/namespace.yaml").read_text()
+    assert "Redis clients)" not in ns
