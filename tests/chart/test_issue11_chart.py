@@ -536,3 +536,67 @@ def test_defect12_wrong_claims_fixed():
     assert "auth server or Redis from outside the mesh are refused" not in pa
     ns = (K8S / "base/namespace.yaml").read_text()
     assert "Redis clients)" not in ns
+
+
+def test_defect8_no_policy_after_the_filter_sees_a_client_sent_identity(tmp_path):
+    """Real Envoy, the chart's EnvoyFilter and the real module, with an RBAC filter (what an
+    AuthorizationPolicy becomes) that admits only `x-tollgate-client-id: orders-service`.
+    The filter goes where the rendered patch puts it in the chain istiod builds (RBAC, then
+    the router): first, so a client's forged header is gone before RBAC looks."""
+    import hashlib
+    import urllib.error
+    import urllib.request
+
+    from chartlib import FILTER_WASM
+    from test_envoy_attachment import ENVOY, AuthServerStandIn, EchoServer, Envoy, TestIssuer, bootstrap_from
+    from test_redis_runtime import free_port
+
+    if ENVOY is None or not FILTER_WASM.is_file():
+        pytest.skip("needs envoy and the built filter (make build-filter)")
+    module = FILTER_WASM.read_bytes()
+    docs = render_docs([], {"edge": {"module": {"sha256": hashlib.sha256(module).hexdigest()}}})
+    ef = by_kind(docs, "EnvoyFilter")[0]
+    patch = next(p for p in ef["spec"]["configPatches"] if p["applyTo"] == "HTTP_FILTER")
+    cfg = json.loads(ef["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]["configuration"]["value"])
+    issuer = TestIssuer(issuer=cfg["issuers"][0]["issuer"], audience=cfg["issuers"][0]["audiences"][0])
+    auth = AuthServerStandIn(issuer, module)
+    echo = EchoServer()
+    listen, admin = free_port(), free_port()
+    boot, _ = bootstrap_from(ef, auth.port, echo.port, listen, admin)
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    wasm, router = hcm["http_filters"]
+    rbac = {"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "ALLOW", "policies": {"orders-only": {
+            "permissions": [{"any": True}],
+            "principals": [{"header": {"name": "x-tollgate-client-id",
+                                       "string_match": {"exact": "orders-service"}}}]}}}}}
+    by_name = {wasm["name"]: wasm, rbac["name"]: rbac, router["name"]: router}
+    order = apply_http_filter_patch([rbac["name"], router["name"]], patch)
+    hcm["http_filters"] = [by_name[n] for n in order]
+    envoy = Envoy(boot, tmp_path, admin, base_id=44000 + listen % 1000)
+
+    def get(path: str, headers: dict) -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{listen}{path}", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        envoy.wait_ready()
+        # Anonymous path (the chart's `health` rule) with a forged identity: RBAC sees none.
+        assert get("/healthz", {"x-tollgate-client-id": "orders-service"}) == 403
+        assert echo.requests == 0
+        # Another client's token plus the forged header: RBAC sees the verified identity.
+        other = issuer.mint(claims=issuer.claims(sub="billing"))
+        assert get("/orders", {"Authorization": f"Bearer {other}", "x-tollgate-client-id": "orders-service"}) == 403
+        assert echo.requests == 0
+        ok = issuer.mint(claims=issuer.claims(sub="orders-service"))
+        assert get("/orders", {"Authorization": f"Bearer {ok}"}) == 200
+    finally:
+        envoy.stop()
+        echo.stop()
+        auth.stop()
+        issuer.stop()
