@@ -191,7 +191,10 @@ def test_defect5_generator_covers_every_secret_the_pods_read():
                               "resourceNames": sorted({p[0] for p in pairs}), "verbs": ["create", "patch"]}]
     ann = job["metadata"]["annotations"]
     assert ann["argocd.argoproj.io/hook"] == "PreSync" and "pre-install" in ann["helm.sh/hook"]
-    assert json.loads(env["LABELS"])["app.kubernetes.io/part-of"] == "tollgate"
+    labels = json.loads(env["LABELS"])
+    assert labels["app.kubernetes.io/part-of"] == "tollgate"
+    # Argo CD's tracking label would make a Secret it did not render look like its own.
+    assert "app.kubernetes.io/instance" not in labels and "app.kubernetes.io/managed-by" not in labels
     # The script the Job runs is the chart's file, verbatim.
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][2] == GENERATOR.read_text()
     # With existing Secrets everywhere there is nothing to generate.
