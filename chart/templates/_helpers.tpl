@@ -29,6 +29,7 @@ app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 app.kubernetes.io/part-of: tollgate
 tollgate.dev/environment: {{ .ctx.Values.environment | quote }}
+tollgate.dev/release: {{ .ctx.Release.Name | quote }}
 {{- with .ctx.Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
@@ -56,7 +57,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "tollgate.sentinel.headless" -}}
 {{- printf "%s-redis-sentinel-headless" (include "tollgate.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
-{{- define "tollgate.clusterDomain" -}}cluster.local{{- end -}}
+{{- define "tollgate.clusterDomain" -}}{{ required "clusterDomain is required (the kubelet's --cluster-domain, usually cluster.local)" .Values.clusterDomain }}{{- end -}}
 
 {{- define "tollgate.serviceAccountName" -}}
 {{- if .Values.authserver.serviceAccount.create -}}
@@ -105,6 +106,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- define "tollgate.edge.namespace" -}}
 {{- default .Release.Namespace .Values.edge.namespace -}}
+{{- end -}}
+{{/*
+Name of the filter attachment. In the gateway's namespace (istio-system) it sits beside
+every other environment's: the name carries the release namespace, unique per cluster
+with the release name, so dev, staging and production never write the same object.
+*/}}
+{{- define "tollgate.edge.name" -}}
+{{- if eq (include "tollgate.edge.namespace" .) .Release.Namespace -}}
+{{- printf "%s-edge" (include "tollgate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-edge-%s" (include "tollgate.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- define "tollgate.edge.moduleUrl" -}}
 {{- if eq .Values.edge.module.source "oci" -}}
@@ -232,6 +245,10 @@ seccompProfile:
   value: {{ .Values.authserver.defaultAudience | quote }}
 - name: TOLLGATE_LOG_FORMAT
   value: {{ .Values.authserver.logFormat | quote }}
+# Client IP for the per-IP limits: the address the ingress gateway appended to
+# X-Forwarded-For, not the sidecar's loopback peer (docs/configuration.md).
+- name: TOLLGATE_TRUSTED_PROXY_HOPS
+  value: {{ .Values.authserver.trustedProxyHops | quote }}
 {{- $wait := .Values.redis.sentinel.waitReplicas }}
 {{- if eq (toString $wait) "all" }}{{ $wait = .Values.redis.sentinel.replicas }}{{ end }}
 {{- if and (eq .Values.redis.mode "sentinel") (gt (int $wait) 0) }}
@@ -261,21 +278,66 @@ seccompProfile:
 checkov.io/skip-env-secrets: CKV_K8S_35=The auth server contract (docs/contracts.md) takes the store URL and admin token from environment variables; they come from a Secret by secretKeyRef and are never logged
 {{- end -}}
 
-{{/* A password kept across upgrades: the value, else the one in the cluster, else random
-(40 letters and digits, or with "bytes" N: N random bytes in base64). */}}
-{{- define "tollgate.secretValue" -}}
-{{- if .value -}}
-{{- .value -}}
-{{- else -}}
-{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .secret -}}
-{{- if and $existing (hasKey $existing.data .key) -}}
-{{- index $existing.data .key | b64dec -}}
-{{- else if .bytes -}}
-{{- randBytes (int .bytes) -}}
-{{- else -}}
-{{- randAlphaNum 40 -}}
+{{/*
+Generated secrets. Argo CD renders with `helm template`: `lookup` is empty and a random
+value in a template would change on every sync (the admin token, the pepper of every
+stored client-secret hash, the Redis passwords). So the chart renders a Secret only from
+values given in full, and otherwise the secret generator Job
+(templates/jobs/secret-generator.yaml) creates each key once, in the cluster.
+*/}}
+{{- define "tollgate.authserver.generated" -}}
+{{- $a := .Values.authserver -}}
+{{- if and (not $a.existingSecret) (or $a.adminToken $a.secretPepper $a.keyEncryptionKey) (not (and $a.adminToken $a.secretPepper $a.keyEncryptionKey)) -}}
+{{- fail "authserver.adminToken, authserver.secretPepper and authserver.keyEncryptionKey: set all three (the chart renders the Secret) or none (the secret generator creates them once in the cluster)" -}}
 {{- end -}}
+{{- if and (not $a.existingSecret) (not $a.adminToken) -}}true{{- end -}}
 {{- end -}}
+{{- define "tollgate.redis.passwordsGiven" -}}
+{{- $a := .Values.redis.auth -}}
+{{- $given := list -}}
+{{- range $k := list "authserverPassword" "cachePassword" "replicationPassword" "sentinelPassword" "exporterPassword" -}}
+{{- if index $a $k }}{{ $given = append $given $k }}{{ end -}}
+{{- end -}}
+{{- if and (not $a.existingSecret) $given (lt (len $given) 5) -}}
+{{- fail "redis.auth: set all five passwords (the chart renders the Secret) or none (the secret generator creates them once in the cluster)" -}}
+{{- end -}}
+{{- if eq (len $given) 5 }}true{{ end -}}
+{{- end -}}
+{{- define "tollgate.redis.generated" -}}
+{{- if and (not .Values.redis.auth.existingSecret) (not (include "tollgate.redis.passwordsGiven" .)) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The keys the secret generator creates when absent: one "<secret> <key> [format]" line per
+key (format: 48 letters and digits by default; `bytes32`: base64 of 32 random bytes). One
+more generated key is one more line.
+*/}}
+{{- define "tollgate.generatedKeys" -}}
+{{- $auth := include "tollgate.authserver.fullname" . -}}
+{{- $redis := include "tollgate.redis.fullname" . -}}
+{{- if include "tollgate.authserver.generated" . }}
+{{ $auth }} admin-token
+{{ $auth }} secret-pepper
+{{ $auth }} key-encryption-key bytes32
+{{- end }}
+{{- if include "tollgate.redis.generated" . }}
+{{ $redis }} authserver-password
+{{ $redis }} cache-password
+{{ $redis }} replication-password
+{{ $redis }} sentinel-password
+{{ $redis }} exporter-password
+{{- end }}
+{{- end -}}
+
+{{/*
+Pod annotation that rolls the pods when the secret material the values decide changes:
+values-given secrets and Secret names only, never a generated value (which no render
+knows), so it is the same on every render of the same values.
+*/}}
+{{- define "tollgate.secretChecksum" -}}
+{{- $a := .Values.authserver -}}
+{{- $in := dict "auth" (list $a.existingSecret $a.adminToken $a.secretPepper) "redis" (omit .Values.redis.auth "users") "generated" (include "tollgate.generatedKeys" .) -}}
+checksum/secret: {{ toJson $in | sha256sum }}
 {{- end -}}
 
 {{/*
@@ -300,4 +362,40 @@ gateway -> auth server path is mutual TLS under a STRICT PeerAuthentication.
 */}}
 {{- define "tollgate.outsideMesh" -}}
 sidecar.istio.io/inject: "false"
+{{- end -}}
+
+{{/*
+apiVersion of networking.istio.io objects: networking.istio.io/v1 needs Istio >= 1.22.
+mesh.networkingApiVersion wins; else v1beta1 when the API list the render was given (helm
+install/upgrade, Argo CD) has networking.istio.io without its v1, else v1.
+*/}}
+{{- define "tollgate.istioNetworkingApi" -}}
+{{- if .Values.mesh.networkingApiVersion -}}
+{{- .Values.mesh.networkingApiVersion -}}
+{{- else if and (.Capabilities.APIVersions.Has "networking.istio.io/v1beta1") (not (.Capabilities.APIVersions.Has "networking.istio.io/v1")) -}}
+networking.istio.io/v1beta1
+{{- else -}}
+networking.istio.io/v1
+{{- end -}}
+{{- end -}}
+
+{{/*
+Pod Security `restricted` (and `baseline`) refuse Istio's istio-init container (root,
+NET_ADMIN, NET_RAW; Istio's injection template adds it unless pilot.cni.enabled): with
+sidecar injection on, Istio CNI is a prerequisite (docs/install.md).
+*/}}
+{{- define "tollgate.checkMesh" -}}
+{{- $level := .Values.namespace.podSecurityLevel -}}
+{{- if and .Values.mesh.sidecarInjection (not .Values.mesh.cni.enabled) (ne $level "privileged") -}}
+{{- fail (printf "mesh.sidecarInjection is on but mesh.cni.enabled is false: without Istio CNI, Istio injects istio-init (runAsUser 0, NET_ADMIN, NET_RAW), which Pod Security %q refuses, so no auth server pod would start. Install Istio CNI (istioctl install --set components.cni.enabled=true) and set mesh.cni.enabled=true, or run the auth server without a sidecar (mesh.sidecarInjection=false and no injection label); docs/install.md" $level) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Host of the public issuer (expose.host, else the host of authserver.issuer). */}}
+{{- define "tollgate.expose.host" -}}
+{{- $h := .Values.expose.host -}}
+{{- if not $h -}}
+{{- $h = (urlParse (include "tollgate.issuer" .)).host | splitList ":" | first -}}
+{{- end -}}
+{{- $h -}}
 {{- end -}}

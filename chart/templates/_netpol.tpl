@@ -18,10 +18,7 @@ podSelector:
 {{- end -}}
 {{- define "tollgate.np.dns" -}}
 - to:
-    - namespaceSelector:
-        {{- toYaml .Values.networkPolicy.dnsNamespaceSelector | nindent 8 }}
-      podSelector:
-        {{- toYaml .Values.networkPolicy.dnsPodSelector | nindent 8 }}
+    {{- toYaml .Values.networkPolicy.dnsPeers | nindent 4 }}
   ports:
     - protocol: UDP
       port: 53
@@ -60,11 +57,9 @@ podSelector:
 # Sidecar to istiod: xDS and certificates.
 - to:
     - namespaceSelector:
-        matchLabels:
-          kubernetes.io/metadata.name: istio-system
+        {{- toYaml .Values.networkPolicy.istiodNamespaceSelector | nindent 8 }}
       podSelector:
-        matchLabels:
-          app: istiod
+        {{- toYaml .Values.networkPolicy.istiodPodSelector | nindent 8 }}
   ports:
     - protocol: TCP
       port: 15012

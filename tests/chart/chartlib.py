@@ -67,18 +67,19 @@ def values_for(files: list[str], overrides: dict | None = None) -> dict:
 
 
 @lru_cache(maxsize=None)
-def _render_cached(key: str) -> tuple[tuple[str, str], ...]:
+def _render_cached(key: str, name: str = RELEASE, namespace: str = NAMESPACE) -> tuple[tuple[str, str], ...]:
     import helm_python as helm
 
     vals = json.loads(key)
     out = helm.Chart.load(str(CHART)).render(
-        vals, name=RELEASE, namespace=NAMESPACE, is_install=True
+        vals, name=name, namespace=namespace, is_install=True
     )
     return tuple(sorted(out.items()))
 
 
-def render(values: dict) -> dict[str, str]:
-    return dict(_render_cached(json.dumps(values, sort_keys=True)))
+def render(values: dict, name: str = RELEASE, namespace: str = NAMESPACE) -> dict[str, str]:
+    """`helm template` (no cluster: `lookup` is empty), as Argo CD renders."""
+    return dict(_render_cached(json.dumps(values, sort_keys=True), name, namespace))
 
 
 def docs_of(rendered: dict[str, str], include_tests: bool = True) -> list[dict]:

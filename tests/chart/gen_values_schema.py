@@ -17,7 +17,7 @@ def generate() -> dict:
     vals = yaml.safe_load((CHART / "values.yaml").read_text())
     FREE = {'commonLabels','podAnnotations','podLabels','nodeSelector','affinity','config','extraConfig',
             'headers','defaultRule','resources','workloadSelector','gatewayNamespaceSelector','gatewayPodSelector',
-            'prometheusNamespaceSelector','prometheusPodSelector','dnsNamespaceSelector','dnsPodSelector',
+            'prometheusNamespaceSelector','prometheusPodSelector','istiodNamespaceSelector','istiodPodSelector',
             'labels','annotations','thresholds','issuerRef','requests','limits'}
     def typ(v):
         if isinstance(v,bool): return {"type":"boolean"}
@@ -43,7 +43,7 @@ def generate() -> dict:
             d=d["properties"][p]
         return d
     image = lambda p: at(p)["properties"]["digest"].update({"pattern":"^(sha256:[0-9a-f]{64})?$"})
-    for p in ["authserver.image","redis.image","redis.exporter.image","tests.image"]:
+    for p in ["authserver.image","redis.image","redis.exporter.image","tests.image","secretGenerator.image"]:
         image(p)
         if "pullPolicy" in at(p)["properties"]:
             at(p)["properties"]["pullPolicy"]["enum"]=["Always","IfNotPresent","Never"]
@@ -88,6 +88,16 @@ def generate() -> dict:
     at("redis.external.cacheUrl")["pattern"]="^((redis|rediss|redis\\+sentinel|rediss\\+sentinel)://[^@\\s]+)?$"
     at("redis.external.cidrs")["items"]={"type":"string"}
     at("redis.external.ports")["items"]={"type":"integer","minimum":1,"maximum":65535}
+    at("clusterDomain").update({"minLength":1,"pattern":"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"})
+    at("mesh.networkingApiVersion")["enum"]=["","networking.istio.io/v1","networking.istio.io/v1beta1"]
+    at("authserver.trustedProxyHops").update({"minimum":0,"maximum":10})
+    at("networkPolicy.dnsPeers").update({"items":{"type":"object"},"minItems":1})
+    at("networkPolicy.apiServerCidrs")["items"]={"type":"string"}
+    at("networkPolicy.apiServerPorts")["items"]={"type":"integer","minimum":1,"maximum":65535}
+    at("expose.host")["pattern"]="^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$"
+    at("expose.gateway")["pattern"]="^([a-z0-9-]+/[a-z0-9.-]+)?$"
+    at("expose.paths")["items"]={"type":"string","pattern":"^/[^\\s?#]*$"}
+    at("secretGenerator.activeDeadlineSeconds")["minimum"]=10
     at("edge.kind")["enum"]=["envoyFilter","wasmPlugin"]
     at("edge.context")["enum"]=["GATEWAY","SIDECAR_INBOUND"]
     at("edge.module.source")["enum"]=["http","oci"]

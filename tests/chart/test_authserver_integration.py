@@ -184,7 +184,7 @@ def gateway_through_the_chart_envoyfilter(by: dict, auth_port: int, token: str, 
 
     if ENVOY is None:
         pytest.skip("envoy not found")
-    ef = by[("EnvoyFilter", "tollgate-edge")]
+    ef = next(d for (kind, _), d in by.items() if kind == "EnvoyFilter")
     echo = EchoServer()
     listen, admin = free_port(), free_port()
     boot, _ = bootstrap_from(ef, auth_port, echo.port, listen, admin)
@@ -199,3 +199,64 @@ def gateway_through_the_chart_envoyfilter(by: dict, auth_port: int, token: str, 
     finally:
         envoy.stop()
         echo.stop()
+
+
+def test_defect9_callers_behind_one_hop_do_not_share_lockout(tmp_path):
+    """Behind the sidecar every TCP peer is 127.0.0.1. With the chart's environment the
+    auth server takes the client address the ingress gateway appended to X-Forwarded-For
+    (one trusted hop; the sidecar's inbound listener appends nothing), so one caller's
+    failed logins lock out that caller only, not everyone behind the same proxy."""
+    docs = render_docs([], OVERRIDES)
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    c = Cluster(tmp_path, env="dev")
+    try:
+        c.start_redis(0)
+        port = c.redis_ports[0]
+        job = by[("Job", "tollgate-init")]["spec"]["template"]["spec"]["containers"][0]
+        seed = tmp_path / "seed.yaml"
+        seed.write_text(by[("ConfigMap", "tollgate-authserver")]["data"]["seed.yaml"])
+        r = run([a.replace("/etc/tollgate/seed.yaml", str(seed)) for a in job["args"]], k8s_env(job, port))
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        dep = by[("Deployment", "tollgate-authserver")]["spec"]["template"]["spec"]["containers"][0]
+        env = k8s_env(dep, port)
+        assert env["TOLLGATE_TRUSTED_PROXY_HOPS"] == "1"
+        env.pop("TOLLGATE_EDGE_MODULE", None)
+        listen = free_port()
+        env["TOLLGATE_LISTEN"] = f"127.0.0.1:{listen}"
+        log = open(tmp_path / "authserver.log", "w")
+        proc = subprocess.Popen([str(AUTHSERVER), *dep["args"]], env={"PATH": os.environ["PATH"], **env},
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{listen}"
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, (tmp_path / "authserver.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "auth server never ready"
+                try:
+                    if http(base + "/readyz")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.2)
+
+            def token(secret: str, xff: str) -> int:
+                basic = b64encode(f"orders-service:{secret}".encode()).decode()
+                # What the gateway sends: the client's own (untrusted) XFF entries, then the
+                # address the gateway saw, appended.
+                return http(base + "/oauth2/token", b"grant_type=client_credentials",
+                            {"Authorization": f"Basic {basic}", "X-Forwarded-For": xff,
+                             "Content-Type": "application/x-www-form-urlencoded"})[0]
+
+            attacker = "10.9.9.9, 198.51.100.7"  # forged first entry; the gateway saw .7
+            statuses = [token("wrong-secret", attacker) for _ in range(60)]
+            assert statuses[0] == 401 and statuses[-1] == 429, statuses
+            # The attacker is locked out, even with the right secret and a new forged entry ...
+            assert token(CLIENT_SECRET, "10.1.1.1, 198.51.100.7") == 429
+            # ... and another caller behind the same proxy hop is not.
+            assert token(CLIENT_SECRET, "198.51.100.8") == 200
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    finally:
+        c.stop()

@@ -110,8 +110,10 @@ def bootstrap_from(ef: dict, auth_port: int, echo_port: int, listen: int, admin:
     patches = {p["applyTo"]: p for p in ef["spec"]["configPatches"]}
     ext = copy.deepcopy(patches["EXTENSION_CONFIG"]["patch"]["value"])
     http_filter = patches["HTTP_FILTER"]
-    assert http_filter["patch"]["operation"] == "INSERT_BEFORE"
-    assert http_filter["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == "envoy.filters.http.router"
+    # First in the chain (defect 8): INSERT_FIRST into the connection manager's filters.
+    assert http_filter["patch"]["operation"] == "INSERT_FIRST"
+    assert http_filter["match"]["listener"]["filterChain"]["filter"] == {
+        "name": "envoy.filters.network.http_connection_manager"}
     # ECDS: the HTTP filter refers to the extension config by name.
     assert http_filter["patch"]["value"]["name"] == ext["name"]
     wasm = ext["typed_config"]
@@ -280,7 +282,7 @@ def test_module_with_another_sha256_is_refused(tmp_path):
             assert envoy.proc.poll() is None or "failed to load" in envoy.log.read_text(), envoy.log.read_text()[-3000:]
             time.sleep(0.2)
         log = envoy.log.read_text()
-        assert "Plugin tollgate-edge failed to load" in log, log[-3000:]
+        assert f"Plugin {ef['metadata']['name']} failed to load" in log, log[-3000:]
         # It was fetched (so the refusal is the digest check, not a download failure) ...
         assert auth.module_requests >= 1
         # ... and with FAIL_CLOSE nothing reaches the backend, not even anonymous paths.
@@ -342,8 +344,9 @@ def test_every_environment_config_is_accepted_by_the_filter(tmp_path, variant_na
         {"applyTo": "EXTENSION_CONFIG", "patch": {"value": {"name": "tollgate-edge", "typed_config": {
             **wasm, "config": {**wasm["config"], "vm_config": {**wasm["config"]["vm_config"], "code": {
                 "remote": {"http_uri": {"uri": "http://unused/", "cluster": cluster, "timeout": "1s"}, "sha256": "0" * 64}}}}}}}},
-        {"applyTo": "HTTP_FILTER", "match": {"listener": {"filterChain": {"filter": {"subFilter": {"name": "envoy.filters.http.router"}}}}},
-         "patch": {"operation": "INSERT_BEFORE", "value": {"name": "tollgate-edge"}}},
+        {"applyTo": "HTTP_FILTER", "match": {"listener": {"filterChain": {"filter": {
+            "name": "envoy.filters.network.http_connection_manager"}}}},
+         "patch": {"operation": "INSERT_FIRST", "value": {"name": "tollgate-edge"}}},
     ]}}
     boot, _ = bootstrap_from(ef_like, auth.port, echo.port, listen, admin)
     hf = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]

@@ -112,7 +112,8 @@ def test_kustomize_overlays_build_and_validate(env):
     assert kinds == ["Gateway", "Namespace", "Namespace", "PeerAuthentication", "PeerAuthentication", "VirtualService"]
     expected_ns = {"dev": "tollgate-dev", "staging": "tollgate-staging", "production": "tollgate"}[env]
     names = {d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"}
-    assert names == {expected_ns, "shop"}
+    shop = "shop" if env == "production" else f"shop-{env}"
+    assert names == {expected_ns, shop}
     for d in docs:
         validate_any(d)
         assert d["metadata"]["labels"]["tollgate.dev/environment"] == env
@@ -121,13 +122,16 @@ def test_kustomize_overlays_build_and_validate(env):
                 assert d["metadata"]["labels"][f"pod-security.kubernetes.io/{mode}"] == "restricted"
         if d["kind"] == "PeerAuthentication":
             assert d["spec"]["mtls"]["mode"] == "STRICT"
-            assert d["metadata"]["namespace"] in (expected_ns, "shop")
+            assert d["metadata"]["namespace"] in (expected_ns, shop)
     gw = next(d for d in docs if d["kind"] == "Gateway")
     vs = next(d for d in docs if d["kind"] == "VirtualService")
     assert vs["spec"]["hosts"] == gw["spec"]["servers"][0]["hosts"]
-    # The Gateway's pods are the ones the chart attaches the filter to.
-    chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert gw["spec"]["selector"] == chart_values["edge"]["workloadSelector"]
+    # The Gateway's pods are the ones the chart attaches this environment's filter to.
+    chart_values = values_for({"dev": [], "staging": ["values-staging.yaml"],
+                               "production": ["values-production.yaml"]}[env])
+    selector = chart_values.get("edge", {}).get("workloadSelector") or \
+        yaml.safe_load((CHART / "values.yaml").read_text())["edge"]["workloadSelector"]
+    assert gw["spec"]["selector"] == selector
 
 
 def test_environment_namespaces_agree():

@@ -203,7 +203,7 @@ def test_jobs_and_schedules():
         assert spec["jobTemplate"]["spec"]["activeDeadlineSeconds"] > 0
     args = {n: s["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"] for n, s in cron.items()}
     assert args == {"tollgate-cleanup": ["cleanup"], "tollgate-cache-cleanup": ["cache-cleanup"]}
-    job = by_kind(docs, "Job")[0]
+    job = next(d for d in by_kind(docs, "Job") if d["metadata"]["name"] == "tollgate-init")
     ann = job["metadata"]["annotations"]
     assert ann["helm.sh/hook"] == "post-install,post-upgrade"
     assert ann["argocd.argoproj.io/hook"] == "Sync"
@@ -219,7 +219,7 @@ def test_seed_secret_refs_become_env_vars_of_the_init_job():
     assert client["client_id"] == "orders-service"
     assert "secretRef" not in client
     var = client["client_secret_env"]
-    pod = by_kind(docs, "Job")[0]["spec"]["template"]["spec"]
+    pod = next(d for d in by_kind(docs, "Job") if d["metadata"]["name"] == "tollgate-init")["spec"]["template"]["spec"]
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "orders-service-client", "key": "client-secret"}
     # The pepper that hashes the secret is the one the auth server uses.
@@ -245,7 +245,7 @@ def test_sync_waves_order_redis_init_authserver_filter():
         raise AssertionError(f"{kind} {name} not rendered")
 
     redis = wave("StatefulSet", "tollgate-redis")
-    init = wave("Job")
+    init = wave("Job", "tollgate-init")
     auth = wave("Deployment")
     edge = wave("EnvoyFilter")
     assert redis < init < auth < edge
@@ -281,8 +281,11 @@ def test_service_account_mounts_no_token():
         docs = render_docs(files)
         for sa in by_kind(docs, "ServiceAccount"):
             assert sa["automountServiceAccountToken"] is False
-        # RBAC minimal: Tollgate needs no Kubernetes API access at all.
-        assert not [d for d in docs if d["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")]
+        # RBAC minimal: Tollgate needs no Kubernetes API access, except the secret generator
+        # (a hook: create/patch on its own Secret names only, test_issue11_chart.py).
+        rbac = [d for d in docs if d["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")]
+        assert all(d["kind"] in ("Role", "RoleBinding") and d["metadata"]["name"].endswith("-secret-generator")
+                   for d in rbac), rbac
 
 
 def test_package_contains_what_the_chart_needs(tmp_path):
@@ -304,10 +307,12 @@ def test_key_encryption_key_is_generated_once_as_32_bytes_and_reaches_every_pod(
     runs the binary gets it and production mode, which refuses to start without it."""
     import base64
     docs = render_docs([])
-    secret = [d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == "tollgate-authserver"][0]
-    kek = base64.b64decode(base64.b64decode(secret["data"]["key-encryption-key"]))
-    assert len(kek) == 32
-    assert "key-encryption-keys-previous" not in secret["data"]
+    # No values: not rendered (a render cannot keep a random value), generated once in the
+    # cluster as base64 of 32 bytes (the generator's `bytes32` format).
+    assert not [d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == "tollgate-authserver"]
+    gen = [j for j in by_kind(docs, "Job") if j["metadata"]["name"].endswith("-secret-generator")][0]
+    keys = {e["name"]: e.get("value") for e in gen["spec"]["template"]["spec"]["containers"][0]["env"]}["KEYS"]
+    assert "tollgate-authserver key-encryption-key bytes32" in keys.splitlines()
     pods = [by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]]
     pods += [j["spec"]["template"]["spec"] for j in by_kind(docs, "Job") if "init" in j["metadata"]["name"]]
     pods += [c["spec"]["jobTemplate"]["spec"]["template"]["spec"] for c in by_kind(docs, "CronJob")]
@@ -320,7 +325,8 @@ def test_key_encryption_key_is_generated_once_as_32_bytes_and_reaches_every_pod(
         assert prev["key"] == "key-encryption-keys-previous" and prev["optional"] is True
     # A value given: used as is; previous keys: into the Secret.
     given = base64.b64encode(bytes(range(32))).decode()
-    docs = render_docs([], {"authserver": {"keyEncryptionKey": given, "keyEncryptionKeysPrevious": "old"}})
+    docs = render_docs([], {"authserver": {"adminToken": "a" * 40, "secretPepper": "p" * 40,
+                                           "keyEncryptionKey": given, "keyEncryptionKeysPrevious": "old"}})
     secret = [d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == "tollgate-authserver"][0]
     assert base64.b64decode(secret["data"]["key-encryption-key"]).decode() == given
     assert base64.b64decode(secret["data"]["key-encryption-keys-previous"]).decode() == "old"

@@ -8,7 +8,12 @@ The filter's JSON configuration (docs/filter.md, plugin/core/src/config.rs): the
 {{- $issuer := dict "issuer" (default (include "tollgate.issuer" .) $e.issuer) "audiences" $e.audiences "jwks" $jwks -}}
 {{- with $e.algorithms }}{{- $_ := set $issuer "algorithms" . -}}{{- end -}}
 {{- with $e.typ }}{{- $_ := set $issuer "typ" . -}}{{- end -}}
-{{- $cfg := dict "issuers" (list $issuer) "clock_skew_s" (int $e.clockSkewSeconds) "rules" $e.rules -}}
+{{- $rules := $e.rules -}}
+{{- if .Values.expose.enabled -}}
+{{- /* The issuer host's requests carry no bearer token: the auth server authenticates them. */ -}}
+{{- $rules = prepend $rules (dict "name" "tollgate-issuer" "hosts" (list (include "tollgate.expose.host" .)) "allow_anonymous" true) -}}
+{{- end -}}
+{{- $cfg := dict "issuers" (list $issuer) "clock_skew_s" (int $e.clockSkewSeconds) "rules" $rules -}}
 {{- with $e.defaultRule }}{{- $_ := set $cfg "default_rule" . -}}{{- end -}}
 {{- with $e.headers }}{{- $_ := set $cfg "headers" . -}}{{- end -}}
 {{- $cfg = merge (deepCopy $e.extraConfig) $cfg -}}
