@@ -103,6 +103,41 @@ const SERVER_FIELDS: &[&str] = &[
     "registration_client_uri",
 ];
 
+/// The metadata a client may change with its own registration access token (RFC 7592):
+/// what describes it and the keys it authenticates with. Every other field grants privilege
+/// (what it may ask for, where codes go, what it is exempt from) and needs the admin token.
+/// `redirect_uris` is not here: every client is registered with the admin token, so its
+/// redirect URIs are admin-granted trust.
+pub const SELF_SERVICE_FIELDS: &[&str] = &[
+    "client_name",
+    "contacts",
+    "logo_uri",
+    "client_uri",
+    "policy_uri",
+    "tos_uri",
+    "jwks",
+    "jwks_uri",
+];
+
+/// The fields outside [`SELF_SERVICE_FIELDS`] whose validated value differs between the
+/// registered metadata and an update (a field present in one and absent in the other
+/// differs), sorted.
+pub fn privileged_changes(old: &ClientMetadata, new: &ClientMetadata) -> Vec<String> {
+    let as_map = |m: &ClientMetadata| match serde_json::to_value(m) {
+        Ok(Value::Object(o)) => o,
+        _ => serde_json::Map::new(),
+    };
+    let (a, b) = (as_map(old), as_map(new));
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| !SELF_SERVICE_FIELDS.contains(&k.as_str()))
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| crate::form::sanitize(k))
+        .collect()
+}
+
 /// Longest per-client access-token lifetime, seconds (keys stay published this long after
 /// retirement).
 pub const MAX_ACCESS_TOKEN_TTL: u64 = 3600;

@@ -200,6 +200,8 @@ pub const PEPPER: &str = "fuzz-pepper-0123456789abcdef";
 /// An authorization code of the public client, with PKCE (S256 of [`CODE_VERIFIER`]).
 pub const CODE: &str = "fuzz-code-0123456789abcdefghijklmnopqrstuvwxyz";
 pub const CODE_VERIFIER: &str = "fuzz-verifier-0123456789abcdefghijklmnopqrstuvwxyz";
+/// The id of the user `alice` the seeded code and refresh token speak for.
+const FUZZ_USER_ID: &str = "fuzz-user-alice";
 pub const REDIRECT_URI: &str = "https://app.fuzz.test/callback";
 /// A refresh token of the public client.
 pub const REFRESH_TOKEN: &str = "tg_rt_fuzz-refresh-0123456789abcdefghijklmnop";
@@ -303,6 +305,17 @@ async fn fresh_state() -> (Arc<AppState>, String) {
             .await
             .unwrap_or_else(|e| panic!("create_client: {e}"));
     }
+    // The user the code and the refresh token speak for (a grant of a user who does not
+    // exist is refused).
+    store
+        .create_user(&crate::store::UserRecord {
+            username: "alice".into(),
+            password_hash: String::new(),
+            created_at: now,
+            user_id: FUZZ_USER_ID.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create_user: {e}"));
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(CODE_VERIFIER.as_bytes()));
     store
         .save_auth_code(
@@ -314,6 +327,7 @@ async fn fresh_state() -> (Arc<AppState>, String) {
                 scope: "openid api:read".into(),
                 aud: "fuzz-api".into(),
                 sub: "alice".into(),
+                user_id: FUZZ_USER_ID.into(),
                 code_challenge: Some(challenge),
                 code_challenge_method: Some("S256".into()),
                 grant_id: "grant-code".into(),
@@ -329,6 +343,7 @@ async fn fresh_state() -> (Arc<AppState>, String) {
             &RefreshTokenRecord {
                 client_id: PUBLIC_CLIENT.into(),
                 sub: "alice".into(),
+                user_id: FUZZ_USER_ID.into(),
                 scope: "openid api:read".into(),
                 aud: "fuzz-api".into(),
                 grant_id: "grant-refresh".into(),
@@ -351,6 +366,7 @@ async fn fresh_state() -> (Arc<AppState>, String) {
             ttl: 600,
             opaque: false,
             extra: Default::default(),
+            user_id: None,
         },
     )
     .await

@@ -39,6 +39,8 @@ pub struct TokenRequest<'a> {
     pub opaque: bool,
     /// Further claims (e.g. `act` for token exchange).
     pub extra: Map<String, Value>,
+    /// The [`crate::store::UserRecord::id`] of the user the token speaks for, if any.
+    pub user_id: Option<&'a str>,
 }
 
 pub struct Issued {
@@ -90,6 +92,7 @@ pub async fn issue(state: &AppState, req: TokenRequest<'_>) -> OAuthResult<Issue
         token_hash: crypto::token_hash(&token),
         format: format.to_string(),
         act: req.extra.get("act").map(Value::to_string),
+        user_id: req.user_id.map(str::to_string),
     };
     state.store.save_access_token(&record).await?;
     metrics::counter!("tollgate_tokens_issued_total", "format" => format).increment(1);

@@ -97,6 +97,29 @@ def test_revoked_token_is_rejected_within_one_poll_interval(echo, wasm):
             assert call(gw, other).status_code == 200
 
 
+def test_deleted_clients_tokens_are_refused_at_the_edge(echo, wasm):
+    """Deleting a client revokes the access tokens it was issued: the gateway refuses them
+    from its next feed poll, not only once they expire (issue 12)."""
+    require_authserver()
+    with AuthServer() as auth:
+        edge = edge_client(auth)
+        with gateway(auth, echo, edge) as gw:
+            doomed = auth.register_client(scope="api:read")
+            kept = auth.register_client(scope="api:read")
+            toks = [auth.token(doomed) for _ in range(2)]
+            other = auth.token(kept)
+            assert all(call(gw, t).status_code == 200 for t in toks + [other])
+            r = requests.delete(f"{auth.base}/oauth2/register/{doomed['client_id']}",
+                                headers={"authorization": f"Bearer {auth.admin_token}"},
+                                timeout=10)
+            assert r.status_code == 204, r.text
+            for t in toks:
+                r, _ = wait_status(gw, t, 401)
+                assert r.status_code == 401, r.text
+                assert "revoked" in r.json()["error_description"]
+            assert call(gw, other).status_code == 200
+
+
 def test_gap_in_polling_catches_up_and_resyncs(echo, wasm, tmp_path):
     """The gateway loses the auth server while tokens are revoked elsewhere (more than
     the feed keeps): on return it resyncs and rejects all of them."""

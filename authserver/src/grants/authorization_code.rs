@@ -85,11 +85,15 @@ pub async fn handle(
             }
         }
     }
+    if !super::user_is_current(state, &rec.sub, &rec.user_id).await? {
+        return Err(bad("the user of this authorization code no longer exists"));
+    }
     let issued = family::issue(
         state,
         family::Grant {
             client,
             sub: &rec.sub,
+            user_id: &rec.user_id,
             scope: &rec.scope,
             aud: &rec.aud,
             grant_id: &rec.grant_id,

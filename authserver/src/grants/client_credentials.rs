@@ -37,6 +37,7 @@ pub async fn handle(
             ttl,
             opaque: client.metadata.access_token_format == "opaque",
             extra: Default::default(),
+            user_id: None,
         },
     )
     .await?;

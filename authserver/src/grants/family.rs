@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::crypto;
 use crate::error::{OAuthError, OAuthResult};
 use crate::state::AppState;
-use crate::store::{now_secs, ClientRecord, RefreshTokenRecord};
+use crate::store::{client_owner, now_secs, user_owner, ClientRecord, Owned, RefreshTokenRecord};
 use crate::tokens::{self, TokenRequest};
 
 use super::client_has_grant;
@@ -61,6 +61,8 @@ pub fn issued_nothing(e: &OAuthError) -> bool {
 pub struct Grant<'a> {
     pub client: &'a ClientRecord,
     pub sub: &'a str,
+    /// The user's [`crate::store::UserRecord::id`].
+    pub user_id: &'a str,
     pub scope: &'a str,
     pub aud: &'a str,
     pub grant_id: &'a str,
@@ -84,6 +86,7 @@ pub async fn issue(state: &AppState, g: Grant<'_>) -> OAuthResult<Value> {
             ttl,
             opaque: g.client.metadata.access_token_format == "opaque",
             extra: Default::default(),
+            user_id: Some(g.user_id),
         },
     )
     .await?;
@@ -93,6 +96,7 @@ pub async fn issue(state: &AppState, g: Grant<'_>) -> OAuthResult<Value> {
         let rec = RefreshTokenRecord {
             client_id: g.client.client_id.clone(),
             sub: g.sub.to_string(),
+            user_id: g.user_id.to_string(),
             scope: g.scope.to_string(),
             aud: g.aud.to_string(),
             grant_id: g.grant_id.to_string(),
@@ -106,6 +110,16 @@ pub async fn issue(state: &AppState, g: Grant<'_>) -> OAuthResult<Value> {
         .exp
         .max(refresh.as_ref().map(|r| r.2.exp).unwrap_or(0));
     let hashes: Vec<String> = refresh.iter().map(|r| r.0.clone()).collect();
+    // The family ends with its user or its client (a deleted user or client revokes it).
+    state
+        .store
+        .index_owned(
+            &[user_owner(g.user_id), client_owner(&g.client.client_id)],
+            Owned::Grants,
+            g.grant_id,
+            family_exp,
+        )
+        .await?;
     let joined = state
         .store
         .family_add(

@@ -4,6 +4,7 @@
 pub mod authorization_code;
 pub mod client_credentials;
 pub mod family;
+pub mod owner;
 pub mod refresh_token;
 pub mod token_exchange;
 
@@ -70,6 +71,20 @@ pub fn granted_audience(
             "request one audience per token".into(),
         )),
     }
+}
+
+/// Whether the user a grant speaks for still exists and is that very user (not another one
+/// created under the same name since): `user_id` is the [`crate::store::UserRecord::id`]
+/// recorded with the grant.
+pub async fn user_is_current(state: &AppState, username: &str, user_id: &str) -> OAuthResult<bool> {
+    if user_id.is_empty() {
+        return Ok(false);
+    }
+    Ok(state
+        .store
+        .get_user(username)
+        .await?
+        .is_some_and(|u| u.id() == user_id))
 }
 
 pub fn client_has_grant(client: &ClientRecord, grant: &str) -> bool {

@@ -60,12 +60,20 @@ pub async fn handle(
             "the refresh token has expired".into(),
         ));
     }
+    if !super::user_is_current(state, &rec.sub, &rec.user_id).await? {
+        // The user was deleted (or deleted and re-created under the same name).
+        family::revoke(state, &rec.grant_id, "the user no longer exists").await?;
+        return Err(OAuthError::InvalidGrant(
+            "the user of this grant no longer exists".into(),
+        ));
+    }
     let scope = narrowed_scope(&rec.scope, params.get("scope"))?;
     let issued = family::issue(
         state,
         family::Grant {
             client,
             sub: &rec.sub,
+            user_id: &rec.user_id,
             scope: &scope,
             aud: &rec.aud,
             grant_id: &rec.grant_id,

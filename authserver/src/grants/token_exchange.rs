@@ -5,8 +5,10 @@
 //! Policy is per client, in its metadata:
 //! `"token_exchange": {"audiences": [..], "scopes": [..], "subject_audiences": [..]}`.
 //! Without it the client may not exchange. The audience must be in `audiences`; the scope
-//! must be within the subject token's scope and within `scopes`; with
-//! `subject_audiences`, the subject token must have been issued for one of them.
+//! must be within the subject token's scope and within `scopes`; the subject token must
+//! have been issued for one of `subject_audiences`, by default for the exchanging client
+//! itself (one of its registered `audience` values, or its client id). The subject token's
+//! client and user must still exist.
 
 use serde_json::{json, Map, Value};
 
@@ -71,11 +73,27 @@ pub async fn handle(
     if revoked || rec.exp <= now {
         return Err(OAuthError::InvalidGrant("invalid subject_token".into()));
     }
-    if let Some(allowed) = list(policy, "subject_audiences") {
-        if !allowed.contains(&rec.aud.as_str()) {
-            return Err(OAuthError::InvalidGrant(
-                "the subject token was not issued for an audience this client may exchange".into(),
-            ));
+    // Without `subject_audiences`: only tokens sent to this client (its own audience).
+    let own: Vec<&str> = client
+        .metadata
+        .audience
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(client.client_id.as_str()))
+        .collect();
+    let allowed = list(policy, "subject_audiences").unwrap_or(own);
+    if !allowed.contains(&rec.aud.as_str()) {
+        return Err(OAuthError::InvalidGrant(
+            "the subject token was not issued for an audience this client may exchange".into(),
+        ));
+    }
+    // A token of a deleted client, or of a deleted user, speaks for no one any more.
+    if state.store.get_client(&rec.client_id).await?.is_none() {
+        return Err(OAuthError::InvalidGrant("invalid subject_token".into()));
+    }
+    if let Some(uid) = rec.user_id.as_deref() {
+        if !super::user_is_current(state, &rec.sub, uid).await? {
+            return Err(OAuthError::InvalidGrant("invalid subject_token".into()));
         }
     }
     // Audience: exactly one, within the policy (the first when none is asked for).
@@ -154,6 +172,8 @@ pub async fn handle(
             ttl,
             opaque: client.metadata.access_token_format == "opaque",
             extra,
+            // It speaks for the subject's user: it ends with that user.
+            user_id: rec.user_id.as_deref(),
         },
     )
     .await?;

@@ -428,8 +428,10 @@ async fn current_user(
     let Some(s) = state.store.get_session(&crypto::token_hash(sid)).await? else {
         return Ok(None);
     };
-    if state.store.get_user(&s.username).await?.is_none() {
-        return Ok(None);
+    // The very user who logged in: not a user re-created under the same name.
+    match state.store.get_user(&s.username).await? {
+        Some(u) if !s.user_id.is_empty() && u.id() == s.user_id => {}
+        _ => return Ok(None),
     }
     Ok(Some(s))
 }
@@ -448,6 +450,7 @@ async fn issue_code(
         scope: req.scope.clone(),
         aud: req.aud.clone(),
         sub: session.username.clone(),
+        user_id: session.user_id.clone(),
         code_challenge: req.challenge.clone(),
         code_challenge_method: req.method.clone(),
         grant_id: crypto::random_b64(16),
@@ -650,6 +653,7 @@ pub async fn login(State(state): State<SharedState>, headers: HeaderMap, body: B
         let sid = crypto::random_b64(32);
         let session = SessionRecord {
             username: username.to_string(),
+            user_id: user.as_ref().map(|u| u.id()).unwrap_or_default(),
             auth_time: now,
             exp: now + state.cfg.session_ttl,
         };

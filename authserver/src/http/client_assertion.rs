@@ -1,7 +1,9 @@
 //! `private_key_jwt` client authentication (RFC 7523 §2.2, OpenID Connect Core §9): the
 //! client signs a short-lived JWT with a key whose public part it registered inline
-//! (`jwks`). `iss` = `sub` = client_id, `aud` = the token endpoint or the issuer, `exp`
-//! required and at most [`MAX_LIFETIME`] ahead, `jti` usable once until `exp`.
+//! (`jwks`). `iss` = `sub` = client_id, `aud` = exactly the issuer or the token endpoint
+//! (a string, or an array of that one string: an array with other values is refused, the
+//! 2025 audience-injection pattern), `exp` required and at most [`MAX_LIFETIME`] ahead,
+//! `jti` usable once until `exp`.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -33,6 +35,23 @@ struct Unverified {
 struct Claims {
     exp: u64,
     jti: Option<String>,
+    aud: serde_json::Value,
+}
+
+/// `aud` names exactly one of `accepted`: as a string, or as an array of that one string.
+/// An array naming anything else too is refused: an assertion meant for another server
+/// that also lists ours must not authenticate here.
+fn audience_is_exactly(aud: &serde_json::Value, accepted: &[String]) -> bool {
+    use serde_json::Value;
+    let one = match aud {
+        Value::String(s) => s,
+        Value::Array(a) => match a.as_slice() {
+            [Value::String(s)] => s,
+            _ => return false,
+        },
+        _ => return false,
+    };
+    accepted.iter().any(|a| a == one)
 }
 
 fn fail(msg: &str) -> OAuthError {
@@ -96,12 +115,17 @@ pub async fn verify(
     let mut v = Validation::new(alg);
     v.leeway = LEEWAY;
     let iss = &state.cfg.issuer;
-    v.set_audience(&[format!("{iss}/oauth2/token"), iss.clone()]);
+    let accepted = [format!("{iss}/oauth2/token"), iss.clone()];
+    // Checked below, strictly: the library accepts any array that contains one of them.
+    v.validate_aud = false;
     v.set_issuer(&[client.client_id.as_str()]);
     v.sub = Some(client.client_id.clone());
     v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
     let data = jsonwebtoken::decode::<Claims>(assertion, &key, &v)
         .map_err(|e| fail(&format!("{:?}", e.kind()).to_lowercase()))?;
+    if !audience_is_exactly(&data.claims.aud, &accepted) {
+        return Err(fail("aud must be exactly the issuer or the token endpoint"));
+    }
     let now = now_secs();
     if data.claims.exp > now + MAX_LIFETIME + LEEWAY {
         return Err(fail("exp is too far in the future"));

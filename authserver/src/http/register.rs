@@ -1,6 +1,11 @@
 //! Dynamic client registration (RFC 7591) and management (RFC 7592). Creating a client
 //! needs the admin token; reading, updating and deleting accept the admin token or the
-//! client's own registration access token.
+//! client's own registration access token. With its own token a client changes only what
+//! it owns ([`clients::SELF_SERVICE_FIELDS`]); every field that grants privilege (scope,
+//! audience, grant types, redirect URIs, token exchange, consent and PKCE exemptions, rate
+//! limit, token format and lifetime, authentication method) needs the admin token
+//! (docs/contracts.md). Deleting a client ends its token families and revokes its issued
+//! access tokens.
 
 use std::net::SocketAddr;
 
@@ -13,7 +18,8 @@ use serde_json::{json, Value};
 use crate::clients;
 use crate::crypto;
 use crate::error::OAuthError;
-use crate::store::{now_secs, ClientRecord, StoreError};
+use crate::grants;
+use crate::store::{client_owner, now_secs, ClientRecord, StoreError};
 
 use super::{client_auth, json_no_store, SharedState};
 
@@ -85,18 +91,28 @@ pub async fn create(
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Who is managing a client registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Manager {
+    /// The admin token: every field.
+    Admin,
+    /// The client's own registration access token: only [`clients::SELF_SERVICE_FIELDS`].
+    Client,
+}
+
 /// Admin token, or the registration access token of this very client (RFC 7592 §3).
 async fn authorize_for(
     state: &SharedState,
     headers: &HeaderMap,
     peer: SocketAddr,
     client_id: &str,
-) -> Result<ClientRecord, OAuthError> {
+) -> Result<(ClientRecord, Manager), OAuthError> {
     if client_auth::is_admin(state, headers) {
         return state
             .store
             .get_client(client_id)
             .await?
+            .map(|c| (c, Manager::Admin))
             .ok_or_else(|| OAuthError::NotFound("no such client".into()));
     }
     let token = client_auth::bearer(headers);
@@ -109,7 +125,7 @@ async fn authorize_for(
         _ => false,
     };
     match (ok, client) {
-        (true, Some(c)) => Ok(c),
+        (true, Some(c)) => Ok((c, Manager::Client)),
         _ => {
             // Same answer whether the client exists or not (RFC 7592 §3).
             client_auth::require_admin(state, headers, Some(peer)).await?;
@@ -127,7 +143,7 @@ pub async fn read(
     headers: HeaderMap,
 ) -> Response {
     match authorize_for(&state, &headers, peer, &client_id).await {
-        Ok(c) => json_no_store(StatusCode::OK, &client_json(&state, &c)),
+        Ok((c, _)) => json_no_store(StatusCode::OK, &client_json(&state, &c)),
         Err(e) => e.into_response(),
     }
 }
@@ -140,7 +156,7 @@ pub async fn update(
     body: Bytes,
 ) -> Response {
     let r = async {
-        let existing = authorize_for(&state, &headers, peer, &client_id).await?;
+        let (existing, manager) = authorize_for(&state, &headers, peer, &client_id).await?;
         let v = metadata_json(&headers, &body)?;
         // RFC 7592 §2.2: the body carries the client_id, which must match.
         match v.get("client_id").and_then(Value::as_str) {
@@ -163,6 +179,18 @@ pub async fn update(
             }
         }
         let md = clients::validate(v)?;
+        if manager == Manager::Client {
+            // RFC 7592 clients send their whole metadata: a privileged field sent back
+            // unchanged is fine, a changed one needs the admin token.
+            let changed = clients::privileged_changes(&existing.metadata, &md);
+            if !changed.is_empty() {
+                return Err(OAuthError::InvalidClientMetadata(format!(
+                    "changing {} needs the admin token; the registration access token changes only {}",
+                    changed.join(", "),
+                    clients::SELF_SERVICE_FIELDS.join(", ")
+                )));
+            }
+        }
         if clients::uses_secret(&md.token_endpoint_auth_method) != existing.secret_hash.is_some() {
             return Err(OAuthError::InvalidClientMetadata(
                 "a client cannot switch between secret and secret-less authentication".into(),
@@ -191,8 +219,22 @@ pub async fn delete(
 ) -> Response {
     let r = async {
         authorize_for(&state, &headers, peer, &client_id).await?;
-        state.store.delete_client(&client_id).await?;
-        tracing::info!(client_id = %client_id, "client deleted");
+        // Its token families and its issued access tokens end with it (revoked: the edge
+        // refuses them from the next revocation-feed poll, not at `exp`).
+        let ended = grants::owner::end_with(
+            &state,
+            &client_owner(&client_id),
+            "the client was deleted",
+            || async { Ok(state.store.delete_client(&client_id).await?) },
+        )
+        .await?
+        .ok_or_else(|| OAuthError::NotFound("no such client".into()))?;
+        tracing::info!(
+            client_id = %client_id,
+            families = ended.families,
+            access_tokens = ended.access_tokens,
+            "client deleted"
+        );
         Ok::<_, OAuthError>(StatusCode::NO_CONTENT.into_response())
     }
     .await;

@@ -538,12 +538,24 @@ async fn registration_management(app: App) {
         "not_found",
     );
 
+    // The client renames itself; widening its scope needs the admin token (the negative
+    // cases are in tests_escalation.rs).
+    let r = app
+        .json(
+            "PUT",
+            &uri,
+            json!({"client_id": id, "client_name": "svc2", "scope": "a"}),
+            Some(&rat),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["client_name"], "svc2");
     let r = app
         .json(
             "PUT",
             &uri,
             json!({"client_id": id, "client_name": "svc2", "scope": "a b"}),
-            Some(&rat),
+            Some(&admin),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);

@@ -25,18 +25,18 @@ use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::{now_secs, Store, StoreUrl};
 use crate::testutil::RedisServer;
 
-const PASSWORD: &str = "correct horse battery staple";
-const REDIRECT: &str = "http://127.0.0.1/cb";
+pub(super) const PASSWORD: &str = "correct horse battery staple";
+pub(super) const REDIRECT: &str = "http://127.0.0.1/cb";
 
-fn admin() -> String {
+pub(super) fn admin() -> String {
     format!("Bearer {ADMIN}")
 }
 
-fn enc(s: &str) -> String {
+pub(super) fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-fn form_body(pairs: &[(&str, &str)]) -> String {
+pub(super) fn form_body(pairs: &[(&str, &str)]) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs {
         s.append_pair(k, v);
@@ -53,14 +53,14 @@ fn unescape(s: &str) -> String {
 }
 
 /// The value of a hidden input in a page.
-fn hidden(html: &str, name: &str) -> Option<String> {
+pub(super) fn hidden(html: &str, name: &str) -> Option<String> {
     let marker = format!("name=\"{name}\" value=\"");
     let start = html.find(&marker)? + marker.len();
     let end = html[start..].find('"')? + start;
     Some(unescape(&html[start..end]))
 }
 
-fn html(r: &Resp) -> String {
+pub(super) fn html(r: &Resp) -> String {
     String::from_utf8_lossy(&r.raw).into_owned()
 }
 
@@ -76,7 +76,7 @@ fn set_cookies(r: &Resp) -> HashMap<String, String> {
         .collect()
 }
 
-fn location(r: &Resp) -> url::Url {
+pub(super) fn location(r: &Resp) -> url::Url {
     let l = r
         .headers
         .get(header::LOCATION)
@@ -84,11 +84,11 @@ fn location(r: &Resp) -> url::Url {
     url::Url::parse(l.to_str().unwrap()).unwrap()
 }
 
-fn query(u: &url::Url) -> HashMap<String, String> {
+pub(super) fn query(u: &url::Url) -> HashMap<String, String> {
     u.query_pairs().into_owned().collect()
 }
 
-fn pkce() -> (String, String) {
+pub(super) fn pkce() -> (String, String) {
     let verifier = crate::crypto::random_b64(48);
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     (verifier, challenge)
@@ -96,14 +96,14 @@ fn pkce() -> (String, String) {
 
 /// A browser-ish client of the in-process router: a cookie jar and an optional
 /// `X-Forwarded-For`.
-struct Browser<'a> {
+pub(super) struct Browser<'a> {
     app: &'a App,
     jar: HashMap<String, String>,
     xff: Option<String>,
 }
 
 impl<'a> Browser<'a> {
-    fn new(app: &'a App) -> Self {
+    pub(super) fn new(app: &'a App) -> Self {
         Browser {
             app,
             jar: HashMap::new(),
@@ -132,11 +132,11 @@ impl<'a> Browser<'a> {
         r
     }
 
-    async fn get(&mut self, path: &str) -> Resp {
+    pub(super) async fn get(&mut self, path: &str) -> Resp {
         self.send(Request::get(path), String::new()).await
     }
 
-    async fn post(&mut self, path: &str, pairs: &[(&str, &str)]) -> Resp {
+    pub(super) async fn post(&mut self, path: &str, pairs: &[(&str, &str)]) -> Resp {
         self.send(
             Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded"),
             form_body(pairs),
@@ -145,7 +145,7 @@ impl<'a> Browser<'a> {
     }
 
     /// Open the authorization URL, and log in on the page it shows.
-    async fn login(&mut self, authz_query: &str, user: &str, password: &str) -> Resp {
+    pub(super) async fn login(&mut self, authz_query: &str, user: &str, password: &str) -> Resp {
         let page = self.get(&format!("/oauth2/authorize?{authz_query}")).await;
         assert_eq!(page.status, StatusCode::OK, "{}", html(&page));
         let body = html(&page);
@@ -165,7 +165,7 @@ impl<'a> Browser<'a> {
     }
 
     /// Log in and follow to the code; returns the redirect to the client.
-    async fn authorize(&mut self, authz_query: &str) -> url::Url {
+    pub(super) async fn authorize(&mut self, authz_query: &str) -> url::Url {
         if self.jar.contains_key("tg_session") {
             let r = self.get(&format!("/oauth2/authorize?{authz_query}")).await;
             assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", html(&r));
@@ -183,7 +183,7 @@ impl<'a> Browser<'a> {
     }
 }
 
-async fn add_user(app: &App, name: &str) {
+pub(super) async fn add_user(app: &App, name: &str) {
     let r = app
         .json(
             "POST",
@@ -195,7 +195,7 @@ async fn add_user(app: &App, name: &str) {
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 }
 
-async fn register(app: &App, md: Value) -> Value {
+pub(super) async fn register(app: &App, md: Value) -> Value {
     let r = app
         .json("POST", "/oauth2/register", md, Some(&admin()))
         .await;
@@ -204,7 +204,7 @@ async fn register(app: &App, md: Value) -> Value {
 }
 
 /// A public (PKCE) client for the code flow with refresh tokens, first-party.
-async fn public_client(app: &App, extra: Value) -> String {
+pub(super) async fn public_client(app: &App, extra: Value) -> String {
     let mut md = json!({
         "client_name": "SPA",
         "redirect_uris": [REDIRECT, "https://app.example/cb"],
@@ -222,7 +222,7 @@ async fn public_client(app: &App, extra: Value) -> String {
         .to_string()
 }
 
-fn authz(client_id: &str, challenge: Option<&str>, extra: &str) -> String {
+pub(super) fn authz(client_id: &str, challenge: Option<&str>, extra: &str) -> String {
     let mut q = format!(
         "response_type=code&client_id={client_id}&redirect_uri={}&scope=api%3Aread&state=xyz%2F%3D1",
         enc(REDIRECT)
@@ -234,7 +234,7 @@ fn authz(client_id: &str, challenge: Option<&str>, extra: &str) -> String {
     q
 }
 
-async fn redeem(app: &App, client_id: &str, code: &str, verifier: Option<&str>) -> Resp {
+pub(super) async fn redeem(app: &App, client_id: &str, code: &str, verifier: Option<&str>) -> Resp {
     let mut pairs = vec![
         ("grant_type", "authorization_code"),
         ("code", code),
@@ -247,7 +247,7 @@ async fn redeem(app: &App, client_id: &str, code: &str, verifier: Option<&str>) 
     app.form("/oauth2/token", &form_body(&pairs), None).await
 }
 
-async fn refresh(app: &App, client_id: &str, rt: &str) -> Resp {
+pub(super) async fn refresh(app: &App, client_id: &str, rt: &str) -> Resp {
     app.form(
         "/oauth2/token",
         &form_body(&[
@@ -260,7 +260,7 @@ async fn refresh(app: &App, client_id: &str, rt: &str) -> Resp {
     .await
 }
 
-async fn introspect_public(app: &App, client_id: &str, token: &str) -> Value {
+pub(super) async fn introspect_public(app: &App, client_id: &str, token: &str) -> Value {
     app.form(
         "/oauth2/introspect",
         &form_body(&[("token", token), ("client_id", client_id)]),
@@ -270,7 +270,7 @@ async fn introspect_public(app: &App, client_id: &str, token: &str) -> Value {
     .body
 }
 
-async fn feed_jtis(app: &App) -> Vec<String> {
+pub(super) async fn feed_jtis(app: &App) -> Vec<String> {
     let r = app.get("/edge/revocations", Some(&admin())).await;
     assert_eq!(r.status, StatusCode::OK);
     r.body["revocations"]
@@ -282,7 +282,7 @@ async fn feed_jtis(app: &App) -> Vec<String> {
 }
 
 /// Log in, get a code and redeem it: (access token, refresh token).
-async fn full_code_flow(app: &App, client_id: &str) -> (String, String) {
+pub(super) async fn full_code_flow(app: &App, client_id: &str) -> (String, String) {
     let (verifier, challenge) = pkce();
     let mut b = Browser::new(app);
     let cb = b.authorize(&authz(client_id, Some(&challenge), "")).await;
@@ -952,7 +952,9 @@ async fn token_exchange_within_policy_only(app: App) {
     // Delegation chain: a second service exchanges the exchanged token; act nests.
     let svc2 = register(
         &app,
-        json!({"grant_types": [xg], "token_exchange": {"audiences": ["https://ledger"], "scopes": ["api:read"]}}),
+        // Without subject_audiences: tokens sent to svc2 itself (its own audience).
+        json!({"grant_types": [xg], "audience": ["https://orders"],
+               "token_exchange": {"audiences": ["https://ledger"], "scopes": ["api:read"]}}),
     )
     .await;
     let (s2, s2sec) = (
@@ -1031,7 +1033,12 @@ async fn token_exchange_within_policy_only(app: App) {
 }
 
 /// A signed client assertion.
-fn assertion(pem: &str, alg: jsonwebtoken::Algorithm, kid: &str, claims: Value) -> String {
+pub(super) fn assertion(
+    pem: &str,
+    alg: jsonwebtoken::Algorithm,
+    kid: &str,
+    claims: Value,
+) -> String {
     let key = match alg {
         jsonwebtoken::Algorithm::ES256 => {
             jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap()

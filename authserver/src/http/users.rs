@@ -1,6 +1,8 @@
 //! `POST/GET /admin/users`, `GET/DELETE /admin/users/{username}` (admin Bearer token):
 //! the users who can log in at the authorization endpoint. Passwords are stored only as
-//! Argon2id hashes and never returned.
+//! Argon2id hashes and never returned. Deleting a user ends its sessions, token families
+//! and access tokens; a user created again under the same name is another user (a new
+//! `user_id`) and inherits none of them.
 
 use std::net::SocketAddr;
 
@@ -11,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use crate::error::OAuthError;
-use crate::store::{now_secs, StoreError, UserRecord};
+use crate::grants;
+use crate::store::{now_secs, user_owner, StoreError, UserRecord};
 use crate::users;
 
 use super::{client_auth, json_no_store, SharedState};
@@ -61,6 +64,7 @@ pub async fn create(
             username: username.to_string(),
             password_hash: hash,
             created_at: now_secs(),
+            user_id: crate::crypto::random_b64(16),
         };
         state.store.create_user(&user).await.map_err(|e| match e {
             StoreError::Conflict(_) => OAuthError::Conflict("the user exists already".into()),
@@ -114,11 +118,29 @@ pub async fn delete(
 ) -> Response {
     let r = async {
         client_auth::require_admin(&state, &headers, Some(peer)).await?;
-        if !state.store.delete_user(&username).await? {
-            return Err(OAuthError::NotFound("no such user".into()));
-        }
-        tracing::info!(username = %username, "user deleted");
-        Ok(StatusCode::NO_CONTENT.into_response())
+        let user = state
+            .store
+            .get_user(&username)
+            .await?
+            .ok_or_else(|| OAuthError::NotFound("no such user".into()))?;
+        // Everything the user holds ends with it: token families (refresh tokens and their
+        // access tokens), other access tokens of the user, login sessions.
+        let ended = grants::owner::end_with(
+            &state,
+            &user_owner(&user.id()),
+            "the user was deleted",
+            || async { Ok(state.store.delete_user(&username).await?) },
+        )
+        .await?
+        .ok_or_else(|| OAuthError::NotFound("no such user".into()))?;
+        tracing::info!(
+            username = %username,
+            families = ended.families,
+            access_tokens = ended.access_tokens,
+            sessions = ended.sessions,
+            "user deleted"
+        );
+        Ok::<_, OAuthError>(StatusCode::NO_CONTENT.into_response())
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)

@@ -43,6 +43,7 @@ pub(super) fn token(jti: &str, exp: u64) -> AccessTokenRecord {
         token_hash: "h".into(),
         format: "jwt".into(),
         act: None,
+        user_id: None,
     }
 }
 
@@ -404,6 +405,7 @@ async fn users(s: Both) {
         username: "alice".into(),
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$x$y".into(),
         created_at: 7,
+        user_id: "u-alice".into(),
     };
     s.create_user(&u).await.unwrap();
     assert!(matches!(
@@ -431,6 +433,7 @@ async fn sessions_expire(s: Both) {
     let (s, _) = s;
     let rec = SessionRecord {
         username: "alice".into(),
+        user_id: "u-alice".into(),
         auth_time: now_secs(),
         exp: now_secs() + 2,
     };
@@ -452,6 +455,7 @@ fn code(client: &str, exp: u64) -> AuthCodeRecord {
         scope: "a".into(),
         aud: "api".into(),
         sub: "alice".into(),
+        user_id: "u-alice".into(),
         code_challenge: Some("c".repeat(43)),
         code_challenge_method: Some("S256".into()),
         grant_id: "g1".into(),
@@ -523,6 +527,7 @@ async fn refresh_tokens_rotate(s: Both) {
     let r = RefreshTokenRecord {
         client_id: "c1".into(),
         sub: "alice".into(),
+        user_id: "u-alice".into(),
         scope: "a".into(),
         aud: "api".into(),
         grant_id: "g1".into(),
@@ -652,8 +657,111 @@ async fn access_token_act_round_trips(s: Both) {
     let (s, _) = s;
     let mut t = token("ja", now_secs() + 100);
     t.act = Some(r#"{"sub":"svc"}"#.into());
+    t.user_id = Some("u-alice".into());
     s.save_access_token(&t).await.unwrap();
     assert_eq!(s.get_access_token("ja").await.unwrap().0, Some(t));
+}
+
+/// What a user or a client owns is indexed under it, so that deleting it can end it: access
+/// tokens under their client and user, sessions under their user, families as indexed; the
+/// later expiry wins, expired members are not listed, clearing drops one index only.
+async fn ownership_indexes(s: Both) {
+    let (s, _) = s;
+    let now = now_secs();
+    let (u1, c1, c2) = (user_owner("u1"), client_owner("c1"), client_owner("c2"));
+    let mut a = token("ja", now + 100);
+    a.user_id = Some("u1".into());
+    s.save_access_token(&a).await.unwrap();
+    s.save_access_token(&token("jb", now + 2)).await.unwrap();
+    let mut c = token("jc", now + 100);
+    c.client_id = "c2".into();
+    s.save_access_token(&c).await.unwrap();
+    let sorted = |mut v: Vec<(String, u64)>| {
+        v.sort();
+        v
+    };
+    let list = |o: String, k: Owned| {
+        let s = s.clone();
+        async move { sorted(s.list_owned(&o, k, now_secs()).await.unwrap()) }
+    };
+    assert_eq!(
+        list(c1.clone(), Owned::AccessTokens).await,
+        vec![("ja".to_string(), now + 100), ("jb".to_string(), now + 2)]
+    );
+    assert_eq!(
+        list(u1.clone(), Owned::AccessTokens).await,
+        vec![("ja".to_string(), now + 100)]
+    );
+    assert_eq!(
+        list(c2.clone(), Owned::AccessTokens).await,
+        vec![("jc".to_string(), now + 100)]
+    );
+    // Sessions: under their user; one without a user id is not indexed.
+    let sess = |uid: &str| SessionRecord {
+        username: "alice".into(),
+        user_id: uid.into(),
+        auth_time: now,
+        exp: now + 50,
+    };
+    s.save_session("s1", &sess("u1")).await.unwrap();
+    s.save_session("s2", &sess("")).await.unwrap();
+    assert_eq!(
+        list(u1.clone(), Owned::Sessions).await,
+        vec![("s1".to_string(), now + 50)]
+    );
+    assert_eq!(list(user_owner(""), Owned::Sessions).await, vec![]);
+    // Families: under every owner named; the later expiry wins.
+    let both = [u1.clone(), c1.clone()];
+    s.index_owned(&both, Owned::Grants, "g1", now + 60)
+        .await
+        .unwrap();
+    s.index_owned(&both, Owned::Grants, "g1", now + 90)
+        .await
+        .unwrap();
+    s.index_owned(&both, Owned::Grants, "g1", now + 30)
+        .await
+        .unwrap();
+    s.index_owned(&both[..1], Owned::Grants, "g2", now + 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        list(c1.clone(), Owned::Grants).await,
+        vec![("g1".to_string(), now + 90)]
+    );
+    assert_eq!(
+        list(u1.clone(), Owned::Grants).await,
+        vec![("g1".to_string(), now + 90), ("g2".to_string(), now + 2)]
+    );
+    // `now` decides what is still listed.
+    assert_eq!(
+        s.list_owned(&u1, Owned::Grants, now + 2).await.unwrap(),
+        vec![("g1".to_string(), now + 90)]
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        list(c1.clone(), Owned::AccessTokens).await,
+        vec![("ja".to_string(), now + 100)],
+        "an expired member is not listed"
+    );
+    // Clearing drops one index of one owner.
+    s.clear_owned(&u1, Owned::Grants).await.unwrap();
+    assert_eq!(list(u1.clone(), Owned::Grants).await, vec![]);
+    assert_eq!(
+        list(c1.clone(), Owned::Grants).await,
+        vec![("g1".to_string(), now + 90)]
+    );
+    assert_eq!(
+        list(u1.clone(), Owned::AccessTokens).await,
+        vec![("ja".to_string(), now + 100)]
+    );
+    // A member added later goes into a fresh index.
+    s.index_owned(std::slice::from_ref(&u1), Owned::Grants, "g3", now + 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        list(u1, Owned::Grants).await,
+        vec![("g3".to_string(), now + 10)]
+    );
 }
 
 fn memory(feed_max: usize) -> Both {
@@ -770,6 +878,7 @@ conformance! {
     token_families => 100,
     assertion_jtis => 100,
     access_token_act_round_trips => 100,
+    ownership_indexes => 100,
 }
 
 /// The raw Redis value of every signing key, as a backup (RDB/AOF) holds it, after a server
@@ -901,6 +1010,7 @@ async fn cluster_spreads_keys_and_reaches_every_primary() {
     let rt = RefreshTokenRecord {
         client_id: "c00".into(),
         sub: "alice".into(),
+        user_id: "u-alice".into(),
         scope: "a".into(),
         aud: "api".into(),
         grant_id: "g".into(),

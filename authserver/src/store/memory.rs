@@ -49,6 +49,8 @@ struct Inner {
     refresh: HashMap<String, (RefreshTokenRecord, u64)>,
     families: HashMap<String, Family>,
     once: HashMap<String, u64>,
+    /// Ownership indexes: (kind, owner) -> member -> exp.
+    owned: HashMap<(Owned, String), BTreeMap<String, u64>>,
     /// When the last full cleanup pass and the last token pass ran (ms since the epoch).
     last_sweep_ms: u64,
     last_token_sweep_ms: u64,
@@ -198,6 +200,10 @@ fn sweep(g: &mut Inner, now: u64) -> CleanupReport {
     g.families
         .retain(|_, f| f.exp > now || f.revoked_until.is_some_and(|r| r > now));
     g.once.retain(|_, e| *e > now);
+    for set in g.owned.values_mut() {
+        set.retain(|_, e| *e > now);
+    }
+    g.owned.retain(|_, set| !set.is_empty());
     let now_ms = now.saturating_mul(1000);
     g.rate.retain(|_, (_, end)| *end > now_ms);
     g.leases.retain(|_, (_, end)| *end > now_ms);
@@ -220,6 +226,19 @@ fn sweep(g: &mut Inner, now: u64) -> CleanupReport {
         expired_tokens,
         feed_entries_trimmed: trimmed,
         keys_removed: 0,
+    }
+}
+
+/// Index `member` under `owners` (as `OWNED_ADD_LUA` does in Redis: the later expiry wins).
+fn add_owned(g: &mut Inner, owners: &[String], kind: Owned, member: &str, exp: u64) {
+    for o in owners {
+        let e = g
+            .owned
+            .entry((kind, o.clone()))
+            .or_default()
+            .entry(member.to_string())
+            .or_insert(exp);
+        *e = (*e).max(exp);
     }
 }
 
@@ -276,6 +295,9 @@ impl Store for MemoryStore {
         }
         g.cleanup_index.insert((rec.exp, rec.jti.clone()));
         *g.stats.entry("tokens_issued".into()).or_insert(0) += 1;
+        let mut owners = vec![client_owner(&rec.client_id)];
+        owners.extend(rec.user_id.as_deref().map(user_owner));
+        add_owned(&mut g, &owners, Owned::AccessTokens, &rec.jti, rec.exp);
         Ok(())
     }
 
@@ -523,9 +545,12 @@ impl Store for MemoryStore {
     }
 
     async fn save_session(&self, id_hash: &str, rec: &SessionRecord) -> StoreResult<()> {
-        self.lock()?
-            .sessions
-            .insert(id_hash.to_string(), rec.clone());
+        let mut g = self.lock()?;
+        g.sessions.insert(id_hash.to_string(), rec.clone());
+        if !rec.user_id.is_empty() {
+            let owners = [user_owner(&rec.user_id)];
+            add_owned(&mut g, &owners, Owned::Sessions, id_hash, rec.exp);
+        }
         Ok(())
     }
 
@@ -662,6 +687,42 @@ impl Store for MemoryStore {
             .families
             .get(grant_id)
             .is_some_and(Family::revoked))
+    }
+
+    async fn index_owned(
+        &self,
+        owners: &[String],
+        kind: Owned,
+        member: &str,
+        exp: u64,
+    ) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        add_owned(&mut g, owners, kind, member, exp);
+        Ok(())
+    }
+
+    async fn list_owned(
+        &self,
+        owner: &str,
+        kind: Owned,
+        now: u64,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        Ok(self
+            .lock()?
+            .owned
+            .get(&(kind, owner.to_string()))
+            .map(|set| {
+                set.iter()
+                    .filter(|(_, e)| **e > now)
+                    .map(|(m, e)| (m.clone(), *e))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn clear_owned(&self, owner: &str, kind: Owned) -> StoreResult<()> {
+        self.lock()?.owned.remove(&(kind, owner.to_string()));
+        Ok(())
     }
 
     async fn claim_assertion_jti(&self, key: &str, exp: u64) -> StoreResult<bool> {

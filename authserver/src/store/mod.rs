@@ -105,6 +105,10 @@ pub struct AccessTokenRecord {
     /// RFC 8693 `act` claim (JSON) of a token minted by token exchange.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<String>,
+    /// The [`UserRecord::id`] of the user the token speaks for (`None`: a client's own
+    /// token). Stores index the token under it and under its client ([`Owned::AccessTokens`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// A user who can log in at the authorization endpoint.
@@ -114,12 +118,33 @@ pub struct UserRecord {
     /// Argon2id PHC string.
     pub password_hash: String,
     pub created_at: u64,
+    /// Random, given at creation: what sessions, codes and tokens of the user carry, so that
+    /// a user re-created under the same name inherits none of them. Empty in records written
+    /// before it existed (see [`UserRecord::id`]).
+    #[serde(default)]
+    pub user_id: String,
+}
+
+impl UserRecord {
+    /// The user's id; for a record without one, an id derived from name and creation time
+    /// (never equal to a random one, and different for a re-created user).
+    pub fn id(&self) -> String {
+        if self.user_id.is_empty() {
+            format!("legacy.{}.{}", self.username, self.created_at)
+        } else {
+            self.user_id.clone()
+        }
+    }
 }
 
 /// A login session (`auth:session:{sha256 of the cookie}`), alive until `exp`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
     pub username: String,
+    /// [`UserRecord::id`] of the user who logged in; a session is valid only while a user of
+    /// that name and id exists. Stores index it under the user ([`Owned::Sessions`]).
+    #[serde(default)]
+    pub user_id: String,
     pub auth_time: u64,
     pub exp: u64,
 }
@@ -137,6 +162,9 @@ pub struct AuthCodeRecord {
     pub aud: String,
     /// The user.
     pub sub: String,
+    /// [`UserRecord::id`] of the user.
+    #[serde(default)]
+    pub user_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code_challenge: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +180,10 @@ pub struct AuthCodeRecord {
 pub struct RefreshTokenRecord {
     pub client_id: String,
     pub sub: String,
+    /// [`UserRecord::id`] of the user `sub` names: refresh works only while that very user
+    /// exists.
+    #[serde(default)]
+    pub user_id: String,
     pub scope: String,
     pub aud: String,
     pub grant_id: String,
@@ -196,6 +228,40 @@ pub struct FeedPage {
     /// unexpired revocations and replaces what the reader has.
     pub resync: bool,
     pub entries: Vec<RevokedEntry>,
+}
+
+/// What a user or a client owns, indexed so that deleting the user or client can end it
+/// (`auth:owned:{kind}:{owner}`, a sorted set of members scored by expiry). The owner is
+/// [`user_owner`] or [`client_owner`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Owned {
+    /// Access tokens by `jti` (indexed by `save_access_token` under the token's client and
+    /// its user).
+    AccessTokens,
+    /// Token families by grant id (indexed with [`Store::index_owned`]).
+    Grants,
+    /// Login sessions by the hash of the cookie (indexed by `save_session` under the user).
+    Sessions,
+}
+
+impl Owned {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Owned::AccessTokens => "tokens",
+            Owned::Grants => "grants",
+            Owned::Sessions => "sessions",
+        }
+    }
+}
+
+/// The owner key of a user (by [`UserRecord::id`]).
+pub fn user_owner(user_id: &str) -> String {
+    format!("user:{user_id}")
+}
+
+/// The owner key of a client.
+pub fn client_owner(client_id: &str) -> String {
+    format!("client:{client_id}")
 }
 
 /// Result of a fixed-window rate-limit check.
@@ -315,8 +381,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_client_ids(&self) -> StoreResult<Vec<String>>;
 
     // Access tokens
-    /// Record an issued access token (with its cleanup entry and the issuance counter) in
-    /// one atomic round trip. The record expires at `exp`.
+    /// Record an issued access token (with its cleanup entry, the issuance counter and its
+    /// [`Owned::AccessTokens`] entries under its client and, with `user_id`, its user) in one
+    /// round trip. The record expires at `exp`.
     async fn save_access_token(&self, rec: &AccessTokenRecord) -> StoreResult<()>;
     /// The record and whether the `jti` is revoked, in one round trip.
     async fn get_access_token(&self, jti: &str) -> StoreResult<(Option<AccessTokenRecord>, bool)>;
@@ -375,6 +442,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
 
     // Login sessions, keyed by the SHA-256 of the session cookie
+    /// Save a session and, with a `user_id`, index it under the user ([`Owned::Sessions`]).
     async fn save_session(&self, id_hash: &str, rec: &SessionRecord) -> StoreResult<()>;
     async fn get_session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>>;
     async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
@@ -426,6 +494,26 @@ pub trait Store: Send + Sync + 'static {
     /// Claim a one-time identifier (a client assertion's `jti`) until `exp`; false when it
     /// was claimed before.
     async fn claim_assertion_jti(&self, key: &str, exp: u64) -> StoreResult<bool>;
+
+    // Ownership (what a deleted user or client ends; see [`Owned`])
+    /// Index `member` under each of `owners` until `exp` (an index lives as long as its
+    /// longest-lived member; expired members are dropped as new ones come).
+    async fn index_owned(
+        &self,
+        owners: &[String],
+        kind: Owned,
+        member: &str,
+        exp: u64,
+    ) -> StoreResult<()>;
+    /// The members of `owner`'s index of `kind` that expire after `now`, with their expiry.
+    async fn list_owned(
+        &self,
+        owner: &str,
+        kind: Owned,
+        now: u64,
+    ) -> StoreResult<Vec<(String, u64)>>;
+    /// Drop `owner`'s index of `kind` (after its members were ended).
+    async fn clear_owned(&self, owner: &str, kind: Owned) -> StoreResult<()>;
 
     /// One pass of the token cleanup: drop expired entries from `auth_token_cleanup` (and
     /// any token record left behind), trim expired revocations from the feed.

@@ -79,8 +79,36 @@ fn k_family(grant_id: &str) -> [String; 3] {
 fn k_assertion(key: &str) -> String {
     format!("auth:assertion_jti:{key}")
 }
+/// An ownership index ([`Owned`]): a sorted set of members scored by expiry.
+fn k_owned(kind: Owned, owner: &str) -> String {
+    format!("auth:owned:{}:{owner}", kind.as_str())
+}
 fn k_cache(service: &str, key: &str) -> String {
     format!("cache:resource:{service}:{key}")
+}
+
+/// Add a member to an ownership index (KEYS: the index; ARGV: member, exp, now): the later
+/// expiry wins, members expired by `now` leave, and the index expires with its longest-lived
+/// member.
+const OWNED_ADD_LUA: &str = r"
+local exp = tonumber(ARGV[2])
+local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if (not old) or tonumber(old) < exp then
+  redis.call('ZADD', KEYS[1], exp, ARGV[1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < exp - tonumber(ARGV[3]) then
+  redis.call('EXPIREAT', KEYS[1], exp)
+end
+return 1
+";
+
+fn owned_add(kind: Owned, owner: &str, member: &str, exp: u64) -> (String, Cmd) {
+    let key = k_owned(kind, owner);
+    let mut cmd = eval(OWNED_ADD_LUA, &[&key]);
+    cmd.arg(member).arg(exp).arg(now_secs());
+    (key, cmd)
 }
 
 /// Fixed window counter: INCR, and start the window on the first hit.
@@ -1451,6 +1479,7 @@ fn token_from_fields(
         token_hash: s("token_hash")?,
         format: s("format")?,
         act: m.get("act").cloned(),
+        user_id: m.get("user_id").cloned(),
     }))
 }
 
@@ -1576,6 +1605,9 @@ impl Store for RedisStore {
         if let Some(act) = &rec.act {
             fields.push(("act", act.clone()));
         }
+        if let Some(uid) = &rec.user_id {
+            fields.push(("user_id", uid.clone()));
+        }
         // One MULTI; on Cluster one per slot: the record with its expiry, the cleanup index
         // and the counter each stay whole.
         let mut b = Batch::atomic();
@@ -1591,6 +1623,12 @@ impl Store for RedisStore {
             .add(&key, expire)
             .add(K_TOKEN_CLEANUP, zadd)
             .add(K_STATS, hincr);
+        let mut owners = vec![client_owner(&rec.client_id)];
+        owners.extend(rec.user_id.as_deref().map(user_owner));
+        for o in &owners {
+            let (k, cmd) = owned_add(Owned::AccessTokens, o, &rec.jti, rec.exp);
+            b.add(&k, cmd);
+        }
         let cluster = self.cluster;
         // Not durable (docs/reliability.md): a lost access-token record makes an opaque token
         // inactive and a JWT unknown to introspection, never the reverse. Sent again only when
@@ -1904,7 +1942,9 @@ impl Store for RedisStore {
             .arg("password_hash")
             .arg(&user.password_hash)
             .arg("created_at")
-            .arg(user.created_at);
+            .arg(user.created_at)
+            .arg("user_id")
+            .arg(&user.user_id);
         let created: i64 = self.write_one(&cmd).await?;
         if created == 1 {
             Ok(())
@@ -1932,6 +1972,7 @@ impl Store for RedisStore {
                 .get("created_at")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            user_id: m.get("user_id").cloned().unwrap_or_default(),
         }))
     }
 
@@ -1953,18 +1994,18 @@ impl Store for RedisStore {
     async fn save_session(&self, id_hash: &str, rec: &SessionRecord) -> StoreResult<()> {
         let key = k_session(id_hash);
         let json = serde_json::to_string(rec).map_err(|e| corrupt(&key, e))?;
-        let exp = rec.exp;
-        self.idem(|mut c| {
-            let (key, json) = (key.clone(), json.clone());
-            async move {
-                ::redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&json)
-                    .arg("EXAT")
-                    .arg(exp)
-                    .query_async::<()>(&mut c)
-                    .await
-            }
+        let mut b = Batch::atomic();
+        let mut set = ::redis::cmd("SET");
+        set.arg(&key).arg(&json).arg("EXAT").arg(rec.exp);
+        b.add(&key, set);
+        if !rec.user_id.is_empty() {
+            let (k, cmd) = owned_add(Owned::Sessions, &user_owner(&rec.user_id), id_hash, rec.exp);
+            b.add(&k, cmd);
+        }
+        let cluster = self.cluster;
+        self.idem(|c| {
+            let b = b.clone();
+            async move { b.run(cluster, c).await.map(drop) }
         })
         .await
     }
@@ -2117,6 +2158,54 @@ impl Store for RedisStore {
             async move { ::redis::cmd("EXISTS").arg(&key).query_async(&mut c).await }
         })
         .await
+    }
+
+    async fn index_owned(
+        &self,
+        owners: &[String],
+        kind: Owned,
+        member: &str,
+        exp: u64,
+    ) -> StoreResult<()> {
+        let mut b = Batch::default();
+        for o in owners {
+            let (k, cmd) = owned_add(kind, o, member, exp);
+            b.add(&k, cmd);
+        }
+        let cluster = self.cluster;
+        self.idem(|c| {
+            let b = b.clone();
+            async move { b.run(cluster, c).await.map(drop) }
+        })
+        .await
+    }
+
+    async fn list_owned(
+        &self,
+        owner: &str,
+        kind: Owned,
+        now: u64,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let key = k_owned(kind, owner);
+        let got: Vec<(String, f64)> = self
+            .idem(|mut c| {
+                let key = key.clone();
+                async move {
+                    ::redis::cmd("ZRANGEBYSCORE")
+                        .arg(&key)
+                        .arg(format!("({now}"))
+                        .arg("+inf")
+                        .arg("WITHSCORES")
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(got.into_iter().map(|(m, e)| (m, e as u64)).collect())
+    }
+
+    async fn clear_owned(&self, owner: &str, kind: Owned) -> StoreResult<()> {
+        self.del(&k_owned(kind, owner)).await.map(drop)
     }
 
     async fn claim_assertion_jti(&self, key: &str, exp: u64) -> StoreResult<bool> {
@@ -2483,6 +2572,7 @@ mod durability_tests {
         RefreshTokenRecord {
             client_id: "c1".into(),
             sub: "alice".into(),
+            user_id: "u-alice".into(),
             scope: "a".into(),
             aud: "api".into(),
             grant_id: "g1".into(),
@@ -2514,6 +2604,7 @@ mod durability_tests {
             username: "alice".into(),
             password_hash: "$argon2id$x".into(),
             created_at: 1,
+            user_id: "u-alice".into(),
         })
         .await
         .unwrap();
@@ -2606,6 +2697,7 @@ mod durability_tests {
                 scope: "a".into(),
                 aud: "api".into(),
                 sub: "alice".into(),
+                user_id: "u-alice".into(),
                 code_challenge: None,
                 code_challenge_method: None,
                 grant_id: "g".into(),
