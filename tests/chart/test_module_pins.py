@@ -163,3 +163,19 @@ def test_module_embeds_no_build_path():
     for p in (str(ROOT), str(Path.home() / ".cargo")):
         assert p.encode() not in data, p
     assert b"/cargo/registry/src/" in data, "the crates' paths, remapped"
+
+
+def test_module_pin_istio_fetcher_sees_the_oci_pin(tmp_path):
+    """The layout of the built module, pushed to a registry (go-containerregistry's, in
+    process) and pulled back with the calls Istio's image fetcher makes
+    (tests/chart/istio_oci): the manifest digest Istio compares with `sha256` is the oci pin,
+    and the plugin.wasm it extracts is the module whose sha256 is the file pin."""
+    layout = tmp_path / "oci"
+    pins = module_pins.write_layout(FILTER_WASM.read_bytes(), layout, "test")
+    r = subprocess.run(["go", "run", ".", str(layout)], cwd=ROOT / "tests/chart/istio_oci",
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got == {"digest": pins["oci"], "wasm_sha256": pins["file"],
+                   "manifest_media_type": "application/vnd.oci.image.manifest.v1+json"}
+    assert pins == committed_pins()
