@@ -145,8 +145,8 @@ def authserver_metrics(auth: AuthServer) -> str:
 @pytest.fixture(scope="module")
 def exported(echo, wasm) -> dict[str, set[str]]:
     """Names exported by the real auth server and the real Envoy + filter after traffic:
-    tokens, a bad secret, a client over its rate limit, the gateway allowing, denying
-    (missing, bad, expired-format), rate limiting, polling revocations and leases."""
+    tokens, a bad secret, a client over its rate limit, a readiness probe, the gateway
+    allowing, denying (missing, malformed), rate limiting with leases, polling revocations."""
     require_authserver()
     with AuthServer() as auth:
         edge = auth.register_client(scope="tollgate:edge", name="gateway",
@@ -180,6 +180,8 @@ def exported(echo, wasm) -> dict[str, set[str]]:
             assert requests.get(gw.url("/limited"), headers=h, timeout=10).status_code == 200
             assert requests.get(gw.url("/limited"), headers=h, timeout=10).status_code == 429
             envoy_text = requests.get(gw.admin("/stats/prometheus"), timeout=10).text
+        # The readiness probe (kubelet's, in a cluster) sets tollgate_store_up.
+        assert requests.get(f"{auth.base}/readyz", timeout=5).status_code == 200
         auth_text = authserver_metrics(auth)
     return {"envoy": exposition_names(envoy_text), "authserver": exposition_names(auth_text)}
 
