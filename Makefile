@@ -55,8 +55,45 @@ $(VENV)/.stamp: tests/requirements.txt tests/requirements-demo.txt
 build: build-authserver build-filter ## build the auth server and the Wasm filter (release)
 build-authserver:
 	$(CARGO) build --release -p tollgate-authserver
+# The module is built reproducibly (docs/filter.md "Delivering the module"): the toolchain is
+# pinned in rust-toolchain.toml, and the only absolute paths rustc would embed (the crates in
+# $CARGO_HOME, the checkout, the target directory) are remapped, so the same source gives the
+# same bytes on any machine and in any directory; the chart pins those bytes.
+CARGO_HOME_DIR := $(or $(CARGO_HOME),$(HOME)/.cargo)
+MODULE_RUSTFLAGS := --remap-path-prefix=$(CARGO_HOME_DIR)=/cargo --remap-path-prefix=$(ROOT)=/tollgate \
+  --remap-path-prefix=$(TARGET_DIR)=/tollgate/target
 build-filter: deps-rust
-	$(CARGO) build --release --target $(WASM_TARGET) -p tollgate-filter
+	CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="$(MODULE_RUSTFLAGS)" \
+	  $(CARGO) build --release --locked --target $(WASM_TARGET) -p tollgate-filter
+
+# ---------------------------------------------------------------- the module's release artefacts
+.PHONY: module module-pins reproducible-check
+MODULE_DIR   = $(DIST)/module
+MODULE_PINS := python3 $(ROOT)/plugin/tools/module_pins.py
+module: build-filter ## dist/module: the module, its sha256 and its OCI image layout (Istio compat variant)
+	@rm -rf $(MODULE_DIR) && mkdir -p $(MODULE_DIR)
+	cp $(FILTER_WASM) $(MODULE_DIR)/tollgate_filter.wasm
+	cd $(MODULE_DIR) && sha256sum tollgate_filter.wasm > tollgate_filter.wasm.sha256
+	$(MODULE_PINS) layout $(MODULE_DIR)/tollgate_filter.wasm $(MODULE_DIR)/oci \
+	  --tag "$$(awk '/^appVersion:/{gsub(/"/,"",$$2); print $$2}' $(CHART_DIR)/Chart.yaml)" | tee $(MODULE_DIR)/pins.json
+
+module-pins: build-filter venv ## write the pins of the module built from this tree into the chart (values.yaml, Chart.yaml) and docs/chart-values.md
+	$(MODULE_PINS) write-chart $(FILTER_WASM) $(CHART_DIR)
+	$(PY) tests/chart/gen_values_doc.py > docs/chart-values.md
+
+# Two clean builds of the module from two copies of the tracked source, at two different
+# paths with two target directories: the bytes must be the same. Two full Wasm builds (a few
+# CPU-minutes each), so the release workflow runs it, not `make test`.
+REPRO_DIR ?= $(ROOT)/.work/reproducible
+reproducible-check: deps-rust ## build the module twice from two checkouts in different directories; fail unless the bytes are identical
+	@rm -rf $(REPRO_DIR) && mkdir -p $(REPRO_DIR)/a/src $(REPRO_DIR)/b/elsewhere/src
+	@for d in $(REPRO_DIR)/a/src $(REPRO_DIR)/b/elsewhere/src; do \
+	  git ls-files -z | xargs -0 cp --parents -t $$d; done
+	@for d in $(REPRO_DIR)/a/src $(REPRO_DIR)/b/elsewhere/src; do \
+	  CARGO_TARGET_DIR=$$d/../target-$$(basename $$(dirname $$d)) $(MAKE) -C $$d --no-print-directory build-filter || exit 1; done
+	@a=$$(sha256sum < $(REPRO_DIR)/a/target-a/$(WASM_TARGET)/release/tollgate_filter.wasm); \
+	b=$$(sha256sum < $(REPRO_DIR)/b/elsewhere/target-elsewhere/$(WASM_TARGET)/release/tollgate_filter.wasm); \
+	echo "a: $$a"; echo "b: $$b"; test "$$a" = "$$b" && echo "reproducible-check: identical"
 
 # ---------------------------------------------------------------- demo
 .PHONY: demo demo-check
@@ -148,7 +185,7 @@ test-chart: venv deps-apt build-authserver build-filter ## Helm chart, Argo CD, 
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider chart
 
 lint-docker: venv ## hadolint on the Dockerfiles (they are built by the release workflow, not here)
-	$(VENV)/bin/hadolint --failure-threshold info authserver/Dockerfile plugin/Dockerfile
+	$(VENV)/bin/hadolint --failure-threshold info authserver/Dockerfile
 
 package: venv ## the chart archive in dist/ (helm package through Helm's SDK)
 	@mkdir -p $(DIST)

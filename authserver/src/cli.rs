@@ -243,9 +243,13 @@ async fn serve(cfg: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let module = http::module_listener::spawn(&state, limits, shutdown()).await?;
     tracing::info!(listen = %listen, "serving");
     // hyper with a timer: header timeout, send timeout and head limits (see http::server).
     http::server::serve(listener, app, limits, shutdown()).await;
+    if let Some(m) = module {
+        let _ = m.await;
+    }
     state.flush_stats().await;
     tracing::info!("stopped");
     Ok(())

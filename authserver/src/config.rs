@@ -218,6 +218,12 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_EDGE_MODULE", global = true)]
     pub edge_module: Option<PathBuf>,
 
+    /// A second address serving only the module (`/edge/module.wasm` and its sha256), for
+    /// istio-agent's plain-HTTP download from outside the mesh (docs/filter.md); needs
+    /// TOLLGATE_EDGE_MODULE [default: off].
+    #[arg(long, env = "TOLLGATE_MODULE_LISTEN", global = true)]
+    pub module_listen: Option<String>,
+
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -266,6 +272,7 @@ pub struct Config {
     /// `None`: derived from the container's memory limit (see `users::password_slots`).
     pub password_memory_mib: Option<u64>,
     pub edge_module: Option<PathBuf>,
+    pub module_listen: Option<SocketAddr>,
     pub log_format: String,
 }
 
@@ -416,6 +423,7 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "revocation_feed_max",
     "password_memory_mib",
     "edge_module",
+    "module_listen",
     "log_format",
 ];
 
@@ -657,6 +665,28 @@ impl Settings {
                 "key_encryption_keys_previous",
             ),
         )?;
+        let edge_module = self
+            .edge_module
+            .clone()
+            .or_else(|| file.str("edge_module").map(PathBuf::from));
+        let module_listen = match pick(&self.module_listen, "module_listen") {
+            None => None,
+            Some(s) => {
+                let invalid = |detail: String| ConfigError::Invalid {
+                    name: "TOLLGATE_MODULE_LISTEN",
+                    detail,
+                };
+                let a: SocketAddr = s
+                    .parse()
+                    .map_err(|_| invalid(format!("{s:?} is not host:port")))?;
+                if a.port() == listen.port() || edge_module.is_none() {
+                    return Err(invalid(
+                        "needs TOLLGATE_EDGE_MODULE and a port other than TOLLGATE_LISTEN's".into(),
+                    ));
+                }
+                Some(a)
+            }
+        };
         Ok(Config {
             listen,
             issuer,
@@ -841,10 +871,8 @@ impl Settings {
             }
             .map(|v| positive("TOLLGATE_PASSWORD_MEMORY_MIB", v))
             .transpose()?,
-            edge_module: self
-                .edge_module
-                .clone()
-                .or_else(|| file.str("edge_module").map(PathBuf::from)),
+            edge_module,
+            module_listen,
             log_format,
         })
     }
@@ -959,6 +987,26 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("acces_token_ttl"));
+    }
+
+    #[test]
+    fn module_listen_needs_the_module_and_its_own_port() {
+        let with = |listen: &str, module: bool| Settings {
+            module_listen: Some(listen.into()),
+            edge_module: module.then(|| PathBuf::from("/m.wasm")),
+            ..Default::default()
+        };
+        let c = with("0.0.0.0:9082", true).resolve().unwrap();
+        assert_eq!(c.module_listen.map(|a| a.port()), Some(9082));
+        assert_eq!(Settings::default().resolve().unwrap().module_listen, None);
+        for bad in [
+            with("0.0.0.0:9082", false),
+            with("127.0.0.1:9080", true),
+            with("nope", true),
+        ] {
+            let e = bad.resolve().unwrap_err().to_string();
+            assert!(e.contains("TOLLGATE_MODULE_LISTEN"), "{e}");
+        }
     }
 
     #[test]

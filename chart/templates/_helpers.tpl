@@ -121,13 +121,23 @@ with the release name, so dev, staging and production never write the same objec
 {{- end -}}
 {{- define "tollgate.edge.moduleUrl" -}}
 {{- if eq .Values.edge.module.source "oci" -}}
-{{- .Values.edge.module.oci -}}
+{{- default (printf "oci://ghcr.io/tollgate-auth/tollgate-filter:%s" .Chart.AppVersion) .Values.edge.module.oci -}}
 {{- else -}}
-{{- default (printf "%s/edge/module.wasm" (include "tollgate.authserver.baseUrl" .)) .Values.edge.module.url -}}
+{{- if not (or .Values.edge.module.url .Values.authserver.serveEdgeModule) -}}
+{{- fail "edge.module.source=http needs authserver.serveEdgeModule or an explicit edge.module.url" -}}
+{{- end -}}
+{{- default (printf "http://%s:%d/edge/module.wasm" (include "tollgate.authserver.host" .) (int .Values.authserver.modulePort)) .Values.edge.module.url -}}
 {{- end -}}
 {{- end -}}
+{{/*
+The module's pin. Istio compares it with different bytes per source: for oci:// the digest
+of the image manifest, for http(s):// the sha256 of the .wasm file. edge.module.sha256
+overrides; else the pin of the module this chart ships (edge.module.pins, make module-pins).
+*/}}
 {{- define "tollgate.edge.sha256" -}}
-{{- $sha := required "edge.module.sha256 is required when edge.enabled: the sha256 of the Wasm module (GET /edge/module.wasm.sha256 or the release notes)" .Values.edge.module.sha256 -}}
+{{- $m := .Values.edge.module -}}
+{{- $pin := ternary $m.pins.oci $m.pins.file (eq $m.source "oci") -}}
+{{- $sha := required (printf "edge.module.sha256 is required when edge.enabled and the chart pins no module for source %s (edge.module.pins)" $m.source) (default $pin $m.sha256) -}}
 {{- if not (regexMatch "^[0-9a-f]{64}$" $sha) -}}
 {{- fail "edge.module.sha256 must be 64 lower-case hex characters" -}}
 {{- end -}}

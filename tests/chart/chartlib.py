@@ -56,9 +56,9 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def values_for(files: list[str], overrides: dict | None = None) -> dict:
-    """User-supplied values: the environment files merged in order, then overrides, with
-    the module sha256 that the release process supplies (`--set edge.module.sha256=`)."""
-    vals: dict = {"edge": {"module": {"sha256": module_sha256()}}}
+    """User-supplied values: the environment files merged in order, then overrides. The
+    module's pins are the chart's own (edge.module.pins, those of the built module)."""
+    vals: dict = {}
     for f in files:
         vals = deep_merge(vals, yaml.safe_load((CHART / f).read_text()) or {})
     if overrides:

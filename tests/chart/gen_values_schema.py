@@ -101,8 +101,11 @@ def generate() -> dict:
     at("edge.kind")["enum"]=["envoyFilter","wasmPlugin"]
     at("edge.context")["enum"]=["GATEWAY","SIDECAR_INBOUND"]
     at("edge.module.source")["enum"]=["http","oci"]
-    at("edge.module.oci")["pattern"]="^oci://[^\\s]+$"
+    at("edge.module.oci")["pattern"]="^(oci://[^\\s]+)?$"
     at("edge.module.sha256")["pattern"]="^([0-9a-f]{64})?$"
+    at("authserver.modulePort").update({"minimum":1024,"maximum":65535})
+    at("edge.module.pins.file")["pattern"]="^([0-9a-f]{64})?$"
+    at("edge.module.pins.oci")["pattern"]="^([0-9a-f]{64})?$"
     at("edge.module.pullPolicy")["enum"]=["IfNotPresent","Always"]
     at("edge.failStrategy")["enum"]=["FAIL_CLOSE","FAIL_OPEN"]
     at("edge.audiences").update({"items":{"type":"string","minLength":1},"minItems":1})

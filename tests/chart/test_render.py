@@ -87,8 +87,9 @@ def test_schema_rejects(overrides, needle):
 
 
 def test_sha256_is_required_when_the_filter_is_attached():
+    # The chart pins its own module (edge.module.pins); without a pin it refuses to render.
     with pytest.raises(helm.HelmError) as e:
-        render(values_for([], {"edge": {"module": {"sha256": ""}}}))
+        render(values_for([], {"edge": {"module": {"sha256": "", "pins": {"file": ""}}}}))
     assert "edge.module.sha256" in str(e.value)
     # Without the filter there is nothing to pin.
     docs = render_docs([], {"edge": {"enabled": False, "module": {"sha256": ""}}})

@@ -29,6 +29,7 @@ pub mod health;
 pub mod introspect;
 pub mod lease;
 pub mod metadata;
+pub mod module_listener;
 pub mod pages;
 pub mod register;
 pub mod revoke;
