@@ -210,21 +210,28 @@ async fn execute(cmd: Command, cfg: Config) -> Result<(), String> {
 }
 
 async fn serve(cfg: Config) -> Result<(), String> {
-    let listen = cfg.listen;
-    tracing::info!(listen = %listen, issuer = %cfg.issuer, store = %cfg.store.redacted(), "starting");
+    use futures::FutureExt;
+    let (listen, admin_listen) = (cfg.listen, cfg.admin_listen);
+    tracing::info!(listen = %listen, admin_listen = %admin_listen, issuer = %cfg.issuer, store = %cfg.store.redacted(), "starting");
     let store = open_store(&cfg.store, &cfg)
         .await
         .map_err(|e| e.to_string())?;
     let limits = http::server::ConnLimits::from_config(&cfg);
     let state = AppState::new(cfg, store).await.map_err(|e| e.to_string())?;
     state.spawn_background();
-    let app = http::router(state.clone());
-    let listener = tokio::net::TcpListener::bind(listen)
+    let public = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(listen = %listen, "serving");
+    let admin = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {admin_listen} (TOLLGATE_ADMIN_LISTEN): {e}"))?;
+    tracing::info!(listen = %listen, admin_listen = %admin_listen, "serving");
     // hyper with a timer: header timeout, send timeout and head limits (see http::server).
-    http::server::serve(listener, app, limits, shutdown()).await;
+    let stop = shutdown().shared();
+    tokio::join!(
+        http::server::serve(public, http::router(state.clone()), limits, stop.clone()),
+        http::server::serve(admin, http::admin_router(state.clone()), limits, stop),
+    );
     state.flush_stats().await;
     tracing::info!("stopped");
     Ok(())

@@ -33,6 +33,17 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_LISTEN", global = true)]
     pub listen: Option<String>,
 
+    /// Address of the admin listener: the admin API (`/admin/*`), client registration
+    /// with the admin token and `/metrics`; never expose it through a gateway
+    /// [default: 127.0.0.1:9081].
+    #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", global = true)]
+    pub admin_listen: Option<String>,
+
+    /// Most connections served at once on each listener; a connection beyond them is
+    /// answered 503 `temporarily_unavailable` and closed [default: 1024].
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
+
     /// Issuer identifier (`iss`), the server's public base URL [default: http://<listen>].
     #[arg(long, env = "TOLLGATE_ISSUER", global = true)]
     pub issuer: Option<String>,
@@ -184,6 +195,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub max_connections: usize,
     pub issuer: String,
     #[serde(serialize_with = "ser_store")]
     pub store: StoreUrl,
@@ -239,6 +252,8 @@ fn load_file(path: &PathBuf) -> Result<BTreeMap<String, serde_yaml::Value>, Conf
 
 const KNOWN_FILE_KEYS: &[&str] = &[
     "listen",
+    "admin_listen",
+    "max_connections",
     "issuer",
     "store",
     "cache_store",
@@ -408,6 +423,19 @@ impl Settings {
             name: "TOLLGATE_LISTEN",
             detail: format!("{listen_s:?} is not host:port"),
         })?;
+        let admin_listen_s =
+            pick(&self.admin_listen, "admin_listen").unwrap_or_else(|| "127.0.0.1:9081".into());
+        let admin_listen: SocketAddr =
+            admin_listen_s.parse().map_err(|_| ConfigError::Invalid {
+                name: "TOLLGATE_ADMIN_LISTEN",
+                detail: format!("{admin_listen_s:?} is not host:port"),
+            })?;
+        if admin_listen == listen && listen.port() != 0 {
+            return Err(ConfigError::Invalid {
+                name: "TOLLGATE_ADMIN_LISTEN",
+                detail: format!("{admin_listen} is TOLLGATE_LISTEN too: the admin API needs its own listener"),
+            });
+        }
         let issuer = pick(&self.issuer, "issuer")
             .unwrap_or_else(|| format!("http://{listen}"))
             .trim_end_matches('/')
@@ -497,6 +525,19 @@ impl Settings {
         };
         Ok(Config {
             listen,
+            admin_listen,
+            max_connections: in_range(
+                "TOLLGATE_MAX_CONNECTIONS",
+                num(
+                    "TOLLGATE_MAX_CONNECTIONS",
+                    self.max_connections,
+                    &file,
+                    "max_connections",
+                    1024,
+                )?,
+                1,
+                1 << 20,
+            )?,
             issuer,
             store,
             cache_store,

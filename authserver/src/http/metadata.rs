@@ -10,6 +10,8 @@ use crate::store::now_secs;
 
 use super::SharedState;
 
+/// RFC 8414 metadata of the public listener. No `registration_endpoint`: registration
+/// (RFC 7591) takes the admin token on the admin listener, which no client outside reaches.
 fn metadata(state: &SharedState) -> Value {
     let iss = &state.cfg.issuer;
     json!({
@@ -18,7 +20,6 @@ fn metadata(state: &SharedState) -> Value {
         "jwks_uri": format!("{iss}/oauth2/jwks"),
         "introspection_endpoint": format!("{iss}/oauth2/introspect"),
         "revocation_endpoint": format!("{iss}/oauth2/revoke"),
-        "registration_endpoint": format!("{iss}/oauth2/register"),
         "authorization_endpoint": format!("{iss}/oauth2/authorize"),
         "grant_types_supported": crate::clients::GRANT_TYPES,
         "response_types_supported": ["code"],
