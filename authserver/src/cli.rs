@@ -45,6 +45,12 @@ pub enum Command {
     },
     /// What an operator checks first: stats, counts, keys, effective config, Redis role.
     Status,
+    /// Print the OpenAPI 3.1 contract (docs/openapi.json is `openapi --part full`).
+    Openapi {
+        /// Which part: both listeners, or one listener's operations.
+        #[arg(long, value_enum, default_value = "full")]
+        part: http::openapi::Part,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +201,10 @@ async fn execute(cmd: Command, cfg: Config) -> Result<(), String> {
                     .await
                     .map_err(|e| err(&e))?,
             );
+            Ok(())
+        }
+        Command::Openapi { part } => {
+            print!("{}", http::openapi::render(part));
             Ok(())
         }
         Command::Status => {

@@ -433,7 +433,9 @@ impl Settings {
         if admin_listen == listen && listen.port() != 0 {
             return Err(ConfigError::Invalid {
                 name: "TOLLGATE_ADMIN_LISTEN",
-                detail: format!("{admin_listen} is TOLLGATE_LISTEN too: the admin API needs its own listener"),
+                detail: format!(
+                    "{admin_listen} is TOLLGATE_LISTEN too: the admin API needs its own listener"
+                ),
             });
         }
         let issuer = pick(&self.issuer, "issuer")

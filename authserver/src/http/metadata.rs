@@ -39,10 +39,28 @@ fn metadata(state: &SharedState) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-authorization-server",
+    tags = ["public"],
+    responses(
+        (status = 200, description = "RFC 8414 metadata", body = super::openapi::Metadata),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn authorization_server(State(state): State<SharedState>) -> Response {
     cached(Json(metadata(&state)).into_response(), 300)
 }
 
+#[utoipa::path(
+    get,
+    path = "/.well-known/openid-configuration",
+    tags = ["public"],
+    responses(
+        (status = 200, description = "OpenID discovery metadata", body = super::openapi::Metadata),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn openid_configuration(State(state): State<SharedState>) -> Response {
     let mut m = metadata(&state);
     // OpenID Provider Metadata requires these; Tollgate issues no ID tokens for
@@ -52,6 +70,15 @@ pub async fn openid_configuration(State(state): State<SharedState>) -> Response 
     cached(Json(m).into_response(), 300)
 }
 
+#[utoipa::path(
+    get,
+    path = "/oauth2/jwks",
+    tags = ["public"],
+    responses(
+        (status = 200, description = "RFC 7517 JWK Set", content_type = "application/jwk-set+json", body = super::openapi::JwkSet),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn jwks(State(state): State<SharedState>) -> Response {
     let body = state.keys().jwks(now_secs(), state.max_token_ttl());
     let mut r = Json(body).into_response();

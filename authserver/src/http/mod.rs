@@ -29,6 +29,7 @@ pub mod health;
 pub mod introspect;
 pub mod lease;
 pub mod metadata;
+pub mod openapi;
 pub mod pages;
 pub mod register;
 pub mod revoke;
@@ -100,6 +101,7 @@ pub fn router(state: SharedState) -> Router {
             get(metadata::openid_configuration),
         )
         .route("/oauth2/jwks", get(metadata::jwks))
+        .route("/.well-known/openapi.json", get(openapi::served_public))
         .route("/edge/module.wasm", get(edge::module))
         .route("/edge/module.wasm.sha256", get(edge::module_sha256))
         .route_layer(middleware::from_fn_with_state(
@@ -158,7 +160,8 @@ pub fn admin_router(state: SharedState) -> Router {
             get(users::read).delete(users::delete),
         )
         .route("/metrics", get(health::metrics))
-        .route("/healthz", get(health::healthz));
+        .route("/healthz", get(health::healthz))
+        .route("/.well-known/openapi.json", get(openapi::served_full));
     finish(routes, state)
 }
 

@@ -228,7 +228,11 @@ async fn metadata_and_jwks(app: App) {
     assert_eq!(r.body["issuer"], iss);
     assert_eq!(r.body["token_endpoint"], format!("{iss}/oauth2/token"));
     // Registration is on the admin listener only: the public issuer advertises none.
-    assert!(r.body.get("registration_endpoint").is_none(), "{:?}", r.body);
+    assert!(
+        r.body.get("registration_endpoint").is_none(),
+        "{:?}",
+        r.body
+    );
     assert_eq!(r.body["jwks_uri"], format!("{iss}/oauth2/jwks"));
     let r = app.get("/.well-known/openid-configuration", None).await;
     assert_eq!(r.body["issuer"], iss);
