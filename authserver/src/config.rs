@@ -884,6 +884,45 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_listener_has_its_own_address_and_the_connection_limit_its_bounds() {
+        let c = Settings::default().resolve().unwrap();
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9081");
+        assert_eq!(c.max_connections, 1024);
+        let c = Settings {
+            admin_listen: Some("0.0.0.0:9999".into()),
+            max_connections: Some(2),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((c.admin_listen.port(), c.max_connections), (9999, 2));
+        for s in [
+            Settings {
+                admin_listen: Some("127.0.0.1:9080".into()),
+                ..Default::default()
+            },
+            Settings {
+                admin_listen: Some("nope".into()),
+                ..Default::default()
+            },
+            Settings {
+                max_connections: Some(0),
+                ..Default::default()
+            },
+        ] {
+            let e = s
+                .resolve()
+                .err()
+                .unwrap_or_else(|| panic!("{s:?} accepted"));
+            let e = e.to_string();
+            assert!(
+                e.contains("TOLLGATE_ADMIN_LISTEN") || e.contains("TOLLGATE_MAX_CONNECTIONS"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn connection_limits_have_documented_defaults_and_bounds() {
         let c = Settings::default().resolve().unwrap();
         assert_eq!(

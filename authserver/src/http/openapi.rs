@@ -168,7 +168,7 @@ pub struct ClientList {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct Stats {
-    auth_stats: BTreeMap<String, u64>,
+    auth_stats: BTreeMap<String, i64>,
     live_tokens: u64,
 }
 
