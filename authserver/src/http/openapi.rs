@@ -184,7 +184,11 @@ pub struct User {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct NewUser {
+    /// 1-64 letters, digits and `. _ @ -`.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     username: String,
+    /// 8-1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     password: String,
 }
 
