@@ -68,7 +68,7 @@ impl App {
     pub(super) fn from_state(state: Arc<AppState>, redis: Option<RedisServer>) -> App {
         let peer = MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000)));
         App {
-            router: super::router(state.clone()).layer(peer.clone()),
+            router: super::router(state.clone()).layer(peer),
             admin: super::admin_router(state.clone()).layer(peer),
             state,
             _redis: redis,
