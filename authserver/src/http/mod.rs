@@ -187,12 +187,15 @@ fn finish(routes: Router<SharedState>, state: SharedState) -> Router {
 
 /// On the public listener the admin token manages no client: the same answer as any other
 /// wrong registration access token (RFC 7592 §3), so the public port tells nothing about it.
+/// A method the route does not have still gets its 405 (a route layer also sees those).
 async fn refuse_admin_token(
     State(state): State<SharedState>,
     req: Request,
     next: Next,
 ) -> Response {
-    if client_auth::is_admin(&state, req.headers()) {
+    use axum::http::Method;
+    let managed = [Method::GET, Method::HEAD, Method::PUT, Method::DELETE];
+    if managed.contains(req.method()) && client_auth::is_admin(&state, req.headers()) {
         return OAuthError::InvalidToken("invalid registration access token".into())
             .into_response();
     }

@@ -130,6 +130,9 @@ async fn the_admin_token_manages_no_client_on_the_public_listener() {
         let r = app.public(req(&m, &path, Some(&admin))).await;
         assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_token");
     }
+    // A method the route does not have is still 405, with the admin token too.
+    let r = app.public(req(&Method::POST, &path, Some(&admin))).await;
+    assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "invalid_request");
     // The client's own registration access token works there (RFC 7592) ...
     let r = app.public(req(&Method::GET, &path, Some(&rat))).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
