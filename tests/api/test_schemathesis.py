@@ -30,7 +30,7 @@ from harness.authserver import AuthServer, authserver_binary  # noqa: E402
 from harness.redis import RedisServer  # noqa: E402
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = 25
 # The limits would turn the fuzzer's hundreds of requests into 429s (documented, but they
 # would hide every other answer).
 ENV = {"TOLLGATE_RATE_LIMIT_DEFAULT": "0", "TOLLGATE_RATE_LIMIT_PER_IP": "0",
