@@ -141,8 +141,8 @@ def test_chart_environment_runs_the_real_auth_server(tmp_path):
             # The ServiceMonitor scrapes the container port it names: the admin listener.
             sm = by[("ServiceMonitor", "tollgate-authserver")]["spec"]["endpoints"][0] \
                 if ("ServiceMonitor", "tollgate-authserver") in by else {"port": "admin", "path": "/metrics"}
-            port = {p["name"]: p["containerPort"] for p in dep["ports"]}[sm["port"]]
-            assert port == 9081
+            scraped = {p["name"]: p["containerPort"] for p in dep["ports"]}[sm["port"]]
+            assert scraped == 9081
             status, text = http(f"http://127.0.0.1:{admin_listen}{sm['path']}")
             assert status == 200 and b"tollgate_http_requests_total" in text, text[:300]
             assert http(base + "/metrics")[0] == 404
