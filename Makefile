@@ -105,7 +105,7 @@ demo-check: venv-demo build ## the demo tour, non-interactively; fails on any un
 
 # ---------------------------------------------------------------- checks
 .PHONY: test lint fmt-check clippy test-unit test-e2e
-test: deps lint test-unit wasm-test build test-e2e test-chart test-docs demo-check ## run every check and test (what CI runs)
+test: deps lint test-unit wasm-test build test-e2e test-api test-chart test-docs demo-check ## run every check and test (what CI runs)
 	@echo "make test: all passed"
 
 lint: fmt-check clippy ## rustfmt and clippy -D warnings
@@ -139,6 +139,15 @@ wasm-test: deps-wasm-test ## edge core tests on Wasm (wasip1 under node WASI + w
 
 test-e2e: deps-apt venv build ## end-to-end tests over real Envoy, auth server and Redis
 	cd tests && TOLLGATE_REQUIRE_REDIS=1 $(PY) -m pytest -q -p no:cacheprovider e2e
+
+# The OpenAPI 3.1 contract is generated from the handlers (authserver/src/http/openapi.rs);
+# docs/openapi.json is its committed copy, checked by `cargo test` (docs_openapi_json_is_current).
+.PHONY: openapi test-api
+openapi: build-authserver ## regenerate docs/openapi.json from the code
+	$(AUTHSERVER_BIN) openapi --part full > docs/openapi.json.tmp && mv docs/openapi.json.tmp docs/openapi.json
+
+test-api: deps-apt venv build-authserver ## schemathesis against the release auth server, both listeners, memory and Redis
+	cd tests && TOLLGATE_REQUIRE_REDIS=1 $(PY) -m pytest -q -p no:cacheprovider api
 
 .PHONY: test-docs
 test-docs: venv build ## the docs stay true: commands, flags, variables, targets, links, endpoints

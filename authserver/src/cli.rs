@@ -45,6 +45,12 @@ pub enum Command {
     },
     /// What an operator checks first: stats, counts, keys, effective config, Redis role.
     Status,
+    /// Print the OpenAPI 3.1 contract (docs/openapi.json is `openapi --part full`).
+    Openapi {
+        /// Which part: both listeners, or one listener's operations.
+        #[arg(long, value_enum, default_value = "full")]
+        part: http::openapi::Part,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,6 +224,10 @@ async fn execute(cmd: Command, cfg: Config) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Openapi { part } => {
+            print!("{}", http::openapi::render(part));
+            Ok(())
+        }
         Command::Status => {
             let store = open_store(&cfg.store, &cfg).await.map_err(|e| err(&e))?;
             print_json(
@@ -231,22 +241,29 @@ async fn execute(cmd: Command, cfg: Config) -> Result<(), String> {
 }
 
 async fn serve(cfg: Config) -> Result<(), String> {
-    let listen = cfg.listen;
-    tracing::info!(listen = %listen, issuer = %cfg.issuer, store = %cfg.store.redacted(), "starting");
+    use futures::FutureExt;
+    let (listen, admin_listen) = (cfg.listen, cfg.admin_listen);
+    tracing::info!(listen = %listen, admin_listen = %admin_listen, issuer = %cfg.issuer, store = %cfg.store.redacted(), "starting");
     let store = open_store(&cfg.store, &cfg)
         .await
         .map_err(|e| e.to_string())?;
     let limits = http::server::ConnLimits::from_config(&cfg);
     let state = AppState::new(cfg, store).await.map_err(|e| e.to_string())?;
     state.spawn_background();
-    let app = http::router(state.clone());
-    let listener = tokio::net::TcpListener::bind(listen)
+    let public = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let module = http::module_listener::spawn(&state, limits, shutdown()).await?;
-    tracing::info!(listen = %listen, "serving");
+    let admin = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {admin_listen} (TOLLGATE_ADMIN_LISTEN): {e}"))?;
+    let stop = shutdown().shared();
+    let module = http::module_listener::spawn(&state, limits, stop.clone()).await?;
+    tracing::info!(listen = %listen, admin_listen = %admin_listen, "serving");
     // hyper with a timer: header timeout, send timeout and head limits (see http::server).
-    http::server::serve(listener, app, limits, shutdown()).await;
+    tokio::join!(
+        http::server::serve(public, http::router(state.clone()), limits, stop.clone()),
+        http::server::serve(admin, http::admin_router(state.clone()), limits, stop),
+    );
     if let Some(m) = module {
         let _ = m.await;
     }

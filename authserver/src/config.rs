@@ -35,6 +35,17 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_LISTEN", global = true)]
     pub listen: Option<String>,
 
+    /// Address of the admin listener: the admin API (`/admin/*`), client registration
+    /// with the admin token and `/metrics`; never expose it through a gateway
+    /// [default: 127.0.0.1:9081].
+    #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", global = true)]
+    pub admin_listen: Option<String>,
+
+    /// Most connections served at once on each listener; a connection beyond them is
+    /// answered 503 `temporarily_unavailable` and closed [default: 1024].
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
+
     /// Issuer identifier (`iss`), the server's public base URL [default: http://<listen>].
     #[arg(long, env = "TOLLGATE_ISSUER", global = true)]
     pub issuer: Option<String>,
@@ -233,6 +244,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub max_connections: usize,
     pub issuer: String,
     #[serde(serialize_with = "ser_store")]
     pub store: StoreUrl,
@@ -389,6 +402,8 @@ fn load_file(path: &PathBuf) -> Result<BTreeMap<String, serde_yaml::Value>, Conf
 
 const KNOWN_FILE_KEYS: &[&str] = &[
     "listen",
+    "admin_listen",
+    "max_connections",
     "issuer",
     "store",
     "cache_store",
@@ -564,6 +579,21 @@ impl Settings {
             name: "TOLLGATE_LISTEN",
             detail: format!("{listen_s:?} is not host:port"),
         })?;
+        let admin_listen_s =
+            pick(&self.admin_listen, "admin_listen").unwrap_or_else(|| "127.0.0.1:9081".into());
+        let admin_listen: SocketAddr =
+            admin_listen_s.parse().map_err(|_| ConfigError::Invalid {
+                name: "TOLLGATE_ADMIN_LISTEN",
+                detail: format!("{admin_listen_s:?} is not host:port"),
+            })?;
+        if admin_listen == listen && listen.port() != 0 {
+            return Err(ConfigError::Invalid {
+                name: "TOLLGATE_ADMIN_LISTEN",
+                detail: format!(
+                    "{admin_listen} is TOLLGATE_LISTEN too: the admin API needs its own listener"
+                ),
+            });
+        }
         let issuer = pick(&self.issuer, "issuer")
             .unwrap_or_else(|| format!("http://{listen}"))
             .trim_end_matches('/')
@@ -689,6 +719,19 @@ impl Settings {
         };
         Ok(Config {
             listen,
+            admin_listen,
+            max_connections: in_range(
+                "TOLLGATE_MAX_CONNECTIONS",
+                num(
+                    "TOLLGATE_MAX_CONNECTIONS",
+                    self.max_connections,
+                    &file,
+                    "max_connections",
+                    1024,
+                )?,
+                1,
+                1 << 20,
+            )?,
             issuer,
             store,
             cache_store,
@@ -1096,6 +1139,45 @@ mod tests {
         }
         .resolve()
         .is_ok());
+    }
+
+    #[test]
+    fn the_admin_listener_has_its_own_address_and_the_connection_limit_its_bounds() {
+        let c = Settings::default().resolve().unwrap();
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9081");
+        assert_eq!(c.max_connections, 1024);
+        let c = Settings {
+            admin_listen: Some("0.0.0.0:9999".into()),
+            max_connections: Some(2),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((c.admin_listen.port(), c.max_connections), (9999, 2));
+        for s in [
+            Settings {
+                admin_listen: Some("127.0.0.1:9080".into()),
+                ..Default::default()
+            },
+            Settings {
+                admin_listen: Some("nope".into()),
+                ..Default::default()
+            },
+            Settings {
+                max_connections: Some(0),
+                ..Default::default()
+            },
+        ] {
+            let e = s
+                .resolve()
+                .err()
+                .unwrap_or_else(|| panic!("{s:?} accepted"));
+            let e = e.to_string();
+            assert!(
+                e.contains("TOLLGATE_ADMIN_LISTEN") || e.contains("TOLLGATE_MAX_CONNECTIONS"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -249,6 +249,8 @@ seccompProfile:
   value: {{ include "tollgate.issuer" . | quote }}
 - name: TOLLGATE_LISTEN
   value: {{ printf "0.0.0.0:%d" (int .Values.authserver.port) | quote }}
+- name: TOLLGATE_ADMIN_LISTEN
+  value: {{ printf "0.0.0.0:%d" (int .Values.authserver.adminPort) | quote }}
 - name: TOLLGATE_SIGNING_ALG
   value: {{ .Values.authserver.signingAlg | quote }}
 - name: TOLLGATE_DEFAULT_AUDIENCE

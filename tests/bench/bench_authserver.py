@@ -57,12 +57,14 @@ Spec = tuple[str, dict[str, str]]  # (base URL, wrk environment) of one measurem
 
 def start_tollgate(procs: Processes, settings: Settings, redis_port: int) -> dict[str, Any]:
     """Start and check the auth server; return what to measure, per scenario."""
-    port = common.free_port()
+    port, admin_port = common.free_port(), common.free_port()
     admin = secrets.token_urlsafe(32)
     base = f"http://127.0.0.1:{port}"
+    admin_base = f"http://127.0.0.1:{admin_port}"  # registration is on the admin listener
     env = {
         "TOLLGATE_STORE": f"redis://127.0.0.1:{redis_port}/0",
         "TOLLGATE_LISTEN": f"127.0.0.1:{port}",
+        "TOLLGATE_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
         "TOLLGATE_ADMIN_TOKEN": admin,
         "TOLLGATE_LOG": "warn",
         "RUST_LOG": "warn",
@@ -82,7 +84,7 @@ def start_tollgate(procs: Processes, settings: Settings, redis_port: int) -> dic
     def register(extra: dict[str, Any]) -> tuple[str, str]:
         body = {"client_name": "bench", "grant_types": ["client_credentials"],
                 "token_endpoint_auth_method": "client_secret_basic", "scope": SCOPE, **extra}
-        r = requests.post(f"{base}/oauth2/register", json=body, timeout=5,
+        r = requests.post(f"{admin_base}/oauth2/register", json=body, timeout=5,
                           headers={"Authorization": f"Bearer {admin}"})
         if r.status_code not in (200, 201):
             raise BenchError(f"register: {r.status_code} {r.text[:300]}")

@@ -73,11 +73,15 @@ class AuthServer:
     def __init__(self, procs: Processes, settings: Settings) -> None:
         self.port = common.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        # Registration is on the admin listener (TOLLGATE_ADMIN_LISTEN).
+        self.admin_port = common.free_port()
+        self.admin_base = f"http://127.0.0.1:{self.admin_port}"
         admin = secrets.token_urlsafe(32)
         self.admin = admin
         env = {
             "TOLLGATE_STORE": "memory",
             "TOLLGATE_LISTEN": f"127.0.0.1:{self.port}",
+            "TOLLGATE_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
             "TOLLGATE_ADMIN_TOKEN": admin,
             "TOLLGATE_LOG": "warn",
             "RUST_LOG": "warn",
@@ -95,7 +99,7 @@ class AuthServer:
                             timeout=5).json()
         self.issuer = meta["issuer"]
         self.jwks_uri = meta.get("jwks_uri", f"{self.base}/oauth2/jwks")
-        r = requests.post(f"{self.base}/oauth2/register", timeout=5,
+        r = requests.post(f"{self.admin_base}/oauth2/register", timeout=5,
                           headers={"Authorization": f"Bearer {admin}"},
                           json={"client_name": "bench-gateway",
                                 "grant_types": ["client_credentials"],
@@ -107,7 +111,7 @@ class AuthServer:
 
     def register(self, name: str, scope: str, **extra: Any) -> tuple[str, str]:
         """One more client (RFC 7591 with the admin token): (client_id, client_secret)."""
-        r = requests.post(f"{self.base}/oauth2/register", timeout=5,
+        r = requests.post(f"{self.admin_base}/oauth2/register", timeout=5,
                           headers={"Authorization": f"Bearer {self.admin}"},
                           json={"client_name": name, "grant_types": ["client_credentials"],
                                 "token_endpoint_auth_method": "client_secret_basic",

@@ -54,6 +54,7 @@ def generate() -> dict:
         at("podSecurity."+k)["minimum"]=10000
     at("authserver.replicaCount")["minimum"]=1
     at("authserver.port").update({"minimum":1024,"maximum":65535})
+    at("authserver.adminPort").update({"minimum":1024,"maximum":65535})
     at("authserver.service.port").update({"minimum":1,"maximum":65535})
     at("authserver.service.type")["enum"]=["ClusterIP","NodePort","LoadBalancer"]
     at("authserver.signingAlg")["enum"]=["ES256","RS256","EdDSA"]

@@ -114,8 +114,10 @@ def test_chart_environment_runs_the_real_auth_server(tmp_path):
         dep = by[("Deployment", "tollgate-authserver")]["spec"]["template"]["spec"]["containers"][0]
         env = k8s_env(dep, port)
         assert env["TOLLGATE_LISTEN"] == "0.0.0.0:9080"
-        listen = free_port()
+        assert env["TOLLGATE_ADMIN_LISTEN"] == "0.0.0.0:9081"
+        listen, admin_listen = free_port(), free_port()
         env["TOLLGATE_LISTEN"] = f"127.0.0.1:{listen}"
+        env["TOLLGATE_ADMIN_LISTEN"] = f"127.0.0.1:{admin_listen}"
         if FILTER_WASM.is_file():
             env["TOLLGATE_EDGE_MODULE"] = str(FILTER_WASM)
         else:
@@ -139,6 +141,14 @@ def test_chart_environment_runs_the_real_auth_server(tmp_path):
             # Probes the Deployment declares answer.
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                 assert http(base + dep[probe]["httpGet"]["path"])[0] == 200, probe
+            # The ServiceMonitor scrapes the container port it names: the admin listener.
+            sm = by[("ServiceMonitor", "tollgate-authserver")]["spec"]["endpoints"][0] \
+                if ("ServiceMonitor", "tollgate-authserver") in by else {"port": "admin", "path": "/metrics"}
+            scraped = {p["name"]: p["containerPort"] for p in dep["ports"]}[sm["port"]]
+            assert scraped == 9081
+            status, text = http(f"http://127.0.0.1:{admin_listen}{sm['path']}")
+            assert status == 200 and b"tollgate_http_requests_total" in text, text[:300]
+            assert http(base + "/metrics")[0] == 404
 
             # The seeded client gets a token with the secret that came from its Secret.
             basic = b64encode(f"orders-service:{CLIENT_SECRET}".encode()).decode()
@@ -152,6 +162,7 @@ def test_chart_environment_runs_the_real_auth_server(tmp_path):
             test_pod = by[("Pod", "tollgate-test")]["spec"]["containers"][0]
             script = test_pod["command"][-1]
             script = re.sub(r"^base=.*$", f"base={base}", script, flags=re.M)
+            script = re.sub(r"^admin=.*$", f"admin=http://127.0.0.1:{admin_listen}", script, flags=re.M)
             if shutil.which("wget"):
                 r = subprocess.run(["sh", "-ec", script], capture_output=True, text=True, timeout=60,
                                    env={"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path)})

@@ -240,7 +240,8 @@ def test_needed_flows_open_and_others_closed(env):
     sentinel = env != "dev"
     auth, redis, sent = ep("authserver"), ep("redis"), ep("sentinel")
     must = [
-        (GATEWAY, auth, 9080), (PROMETHEUS, auth, 9080), (ep("test"), auth, 9080),
+        (GATEWAY, auth, 9080), (PROMETHEUS, auth, 9081), (ep("test"), auth, 9080),
+        (ep("test"), auth, 9081),
         (auth, redis, 6379), (ep("init"), redis, 6379), (ep("cleanup"), redis, 6379),
         (ep("cache-cleanup"), redis, 6379), (PROMETHEUS, redis, 9121),
         (redis, redis, 6379), (auth, ISTIOD, 15012), (ep("test"), ISTIOD, 15012),
@@ -257,6 +258,9 @@ def test_needed_flows_open_and_others_closed(env):
         (auth, GATEWAY, 8080), (redis, STRANGER, 443), (ep("test"), redis, 6379),
         (GATEWAY, ep("init"), 9080), (PROMETHEUS, redis, 6379), (auth, redis, 9121),
         (ep("cleanup"), auth, 9080), (redis, ISTIOD, 15012), (ep("init"), ISTIOD, 15012),
+        # The admin listener: never from a gateway or outside the namespace; metrics moved
+        # there, so Prometheus has no business on the public port.
+        (GATEWAY, auth, 9081), (STRANGER, auth, 9081), (PROMETHEUS, auth, 9080),
     ]
     if sentinel:
         must_not += [(GATEWAY, sent, 26379), (ep("test"), sent, 26379)]

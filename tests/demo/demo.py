@@ -6,8 +6,8 @@ Tollgate filter and an echo upstream, all on loopback.
                        components' logs prefixed by name; Ctrl-C stops them all
     demo.py --check    the same start, then run the tour and fail on any unexpected answer
 
-Ports: AUTHSERVER_PORT (9080), GATEWAY_PORT (10000), ENVOY_ADMIN_PORT (9901),
-ECHO_PORT (free). TOLLGATE_ADMIN_TOKEN is used when set; otherwise a random one is made
+Ports: AUTHSERVER_PORT (9080), AUTHSERVER_ADMIN_PORT (9081: the auth server's admin
+listener), GATEWAY_PORT (10000), ENVOY_ADMIN_PORT (9901), ECHO_PORT (free). TOLLGATE_ADMIN_TOKEN is used when set; otherwise a random one is made
 and printed.
 """
 from __future__ import annotations
@@ -145,6 +145,8 @@ def wait_http(url: str, what: str, proc: Component, timeout: float = 30.0) -> No
 class Demo:
     def __init__(self, quiet: bool):
         self.auth_port = int(os.environ.get("AUTHSERVER_PORT", "9080"))
+        # The auth server's admin listener: registration, /admin/*, /metrics.
+        self.auth_admin_port = int(os.environ.get("AUTHSERVER_ADMIN_PORT", "9081"))
         self.gw_port = int(os.environ.get("GATEWAY_PORT", "10000"))
         self.admin_port = int(os.environ.get("ENVOY_ADMIN_PORT", "9901"))
         self.echo_port = int(os.environ.get("ECHO_PORT", "0")) or free_port()
@@ -152,6 +154,7 @@ class Demo:
         self.generated_token = "TOLLGATE_ADMIN_TOKEN" not in os.environ
         self.issuer = f"http://127.0.0.1:{self.auth_port}"
         self.auth_base = self.issuer
+        self.auth_admin_base = f"http://127.0.0.1:{self.auth_admin_port}"
         self.gateway = f"http://127.0.0.1:{self.gw_port}"
         self.quiet = quiet
         self.parts: list[Component] = []
@@ -161,6 +164,7 @@ class Demo:
         binary = os.environ.get("AUTHSERVER_BIN") or str(REPO / "target/release/authserver")
         auth = Component("authserver", [binary, "serve"], env={
             "TOLLGATE_LISTEN": f"127.0.0.1:{self.auth_port}",
+            "TOLLGATE_ADMIN_LISTEN": f"127.0.0.1:{self.auth_admin_port}",
             "TOLLGATE_ISSUER": self.issuer,
             "TOLLGATE_STORE": "memory",
             "TOLLGATE_ADMIN_TOKEN": self.admin_token,
@@ -200,7 +204,7 @@ class Demo:
             time.sleep(0.2)
 
     def register(self, metadata: dict) -> dict:
-        r = requests.post(f"{self.auth_base}/oauth2/register", timeout=5,
+        r = requests.post(f"{self.auth_admin_base}/oauth2/register", timeout=5,
                           headers={"authorization": f"Bearer {self.admin_token}"},
                           json=metadata)
         r.raise_for_status()
@@ -222,7 +226,7 @@ def tour_text(d: Demo, client: dict) -> str:
     lines = [
         "",
         "Tollgate demo is running:",
-        f"  auth server  {a}   (in-memory store)",
+        f"  auth server  {a}   (in-memory store; admin listener {d.auth_admin_base})",
         f"  gateway      {g}   (Envoy + Tollgate filter; admin http://127.0.0.1:{d.admin_port})",
         f"  upstream     http://127.0.0.1:{d.echo_port}   (echoes the headers it receives)",
     ]
@@ -348,6 +352,7 @@ def run_readme_tour(d: Demo, c: Check) -> None:
     client of their own, and check what they print."""
     client = d.seed()
     script = readme_tour().replace("127.0.0.1:9080", f"127.0.0.1:{d.auth_port}") \
+                          .replace("127.0.0.1:9081", f"127.0.0.1:{d.auth_admin_port}") \
                           .replace("127.0.0.1:10000", f"127.0.0.1:{d.gw_port}")
     env = {**os.environ, "CLIENT_ID": client["client_id"], "CLIENT_SECRET": client["client_secret"]}
     r = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
@@ -360,7 +365,10 @@ def run_readme_tour(d: Demo, c: Check) -> None:
         ("README 5: 403 insufficient_scope", "HTTP/1.1 403" in out and "insufficient_scope" in out),
         ("README 6: five 200 then 429", "200 200 200 200 200 429" in out),
         ("README 6: Retry-After and RateLimit headers", "retry-after:" in out.lower() and "ratelimit-policy:" in out.lower()),
-        ("README 7: revoked token refused", "HTTP/1.1 401" in "\n".join(out.splitlines()[-5:])),
+        ("README 7: revoked token refused",
+         "HTTP/1.1 401" in "\n".join(out.split("public /metrics:")[0].splitlines()[-5:])),
+        ("README 8: no /metrics on the public port", "public /metrics: 404" in out),
+        ("README 8: metrics on the admin listener", "\ntollgate_tokens_issued_total" in out),
     ]:
         c.expect(what, ok, "" if ok else f"\n--- output ---\n{out}\n--- stderr ---\n{r.stderr}")
 

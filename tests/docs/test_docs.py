@@ -169,25 +169,33 @@ def test_files_named_by_commands_exist():
 
 def test_endpoints_called_by_curl_in_the_docs_are_served():
     """Run every documented `curl` against a real auth server: none may hit a missing route
-    or a wrong method."""
+    or a wrong method, on the listener it names ($ISSUER, $AUTH or :9080 for the public one;
+    $ADMIN_URL or :9081 for the admin listener)."""
     calls = set()
     for doc, line in sh_lines():
         if "curl" not in line:
             continue
-        for m in re.finditer(r"(?:\$ISSUER|\$\{ISSUER\}|http://127\.0\.0\.1:9080|\$AUTH)(/[\w./{}-]*)", line):
+        for m in re.finditer(r"(\$ISSUER|\$\{ISSUER\}|http://127\.0\.0\.1:9080|\$AUTH|"
+                             r"\$ADMIN_URL|\$\{ADMIN_URL\}|http://127\.0\.0\.1:9081)(/[\w./{}-]*)", line):
+            admin = m.group(1) in ("$ADMIN_URL", "${ADMIN_URL}", "http://127.0.0.1:9081")
             method = "POST" if re.search(r"(-d |--data|-X POST|-F )", line) else "GET"
             if "-X DELETE" in line:
                 method = "DELETE"
             if "-X PUT" in line:
                 method = "PUT"
-            calls.add((method, m.group(1)))
+            calls.add((admin, method, m.group(2)))
     assert calls, "no documented auth server calls found"
     from harness.envoy import filter_wasm
     with AuthServer(env={"TOLLGATE_EDGE_MODULE": str(filter_wasm())}) as auth:
         h = {"authorization": f"Bearer {auth.admin_token}"}
-        for method, path in sorted(calls):
+        for admin, method, path in sorted(calls):
             path = re.sub(r"\{[^}]+\}", "x", path)
-            r = requests.request(method, auth.base + path, headers=h, timeout=5,
+            base = auth.admin_base if admin else auth.base
+            r = requests.request(method, base + path, headers=h, timeout=5,
                                  data={"token": secrets.token_urlsafe(8)} if method == "POST" else None)
+            if not admin and (path.startswith("/admin/") or path in ("/metrics", "/oauth2/register")):
+                # Shown on the public listener only to say it is not there.
+                assert r.status_code == 404, f"{method} {path} on the public listener: {r.status_code}"
+                continue
             assert r.status_code not in (404, 405) or path.startswith("/admin/users/"), \
                 f"{method} {path}: {r.status_code} {r.text[:200]}"

@@ -234,7 +234,7 @@ def peer_status(gw: Envoy, path: str, source_ip: str) -> int:
 
 
 def introspections(auth: AuthServer) -> int:
-    r = requests.get(f"{auth.base}/admin/stats", timeout=5,
+    r = requests.get(f"{auth.admin_base}/admin/stats", timeout=5,
                      headers={"authorization": f"Bearer {auth.admin_token}"})
     return int(r.json()["auth_stats"].get("introspections", 0))
 

@@ -49,10 +49,11 @@ JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 
 
-def router_routes() -> dict[str, set[str]]:
-    """Path template -> methods, from `pub fn router` in authserver/src/http/mod.rs."""
+def router_routes(name: str = "router") -> dict[str, set[str]]:
+    """Path template -> methods, from `pub fn <name>` in authserver/src/http/mod.rs
+    (`router`: the public listener, `admin_router`: the admin listener)."""
     src = (REPO / "authserver" / "src" / "http" / "mod.rs").read_text()
-    body = src[src.index("pub fn router"):]
+    body = src[src.index(f"pub fn {name}("):]
     body = body[:body.index("\n}\n")]
     routes: dict[str, set[str]] = {}
     for chunk in body.split(".route(")[1:]:
@@ -62,6 +63,20 @@ def router_routes() -> dict[str, set[str]]:
         assert methods, f"no handler found for {path}"
         routes[path] = methods
     return routes
+
+
+def admin_bound(target: str | bytes, headers) -> bool:
+    """Whether an operator sends this request to the admin listener (docs/contracts.md,
+    "Listeners"): the admin API, /metrics, registration, client management with the admin
+    token."""
+    path = (target.decode("latin-1") if isinstance(target, bytes) else target).split("?")[0]
+    return (path.startswith("/admin/") or path in ("/metrics", "/oauth2/register")
+            or (path.startswith("/oauth2/register/")
+                and any(k.lower() == "authorization" and v.startswith("Bearer ")
+                        and v[7:] == ADMIN_TOKEN[0] for k, v in headers)))
+
+
+ADMIN_TOKEN: list[str] = [""]
 
 
 def concrete(path: str) -> str:
@@ -93,15 +108,20 @@ class Srv:
         for s in self.secrets:
             assert s not in raw, f"answer leaks a secret: {raw[:600]!r}"
 
-    def send(self, data: bytes, head: bool = False, timeout: float = 10.0):
-        r = exchange(self.port, data, timeout=timeout, head=head)
+    def send(self, data: bytes, head: bool = False, timeout: float = 10.0,
+             port: int | None = None):
+        r = exchange(port or self.port, data, timeout=timeout, head=head)
         self.check_clean(r.raw)
         return r
 
     def req(self, method: str, target: str | bytes, headers=(), body: bytes | None = None,
             **kw):
-        return self.send(build(method, target, list(headers), body), head=method == "HEAD",
-                         **kw)
+        """A request to the listener an operator would use (see `admin_bound`), or to
+        `port=`."""
+        headers = list(headers)
+        if "port" not in kw and admin_bound(target, headers):
+            kw["port"] = self.a.admin_port
+        return self.send(build(method, target, headers, body), head=method == "HEAD", **kw)
 
     @property
     def admin(self) -> tuple[str, str]:
@@ -132,11 +152,12 @@ def srv(tmp_path_factory):
     })
     try:
         s = Srv(a)
+        ADMIN_TOKEN[0] = a.admin_token
         s.client = a.register_client(scope="api:read tollgate:edge")
         s.secret(s.client["client_secret"])
         s.secret(s.client["registration_access_token"])
         s.password = s.secret(secrets.token_urlsafe(18))
-        r = requests.post(f"{a.base}/admin/users", timeout=10,
+        r = requests.post(f"{a.admin_base}/admin/users", timeout=10,
                           json={"username": "alice", "password": s.password},
                           headers={"authorization": f"Bearer {a.admin_token}"})
         assert r.status_code == 201, r.text
@@ -186,13 +207,16 @@ def assert_html_error(r, status: int = 400, contains: str = "invalid_request") -
 
 # ---------------------------------------------------------------- methods
 
-def test_every_endpoint_answers_every_wrong_method_with_405_and_allow(srv):
-    routes = router_routes()
-    assert len(routes) >= 20, routes
+@pytest.mark.parametrize("listener", ["public", "admin"])
+def test_every_endpoint_answers_every_wrong_method_with_405_and_allow(srv, listener):
+    routes = router_routes("router" if listener == "public" else "admin_router")
+    port = srv.a.port if listener == "public" else srv.a.admin_port
+    assert len(routes) >= (14 if listener == "public" else 7), routes
     meta = requests.get(f"{srv.a.base}/.well-known/oauth-authorization-server", timeout=5).json()
     advertised = {v[len(srv.a.issuer):] for k, v in meta.items()
                   if (k.endswith("_endpoint") or k == "jwks_uri") and isinstance(v, str)}
-    assert advertised and advertised <= set(routes), advertised - set(routes)
+    if listener == "public":
+        assert advertised and advertised <= set(routes), advertised - set(routes)
     checked = 0
     for path, allowed in routes.items():
         allow = allowed | ({"HEAD"} if "GET" in allowed else set())
@@ -200,19 +224,20 @@ def test_every_endpoint_answers_every_wrong_method_with_405_and_allow(srv):
         for m in ALL_METHODS:
             if m in allow:
                 # The route exists for this method (the enumeration is right).
-                r = srv.req(m, target, [srv.admin])
+                r = srv.req(m, target, [srv.admin], port=port)
                 assert r.status != 405, (m, path)
                 if r.status == 404 and m != "HEAD":
                     assert r.json().get("error_description") != "no such endpoint", (m, path)
                 continue
-            r = srv.req(m, target, [srv.admin], b"" if m in ("POST", "PUT", "PATCH") else None)
+            r = srv.req(m, target, [srv.admin], b"" if m in ("POST", "PUT", "PATCH") else None,
+                        port=port)
             assert r.status == 405, (m, path, r.raw[:300])
             got = {x.strip() for x in (r.header("allow") or "").split(",") if x.strip()}
             assert got == allow, (m, path, got, allow)
             if m != "HEAD":
                 assert_error(r, 405, "invalid_request")
             checked += 1
-    assert checked >= 100
+    assert checked >= (100 if listener == "public" else 40)
     # CONNECT needs an authority-form target: refused, never served.
     r = srv.send(build("CONNECT", "/oauth2/token", [srv.admin]))
     assert r.status in (400, 405), r.raw[:200]
@@ -258,7 +283,7 @@ def test_repeated_parameters_are_invalid_request(srv):
                              b'{"username":"bob","username":"mallory","password":"pw-12345678"}'),
                      400, "invalid_request")
     assert "duplicate" in d["error_description"]
-    assert requests.get(f"{srv.a.base}/admin/users/mallory", timeout=5,
+    assert requests.get(f"{srv.a.admin_base}/admin/users/mallory", timeout=5,
                         headers={"authorization": f"Bearer {srv.a.admin_token}"}
                         ).status_code == 404
     assert_healthy(srv)
@@ -435,7 +460,7 @@ def test_garbage_credentials_get_standard_errors(srv):
 
 def test_json_with_repeated_members_or_deep_nesting_is_refused(srv):
     jh = [srv.admin, ("Content-Type", JSON)]
-    before = requests.get(f"{srv.a.base}/admin/clients", timeout=5,
+    before = requests.get(f"{srv.a.admin_base}/admin/clients", timeout=5,
                           headers={"authorization": f"Bearer {srv.a.admin_token}"}).json()
     reg = b'"grant_types":["client_credentials"]'
     for body in [
@@ -464,7 +489,7 @@ def test_json_with_repeated_members_or_deep_nesting_is_refused(srv):
     for body in [b'{"username":"carol","password":"pw-12345678","password":"x"}',
                  b"[" * 60_000, b'{"username":' * 5_000]:
         assert_error(srv.req("POST", "/admin/users", jh, body), 400, "invalid_request")
-    after = requests.get(f"{srv.a.base}/admin/clients", timeout=5,
+    after = requests.get(f"{srv.a.admin_base}/admin/clients", timeout=5,
                          headers={"authorization": f"Bearer {srv.a.admin_token}"}).json()
     assert after == before
     assert_healthy(srv)

@@ -89,13 +89,13 @@ def admin(a: AuthServer) -> dict:
 
 
 def add_user(a: AuthServer, name: str = "alice") -> None:
-    r = requests.post(f"{a.base}/admin/users", json={"username": name, "password": PASSWORD},
+    r = requests.post(f"{a.admin_base}/admin/users", json={"username": name, "password": PASSWORD},
                       headers=admin(a), timeout=10)
     assert r.status_code == 201, r.text
 
 
 def register(a: AuthServer, **md) -> dict:
-    r = requests.post(f"{a.base}/oauth2/register", json=md, headers=admin(a), timeout=10)
+    r = requests.post(f"{a.admin_base}/oauth2/register", json=md, headers=admin(a), timeout=10)
     assert r.status_code == 201, r.text
     return r.json()
 

@@ -45,7 +45,7 @@ def admin(a: AuthServer) -> dict:
 
 
 def register(a: AuthServer, **md) -> dict:
-    r = requests.post(f"{a.base}/oauth2/register", json=md, headers=admin(a), timeout=10)
+    r = requests.post(f"{a.admin_base}/oauth2/register", json=md, headers=admin(a), timeout=10)
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -141,7 +141,7 @@ def test_auth_server_on_a_redis_cluster(tmp_path):
         cursor = feed["cursor"]
 
         # Authorization code + PKCE, refresh rotation, reuse detection.
-        r = requests.post(f"{a.base}/admin/users", json={"username": "alice",
+        r = requests.post(f"{a.admin_base}/admin/users", json={"username": "alice",
                           "password": PASSWORD}, headers=admin(a), timeout=10)
         assert r.status_code == 201, r.text
         app = register(a, client_name="spa", redirect_uris=[REDIRECT],

@@ -80,7 +80,7 @@ def admin(a: AuthServer) -> dict:
 
 
 def register(a: AuthServer, **md) -> dict:
-    r = requests.post(f"{a.base}/oauth2/register", json=md, headers=admin(a), timeout=15)
+    r = requests.post(f"{a.admin_base}/oauth2/register", json=md, headers=admin(a), timeout=15)
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -106,7 +106,7 @@ def setup_tenants(a: AuthServer) -> Tenants:
     app = register(a, client_name="ha-app", grant_types=["authorization_code", "refresh_token"],
                    redirect_uris=[REDIRECT], scope="api:read", skip_consent=True,
                    token_endpoint_auth_method="client_secret_basic")
-    r = requests.post(f"{a.base}/admin/users", json={"username": "alice", "password": PASSWORD},
+    r = requests.post(f"{a.admin_base}/admin/users", json={"username": "alice", "password": PASSWORD},
                       headers=admin(a), timeout=15)
     assert r.status_code == 201, r.text
     browser = requests.Session()
@@ -178,6 +178,7 @@ class Load:
 
     def __init__(self, a: AuthServer, t: Tenants, chains: list[Chain], register: bool = False):
         self.base, self.t, self.chains = a.base, t, chains
+        self.admin_base = a.admin_base
         self.admin_headers = admin(a)
         self.events: list[tuple[str, float, float, bool]] = []
         self.failures: dict[str, int] = {}             # "kind status body" -> count
@@ -273,7 +274,7 @@ class Load:
         while not self.stop_flag.is_set():
             n += 1
             r = self._call("register", lambda: s.post(
-                f"{self.base}/oauth2/register", timeout=20, headers=self.admin_headers,
+                f"{self.admin_base}/oauth2/register", timeout=20, headers=self.admin_headers,
                 json={"client_name": f"load-{n}", "grant_types": ["client_credentials"],
                       "scope": "api:read"}))
             if r is not None and r.status_code == 201:
@@ -562,7 +563,7 @@ def test_cluster_wait_counts_the_replicas_of_the_shard_that_owns_the_key(tmp_pat
                 time.sleep(0.05)
             status = {}
             for i in range(30):
-                r = requests.post(f"{a.base}/admin/users", headers=admin(a), timeout=20,
+                r = requests.post(f"{a.admin_base}/admin/users", headers=admin(a), timeout=20,
                                   json={"username": f"user{i}", "password": PASSWORD})
                 assert r.status_code in (201, 503), r.text
                 status[f"auth:user:user{i}"] = r.status_code

@@ -217,11 +217,14 @@ class Auth(bench_gateway.AuthServer):
                  redis_port: int | None) -> None:
         self.port = common.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.admin_port = common.free_port()
+        self.admin_base = f"http://127.0.0.1:{self.admin_port}"
         self.admin = secrets.token_urlsafe(32)
         self.env = {
             "TOLLGATE_STORE": (f"redis://127.0.0.1:{redis_port}/0" if redis_port
                                else "memory"),
             "TOLLGATE_LISTEN": f"127.0.0.1:{self.port}",
+            "TOLLGATE_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
             "TOLLGATE_ADMIN_TOKEN": self.admin,
             "TOLLGATE_LOG": "warn",
             "RUST_LOG": "warn",

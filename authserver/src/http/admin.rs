@@ -13,6 +13,21 @@ use crate::store::now_secs;
 use super::{client_auth, json_no_store, SharedState};
 
 /// `GET /admin/clients`: the registered client ids.
+#[utoipa::path(
+    get,
+    path = "/admin/clients",
+    tags = ["admin"],
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "the registered client ids", body = super::openapi::ClientList),
+        (status = 401, description = "invalid_token", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn list_clients(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -28,6 +43,21 @@ pub async fn list_clients(
 }
 
 /// `GET /admin/stats`: `auth_stats` and live token count.
+#[utoipa::path(
+    get,
+    path = "/admin/stats",
+    tags = ["admin"],
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "auth_stats and the live token count", body = super::openapi::Stats),
+        (status = 401, description = "invalid_token", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn stats(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -479,6 +479,23 @@ fn skip_consent(c: &ClientRecord) -> bool {
 }
 
 /// `GET/POST /oauth2/authorize`.
+#[utoipa::path(
+    method(get, post),
+    path = "/oauth2/authorize",
+    tags = ["public"],
+    params(("response_type" = Option<String>, Query), ("client_id" = Option<String>, Query), ("redirect_uri" = Option<String>, Query), ("scope" = Option<String>, Query), ("state" = Option<String>, Query), ("code_challenge" = Option<String>, Query), ("code_challenge_method" = Option<String>, Query)),
+    responses(
+        (status = 200, description = "the login or consent page", content_type = "text/html", body = String),
+        (status = 303, description = "back to the client's redirect_uri with a code or an error"),
+        (status = 400, description = "error page (the client or redirect_uri is not valid), or a malformed request", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
+        (status = 403, description = "error page", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 415, description = "unsupported content type (POST)", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 429, description = "too many requests", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
+    )
+)]
 pub async fn authorize(
     State(state): State<SharedState>,
     method: Method,
@@ -543,6 +560,24 @@ async fn carried(state: &SharedState, form: &Params) -> Result<AuthzRequest, Aut
 }
 
 /// `POST /oauth2/login`.
+#[utoipa::path(
+    post,
+    path = "/oauth2/login",
+    tags = ["public"],
+    request_body(content = super::openapi::LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "the consent page", content_type = "text/html", body = String),
+        (status = 303, description = "back to the client"),
+        (status = 400, description = "error page, or a malformed request", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
+        (status = 401, description = "the login page again: wrong username or password", content_type = "text/html", body = String),
+        (status = 403, description = "error page: CSRF check failed", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 415, description = "unsupported content type (POST)", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 429, description = "too many requests", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
+    )
+)]
 pub async fn login(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
     let form = match Params::from_request(&headers, &body) {
         Ok(p) => p,
@@ -692,6 +727,23 @@ pub async fn login(State(state): State<SharedState>, headers: HeaderMap, body: B
 }
 
 /// `POST /oauth2/consent`.
+#[utoipa::path(
+    post,
+    path = "/oauth2/consent",
+    tags = ["public"],
+    request_body(content = super::openapi::ConsentForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "the login page (no session)", content_type = "text/html", body = String),
+        (status = 303, description = "back to the client with a code or access_denied"),
+        (status = 400, description = "error page, or a malformed request", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
+        (status = 403, description = "error page: CSRF check failed", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 415, description = "unsupported content type (POST)", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 429, description = "too many requests", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
+    )
+)]
 pub async fn consent(
     State(state): State<SharedState>,
     headers: HeaderMap,

@@ -41,6 +41,23 @@ pub(super) async fn authorize_edge(
 
 /// `GET /edge/revocations?since=<cursor>[&limit=N]`: revoked `jti`s with their expiry.
 /// Callers: the admin token, or a client registered with scope `tollgate:edge`.
+#[utoipa::path(
+    get,
+    path = "/edge/revocations",
+    tags = ["public"],
+    params(("since" = Option<String>, Query, description = "cursor of the previous page"), ("limit" = Option<u32>, Query, description = "entries per page, 1..=10000")),
+    security(("client_basic" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "a page of the revocation feed", body = super::openapi::RevocationPage),
+        (status = 401, description = "invalid_client / invalid_token", body = super::openapi::ErrorBody),
+        (status = 403, description = "insufficient_scope: the client lacks tollgate:edge", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn revocations(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -84,6 +101,16 @@ pub async fn revocations(
 }
 
 /// `GET /edge/module.wasm`: the filter module, for clusters without an OCI registry.
+#[utoipa::path(
+    get,
+    path = "/edge/module.wasm",
+    tags = ["public"],
+    responses(
+        (status = 200, description = "the Wasm filter module", content_type = "application/wasm", body = Vec<u8>),
+        (status = 404, description = "not_found: no module configured (TOLLGATE_EDGE_MODULE)", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn module(State(state): State<SharedState>) -> Response {
     match &state.edge_module {
         Some(m) => {
@@ -104,6 +131,16 @@ pub async fn module(State(state): State<SharedState>) -> Response {
 }
 
 /// `GET /edge/module.wasm.sha256`: hex SHA-256 of the module (pin it in the WasmPlugin).
+#[utoipa::path(
+    get,
+    path = "/edge/module.wasm.sha256",
+    tags = ["public"],
+    responses(
+        (status = 200, description = "hex SHA-256 of the module and a newline", content_type = "text/plain", body = String),
+        (status = 404, description = "not_found: no module configured", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn module_sha256(State(state): State<SharedState>) -> Response {
     match &state.edge_module {
         Some(m) => (StatusCode::OK, format!("{}\n", m.sha256)).into_response(),

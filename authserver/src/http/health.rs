@@ -13,11 +13,28 @@ use crate::store::now_secs;
 use super::{metrics_handle, SharedState};
 
 /// The process is up and serving HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tags = ["public", "admin"],
+    responses(
+        (status = 200, description = "the process serves HTTP", body = super::openapi::Health),
+    )
+)]
 pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
 /// Ready when the store answers and a signing key is active.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tags = ["public"],
+    responses(
+        (status = 200, description = "ready", body = super::openapi::Readiness),
+        (status = 503, description = "not ready: store unreachable or no active signing key", body = super::openapi::Readiness),
+    )
+)]
 pub async fn readyz(State(state): State<SharedState>) -> Response {
     let store_ok = matches!(
         tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await,
@@ -41,6 +58,14 @@ pub async fn readyz(State(state): State<SharedState>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tags = ["admin"],
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+    )
+)]
 pub async fn metrics(State(state): State<SharedState>) -> Response {
     let now = now_secs();
     let keys = state.keys();

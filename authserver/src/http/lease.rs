@@ -70,6 +70,24 @@ impl LeaseRequest {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/edge/ratelimit/lease",
+    tags = ["public"],
+    request_body(content = super::openapi::LeaseRequest, content_type = "application/x-www-form-urlencoded"),
+    security(("client_basic" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "a quota lease", body = super::openapi::Lease),
+        (status = 401, description = "invalid_client / invalid_token", body = super::openapi::ErrorBody),
+        (status = 403, description = "insufficient_scope: the client lacks tollgate:edge", body = super::openapi::ErrorBody),
+        (status = 415, description = "unsupported content type", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn lease(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -10,6 +10,8 @@ use crate::store::now_secs;
 
 use super::SharedState;
 
+/// RFC 8414 metadata of the public listener. No `registration_endpoint`: registration
+/// (RFC 7591) takes the admin token on the admin listener, which no client outside reaches.
 fn metadata(state: &SharedState) -> Value {
     let iss = &state.cfg.issuer;
     json!({
@@ -18,7 +20,6 @@ fn metadata(state: &SharedState) -> Value {
         "jwks_uri": format!("{iss}/oauth2/jwks"),
         "introspection_endpoint": format!("{iss}/oauth2/introspect"),
         "revocation_endpoint": format!("{iss}/oauth2/revoke"),
-        "registration_endpoint": format!("{iss}/oauth2/register"),
         "authorization_endpoint": format!("{iss}/oauth2/authorize"),
         "grant_types_supported": crate::clients::GRANT_TYPES,
         "response_types_supported": ["code"],
@@ -38,10 +39,28 @@ fn metadata(state: &SharedState) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-authorization-server",
+    tags = ["public"],
+    responses(
+        (status = 200, description = "RFC 8414 metadata", body = super::openapi::Metadata),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn authorization_server(State(state): State<SharedState>) -> Response {
     cached(Json(metadata(&state)).into_response(), 300)
 }
 
+#[utoipa::path(
+    get,
+    path = "/.well-known/openid-configuration",
+    tags = ["public"],
+    responses(
+        (status = 200, description = "OpenID discovery metadata", body = super::openapi::Metadata),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn openid_configuration(State(state): State<SharedState>) -> Response {
     let mut m = metadata(&state);
     // OpenID Provider Metadata requires these; Tollgate issues no ID tokens for
@@ -51,6 +70,15 @@ pub async fn openid_configuration(State(state): State<SharedState>) -> Response 
     cached(Json(m).into_response(), 300)
 }
 
+#[utoipa::path(
+    get,
+    path = "/oauth2/jwks",
+    tags = ["public"],
+    responses(
+        (status = 200, description = "RFC 7517 JWK Set", content_type = "application/jwk-set+json", body = super::openapi::JwkSet),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn jwks(State(state): State<SharedState>) -> Response {
     let body = state.keys().jwks(now_secs(), state.max_token_ttl());
     let mut r = Json(body).into_response();

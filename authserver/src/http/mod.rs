@@ -30,6 +30,7 @@ pub mod introspect;
 pub mod lease;
 pub mod metadata;
 pub mod module_listener;
+pub mod openapi;
 pub mod pages;
 pub mod register;
 pub mod revoke;
@@ -78,15 +79,20 @@ pub fn spawn_metrics_upkeep(every: Duration) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// The router with every endpoint.
+/// The listener a router serves (docs/contracts.md, "Listeners").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `TOLLGATE_LISTEN`: OAuth endpoints, discovery, the edge endpoints, probes.
+    Public,
+    /// `TOLLGATE_ADMIN_LISTEN`: `/admin/*`, registration management with the admin token,
+    /// `/metrics`. Never exposed through a gateway.
+    Admin,
+}
+
+/// The public listener's router (`TOLLGATE_LISTEN`). The admin API, client registration
+/// with the admin token and `/metrics` are not here: they answer 404 (see [`admin_router`]).
 pub fn router(state: SharedState) -> Router {
-    metrics_handle();
-    let body_limit = state.cfg.max_body_bytes;
-    let guard = GuardLimits {
-        timeout: Duration::from_millis(state.cfg.request_timeout_ms),
-        max_body: body_limit,
-    };
-    let public = Router::new()
+    let cacheable = Router::new()
         .route(
             "/.well-known/oauth-authorization-server",
             get(metadata::authorization_server),
@@ -96,14 +102,29 @@ pub fn router(state: SharedState) -> Router {
             get(metadata::openid_configuration),
         )
         .route("/oauth2/jwks", get(metadata::jwks))
+        .route("/.well-known/openapi.json", get(openapi::served_public))
         .route("/edge/module.wasm", get(edge::module))
         .route("/edge/module.wasm.sha256", get(edge::module_sha256))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             default_rate_limit,
         ));
-    Router::new()
-        .merge(public)
+    // RFC 7592 management with the client's own registration access token only: the admin
+    // token manages clients on the admin listener.
+    let self_service = Router::new()
+        .route(
+            "/oauth2/register/{client_id}",
+            get(register::read)
+                .put(register::update)
+                .delete(register::delete),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_admin_token,
+        ));
+    let routes = Router::new()
+        .merge(cacheable)
+        .merge(self_service)
         .route(
             "/oauth2/authorize",
             get(authorize::authorize).post(authorize::authorize),
@@ -113,6 +134,18 @@ pub fn router(state: SharedState) -> Router {
         .route("/oauth2/token", post(token::token))
         .route("/oauth2/introspect", post(introspect::introspect))
         .route("/oauth2/revoke", post(revoke::revoke))
+        .route("/edge/revocations", get(edge::revocations))
+        .route("/edge/ratelimit/lease", post(lease::lease))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    finish(routes, state)
+}
+
+/// The admin listener's router (`TOLLGATE_ADMIN_LISTEN`): the admin API, client
+/// registration (RFC 7591) and management (RFC 7592) with the admin token, Prometheus
+/// metrics and a liveness probe. Nothing else: the OAuth endpoints answer 404 here.
+pub fn admin_router(state: SharedState) -> Router {
+    let routes = Router::new()
         .route("/oauth2/register", post(register::create))
         .route(
             "/oauth2/register/{client_id}",
@@ -127,11 +160,23 @@ pub fn router(state: SharedState) -> Router {
             "/admin/users/{username}",
             get(users::read).delete(users::delete),
         )
-        .route("/edge/revocations", get(edge::revocations))
-        .route("/edge/ratelimit/lease", post(lease::lease))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/.well-known/openapi.json", get(openapi::served_full));
+    finish(routes, state)
+}
+
+/// The middleware every request passes, on both listeners.
+fn finish(routes: Router<SharedState>, state: SharedState) -> Router {
+    metrics_handle();
+    let body_limit = state.cfg.max_body_bytes;
+    let guard = GuardLimits {
+        timeout: Duration::from_millis(state.cfg.request_timeout_ms),
+        max_body: body_limit,
+        max_header_bytes: state.cfg.max_header_bytes,
+        max_headers: state.cfg.max_headers,
+    };
+    routes
         .fallback(not_found)
         .layer(middleware::from_fn(uniform_errors))
         .layer(CatchPanicLayer::custom(panicked))
@@ -139,6 +184,23 @@ pub fn router(state: SharedState) -> Router {
         .layer(middleware::from_fn_with_state(guard, request_guard))
         .layer(middleware::from_fn(track))
         .with_state(state)
+}
+
+/// On the public listener the admin token manages no client: the same answer as any other
+/// wrong registration access token (RFC 7592 §3), so the public port tells nothing about it.
+/// A method the route does not have still gets its 405 (a route layer also sees those).
+async fn refuse_admin_token(
+    State(state): State<SharedState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::http::Method;
+    let managed = [Method::GET, Method::HEAD, Method::PUT, Method::DELETE];
+    if managed.contains(req.method()) && client_auth::is_admin(&state, req.headers()) {
+        return OAuthError::InvalidToken("invalid registration access token".into())
+            .into_response();
+    }
+    next.run(req).await
 }
 
 async fn not_found() -> OAuthError {
@@ -152,6 +214,25 @@ struct GuardLimits {
     timeout: Duration,
     /// Largest body.
     max_body: usize,
+    /// `TOLLGATE_MAX_HEADER_BYTES`: checked here for a JSON 431 (hyper's own limit is set
+    /// higher, see `server::ConnLimits`).
+    max_header_bytes: usize,
+    /// `TOLLGATE_MAX_HEADERS`, likewise.
+    max_headers: usize,
+}
+
+/// The size of a request head as it came on the wire: request line and header lines.
+fn head_bytes(req: &Request) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + " HTTP/1.1\r\n".len()
+        + 1;
+    req.headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+        + 2
 }
 
 /// Headers that must appear at most once: a second `Authorization` or `Content-Type` would
@@ -172,6 +253,12 @@ fn closing(mut r: Response, status: StatusCode) -> Response {
 /// it miss it). A slow client or store never holds a request forever.
 async fn request_guard(State(limits): State<GuardLimits>, req: Request, next: Next) -> Response {
     let deadline = tokio::time::Instant::now() + limits.timeout;
+    if req.headers().len() > limits.max_headers || head_bytes(&req) > limits.max_header_bytes {
+        return closing(
+            OAuthError::InvalidRequest("the request head is too large".into()).into_response(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        );
+    }
     for name in &SINGLE_VALUED {
         if req.headers().get_all(name).iter().nth(1).is_some() {
             return closing(
@@ -373,3 +460,4 @@ mod tests_hostile;
 mod tests_lease;
 #[cfg(test)]
 mod tests_lockout;
+mod tests_listeners;

@@ -47,6 +47,23 @@ fn metadata_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, OAuthError> 
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/oauth2/register",
+    tags = ["admin"],
+    request_body(content = super::openapi::ClientMetadata, content_type = "application/json"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "RFC 7591 §3.2.1", body = super::openapi::ClientInformation),
+        (status = 401, description = "invalid_token: missing or wrong admin token", body = super::openapi::ErrorBody),
+        (status = 415, description = "unsupported content type", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -136,6 +153,23 @@ async fn authorize_for(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/oauth2/register/{client_id}",
+    tags = ["public", "admin"],
+    params(("client_id" = String, Path, description = "the client id")),
+    security(("registration_access_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "RFC 7592 §2.1", body = super::openapi::ClientInformation),
+        (status = 401, description = "invalid_token (the admin token counts only on the admin listener)", body = super::openapi::ErrorBody),
+        (status = 404, description = "not_found: no such client (admin token only)", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn read(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -148,6 +182,25 @@ pub async fn read(
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/oauth2/register/{client_id}",
+    tags = ["public", "admin"],
+    params(("client_id" = String, Path, description = "the client id")),
+    request_body(content = super::openapi::ClientMetadata, content_type = "application/json"),
+    security(("registration_access_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "RFC 7592 §2.2", body = super::openapi::ClientInformation),
+        (status = 401, description = "invalid_token", body = super::openapi::ErrorBody),
+        (status = 404, description = "not_found: no such client (admin token only)", body = super::openapi::ErrorBody),
+        (status = 415, description = "unsupported content type", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn update(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -211,6 +264,23 @@ pub async fn update(
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/oauth2/register/{client_id}",
+    tags = ["public", "admin"],
+    params(("client_id" = String, Path, description = "the client id")),
+    security(("registration_access_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 204, description = "RFC 7592 §2.3: deleted"),
+        (status = 401, description = "invalid_token", body = super::openapi::ErrorBody),
+        (status = 404, description = "not_found: no such client (admin token only)", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn delete(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -7,14 +7,20 @@
 //!   connection; on expiry the connection is closed without an answer;
 //! - a send timeout (`TOLLGATE_SEND_TIMEOUT_MS`): a write that makes no progress for this
 //!   long (the client stopped reading) closes the connection;
-//! - limits on the request head (`TOLLGATE_MAX_HEADER_BYTES`, `TOLLGATE_MAX_HEADERS`): hyper
-//!   answers 431 and closes.
+//! - limits on the request head (`TOLLGATE_MAX_HEADER_BYTES`, `TOLLGATE_MAX_HEADERS`): the
+//!   router's middleware answers 431 with the uniform JSON error and closes; hyper's own
+//!   limits are set at twice those (a hard stop, where hyper answers a bare 431: hyper 1.x
+//!   writes its parse-error answers itself, without a body and without a hook to add one);
+//! - a limit on the connections served at once (`TOLLGATE_MAX_CONNECTIONS`, per listener):
+//!   a connection beyond it is answered `503 temporarily_unavailable` (JSON, `Retry-After`,
+//!   `Connection: close`) and closed, without reaching the router.
 //!
 //! The body and the handler are bounded by the router's middleware (`request_guard`).
 
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,10 +32,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tower::ServiceExt;
 
 use crate::config::Config;
+use crate::error::OAuthError;
 
 /// hyper's default read buffer limit (8 KiB + 100 × 4 KiB); raised only when the head limit
 /// needs more.
@@ -44,6 +52,8 @@ pub struct ConnLimits {
     pub send_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Connections served at once on one listener.
+    pub max_connections: usize,
 }
 
 impl ConnLimits {
@@ -53,18 +63,43 @@ impl ConnLimits {
             send_timeout: Duration::from_millis(cfg.send_timeout_ms),
             max_header_bytes: cfg.max_header_bytes,
             max_headers: cfg.max_headers,
+            max_connections: cfg.max_connections,
         }
     }
 
+    /// hyper's head limits are twice the configured ones: between the two the router
+    /// answers the JSON 431, beyond them hyper answers its bare 431.
     fn builder(&self) -> hyper::server::conn::http1::Builder {
+        let hard_bytes = self.max_header_bytes.saturating_mul(2);
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
             .header_read_timeout(self.header_timeout)
-            .max_header_size(self.max_header_bytes)
-            .max_headers(self.max_headers)
+            .max_header_size(hard_bytes)
+            .max_headers(self.max_headers.saturating_mul(2))
+            .max_buf_size(HYPER_DEFAULT_MAX_BUF.max(hard_bytes + 8192));
+        b
+    }
+
+    /// For a connection over the limit: one small request, no keep-alive.
+    fn refusal_builder(&self) -> hyper::server::conn::http1::Builder {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout)
+            .keep_alive(false)
             .max_buf_size(HYPER_DEFAULT_MAX_BUF.max(self.max_header_bytes + 8192));
         b
     }
+}
+
+/// The answer to a connection over `TOLLGATE_MAX_CONNECTIONS`.
+fn over_capacity() -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    use axum::response::IntoResponse;
+    let mut r = OAuthError::TemporarilyUnavailable("too many connections".into()).into_response();
+    let h = r.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// Serve `app` on `listener` until `shutdown` completes, then let in-flight requests finish
@@ -76,6 +111,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = limits.builder();
+    let refusal = limits.refusal_builder();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Refusals are bounded too: past as many again, a connection is closed unanswered.
+    let refusals = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
     loop {
@@ -92,6 +131,23 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("tollgate_http_connections_refused_total").increment(1);
+            let Ok(refusing) = refusals.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
+            let service = hyper::service::service_fn(|_req: hyper::Request<Incoming>| async {
+                Ok::<_, std::convert::Infallible>(over_capacity())
+            });
+            let io = TokioIo::new(SendGuard::new(stream, limits.send_timeout));
+            let conn = graceful.watch(refusal.serve_connection(io, service));
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(refusing);
+            });
+            continue;
+        };
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
@@ -103,6 +159,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);

@@ -25,8 +25,11 @@ use crate::testutil::RedisServer;
 
 pub(super) const ADMIN: &str = "test-admin-token-0123456789";
 
+/// Both listeners' routers in-process. [`App::send`] takes a request to the listener its
+/// caller would use (see [`App::admin_bound`]); `public`/`admin` reach one listener only.
 pub(super) struct App {
     pub(super) router: Router,
+    pub(super) admin: Router,
     pub(super) state: Arc<AppState>,
     pub(super) _redis: Option<RedisServer>,
 }
@@ -59,17 +62,54 @@ impl App {
             (Arc::new(MemoryStore::default()), None)
         };
         let state = AppState::new(cfg, store).await.unwrap();
-        let router = super::router(state.clone())
-            .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
-        Some(App {
-            router,
-            state,
-            _redis: server,
-        })
+        Some(App::from_state(state, server))
     }
 
+    pub(super) fn from_state(state: Arc<AppState>, redis: Option<RedisServer>) -> App {
+        let peer = MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000)));
+        App {
+            router: super::router(state.clone()).layer(peer),
+            admin: super::admin_router(state.clone()).layer(peer),
+            state,
+            _redis: redis,
+        }
+    }
+
+    /// Whether an operator's request goes to the admin listener: the admin API, `/metrics`,
+    /// registration, and client management with the admin token (docs/contracts.md).
+    pub(super) fn admin_bound(req: &Request<Body>) -> bool {
+        let path = req.uri().path();
+        let admin_token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes() == format!("Bearer {ADMIN}").as_bytes());
+        path.starts_with("/admin/")
+            || path == "/metrics"
+            || path == "/oauth2/register"
+            || (path.starts_with("/oauth2/register/") && admin_token)
+    }
+
+    /// A request to the listener its caller would use.
     pub(super) async fn send(&self, req: Request<Body>) -> Resp {
-        let resp = self.router.clone().oneshot(req).await.unwrap();
+        if App::admin_bound(&req) {
+            self.send_to(&self.admin, req).await
+        } else {
+            self.send_to(&self.router, req).await
+        }
+    }
+
+    /// A request to the public listener only.
+    pub(super) async fn public(&self, req: Request<Body>) -> Resp {
+        self.send_to(&self.router, req).await
+    }
+
+    /// A request to the admin listener only.
+    pub(super) async fn admin(&self, req: Request<Body>) -> Resp {
+        self.send_to(&self.admin, req).await
+    }
+
+    async fn send_to(&self, router: &Router, req: Request<Body>) -> Resp {
+        let resp = router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
         let raw = resp
@@ -187,9 +227,11 @@ async fn metadata_and_jwks(app: App) {
     let iss = app.state.cfg.issuer.clone();
     assert_eq!(r.body["issuer"], iss);
     assert_eq!(r.body["token_endpoint"], format!("{iss}/oauth2/token"));
-    assert_eq!(
-        r.body["registration_endpoint"],
-        format!("{iss}/oauth2/register")
+    // Registration is on the admin listener only: the public issuer advertises none.
+    assert!(
+        r.body.get("registration_endpoint").is_none(),
+        "{:?}",
+        r.body
     );
     assert_eq!(r.body["jwks_uri"], format!("{iss}/oauth2/jwks"));
     let r = app.get("/.well-known/openid-configuration", None).await;
@@ -1005,14 +1047,8 @@ async fn unreachable_store_answers_503_not_500() {
     let state = AppState::new(Config::for_tests(), Arc::new(store))
         .await
         .unwrap();
-    let router =
-        super::router(state.clone()).layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
     drop(server); // Redis goes away
-    let app = App {
-        router,
-        state,
-        _redis: None,
-    };
+    let app = App::from_state(state, None);
     let r = app
         .form(
             "/oauth2/token",

@@ -5,12 +5,10 @@
 //! `redis-server`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{header, Request, StatusCode};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -1325,13 +1323,7 @@ async fn replicas_agree_on_the_active_key_through_the_store() {
     };
     let mk = |store: Arc<dyn Store>| async move {
         let state = AppState::new(Config::for_tests(), store).await.unwrap();
-        let router = super::router(state.clone())
-            .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
-        App {
-            router,
-            state,
-            _redis: None,
-        }
+        App::from_state(state, None)
     };
     let a = mk(connect().await).await;
     let b = mk(connect().await).await;

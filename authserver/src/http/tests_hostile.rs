@@ -203,6 +203,7 @@ async fn the_connection_loop_enforces_the_head_limits() {
         send_timeout: Duration::from_secs(5),
         max_header_bytes: 2048,
         max_headers: 10,
+        max_connections: 64,
     };
     let (addr, _stop) = served(limits).await;
     // A complete request is served; handlers get the peer address (ConnectInfo).

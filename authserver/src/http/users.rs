@@ -23,6 +23,24 @@ fn view(u: &UserRecord) -> Value {
     json!({"username": u.username, "created_at": u.created_at})
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/users",
+    tags = ["admin"],
+    request_body(content = super::openapi::NewUser, content_type = "application/json"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "created", body = super::openapi::User),
+        (status = 401, description = "invalid_token", body = super::openapi::ErrorBody),
+        (status = 409, description = "conflict: the user exists already", body = super::openapi::ErrorBody),
+        (status = 415, description = "unsupported content type", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -77,6 +95,21 @@ pub async fn create(
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/users",
+    tags = ["admin"],
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "the users", body = super::openapi::UserList),
+        (status = 401, description = "invalid_token", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -91,6 +124,23 @@ pub async fn list(
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/users/{username}",
+    tags = ["admin"],
+    params(("username" = String, Path, description = "the username")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "the user", body = super::openapi::User),
+        (status = 401, description = "invalid_token", body = super::openapi::ErrorBody),
+        (status = 404, description = "not_found: no such user", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn read(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -110,6 +160,23 @@ pub async fn read(
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/users/{username}",
+    tags = ["admin"],
+    params(("username" = String, Path, description = "the username")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 204, description = "deleted; the user's sessions end"),
+        (status = 401, description = "invalid_token", body = super::openapi::ErrorBody),
+        (status = 404, description = "not_found: no such user", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
+        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
+        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn delete(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -1,8 +1,9 @@
 """The real Tollgate auth server (binary target/release/authserver, or $AUTHSERVER_BIN),
 driven as docs/contracts.md describes.
 
-    with AuthServer() as a:                       # in-memory store, random port
-        c = a.register_client(scope="api:read api:write")
+    with AuthServer() as a:                       # in-memory store, random ports
+        c = a.register_client(scope="api:read api:write")   # on the admin listener
+        requests.get(f"{a.admin_base}/admin/clients", headers=a.admin_headers)
         tok = a.token(c, scope="api:read")
         a.stop(); a.start()                        # same port, e.g. for outage tests
 """
@@ -29,16 +30,21 @@ def authserver_binary() -> Path | None:
 
 class AuthServer:
     def __init__(self, port: int | None = None, env: dict[str, str] | None = None,
-                 start: bool = True):
+                 start: bool = True, admin_port: int | None = None):
         binary = authserver_binary()
         if binary is None:
             raise FileNotFoundError("auth server binary missing: run `make build-authserver`")
         self.binary = binary
         self.port = port or free_port()
+        # The admin listener (TOLLGATE_ADMIN_LISTEN): /admin/*, registration, /metrics.
+        self.admin_port = admin_port or free_port()
         self.admin_token = secrets.token_urlsafe(24)
+        self.admin_headers = {"authorization": f"Bearer {self.admin_token}"}
         self.base = f"http://127.0.0.1:{self.port}"
+        self.admin_base = f"http://127.0.0.1:{self.admin_port}"
         self.issuer = self.base
         self.env = {"TOLLGATE_LISTEN": f"127.0.0.1:{self.port}",
+                    "TOLLGATE_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
                     "TOLLGATE_ADMIN_TOKEN": self.admin_token,
                     "TOLLGATE_LOG_FORMAT": "text", **(env or {})}
         self.issuer = self.env.get("TOLLGATE_ISSUER", self.base)
@@ -67,12 +73,12 @@ class AuthServer:
 
     def register_client(self, scope: str = "api:read api:write", name: str = "e2e",
                         **extra) -> dict:
-        """RFC 7591 registration with the admin token; returns the registration response
-        (client_id, client_secret, ...)."""
+        """RFC 7591 registration with the admin token, on the admin listener; returns the
+        registration response (client_id, client_secret, ...)."""
         body = {"client_name": name, "grant_types": ["client_credentials"], "scope": scope,
                 **extra}
-        r = requests.post(f"{self.base}/oauth2/register", json=body, timeout=5,
-                          headers={"authorization": f"Bearer {self.admin_token}"})
+        r = requests.post(f"{self.admin_base}/oauth2/register", json=body, timeout=5,
+                          headers=self.admin_headers)
         r.raise_for_status()
         return r.json()
 
