@@ -283,3 +283,77 @@ def test_opaque_tokens_fail_closed_when_the_auth_server_is_down(echo, wasm, tmp_
             auth.start()
             r, _ = wait_status(gw, uncached, 200)
             assert r.status_code == 200
+
+
+def jwt_exp(token: str) -> int:
+    import base64
+    import json
+    payload = token.split(".")[1]
+    return int(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
+
+
+def test_revoked_token_stays_refused_within_the_clock_skew_after_exp(echo, wasm):
+    """Issue 12 item 5: the gateway accepts a token until exp + clock_skew_s, so its
+    revocation is kept that long (up to 600 s) by the gateway and by the auth server's
+    feed: past exp, the revoked token stays refused, also at a gateway that starts then
+    (full resync)."""
+    require_authserver()
+    with AuthServer() as auth:
+        edge = edge_client(auth)
+        with gateway(auth, echo, edge, clock_skew_s=600) as gw:
+            client = auth.register_client(scope="api:read", access_token_ttl=5)
+            tok = auth.token(client)
+            exp = jwt_exp(tok)
+            r, _ = wait_status(gw, tok, 200)
+            assert r.status_code == 200, r.text
+            revoke(auth, client, tok)
+            r, _ = wait_status(gw, tok, 401)
+            assert r.json()["error_description"] == "token revoked", r.text
+            # Past exp (within the skew), after more polls of the feed.
+            time.sleep(max(0.0, exp + 1 - time.time()) + 2 * POLL_MS / 1000)
+            for _ in range(6):
+                r = call(gw, tok)
+                assert r.status_code == 401, r.text
+                assert r.json()["error_description"] == "token revoked", r.text
+        # A gateway started now loads the revoked set by a full resync: it is listed.
+        with gateway(auth, echo, edge, clock_skew_s=600) as gw2:
+            r, _ = wait_status(gw2, tok, 401, timeout=15)
+            assert r.status_code == 401, r.text
+            assert r.json()["error_description"] == "token revoked", r.text
+
+
+def test_introspection_abuse_costs_no_auth_server_calls(echo, wasm):
+    """Issue 12 item 14: strings that cannot be opaque tokens of the issuer are refused
+    without an introspection call, and new opaque tokens over the per-address miss limit
+    get 429 without a call (counted at the auth server and in the filter's metrics)."""
+    require_authserver()
+    import secrets
+    with AuthServer() as auth:
+        edge = edge_client(auth)
+        with gateway(auth, echo, edge,
+                     introspection={"issuer": auth.issuer, "negative_ttl_s": 60,
+                                    "miss_limit": {"requests": 6, "period_s": 3600}}) as gw:
+            client = auth.register_client(scope="api:read", access_token_format="opaque")
+            tok = auth.token(client)
+            r, _ = wait_status(gw, tok, 200)
+            assert r.status_code == 200, r.text
+            calls = introspections(auth)
+            garbage = ["x", "garbage", "tg_at_short", "tg_at_" + "A" * 44,
+                       "tg_at_" + "A" * 42 + "!", "tg_rt_" + "A" * 43, "a.b", "a.b.c.d",
+                       "A" * 4000]
+            for g in garbage:
+                r = call(gw, g)
+                assert r.status_code == 401, (g, r.text)
+                assert r.json()["error"] == "invalid_token"
+            assert introspections(auth) == calls, "garbage cost an introspection"
+            assert gw.counter("tollgate_denied_opaque_shape") == len(garbage)
+            # Well-shaped unknown tokens: one call each until the address's limit, then
+            # 429 without a call.
+            codes = [call(gw, "tg_at_" + secrets.token_urlsafe(32)).status_code
+                     for _ in range(12)]
+            answered = codes.count(401)
+            assert answered >= 1 and codes == [401] * answered + [429] * (12 - answered), codes
+            assert introspections(auth) - calls == answered
+            assert gw.counter("tollgate_introspection_limited") == 12 - answered
+            # A cached token still passes: the limit counts only calls.
+            assert call(gw, tok).status_code == 200

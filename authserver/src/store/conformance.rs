@@ -105,8 +105,10 @@ async fn revocation_and_feed(s: Both) {
         "idempotent"
     );
     assert!(
-        !s.revoke_access_token("old", now - 1).await.unwrap(),
-        "expired: nothing to do"
+        !s.revoke_access_token("old", now - REVOCATION_RETENTION_SECS - 1)
+            .await
+            .unwrap(),
+        "expired beyond the largest clock skew: nothing to do"
     );
     assert!(s.is_revoked("j1").await.unwrap());
     assert!(!s.is_revoked("old").await.unwrap());
@@ -138,12 +140,9 @@ async fn revocation_and_feed(s: Both) {
     assert!(p.resync);
     assert_eq!(p.entries.len(), 3);
 
-    // After j2 expires it leaves the feed, the full list and the blacklist.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert!(!s.is_revoked("j2").await.unwrap());
-    let p = s.revocation_feed(Some(c0), 10).await.unwrap();
-    assert_eq!(p.entries.len(), 2, "expired entries are not served");
-    let r = s.cleanup(now_secs(), 0).await.unwrap();
+    // A cleanup once j2's revocation is over (exp + REVOCATION_RETENTION_SECS, see
+    // `revocation_outlives_exp_by_the_largest_clock_skew`) drops it from the full list.
+    let r = s.cleanup(revocation_kept_until(now + 2), 0).await.unwrap();
     assert_eq!(
         r.feed_entries_trimmed, 0,
         "j1 at the head is live: head trim stops there"
@@ -153,6 +152,40 @@ async fn revocation_and_feed(s: Both) {
         p.entries.iter().map(|e| e.jti.as_str()).collect::<Vec<_>>(),
         vec!["j1", "j3"]
     );
+}
+
+/// Issue 12 item 5: the edge accepts a token until `exp + clock_skew_s` (at most 600 s), so
+/// a revocation is kept (blacklist, feed, full list) until `exp + 600`, and only then
+/// cleaned up.
+async fn revocation_outlives_exp_by_the_largest_clock_skew(s: Both) {
+    let (s, _) = s;
+    let now = now_secs();
+    let c0 = s.revocation_feed(None, 10).await.unwrap().cursor;
+    // Expired 5 s ago: a gateway allowing clock skew still accepts it, so it is revoked.
+    let exp = now - 5;
+    assert!(s.revoke_access_token("skewed", exp).await.unwrap());
+    assert!(s.is_revoked("skewed").await.unwrap());
+    assert!(s.get_access_token("skewed").await.unwrap().1);
+    let listed = |p: &FeedPage| p.entries.iter().any(|e| e.jti == "skewed" && e.exp == exp);
+    assert!(listed(&s.revocation_feed(Some(c0), 10).await.unwrap()));
+    let full = s.revocation_feed(None, 10).await.unwrap();
+    assert!(full.resync && listed(&full));
+    // The cleanup keeps it until exp + 600, then trims it.
+    let r = s
+        .cleanup(exp + REVOCATION_RETENTION_SECS - 1, 0)
+        .await
+        .unwrap();
+    assert_eq!(r.feed_entries_trimmed, 0);
+    assert!(listed(&s.revocation_feed(Some(c0), 10).await.unwrap()));
+    let r = s.cleanup(exp + REVOCATION_RETENTION_SECS, 0).await.unwrap();
+    assert_eq!(r.feed_entries_trimmed, 1);
+    assert!(!listed(&s.revocation_feed(Some(c0), 10).await.unwrap()));
+    // Beyond the retention there is nothing left to revoke.
+    assert!(!s
+        .revoke_access_token("gone", now - REVOCATION_RETENTION_SECS)
+        .await
+        .unwrap());
+    assert!(!s.is_revoked("gone").await.unwrap());
 }
 
 async fn feed_overflow_forces_resync(s: Both) {
@@ -863,6 +896,7 @@ conformance! {
     clients => 100,
     access_tokens_expire => 100,
     revocation_and_feed => 100,
+    revocation_outlives_exp_by_the_largest_clock_skew => 100,
     feed_overflow_forces_resync => 3,
     rate_limits => 100,
     rate_leases_grant_up_to_the_limit => 100,

@@ -137,6 +137,12 @@ fn alive(exp_secs: u64) -> bool {
     now_ms() < exp_secs.saturating_mul(1000)
 }
 
+/// Whether the revocation of a token expiring at `exp` is still kept (see
+/// [`revocation_kept_until`]).
+fn revocation_alive(exp: u64) -> bool {
+    alive(revocation_kept_until(exp))
+}
+
 impl MemoryStore {
     pub fn new(feed_max: usize) -> Self {
         MemoryStore {
@@ -210,13 +216,15 @@ fn sweep(g: &mut Inner, now: u64) -> CleanupReport {
     g.cache
         .retain(|_, e| e.expires_ms.is_none_or(|x| x > now_ms));
     let expired_tokens = sweep_tokens(g, now);
-    g.blacklist.retain(|_, exp| *exp > now);
-    g.revoked_index.retain(|_, exp| *exp > now);
+    g.blacklist
+        .retain(|_, exp| revocation_kept_until(*exp) > now);
+    g.revoked_index
+        .retain(|_, exp| revocation_kept_until(*exp) > now);
     // Expired entries leave from the head of the feed (as in Redis); readers skip any
     // expired entry further in.
     let mut trimmed = 0u64;
     while let Some(entry) = g.feed.first_entry() {
-        if entry.get().exp > now {
+        if revocation_kept_until(entry.get().exp) > now {
             break;
         }
         entry.remove();
@@ -304,16 +312,19 @@ impl Store for MemoryStore {
     async fn get_access_token(&self, jti: &str) -> StoreResult<(Option<AccessTokenRecord>, bool)> {
         let g = self.lock()?;
         let rec = g.access_tokens.get(jti).filter(|r| alive(r.exp)).cloned();
-        let revoked = g.blacklist.get(jti).is_some_and(|exp| alive(*exp));
+        let revoked = g
+            .blacklist
+            .get(jti)
+            .is_some_and(|exp| revocation_alive(*exp));
         Ok((rec, revoked))
     }
 
     async fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<bool> {
-        if !alive(exp) {
+        if !revocation_alive(exp) {
             return Ok(false);
         }
         let mut g = self.lock()?;
-        if g.blacklist.get(jti).is_some_and(|e| alive(*e)) {
+        if g.blacklist.get(jti).is_some_and(|e| revocation_alive(*e)) {
             return Ok(false);
         }
         g.blacklist.insert(jti.to_string(), exp);
@@ -341,7 +352,7 @@ impl Store for MemoryStore {
             .lock()?
             .blacklist
             .get(jti)
-            .is_some_and(|exp| alive(*exp)))
+            .is_some_and(|exp| revocation_alive(*exp)))
     }
 
     async fn revocation_feed(&self, since: Option<u64>, limit: usize) -> StoreResult<FeedPage> {
@@ -350,7 +361,7 @@ impl Store for MemoryStore {
             let mut entries: Vec<RevokedEntry> = g
                 .revoked_index
                 .iter()
-                .filter(|(_, exp)| alive(**exp))
+                .filter(|(_, exp)| revocation_alive(**exp))
                 .map(|(jti, exp)| RevokedEntry {
                     jti: jti.clone(),
                     exp: *exp,
@@ -365,7 +376,7 @@ impl Store for MemoryStore {
                 let mut cursor = s;
                 for (seq, e) in g.feed.range(s + 1..).take(limit.max(1)) {
                     cursor = *seq;
-                    if alive(e.exp) {
+                    if revocation_alive(e.exp) {
                         entries.push(e.clone());
                     }
                 }
@@ -889,9 +900,11 @@ mod tests {
             "expired token records are dropped"
         );
         assert_eq!(g.cleanup_index.len(), 1, "and their cleanup-index entries");
-        assert_eq!(g.blacklist.len(), 1);
-        assert_eq!(g.revoked_index.len(), 1);
-        assert_eq!(g.feed.len(), 1, "the expired head of the feed is trimmed");
+        // A revocation outlives its token by REVOCATION_RETENTION_SECS (the edge's largest
+        // clock skew): short0's stays.
+        assert_eq!(g.blacklist.len(), 2);
+        assert_eq!(g.revoked_index.len(), 2);
+        assert_eq!(g.feed.len(), 2, "a revocation is kept past its token's exp");
         assert!(g.rate.is_empty(), "closed rate-limit windows are dropped");
         assert_eq!(g.stats.get("tokens_cleaned"), Some(&100));
     }
@@ -908,7 +921,11 @@ mod tests {
         assert!(s.revoke_access_token("j1", now + 1).await.unwrap());
         assert_eq!(s.count_live_tokens(now).await.unwrap(), 2);
         tokio::time::sleep(Duration::from_millis(2100)).await;
-        assert_eq!(s.get_access_token("j1").await.unwrap(), (None, false));
+        assert_eq!(
+            s.get_access_token("j1").await.unwrap(),
+            (None, true),
+            "the record expired; its revocation is kept"
+        );
         {
             let g = s.lock().unwrap();
             assert!(
@@ -921,7 +938,7 @@ mod tests {
         assert_eq!(s.count_live_tokens(now_secs()).await.unwrap(), 0);
         // `authserver cleanup` reports what the store removed on its own since last time.
         let r = s.cleanup(now_secs(), 0).await.unwrap();
-        assert_eq!((r.expired_tokens, r.feed_entries_trimmed), (2, 1));
+        assert_eq!((r.expired_tokens, r.feed_entries_trimmed), (2, 0));
         let r = s.cleanup(now_secs(), 0).await.unwrap();
         assert_eq!((r.expired_tokens, r.feed_entries_trimmed), (0, 0));
         assert_eq!(s.get_stats().await.unwrap().get("tokens_cleaned"), Some(&2));

@@ -387,8 +387,9 @@ pub trait Store: Send + Sync + 'static {
     async fn save_access_token(&self, rec: &AccessTokenRecord) -> StoreResult<()>;
     /// The record and whether the `jti` is revoked, in one round trip.
     async fn get_access_token(&self, jti: &str) -> StoreResult<(Option<AccessTokenRecord>, bool)>;
-    /// Put `jti` on the blacklist until `exp` and append it to the revocation feed.
-    /// Returns false when it was already revoked (idempotent).
+    /// Put `jti` on the blacklist and append it to the revocation feed, both kept until
+    /// [`revocation_kept_until`]`(exp)`. Returns false when it was already revoked
+    /// (idempotent) or its revocation would already be forgotten.
     async fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<bool>;
     async fn is_revoked(&self, jti: &str) -> StoreResult<bool>;
     /// Revocations after `since` (`None`: all). A cursor older than the retained feed, or
@@ -539,6 +540,17 @@ pub trait ServiceCache: Send + Sync + 'static {
     /// recently used first, and record `cache_stats` and `cache_cleanup_metrics`.
     async fn cache_cleanup(&self, now: u64) -> StoreResult<CacheCleanupReport>;
     async fn cache_stats(&self) -> StoreResult<BTreeMap<String, String>>;
+}
+
+/// How long after a revoked access token's `exp` its revocation is kept (blacklist, feed,
+/// full listing): the edge filter accepts a token until `exp + clock_skew_s`, and 600 s is
+/// the largest skew its configuration allows. Forgetting at `exp` would let a revoked token
+/// pass again for up to the skew.
+pub const REVOCATION_RETENTION_SECS: u64 = 600;
+
+/// Until when (Unix s) the revocation of a token expiring at `exp` is kept.
+pub fn revocation_kept_until(exp: u64) -> u64 {
+    exp.saturating_add(REVOCATION_RETENTION_SECS)
 }
 
 /// Current Unix time in seconds.

@@ -1661,17 +1661,24 @@ impl Store for RedisStore {
 
     async fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<bool> {
         let now = now_secs();
-        if exp <= now {
+        let kept_until = revocation_kept_until(exp);
+        if kept_until <= now {
             return Ok(false);
         }
         let bl = k_blacklist(jti);
         let mut set = ::redis::cmd("SET");
-        set.arg(&bl).arg(1).arg("EXAT").arg(exp);
+        set.arg(&bl).arg(1).arg("EXAT").arg(kept_until);
         let mut append = eval(
             FEED_APPEND_LUA,
             &[K_REVOKED, K_FEED, K_FEED_SEQ, K_FEED_FLOOR],
         );
-        append.arg(jti).arg(exp).arg(now).arg(self.opts.feed_max);
+        // The script drops entries with `exp <= ARGV[3]`: the horizon is now minus the
+        // retention, so that an entry lives until `exp + REVOCATION_RETENTION_SECS`.
+        append
+            .arg(jti)
+            .arg(exp)
+            .arg(now.saturating_sub(REVOCATION_RETENTION_SECS))
+            .arg(self.opts.feed_max);
         let mut b = Batch::default();
         b.add(&bl, set).add(K_REVOKED, append);
         let b = &b;
@@ -1698,7 +1705,8 @@ impl Store for RedisStore {
     }
 
     async fn revocation_feed(&self, since: Option<u64>, limit: usize) -> StoreResult<FeedPage> {
-        let now = now_secs();
+        // Entries are served until `exp + REVOCATION_RETENTION_SECS`.
+        let now = now_secs().saturating_sub(REVOCATION_RETENTION_SECS);
         let since_arg: i64 = since.map(|s| s.min(i64::MAX as u64) as i64).unwrap_or(-1);
         let script = self.feed_read.clone();
         let (seq, resync, items): (u64, i64, Vec<String>) = self
@@ -2262,6 +2270,7 @@ impl Store for RedisStore {
             }
         }
         let script = self.feed_trim.clone();
+        let horizon = now.saturating_sub(REVOCATION_RETENTION_SECS);
         let trimmed: u64 = self
             .idem(|mut c| {
                 let script = script.clone();
@@ -2269,7 +2278,7 @@ impl Store for RedisStore {
                     script
                         .key(K_FEED)
                         .key(K_REVOKED)
-                        .arg(now)
+                        .arg(horizon)
                         .invoke_async(&mut c)
                         .await
                 }

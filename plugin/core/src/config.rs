@@ -105,6 +105,72 @@ struct RawIntrospection {
     slots: u32,
     #[serde(default = "d_closed")]
     fail_mode: FailMode,
+    #[serde(default)]
+    token_shape: RawTokenShape,
+    #[serde(default)]
+    miss_limit: RawMissLimit,
+}
+
+/// `introspection.token_shape`: what an opaque token of the issuer looks like (the default
+/// is the Tollgate auth server's format).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokenShape {
+    #[serde(default = "d_shape_prefix")]
+    prefix: String,
+    #[serde(default = "d_shape_length")]
+    min_length: usize,
+    #[serde(default = "d_shape_length")]
+    max_length: usize,
+    #[serde(default)]
+    charset: crate::opaque::Charset,
+}
+
+fn d_shape_prefix() -> String {
+    crate::opaque::TOLLGATE_PREFIX.into()
+}
+fn d_shape_length() -> usize {
+    crate::opaque::TOLLGATE_LENGTH
+}
+
+impl Default for RawTokenShape {
+    fn default() -> Self {
+        RawTokenShape {
+            prefix: d_shape_prefix(),
+            min_length: d_shape_length(),
+            max_length: d_shape_length(),
+            charset: Default::default(),
+        }
+    }
+}
+
+/// `introspection.miss_limit`: new opaque tokens (introspection calls) per client address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMissLimit {
+    #[serde(default = "d_miss_requests")]
+    requests: u64,
+    #[serde(default = "d_miss_period")]
+    period_s: u64,
+    #[serde(default)]
+    burst: Option<u64>,
+}
+
+fn d_miss_requests() -> u64 {
+    120
+}
+fn d_miss_period() -> u64 {
+    60
+}
+
+impl Default for RawMissLimit {
+    fn default() -> Self {
+        RawMissLimit {
+            requests: d_miss_requests(),
+            period_s: d_miss_period(),
+            burst: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -322,6 +388,11 @@ impl Default for RawJwksWait {
 fn d_clock_skew() -> u64 {
     30
 }
+
+/// The largest `clock_skew_s` a configuration may set. A revoked token is remembered (at the
+/// edge and by the auth server) until `exp` plus this, so that no allowed skew lets it pass
+/// again once its revocation was forgotten.
+pub const MAX_CLOCK_SKEW_S: u64 = 600;
 fn d_max_token_bytes() -> usize {
     8192
 }
@@ -489,6 +560,10 @@ pub struct Introspection {
     pub path: String,
     pub settings: introspection::Settings,
     pub fail_mode: FailMode,
+    /// Tokens of another shape are refused without a call.
+    pub shape: crate::opaque::Shape,
+    /// New opaque tokens introspected per client address (`None`: no limit).
+    pub miss_limit: Option<ratelimit::Limit>,
 }
 
 /// How the client address is found.
@@ -541,7 +616,8 @@ pub struct Issuer {
     pub algorithms: Vec<Alg>,
     pub typ: Option<String>,
     pub jwks: JwksSource,
-    /// Shared-data key prefix of this issuer (derived from the issuer URL).
+    /// Shared-data key prefix of this issuer's JWKS (derived from the issuer URL and the
+    /// JWKS source: cluster, authority, path).
     pub key_id: String,
 }
 
@@ -587,6 +663,29 @@ pub struct HeaderNames {
     /// Every header name removed from incoming requests (identity headers, claim headers,
     /// `remove`), lower-case.
     pub remove: Vec<String>,
+    /// `remove` folded by [`fold_header_name`] (sorted, unique): an incoming header whose
+    /// folded name is here is removed too (`x_tollgate_sub` reaches a CGI/WSGI upstream as
+    /// `HTTP_X_TOLLGATE_SUB`, the same variable as `x-tollgate-sub`).
+    pub remove_folded: Vec<String>,
+    /// `strip_prefix` folded by [`fold_header_name`].
+    pub strip_prefix_folded: Option<String>,
+}
+
+/// A header name as CGI/WSGI/Rack upstreams see it, up to case: lower-case, `_` as `-`.
+/// Two names that fold to the same string reach such an upstream as one variable.
+pub fn fold_header_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.bytes().any(|b| b == b'_' || b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(
+            name.bytes()
+                .map(|b| match b {
+                    b'_' => '-',
+                    b => b.to_ascii_lowercase() as char,
+                })
+                .collect(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
 }
 
 /// The validated configuration.
@@ -652,14 +751,17 @@ fn short_hash(s: &str) -> String {
 
 impl Config {
     /// Whether any decision can depend on the downstream peer address (`source.address`):
-    /// only a rate limit keyed by `client_ip` reads it. The glue asks Envoy for the address
+    /// only a rate limit keyed by `client_ip` and the introspection miss limit read it. The glue asks Envoy for the address
     /// (a property lookup, the costliest hostcall of an allowed request) only then.
     pub fn uses_peer_address(&self) -> bool {
         self.rules.iter().any(|r| {
             r.rate_limit
                 .as_ref()
                 .is_some_and(|l| l.key == LimitKey::ClientIp)
-        })
+        }) || self
+            .introspection
+            .as_ref()
+            .is_some_and(|x| x.miss_limit.is_some())
     }
 
     /// Parse and validate the JSON configuration.
@@ -732,13 +834,19 @@ impl Config {
             if j.timeout_ms == 0 || j.timeout_ms > 60_000 {
                 return Err(bad(f("jwks.timeout_ms"), "must be within 1..=60000"));
             }
-            let key_id = short_hash(&ri.issuer);
+            // Keyed by the issuer and its JWKS source: two configurations (two filters in one
+            // VM) naming one issuer with different sources never read each other's keys.
+            let authority = j.authority.clone().unwrap_or_else(|| j.cluster.clone());
+            let key_id = short_hash(&format!(
+                "{}\n{}\n{}\n{}",
+                ri.issuer, j.cluster, authority, j.path
+            ));
             issuers.push(Issuer {
                 audiences: ri.audiences,
                 algorithms,
                 typ: ri.typ.map(|t| normalize_typ(&t)),
                 jwks: JwksSource {
-                    authority: j.authority.unwrap_or_else(|| j.cluster.clone()),
+                    authority,
                     cluster: j.cluster,
                     path: j.path,
                     refresh_interval_ms: j.refresh_interval_s.saturating_mul(1000),
@@ -780,7 +888,7 @@ impl Config {
             }
         };
 
-        if raw.clock_skew_s > 600 {
+        if raw.clock_skew_s > MAX_CLOCK_SKEW_S {
             return Err(bad("clock_skew_s", "must be at most 600"));
         }
         if !(256..=65536).contains(&raw.max_token_bytes) {
@@ -903,7 +1011,8 @@ impl Config {
         }
         let mut seen = std::collections::BTreeSet::new();
         for name in remove.iter().take(4 + claims.len()) {
-            if !seen.insert(name.as_str()) {
+            // Folded: `x_a` and `x-a` are one variable to a CGI/WSGI upstream.
+            if !seen.insert(fold_header_name(name)) {
                 return Err(bad(
                     "headers",
                     format!("header {name:?} is used for two identity values"),
@@ -923,6 +1032,15 @@ impl Config {
             Some(p) => Some(check_header_name("headers.strip_prefix", &p)?),
             None => None,
         };
+        let mut remove_folded: Vec<String> = remove
+            .iter()
+            .map(|n| fold_header_name(n).into_owned())
+            .collect();
+        remove_folded.sort();
+        remove_folded.dedup();
+        let strip_prefix_folded = strip_prefix
+            .as_deref()
+            .map(|p| fold_header_name(p).into_owned());
 
         let auth_server = match raw.auth_server {
             None => None,
@@ -1036,6 +1154,8 @@ impl Config {
                 if x.slots == 0 || x.slots > 1_048_576 {
                     return Err(bad("introspection.slots", "must be within 1..=1048576"));
                 }
+                let shape = check_token_shape(x.token_shape, raw.max_token_bytes)?;
+                let miss_limit = check_miss_limit(x.miss_limit, &fingerprint, rl_slots)?;
                 Some(Introspection {
                     issuer: idx,
                     path: x.path,
@@ -1047,6 +1167,8 @@ impl Config {
                         pending_ms: a.timeout_ms.saturating_add(1000),
                     },
                     fail_mode: x.fail_mode,
+                    shape,
+                    miss_limit,
                 })
             }
         };
@@ -1100,6 +1222,8 @@ impl Config {
                 strip_authorization: h.strip_authorization,
                 strip_prefix,
                 remove,
+                remove_folded,
+                strip_prefix_folded,
             },
             realm: raw.realm,
             jwks_max_wait_ms: raw.jwks_wait.max_wait_ms,
@@ -1116,6 +1240,70 @@ impl Config {
             .enumerate()
             .find(|(_, i)| i.issuer == iss)
     }
+}
+
+fn check_token_shape(
+    t: RawTokenShape,
+    max_token_bytes: usize,
+) -> Result<crate::opaque::Shape, ConfigError> {
+    let f = |n: &str| format!("introspection.token_shape.{n}");
+    if t.min_length == 0 || t.min_length < t.prefix.len() {
+        return Err(bad(
+            f("min_length"),
+            "must be at least 1 and the prefix's length",
+        ));
+    }
+    if t.max_length < t.min_length || t.max_length > max_token_bytes {
+        return Err(bad(
+            f("max_length"),
+            "must be within min_length..=max_token_bytes",
+        ));
+    }
+    let shape = crate::opaque::Shape {
+        prefix: t.prefix,
+        min_length: t.min_length,
+        max_length: t.max_length,
+        charset: t.charset,
+    };
+    if !shape.prefix.is_empty() && !shape.fits(&format!("{:A<1$}", shape.prefix, shape.min_length))
+    {
+        return Err(bad(
+            f("prefix"),
+            "holds characters the charset does not allow",
+        ));
+    }
+    Ok(shape)
+}
+
+fn check_miss_limit(
+    m: RawMissLimit,
+    fingerprint: &str,
+    slots: u32,
+) -> Result<Option<ratelimit::Limit>, ConfigError> {
+    let f = |n: &str| format!("introspection.miss_limit.{n}");
+    if m.requests == 0 {
+        return Ok(None);
+    }
+    if m.requests > 1_000_000_000 {
+        return Err(bad(
+            f("requests"),
+            "must be at most 1000000000 (0: no limit)",
+        ));
+    }
+    if m.period_s == 0 || m.period_s > 86_400 {
+        return Err(bad(f("period_s"), "must be within 1..=86400"));
+    }
+    let burst = m.burst.unwrap_or(m.requests);
+    if burst == 0 || burst > 1_000_000_000 {
+        return Err(bad(f("burst"), "must be within 1..=1000000000"));
+    }
+    Ok(Some(ratelimit::Limit {
+        namespace: format!("{fingerprint}/introspection-miss"),
+        requests: m.requests,
+        period_s: m.period_s,
+        burst,
+        slots,
+    }))
 }
 
 const KEY_HELP: &str = "use \"client_id\", \"sub\", \"client_ip\" or {\"header\": name}";

@@ -354,7 +354,10 @@ impl KeySource for LazyKeys<'_> {
 }
 
 /// Names of incoming headers that must go before anything else: the configured identity
-/// and claim headers, `headers.remove`, and every header starting with `strip_prefix`.
+/// and claim headers, `headers.remove`, and every header starting with `strip_prefix`, each
+/// also in any spelling that folds to it (`_` for `-`, any case: see
+/// [`crate::config::fold_header_name`]), as CGI/WSGI upstreams read `x_tollgate_sub` as
+/// `HTTP_X_TOLLGATE_SUB`.
 pub fn headers_to_remove(cfg: &Config, headers: &[(String, String)]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (k, _) in headers {
@@ -367,21 +370,23 @@ pub fn headers_to_remove(cfg: &Config, headers: &[(String, String)]) -> Vec<Stri
         } else {
             std::borrow::Cow::Borrowed(k.as_str())
         };
-        let hit = cfg
-            .headers
-            .remove
-            .binary_search_by(|r| r.as_str().cmp(&lower))
-            .is_ok()
-            || cfg
-                .headers
-                .strip_prefix
-                .as_deref()
-                .is_some_and(|p| lower.starts_with(p));
-        if hit && !out.iter().any(|o| *o == *lower) {
+        if is_identity_header(cfg, &lower) && !out.iter().any(|o| *o == *lower) {
             out.push(lower.into_owned());
         }
     }
     out
+}
+
+/// Whether an incoming header (lower-case name) is, or folds to, a header the filter owns.
+fn is_identity_header(cfg: &Config, lower: &str) -> bool {
+    let folded = crate::config::fold_header_name(lower);
+    let h = &cfg.headers;
+    h.remove_folded
+        .binary_search_by(|r| r.as_str().cmp(&folded))
+        .is_ok()
+        || h.strip_prefix_folded
+            .as_deref()
+            .is_some_and(|p| folded.starts_with(p))
 }
 
 impl Worker {
@@ -418,6 +423,9 @@ impl Worker {
         }
         if let Some(x) = &self.cfg.introspection {
             introspection::init_slots(host, &x.settings);
+            if let Some(l) = &x.miss_limit {
+                ratelimit::init_slots(host, l);
+            }
         }
     }
 
@@ -466,6 +474,14 @@ impl Worker {
                     "malformed",
                 ));
             }
+            Found::Repeated => {
+                host.metric(Metric::Denied("repeated"), 1);
+                return Outcome::Reject(reject::invalid_request(
+                    &self.cfg.realm,
+                    "more than one token header",
+                    "repeated",
+                ));
+            }
             Found::Token(t) => t,
         };
         if token.len() > self.cfg.max_token_bytes {
@@ -486,11 +502,16 @@ impl Worker {
                 return self.authorize(host, rule, req, &e.identity, &e.headers, strip, now);
             }
         }
-        let hash = cache::hash_token(&token);
         let opaque =
             self.cfg.introspection.is_some() && token.bytes().filter(|b| *b == b'.').count() != 2;
+        if opaque {
+            if let Some(r) = self.refuse_opaque_shape(host, &token) {
+                return Outcome::Reject(r);
+            }
+        }
+        let hash = cache::hash_token(&token);
         let found = if opaque {
-            self.introspected(host, token.clone(), &hash, now_ms)
+            self.introspected(host, req, token.clone(), &hash, now_ms)
         } else {
             self.shared_or_verify(host, &token, &hash, now, now_ms)
         };
@@ -734,11 +755,25 @@ impl Worker {
         }
     }
 
+    /// An opaque token of a shape no token of the issuer has: refused without a call.
+    fn refuse_opaque_shape(&self, host: &dyn Host, token: &str) -> Option<Rejection> {
+        let x = self.cfg.introspection.as_ref()?;
+        (!x.shape.fits(token)).then(|| crate::opaque::refuse_shape(host, &self.cfg.realm))
+    }
+
+    /// A new opaque token about to be introspected: counted against the client address's
+    /// miss limit; `Some(429)` over it.
+    fn over_miss_limit(&self, host: &dyn Host, req: &Request) -> Option<Rejection> {
+        let limit = self.cfg.introspection.as_ref()?.miss_limit.as_ref()?;
+        crate::opaque::count_miss(host, limit, &req.client_ip(&self.cfg.client_ip))
+    }
+
     /// An opaque token: the introspection cache, else claim the call (or wait for the
     /// worker that has it). Returns the identity and its local expiry (Unix s).
     fn introspected(
         &mut self,
         host: &dyn Host,
+        req: &Request,
         token: String,
         hash: &TokenHash,
         now_ms: u64,
@@ -766,6 +801,9 @@ impl Worker {
             State::Pending { .. } => Err(Outcome::WaitForIntrospection { hash: *hash }),
             State::Miss { cas } => {
                 host.metric(Metric::CacheMiss, 1);
+                if let Some(r) = self.over_miss_limit(host, req) {
+                    return Err(Outcome::Reject(r));
+                }
                 if introspection::claim(host, &x.settings, hash, self.id, cas, now_ms) {
                     host.metric(Metric::IntrospectionCall, 1);
                     Err(Outcome::Introspect {

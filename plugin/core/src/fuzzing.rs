@@ -914,7 +914,8 @@ pub fn revocation_feed(data: &[u8]) {
                 for e in &page.revocations {
                     assert!(!e.jti.is_empty() && e.jti.len() <= 256);
                     seen.insert(e.jti.clone());
-                    if e.exp > now {
+                    // Kept until exp + the largest clock skew.
+                    if e.exp.saturating_add(revocation::RETAIN_AFTER_EXP_S) > now {
                         let x = model.entry(e.jti.clone()).or_insert(0);
                         *x = (*x).max(e.exp);
                     }
@@ -929,7 +930,9 @@ pub fn revocation_feed(data: &[u8]) {
         }
         assert_eq!(revocation::state(&host, &s).cursor, cursor);
         for jti in &seen {
-            let want = model.get(jti).is_some_and(|e| *e > now);
+            let want = model
+                .get(jti)
+                .is_some_and(|e| e.saturating_add(revocation::RETAIN_AFTER_EXP_S) > now);
             assert_eq!(
                 revocation::is_revoked(&host, &s, jti, now),
                 want,

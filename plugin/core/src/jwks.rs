@@ -1,6 +1,8 @@
 //! JWK Sets: parsing into verification keys, and the refresh bookkeeping kept in shared data.
 //!
-//! Shared-data layout per issuer (`<id>` = first 8 bytes of SHA-256(issuer URL), hex):
+//! Shared-data layout per issuer and JWKS source (`<id>` = first 8 bytes of SHA-256 over the
+//! issuer URL, the cluster, the authority and the path, hex: two configurations naming one
+//! issuer with different sources never share a document):
 //! - `tollgate/jwks/<id>/doc`: 8 bytes big-endian fetch time (Unix ms) + the JWKS JSON as
 //!   served. Written only after the JSON parsed into at least one usable key, so a broken
 //!   answer never replaces a working set (a stale JWKS keeps serving).

@@ -4,7 +4,7 @@
 //! trait: configuration ([`config`]), token extraction ([`token`]), JWT verification
 //! ([`jwt`]), JWK Sets ([`jwks`]), rules ([`rules`]), RFC 6750 rejections ([`reject`]),
 //! identity headers ([`identity`]), the shared verified-token cache ([`cache`]), revocation
-//! at the edge ([`revocation`]), opaque-token introspection ([`introspection`]), shared rate
+//! at the edge ([`revocation`]), opaque-token introspection ([`introspection`]) and its guards ([`opaque`]), shared rate
 //! limits ([`ratelimit`]), global rate limits by quota leases ([`lease`]) and the request / timer flow ([`engine`]). The `tollgate-filter` crate only maps this onto
 //! proxy-wasm hostcalls. See `docs/filter.md`.
 
@@ -24,6 +24,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod lease;
 pub mod metrics;
+pub mod opaque;
 pub mod ratelimit;
 pub mod reject;
 pub mod revocation;

@@ -28,6 +28,9 @@ pub enum Metric {
     RateLimitFallback,
     IntrospectionCall,
     IntrospectionFailed,
+    /// A new opaque token refused without an introspection call: its client address is
+    /// over `introspection.miss_limit`.
+    IntrospectionLimited,
     AllowedUnverified,
 }
 
@@ -78,6 +81,7 @@ impl Metric {
             Metric::RateLimitFallback => "tollgate_rate_limit_fallback".into(),
             Metric::IntrospectionCall => "tollgate_introspection_call".into(),
             Metric::IntrospectionFailed => "tollgate_introspection_failed".into(),
+            Metric::IntrospectionLimited => "tollgate_introspection_limited".into(),
             Metric::AllowedUnverified => "tollgate_allowed_unverified".into(),
         }
     }
@@ -101,6 +105,8 @@ impl Metric {
             Metric::Denied("revoked"),
             Metric::Denied("inactive"),
             Metric::Denied("unavailable"),
+            Metric::Denied("repeated"),
+            Metric::Denied("opaque_shape"),
             Metric::RevocationPollOk,
             Metric::RevocationPollFailed,
             Metric::RevocationStale,
@@ -111,6 +117,7 @@ impl Metric {
             Metric::RateLimitFallback,
             Metric::IntrospectionCall,
             Metric::IntrospectionFailed,
+            Metric::IntrospectionLimited,
             Metric::AllowedUnverified,
         ];
         v.extend(TOKEN_REASONS.iter().map(|r| Metric::Denied(r)));

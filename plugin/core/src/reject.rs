@@ -42,6 +42,21 @@ pub fn missing_token(realm: &str) -> Rejection {
     )
 }
 
+/// 400 `invalid_request`: the request is malformed (RFC 6750 §3.1), e.g. it carries the
+/// token header more than once.
+pub fn invalid_request(realm: &str, description: &str, reason: &'static str) -> Rejection {
+    let d = quote(description);
+    reply(
+        400,
+        format!(
+            "Bearer realm=\"{}\", error=\"invalid_request\", error_description=\"{d}\"",
+            quote(realm)
+        ),
+        json!({"error": "invalid_request", "error_description": d}),
+        reason,
+    )
+}
+
 /// 401 `invalid_token`.
 pub fn invalid_token(realm: &str, description: &str, reason: &'static str) -> Rejection {
     let d = quote(description);

@@ -4,8 +4,10 @@
 //!
 //! - **Set**: `buckets` shared-data entries `tollgate/rv/<ns>/<b>`, a `jti` going to the
 //!   bucket given by its hash. A bucket is a sorted array of (16-byte SHA-256 prefix of the
-//!   `jti`, expiry): a request reads one bucket and binary-searches it. An entry is dropped
-//!   once its token has expired, so the set holds only live revocations.
+//!   `jti`, expiry): a request reads one bucket and binary-searches it. An entry is kept
+//!   until its token's `exp` plus [`RETAIN_AFTER_EXP_S`] (the largest `clock_skew_s`): the
+//!   verifier accepts a token until `exp + clock_skew_s`, so a revocation forgotten at `exp`
+//!   would let the revoked token pass again for the skew.
 //! - **Poller**: every worker's root context ticks, but only the holder of a lease in
 //!   `tollgate/rv/<ns>/state` polls; the lease passes on when its holder stops renewing it.
 //!   The state also holds the feed cursor and the time of the last successful poll, from
@@ -21,6 +23,15 @@ const BUCKET_MAGIC: u8 = 0xC3;
 const STATE_MAGIC: u8 = 0xC4;
 const ENTRY: usize = 16 + 8;
 const CAS_ATTEMPTS: usize = 8;
+
+/// How long after its token's `exp` a revocation is remembered: the largest clock skew a
+/// configuration may allow (the auth server keeps its entries as long).
+pub const RETAIN_AFTER_EXP_S: u64 = crate::config::MAX_CLOCK_SKEW_S;
+
+/// Whether a revocation of a token expiring at `exp` is still remembered at `now_s`.
+fn retained(exp: u64, now_s: u64) -> bool {
+    exp.saturating_add(RETAIN_AFTER_EXP_S) > now_s
+}
 
 /// One page of the revocation feed.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -125,7 +136,8 @@ fn encode_bucket(entries: &[([u8; 16], u64)]) -> Vec<u8> {
     out
 }
 
-/// Is `jti` revoked (and its token not yet expired) at `now_s`?
+/// Is `jti` revoked (and its revocation still retained, see [`RETAIN_AFTER_EXP_S`]) at
+/// `now_s`?
 pub fn is_revoked(host: &dyn Host, s: &Settings, jti: &str, now_s: u64) -> bool {
     let h = jti_hash(jti);
     let (v, _) = host.shared_get(&bucket_key(s, bucket_of(s, &h)));
@@ -145,7 +157,7 @@ pub fn is_revoked(host: &dyn Host, s: &Settings, jti: &str, now_s: u64) -> bool 
             std::cmp::Ordering::Equal => {
                 let mut e = [0u8; 8];
                 e.copy_from_slice(&at(mid)[16..]);
-                return u64::from_be_bytes(e) > now_s;
+                return retained(u64::from_be_bytes(e), now_s);
             }
         }
     }
@@ -160,8 +172,8 @@ pub struct Applied {
     pub live: u64,
 }
 
-/// Merge a page into the set (or replace the set on `resync`), dropping expired entries
-/// from every bucket written.
+/// Merge a page into the set (or replace the set on `resync`), dropping entries past their
+/// retention from every bucket written.
 pub fn apply(
     host: &dyn Host,
     s: &Settings,
@@ -171,7 +183,7 @@ pub fn apply(
     let buckets = s.buckets.max(1);
     let mut per: Vec<Vec<([u8; 16], u64)>> = vec![Vec::new(); buckets as usize];
     for e in &page.revocations {
-        if e.exp > now_s {
+        if retained(e.exp, now_s) {
             let h = jti_hash(&e.jti);
             per[bucket_of(s, &h) as usize].push((h, e.exp));
         }
@@ -192,7 +204,7 @@ pub fn apply(
                 v.as_deref().map(decode_bucket).unwrap_or_default()
             };
             let before = entries.len();
-            entries.retain(|(_, e)| *e > now_s);
+            entries.retain(|(_, e)| retained(*e, now_s));
             out.expired_dropped += (before - entries.len()) as u64;
             for (h, e) in new {
                 match entries.binary_search_by(|(x, _)| x.cmp(h)) {
@@ -220,7 +232,7 @@ pub fn apply(
     Ok(out)
 }
 
-/// Drop expired entries from every bucket (the poller does this now and then).
+/// Drop entries past their retention from every bucket (the poller does this now and then).
 pub fn prune(host: &dyn Host, s: &Settings, now_s: u64) -> Result<Applied, SharedError> {
     let mut out = Applied::default();
     for b in 0..s.buckets.max(1) {
@@ -229,7 +241,7 @@ pub fn prune(host: &dyn Host, s: &Settings, now_s: u64) -> Result<Applied, Share
         let Some(v) = v else { continue };
         let mut entries = decode_bucket(&v);
         let before = entries.len();
-        entries.retain(|(_, e)| *e > now_s);
+        entries.retain(|(_, e)| retained(*e, now_s));
         out.live += entries.len() as u64;
         if entries.len() != before {
             out.expired_dropped += (before - entries.len()) as u64;
@@ -439,8 +451,12 @@ mod tests {
         assert!(!is_revoked(&host, &s, "old", 1000));
         assert!(!is_revoked(&host, &s, "c", 1000));
         assert!(
-            !is_revoked(&host, &s, "b", 1005),
-            "forgotten once its token expired"
+            is_revoked(&host, &s, "b", 1005 + RETAIN_AFTER_EXP_S - 1),
+            "kept past exp while a skewed verifier may still accept the token"
+        );
+        assert!(
+            !is_revoked(&host, &s, "b", 1005 + RETAIN_AFTER_EXP_S),
+            "forgotten once no allowed skew accepts the token"
         );
         // The next poll continues from the cursor, after the interval.
         assert_eq!(plan_poll(&host, &s, 1, 1_000_500), None);
@@ -536,7 +552,9 @@ mod tests {
         assert_eq!(a.live, 2000);
         assert!(refs.iter().all(|(j, _)| is_revoked(&host, &s, j, 1)));
         assert!(!is_revoked(&host, &s, "jti-2000", 1));
-        let p = prune(&host, &s, 5000).unwrap();
+        let p = prune(&host, &s, 5000 + RETAIN_AFTER_EXP_S - 1).unwrap();
+        assert_eq!((p.expired_dropped, p.live), (0, 2000));
+        let p = prune(&host, &s, 5000 + RETAIN_AFTER_EXP_S).unwrap();
         assert_eq!((p.expired_dropped, p.live), (2000, 0));
     }
 }

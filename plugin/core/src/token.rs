@@ -31,6 +31,9 @@ pub enum Found {
     None,
     /// A source was present but its value is not a usable token (wrong scheme, empty).
     Unusable,
+    /// The token header came more than once: a malformed request (RFC 6750 §3.1
+    /// `invalid_request`, 400), not a bad token.
+    Repeated,
     Token(String),
 }
 
@@ -58,6 +61,33 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// An HTTP `token` character (RFC 9110 §5.6.2), as in an auth scheme name.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Whether one member of a comma-separated value is a credential: `<scheme> <something>`.
+fn looks_like_credential(m: &str) -> bool {
+    match m.split_once(' ') {
+        Some((scheme, rest)) => {
+            !scheme.is_empty() && scheme.bytes().all(is_tchar) && !rest.trim().is_empty()
+        }
+        None => false,
+    }
+}
+
+/// Whether an `Authorization`-style value holds more than one credential: two field lines
+/// that a proxy combined into one comma-separated value (RFC 9110 §5.3; Envoy does so for
+/// `Authorization`), e.g. `Bearer a,Bearer b` or `Basic x, Bearer y`. A comma inside one
+/// token (`Bearer a,b`) is not: that is a malformed token.
+fn several_credentials(v: &str) -> bool {
+    v.contains(',')
+        && v.split(',')
+            .filter(|m| looks_like_credential(m.trim()))
+            .nth(1)
+            .is_some()
+}
+
 /// Look for the token in the configured sources, in order.
 pub fn extract(cfg: &Config, headers: &(impl HeaderLookup + ?Sized), path: &str) -> Found {
     for src in &cfg.token_sources {
@@ -69,9 +99,12 @@ pub fn extract(cfg: &Config, headers: &(impl HeaderLookup + ?Sized), path: &str)
                 // One credential only (RFC 6750 §2): a repeated header is refused rather than
                 // letting the filter and the upstream read different values.
                 if headers.all(name).len() > 1 {
-                    return Found::Unusable;
+                    return Found::Repeated;
                 }
                 let v = v.trim();
+                if prefix.is_some() && several_credentials(v) {
+                    return Found::Repeated;
+                }
                 let t = match prefix {
                     None => v,
                     Some(p) => {

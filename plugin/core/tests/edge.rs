@@ -460,30 +460,55 @@ fn introspection_answers_inactive_and_foreign() {
         assert_eq!(done.len(), 1);
         done.into_iter().next().unwrap().1
     };
-    let o = ask(&mut w, "tg_at_x", br#"{"active":false}"#);
+    let o = ask(
+        &mut w,
+        "tg_at_xAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        br#"{"active":false}"#,
+    );
     assert_eq!(status(&o), 401);
     assert_eq!(body(&o)["error_description"], "token inactive");
     // The negative answer is cached for negative_ttl_s.
     assert_eq!(
-        status(&w.on_request(&host, &req("/r", Some("tg_at_x"), &[]))),
+        status(&w.on_request(
+            &host,
+            &req(
+                "/r",
+                Some("tg_at_xAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+                &[]
+            )
+        )),
         401
     );
     host.advance_ms(5000);
     assert!(matches!(
-        w.on_request(&host, &req("/r", Some("tg_at_x"), &[])),
+        w.on_request(
+            &host,
+            &req(
+                "/r",
+                Some("tg_at_xAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+                &[]
+            )
+        ),
         Outcome::Introspect { .. }
     ));
     // Active, but for another audience or issuer: not accepted here.
     let other_aud = json!({"active": true, "iss": ISS, "sub": "s", "aud": "elsewhere",
                            "exp": NOW + 600})
     .to_string();
-    assert_eq!(status(&ask(&mut w, "tg_at_y", other_aud.as_bytes())), 401);
+    assert_eq!(
+        status(&ask(
+            &mut w,
+            "tg_at_yAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            other_aud.as_bytes()
+        )),
+        401
+    );
     // Without a negative cache an inactive answer is still given once, not asked again.
     let (host0, mut w0) = loaded(
         &key,
         json!({"introspection": {"issuer": ISS, "negative_ttl_s": 0}}),
     );
-    let t0 = "tg_at_z";
+    let t0 = "tg_at_zAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     assert!(matches!(
         w0.on_request(&host0, &req("/r", Some(t0), &[])),
         Outcome::Introspect { .. }
@@ -516,7 +541,7 @@ fn introspection_fail_modes() {
             json!({"introspection": {"issuer": ISS, "fail_mode": mode}, "rules": rules}),
         );
         for (path, want) in [("/r", open_route), ("/s", scoped_route)] {
-            let t = format!("tg_at_{mode}{path}");
+            let t = format!("tg_at_{:A<43}", format!("{mode}{}", &path[1..]));
             let h = hash_token(&t);
             assert!(matches!(
                 w.on_request(&host, &req(path, Some(&t), &[])),
@@ -547,7 +572,7 @@ fn a_waiter_takes_over_when_the_caller_goes_away() {
     let host = MemoryHost::new(NOW * 1000);
     let extra = json!({"introspection": {"issuer": ISS}});
     let mut w = worker(&host, &key, extra);
-    let t = "tg_at_gone";
+    let t = "tg_at_goneAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     let h = hash_token(t);
     assert!(matches!(
         w.on_request(&host, &req("/r", Some(t), &[])),
@@ -877,4 +902,175 @@ fn global_rate_limit_config() {
     );
     let bad_mode = edge_extra(global_rules(json!({"fail_mode": "maybe"})));
     assert!(Config::from_json(&config_json(bad_mode)).is_err());
+}
+
+/// Issue 12 item 5: a token is accepted until `exp + clock_skew_s`, so a revocation must be
+/// remembered that long too (up to the largest skew, 600 s): a revoked token whose `exp` is
+/// past but within the skew stays refused, from the feed and from the local cache.
+#[test]
+fn revoked_token_within_clock_skew_after_exp_stays_refused() {
+    let key = TestKey::es256(3);
+    let (host, mut w) = loaded(
+        &key,
+        json!({"clock_skew_s": 600, "revocation": {"poll_interval_ms": 1000}}),
+    );
+    let mut c = claims("alice", "api:read");
+    c["exp"] = json!(NOW + 10);
+    let t = token(&key, "k1", &c);
+    assert_eq!(status(&w.on_request(&host, &req("/r", Some(&t), &[]))), 200);
+    // The token expires; within the skew the verifier still accepts it.
+    host.advance_ms(100_000);
+    assert_eq!(status(&w.on_request(&host, &req("/r", Some(&t), &[]))), 200);
+    // Now it is revoked: the feed lists it with its `exp`, already past.
+    assert!(revocation_plan(&w.tick(&host)).is_some());
+    w.on_revocations(
+        &host,
+        Ok((200, feed("2", false, &[("jti-alice", NOW + 10)]))),
+    );
+    let o = w.on_request(&host, &req("/r", Some(&t), &[]));
+    assert_eq!(status(&o), 401, "{o:?}");
+    assert_eq!(body(&o)["error_description"], "token revoked");
+    // A resync and a prune keep it as well, until exp + 600.
+    host.advance_ms(400_000);
+    assert!(revocation_plan(&w.tick(&host)).is_some());
+    w.on_revocations(
+        &host,
+        Ok((200, feed("3", true, &[("jti-alice", NOW + 10)]))),
+    );
+    assert_eq!(status(&w.on_request(&host, &req("/r", Some(&t), &[]))), 401);
+    // Past exp + skew the verifier refuses it anyway.
+    host.advance_ms(200_000);
+    let o = w.on_request(&host, &req("/r", Some(&t), &[]));
+    assert_eq!(status(&o), 401);
+}
+
+fn opaque_token(tag: &str) -> String {
+    format!("tg_at_{tag:A<43}")
+}
+
+/// Issue 12 item 14: a string that cannot be an opaque token of the issuer (the Tollgate
+/// format by default: `tg_at_` + 43 base64url characters) is refused with 401 without an
+/// introspection call; the shape is configurable.
+#[test]
+fn opaque_garbage_is_refused_by_shape_without_a_call() {
+    let key = TestKey::es256(3);
+    let (host, mut w) = loaded(&key, json!({"introspection": {"issuer": ISS}}));
+    for garbage in [
+        "x",
+        "garbage-token",
+        "tg_at_short",
+        &format!("{}A", opaque_token("long")),
+        &opaque_token("bad!char"),
+        &opaque_token("x").replace("tg_at_", "tg_rt_"),
+        "a.b",
+        "a.b.c.d",
+    ] {
+        let o = w.on_request(&host, &req("/r", Some(garbage), &[]));
+        assert_eq!(status(&o), 401, "{garbage}: {o:?}");
+        assert_eq!(body(&o)["error"], "invalid_token");
+    }
+    assert_eq!(host.metric_value(Metric::IntrospectionCall), 0);
+    assert_eq!(host.metric_value(Metric::Denied("opaque_shape")), 8);
+    // A token of the right shape is introspected.
+    assert!(matches!(
+        w.on_request(&host, &req("/r", Some(&opaque_token("ok")), &[])),
+        Outcome::Introspect { .. }
+    ));
+    // Another issuer's format, configured.
+    let (host, mut w) = loaded(
+        &key,
+        json!({"introspection": {"issuer": ISS, "token_shape": {
+            "prefix": "", "min_length": 20, "max_length": 64, "charset": "b64token"}}}),
+    );
+    assert!(matches!(
+        w.on_request(&host, &req("/r", Some("2YotnFZFEjr1zCsicMWpAA=="), &[])),
+        Outcome::Introspect { .. }
+    ));
+    assert_eq!(
+        status(&w.on_request(&host, &req("/r", Some("short"), &[]))),
+        401
+    );
+    // Shapes that cannot work are refused at configuration.
+    for (shape, field) in [
+        (
+            json!({"min_length": 0}),
+            "introspection.token_shape.min_length",
+        ),
+        (
+            json!({"min_length": 50, "max_length": 49}),
+            "introspection.token_shape.max_length",
+        ),
+        (
+            json!({"prefix": "tg at ", "min_length": 10, "max_length": 10}),
+            "introspection.token_shape.prefix",
+        ),
+    ] {
+        match Config::from_json(&config_json(edge_extra(
+            json!({"introspection": {"issuer": ISS, "token_shape": shape}}),
+        ))) {
+            Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Issue 12 item 14: new opaque tokens (introspection misses) are limited per client
+/// address, across workers; over the limit: 429 without a call, counted. Cached answers
+/// and other addresses are not affected.
+#[test]
+fn introspection_misses_are_rate_limited_per_client_ip() {
+    let key = TestKey::es256(3);
+    let host = MemoryHost::new(NOW * 1000);
+    let extra = json!({"introspection": {"issuer": ISS, "negative_ttl_s": 60,
+                                         "miss_limit": {"requests": 3, "period_s": 60}}});
+    let mut w1 = worker(&host, &key, extra.clone());
+    let mut w2 = worker(&host, &key, extra);
+    assert!(w1.cfg.uses_peer_address());
+    let from = |ip: &str, t: &str| {
+        let mut r = req("/r", Some(t), &[]);
+        r.source = format!("{ip}:4000");
+        r
+    };
+    let answer = |w: &mut Worker, t: &str| {
+        let h = hash_token(t);
+        w.hold_introspection(&host, 1, h, from("198.51.100.1", t));
+        w.on_introspection(&host, h, Ok((200, br#"{"active":false}"#.to_vec())));
+    };
+    for i in 0..3 {
+        let t = opaque_token(&format!("m{i}"));
+        let w = if i % 2 == 0 { &mut w1 } else { &mut w2 };
+        assert!(matches!(
+            w.on_request(&host, &from("198.51.100.1", &t)),
+            Outcome::Introspect { .. }
+        ));
+        answer(w, &t);
+    }
+    for w in [&mut w1, &mut w2] {
+        let o = w.on_request(&host, &from("198.51.100.1", &opaque_token("over")));
+        assert_eq!(status(&o), 429, "{o:?}");
+        assert!(reject_header(&o, "retry-after").is_some());
+    }
+    assert_eq!(host.metric_value(Metric::IntrospectionCall), 3);
+    assert_eq!(host.metric_value(Metric::IntrospectionLimited), 2);
+    // A cached answer costs no call and is not limited; another address is not limited.
+    assert_eq!(
+        status(&w1.on_request(&host, &from("198.51.100.1", &opaque_token("m0")))),
+        401
+    );
+    assert!(matches!(
+        w2.on_request(&host, &from("198.51.100.2", &opaque_token("other"))),
+        Outcome::Introspect { .. }
+    ));
+    // The bucket refills.
+    host.advance_ms(20_000);
+    assert!(matches!(
+        w1.on_request(&host, &from("198.51.100.1", &opaque_token("later"))),
+        Outcome::Introspect { .. }
+    ));
+    // `requests: 0` turns the limit off.
+    let c = config(edge_extra(
+        json!({"introspection": {"issuer": ISS, "miss_limit": {"requests": 0}}}),
+    ));
+    assert!(c.introspection.as_ref().unwrap().miss_limit.is_none());
+    assert!(!c.uses_peer_address());
 }

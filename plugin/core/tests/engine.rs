@@ -258,6 +258,42 @@ fn spoofed_headers_are_listed_for_removal() {
     );
 }
 
+/// Issue 12 item 6: CGI/WSGI upstreams read `x_tollgate_sub` as `HTTP_X_TOLLGATE_SUB`, the
+/// variable of `x-tollgate-sub`: every spelling that folds to an identity header goes too.
+#[test]
+fn underscore_variants_of_identity_headers_are_removed() {
+    let cfg = config(json!({"headers": {"claims": {"tenant": "x-tenant"}, "remove": ["x_user"]}}));
+    let headers: Vec<(String, String)> = [
+        ("x_tollgate_sub", "admin"),
+        ("X_Tollgate-Scope", "admin"),
+        ("x-tollgate_client-id", "c"),
+        ("x_tollgate_made_up", "1"),
+        ("x_tenant", "t"),
+        ("x-user", "u"),
+        ("x_user", "u"),
+        ("x_other", "keep"),
+        ("x-tollgatesub", "keep"),
+        (":path", "/"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    let mut r = headers_to_remove(&cfg, &headers);
+    r.sort();
+    assert_eq!(
+        r,
+        vec![
+            "x-tollgate_client-id",
+            "x-user",
+            "x_tenant",
+            "x_tollgate-scope",
+            "x_tollgate_made_up",
+            "x_tollgate_sub",
+            "x_user"
+        ]
+    );
+}
+
 #[test]
 fn token_sources() {
     let cfg = config(json!({"token_sources": [
@@ -302,7 +338,95 @@ fn token_sources() {
             .as_slice(),
             "/"
         ),
-        Found::Unusable
+        Found::Repeated
+    );
+    // Two header lines combined into one value by a proxy (Envoy does so for
+    // Authorization): still two credentials. A comma inside one token is a bad token.
+    for combined in [
+        "Bearer a.b.c,Bearer d.e.f",
+        "Basic eDp5, Bearer a.b.c",
+        "Bearer x,bearer  y",
+    ] {
+        assert_eq!(
+            extract(&cfg, h(&[("authorization", combined)]).as_slice(), "/"),
+            Found::Repeated,
+            "{combined}"
+        );
+    }
+    for one in ["Bearer a,b", "Bearer ,", "Bearer a, b"] {
+        assert_ne!(
+            extract(&cfg, h(&[("authorization", one)]).as_slice(), "/"),
+            Found::Repeated,
+            "{one}"
+        );
+    }
+}
+
+/// Issue 12 item 16: a repeated Authorization header is a malformed request (RFC 6750
+/// §3.1): 400 `invalid_request`, not 401.
+#[test]
+fn repeated_authorization_header_is_400_invalid_request() {
+    let key = TestKey::es256(3);
+    let (host, mut w) = loaded(&key, json!({}));
+    let t = token(&key, "k1", &claims("client-a", "api:read"));
+    let mut r = req("GET", "/anything", Some(&t));
+    r.headers
+        .push(("authorization".into(), format!("Bearer {t}")));
+    let o = w.on_request(&host, &r);
+    assert_eq!(status(&o), 400, "{o:?}");
+    let Outcome::Reject(rej) = &o else {
+        panic!("{o:?}")
+    };
+    let body: serde_json::Value = serde_json::from_str(&rej.body).unwrap();
+    assert_eq!(body["error"], "invalid_request");
+    let www = header(&o, "www-authenticate").unwrap();
+    assert!(
+        www.starts_with("Bearer realm=\"tollgate\", error=\"invalid_request\""),
+        "{www}"
+    );
+    assert_eq!(host.metric_value(Metric::Denied("repeated")), 1);
+    // Also on an anonymous route: the request is malformed whatever the route.
+    let mut r = req("GET", "/public/x", Some(&t));
+    r.headers.push(("authorization".into(), "Bearer x".into()));
+    assert_eq!(status(&w.on_request(&host, &r)), 400);
+}
+
+/// Issue 12 item 15: two configurations (two filters in one VM share shared data) naming
+/// one issuer with different JWKS sources keep separate key sets.
+#[test]
+fn jwks_cache_is_keyed_by_issuer_and_source() {
+    let good = TestKey::es256(3);
+    let rogue = TestKey::es256(9);
+    let cfg_a = config(json!({}));
+    let mut other = serde_json::from_slice::<serde_json::Value>(&config_json(json!({}))).unwrap();
+    other["issuers"][0]["jwks"]["cluster"] = json!("other-jwks");
+    let cfg_b = tollgate_edge_core::Config::from_json(other.to_string().as_bytes()).unwrap();
+    assert_ne!(cfg_a.issuers[0].key_id, cfg_b.issuers[0].key_id);
+    let host = MemoryHost::new(NOW * 1000);
+    let mut a = Worker::new(cfg_a);
+    let mut b = Worker::new(cfg_b);
+    // Each source is fetched: one fetch of A's does not stand in for B's.
+    let pa = a.tick(&host);
+    let pb = b.tick(&host);
+    assert_eq!((pa.len(), pb.len()), (1, 1), "{pa:?} {pb:?}");
+    assert_eq!(pb[0].cluster, "other-jwks");
+    a.on_fetch(&host, 0, Ok((200, jwks(&[(&good, "k1")]))));
+    b.on_fetch(&host, 0, Ok((200, jwks(&[(&rogue, "k1")]))));
+    let t = token(&good, "k1", &claims("client-a", "api:read"));
+    assert_eq!(
+        status(&a.on_request(&host, &req("GET", "/x", Some(&t)))),
+        200
+    );
+    // B's key set (another source) never verifies A's token, and A's is not overwritten.
+    assert_eq!(
+        status(&b.on_request(&host, &req("GET", "/y", Some(&t)))),
+        401
+    );
+    let mut a2 = Worker::new(config(json!({})));
+    let t2 = token(&good, "k1", &claims("client-b", "api:read"));
+    assert_eq!(
+        status(&a2.on_request(&host, &req("GET", "/z", Some(&t2)))),
+        200
     );
 }
 

@@ -72,7 +72,7 @@ fn introspection_outage_counts_every_failure_and_warns_once_per_interval() {
         json!({"introspection": {"issuer": ISS, "fail_mode": "closed"}}),
     );
     let fail = |w: &mut Worker, host: &MemoryHost, i: u32| {
-        let t = format!("tg_at_never_seen_{i}");
+        let t = format!("tg_at_{:A<43}", format!("never_seen_{i}"));
         let h = hash_token(&t);
         assert!(matches!(
             w.on_request(host, &req("/r", &t)),

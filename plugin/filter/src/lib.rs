@@ -1053,7 +1053,7 @@ mod tests {
     fn opaque_token_is_held_then_resumed_by_the_introspection_answer() {
         let (host, mut w) = opaque_setup();
         let mut rec = Recorder::default();
-        let t = "tg_at_opaque";
+        let t = "tg_at_opaqueAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
         let a = handle_request_headers(
             &mut w,
             &host,
@@ -1110,7 +1110,7 @@ mod tests {
     fn opaque_token_fails_closed_when_the_call_fails() {
         let (host, mut w) = opaque_setup();
         let mut rec = Recorder::default();
-        let t = "tg_at_down";
+        let t = "tg_at_downAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
         handle_request_headers(
             &mut w,
             &host,
@@ -1149,7 +1149,7 @@ mod tests {
             refuse_calls: true,
             ..Recorder::default()
         };
-        let t = "tg_at_nocluster";
+        let t = "tg_at_noclusterAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
         let a = handle_request_headers(
             &mut w,
             &host,

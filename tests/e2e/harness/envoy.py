@@ -96,7 +96,7 @@ class Envoy:
     def __init__(self, *, filter_config: dict | str, upstream_port: int,
                  auth_port: int | None = None, issuer_port: int | None = None,
                  concurrency: int = 2, wait: bool = True, log_level: str = "info",
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, template: Path = TEMPLATE):
         self.dir = Path(tempfile.mkdtemp(prefix="tollgate-envoy-"))
         self.config_path = self.dir / "envoy.yaml"
         # A free port can be taken by another process before Envoy binds it (the listener
@@ -107,7 +107,7 @@ class Envoy:
             self.config_path.write_text(render_config(
                 filter_config=filter_config, admin_port=self.admin_port,
                 listen_port=self.port, upstream_port=upstream_port, auth_port=auth_port,
-                issuer_port=issuer_port))
+                issuer_port=issuer_port, template=template))
             cmd = [envoy_binary(), "-c", str(self.config_path),
                    "--concurrency", str(concurrency),
                    "--base-id", str(random.randint(1000, 2**30)), "-l", log_level,
