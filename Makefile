@@ -84,7 +84,11 @@ $(GOBIN_DIR)/.etcd-%:
 	@touch $@
 $(GOBIN_DIR)/.kube-apiserver-%:
 	@mkdir -p $(GOBIN_DIR); s=$$(date +%s); \
-	  cd $(GO_TOOLS_DIR)/kube && $(GO_BUILD) -o $(GOBIN_DIR)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver && \
+	  v=$$(cd $(GO_TOOLS_DIR)/kube && GOFLAGS=-mod=mod go list -m -f '{{.Version}}' k8s.io/kubernetes) && \
+	  mm=$${v#v}; ldv=""; for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do \
+	    ldv="$$ldv -X $$p.gitVersion=$$v -X $$p.gitMajor=$${mm%%.*} -X $$p.gitMinor=$$(echo $$mm | cut -d. -f2)"; done; \
+	  cd $(GO_TOOLS_DIR)/kube && GOFLAGS=-mod=mod go build -trimpath -ldflags="-s -w $$ldv" \
+	    -o $(GOBIN_DIR)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver && \
 	  echo "kube-apiserver: $$(( $$(date +%s)-s )) s"
 	@touch $@
 

@@ -129,3 +129,12 @@ def appset_elements() -> list[dict]:
 
 def appset_template() -> dict:
     return yaml.safe_load((ARGOCD / "applicationset.yaml").read_text())["spec"]["template"]
+
+
+def render_in(values: dict, namespace: str, release: str = "tollgate") -> dict[str, str]:
+    """`helm template` as Argo CD runs it: no cluster, so `lookup` finds nothing."""
+    import helm_python as helm
+
+    return helm.Chart.load(str(CHART)).render(
+        values, name=release, namespace=namespace, is_install=True
+    )
