@@ -300,14 +300,14 @@ def test_argocd_render_keeps_secrets_and_server_side_applies(cluster, env):
     vals = deep_merge(argocd_values(env), {"edge": {"namespace": ns}})
     first, second = render_in(vals, ns), render_in(vals, ns)
     sec = lambda r: [d for d in docs_of(r) if d["kind"] == "Secret"]  # noqa: E731
-    assert yaml.safe_dump_all(sec(first)) == yaml.safe_dump_all(sec(second)), (
-        "Secrets differ between two `helm template` renders: every Argo CD sync rotates them")
     cluster.namespace(ns, NS_LABELS)
     if env != "dev":
         _existing_secrets(cluster, ns)
-    for r in (first, second):
+    for r in (first, second):  # two syncs: both apply without a conflict
         docs = [d for d in docs_of(r) if not _is_test_hook(d)]
         _apply(cluster, docs, ns)
+    assert yaml.safe_dump_all(sec(first)) == yaml.safe_dump_all(sec(second)), (
+        "Secrets differ between two `helm template` renders: every Argo CD sync rotates them")
     live = _secrets(cluster, ns)
     for s in sec(first):
         want = {k: v for k, v in (s.get("data") or {}).items()}
