@@ -108,17 +108,6 @@ def test_checkov_fails_a_privileged_pod(tmp_path):
     assert "CKV_K8S_16" in failed, failed
 
 
-@pytest.mark.skipif(shutil.which("kube-score") is None, reason="kube-score is not on PATH")
-def test_kube_score(tmp_path):
-    docs = render_docs(ALL_VARIANTS["production"])
-    f = tmp_path / "all.yaml"
-    f.write_text(yaml.safe_dump_all([d for d in docs if not is_custom(d)]))
-    proc = subprocess.run(["kube-score", "score", str(f), "--output-format", "ci"],
-                          capture_output=True, text=True, timeout=120)
-    critical = [line for line in proc.stdout.splitlines() if line.startswith("[CRITICAL]")]
-    assert not critical, "\n".join(critical)
-
-
 def test_hpa_managed_replicas_are_ignored_by_argocd():
     app = yaml.safe_load((ROOT / "argocd/applicationset.yaml").read_text())
     ign = app["spec"]["template"]["spec"]["ignoreDifferences"]
