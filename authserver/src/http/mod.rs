@@ -459,5 +459,6 @@ mod tests_hostile;
 #[cfg(test)]
 mod tests_lease;
 #[cfg(test)]
-mod tests_lockout;
 mod tests_listeners;
+#[cfg(test)]
+mod tests_lockout;
