@@ -19,6 +19,8 @@ const PARALLEL: usize = 100;
 struct Server {
     child: Child,
     port: u16,
+    /// The admin listener (registration lives there).
+    admin_port: u16,
 }
 
 impl Drop for Server {
@@ -28,16 +30,21 @@ impl Drop for Server {
     }
 }
 
-fn start() -> Server {
-    let port = TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+fn start() -> Server {
+    let (port, admin_port) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_authserver"))
         .arg("serve")
         .env_clear()
         .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
         .env("TOLLGATE_ADMIN_TOKEN", ADMIN)
         .env("TOLLGATE_SECRET_PEPPER", "pepper-for-the-memory-test")
         .env("TOLLGATE_PASSWORD_MEMORY_MIB", BUDGET_MIB.to_string())
@@ -49,7 +56,11 @@ fn start() -> Server {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Server { child, port };
+    let server = Server {
+        child,
+        port,
+        admin_port,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok((200, _, _)) = request(port, "GET /healthz HTTP/1.1\r\n", &[], "") {
@@ -114,7 +125,7 @@ fn parallel_sign_ins_stay_within_the_password_memory_budget() {
     let port = server.port;
     let md = r#"{"client_name":"SPA","redirect_uris":["http://127.0.0.1/cb"],"grant_types":["authorization_code"],"token_endpoint_auth_method":"none","scope":"api:read","skip_consent":true}"#;
     let (status, _, body) = request(
-        port,
+        server.admin_port,
         "POST /oauth2/register HTTP/1.1\r\n",
         &[
             ("Authorization", &format!("Bearer {ADMIN}")),
