@@ -118,10 +118,13 @@ def test_chart_environment_runs_the_real_auth_server(tmp_path):
         listen, admin_listen = free_port(), free_port()
         env["TOLLGATE_LISTEN"] = f"127.0.0.1:{listen}"
         env["TOLLGATE_ADMIN_LISTEN"] = f"127.0.0.1:{admin_listen}"
+        assert env["TOLLGATE_MODULE_LISTEN"] == "0.0.0.0:9082"
         if FILTER_WASM.is_file():
             env["TOLLGATE_EDGE_MODULE"] = str(FILTER_WASM)
+            env["TOLLGATE_MODULE_LISTEN"] = f"127.0.0.1:{free_port()}"
         else:
             env.pop("TOLLGATE_EDGE_MODULE", None)
+            env.pop("TOLLGATE_MODULE_LISTEN", None)
         log = open(tmp_path / "authserver.log", "w")
         proc = subprocess.Popen([str(AUTHSERVER), *dep["args"]], env={"PATH": os.environ["PATH"], **env},
                                 stdout=log, stderr=subprocess.STDOUT)
@@ -233,8 +236,10 @@ def test_defect9_callers_behind_one_hop_do_not_share_lockout(tmp_path):
         env = k8s_env(dep, port)
         assert env["TOLLGATE_TRUSTED_PROXY_HOPS"] == "1"
         env.pop("TOLLGATE_EDGE_MODULE", None)
+        env.pop("TOLLGATE_MODULE_LISTEN", None)
         listen = free_port()
         env["TOLLGATE_LISTEN"] = f"127.0.0.1:{listen}"
+        env["TOLLGATE_ADMIN_LISTEN"] = f"127.0.0.1:{free_port()}"
         log = open(tmp_path / "authserver.log", "w")
         proc = subprocess.Popen([str(AUTHSERVER), *dep["args"]], env={"PATH": os.environ["PATH"], **env},
                                 stdout=log, stderr=subprocess.STDOUT)
@@ -262,10 +267,14 @@ def test_defect9_callers_behind_one_hop_do_not_share_lockout(tmp_path):
             attacker = "10.9.9.9, 198.51.100.7"  # forged first entry; the gateway saw .7
             statuses = [token("wrong-secret", attacker) for _ in range(60)]
             assert statuses[0] == 401 and statuses[-1] == 429, statuses
-            # The attacker is locked out, even with the right secret and a new forged entry ...
-            assert token(CLIENT_SECRET, "10.1.1.1, 198.51.100.7") == 429
-            # ... and another caller behind the same proxy hop is not.
+            # The attacker's failures stay limited with a new forged entry: the counter is
+            # keyed by the address the gateway appended, not by what the client wrote ...
+            assert token("wrong-secret", "10.1.1.1, 198.51.100.7") == 429
+            # ... while another caller behind the same proxy hop has a counter of its own
+            # (a wrong secret is a plain 401, not 429), and right credentials always pass.
+            assert token("wrong-secret", "198.51.100.8") == 401
             assert token(CLIENT_SECRET, "198.51.100.8") == 200
+            assert token(CLIENT_SECRET, attacker) == 200
         finally:
             proc.terminate()
             proc.wait(timeout=10)

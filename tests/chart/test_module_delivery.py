@@ -56,7 +56,7 @@ def test_no_module_port_without_the_module():
     assert "traffic.sidecar.istio.io/excludeInboundPorts" not in dep["spec"]["template"]["metadata"]["annotations"]
     [c] = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "authserver"]
     assert "TOLLGATE_MODULE_LISTEN" not in {e["name"] for e in c["env"]}
-    assert [p["name"] for p in c["ports"]] == ["http"]
+    assert [p["name"] for p in c["ports"]] == ["http", "admin"]
 
 
 def test_http_source_without_a_module_to_serve_is_refused():

@@ -32,7 +32,7 @@ def edge_pin(docs: list[dict]) -> tuple[str, str]:
     for d in docs:
         if d["kind"] == "WasmPlugin":
             return d["spec"]["url"], d["spec"]["sha256"]
-        if d["kind"] == "EnvoyFilter" and d["metadata"]["name"].endswith("-edge"):
+        if d["kind"] == "EnvoyFilter" and "-edge" in d["metadata"]["name"]:
             for p in d["spec"]["configPatches"]:
                 if p["applyTo"] == "EXTENSION_CONFIG":
                     remote = p["patch"]["value"]["typed_config"]["config"]["vm_config"]["code"]["remote"]
