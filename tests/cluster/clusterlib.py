@@ -108,15 +108,13 @@ def kubectl_bin() -> str:
 
 def argocd_values(env: str, overrides: dict | None = None) -> dict:
     """The values Argo CD passes for one environment of the ApplicationSet: its values
-    file, then argocd/envs/<env>/edge-module.yaml (with the module pin the release sets)."""
+    file, then argocd/envs/<env>/edge-module.yaml (an explicit pin; empty: the chart pins
+    the module it ships)."""
     vals = values_for(ENV_FILES[env])
-    pin = vals["edge"]["module"]["sha256"]
     module = yaml.safe_load((ARGOCD / "envs" / env / "edge-module.yaml").read_text()) or {}
     from chartlib import deep_merge
 
     vals = deep_merge(vals, module)
-    if not vals["edge"]["module"].get("sha256"):
-        vals["edge"]["module"]["sha256"] = pin
     if overrides:
         vals = deep_merge(vals, overrides)
     return vals

@@ -10,8 +10,10 @@ objects are still validated server-side and their pods admitted by Pod Security 
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import subprocess
 
 import helm_python as helm
 import pytest
@@ -53,10 +55,11 @@ def _apply(cluster: Cluster, docs: list[dict], namespace: str, *extra: str, chec
 
 
 def _existing_secrets(cluster: Cluster, ns: str) -> None:
-    """The Secrets staging and production expect to exist (docs/install.md, step 3)."""
+    """The Secrets staging and production expect to exist (docs/install.md, step 4)."""
     docs = [
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tollgate-authserver"},
-         "stringData": {"admin-token": "a" * 64, "secret-pepper": "p" * 64}},
+         "stringData": {"admin-token": "a" * 64, "secret-pepper": "p" * 64,
+                        "key-encryption-key": base64.b64encode(b"k" * 32).decode()}},
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tollgate-redis"},
          "stringData": {k: f"{k[:4]}{'x' * 40}" for k in (
              "authserver-password", "cache-password", "replication-password",
@@ -64,6 +67,35 @@ def _existing_secrets(cluster: Cluster, ns: str) -> None:
     ]
     cluster.kubectl("apply", "--server-side", "--field-manager=test", "-n", ns, "-f", "-",
                     input=yaml.safe_dump_all(docs))
+
+
+def _run_secret_generator(cluster: Cluster, ns: str, docs: list[dict], workdir) -> list[str]:
+    """What the chart's secret generator hook does in the cluster, against the real API
+    server: its ServiceAccount, Role and RoleBinding as rendered, a token of that
+    ServiceAccount (TokenRequest), and the script (chart/files/generate-secrets.sh, from the
+    rendered Job's command) with the Job's KEYS and LABELS. Returns its output lines."""
+    gen = [d for d in docs if d["metadata"]["name"].endswith("-secret-generator")]
+    job = next(d for d in gen if d["kind"] == "Job")
+    rbac = [d for d in gen if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    assert {d["kind"] for d in rbac} == {"ServiceAccount", "Role", "RoleBinding"}
+    _apply(cluster, rbac, ns)
+    sa = job["spec"]["template"]["spec"]["serviceAccountName"]
+    token = cluster.kubectl("create", "token", sa, "-n", ns).stdout.strip()
+    sa_dir = workdir / f"sa-{ns}"
+    sa_dir.mkdir(exist_ok=True)
+    (sa_dir / "token").write_text(token)
+    (sa_dir / "ca.crt").write_bytes(cluster.ca.read_bytes())
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+    script = str(CHART / "files" / "generate-secrets.sh")
+    proc = subprocess.run(
+        ["sh", script], capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "NAMESPACE": ns, "KEYS": env["KEYS"],
+             "LABELS": env.get("LABELS", "{}"), "KUBERNETES_API": cluster.url,
+             "SA_DIR": str(sa_dir)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.splitlines()
 
 
 def _secrets(cluster: Cluster, ns: str) -> dict[str, dict]:
@@ -261,17 +293,20 @@ def test_environments_install_side_by_side(cluster):
 # ---------------------------------------------------------------- Helm: upgrade, rollback
 
 @pytest.mark.parametrize("env", ["dev", "production"])
-def test_upgrade_and_rollback_keep_every_secret(cluster, env):
+def test_upgrade_and_rollback_keep_every_secret(cluster, env, tmp_path):
     """install, upgrade with a changed value, upgrade again unchanged, roll back to the
     first revision: no error (no immutable field touched: StatefulSet volumeClaimTemplates
     and selectors, Job specs) and every Secret identical throughout."""
     ns = f"upg-{env}"
     cluster.namespace(ns, NS_LABELS)
-    if env != "dev":
-        _existing_secrets(cluster, ns)
     # the mesh attachment in the release namespace, so that this test does not depend on
     # the environments' separation in istio-system (test_environments_install_side_by_side)
     base = deep_merge(argocd_values(env), {"edge": {"namespace": ns}})
+    if env == "dev":
+        # dev's Secrets come from the generator hook (hooks are off in these installs)
+        _run_secret_generator(cluster, ns, docs_of(render_in(base, ns)), tmp_path)
+    else:
+        _existing_secrets(cluster, ns)
     _install(cluster, ns, "tollgate", base)
     before = _secrets(cluster, ns)
     assert before, "the release has Secrets"
@@ -284,6 +319,43 @@ def test_upgrade_and_rollback_keep_every_secret(cluster, env):
         cfg.rollback("tollgate", version=1, timeout=HELM_TIMEOUT)
         assert cfg.status("tollgate")["revision"] == 4
     assert _secrets(cluster, ns) == before
+
+
+def test_secret_generator_creates_each_key_once_with_the_charts_rbac(cluster, tmp_path):
+    """Defect 5 against the real API server: the generator, run with the token of the
+    chart's own ServiceAccount and Role, creates every missing key (the key-encryption key as
+    base64 of 32 bytes); run again it keeps every key byte for byte (409 from server-side
+    apply with force=false); a key someone else set is never overwritten; and the Role
+    allows nothing beyond the generated Secrets."""
+    ns = "gen-dev"
+    cluster.namespace(ns, NS_LABELS)
+    docs = docs_of(render_in(argocd_values("dev"), ns))
+    # a key set beforehand by someone else (an operator's own admin token) must survive
+    cluster.kubectl("create", "secret", "generic", "tollgate-authserver", "-n", ns,
+                    "--from-literal=admin-token=" + "o" * 48)
+    first = _run_secret_generator(cluster, ns, docs, tmp_path)
+    assert "tollgate-authserver/admin-token: kept" in first, first
+    created = [line for line in first if line.endswith(": created")]
+    assert "tollgate-authserver/key-encryption-key: created" in created, first
+    assert len(created) >= 7, first
+    after = _secrets(cluster, ns)
+    assert base64.b64decode(after["tollgate-authserver"]["admin-token"]).decode() == "o" * 48
+    kek = base64.b64decode(base64.b64decode(after["tollgate-authserver"]["key-encryption-key"]))
+    assert len(kek) == 32
+    second = _run_secret_generator(cluster, ns, docs, tmp_path)
+    assert all(line.endswith(": kept") for line in second), second
+    assert _secrets(cluster, ns) == after
+    # the generator's ServiceAccount may not touch any other Secret, nor read these
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount"
+              and d["metadata"]["name"].endswith("-secret-generator"))["metadata"]["name"]
+    who = f"--as=system:serviceaccount:{ns}:{sa}"
+    for verb, what in (("create", "secrets/other"), ("patch", "secrets/other"),
+                       ("get", "secrets/tollgate-authserver"), ("list", "secrets"),
+                       ("delete", "secrets/tollgate-authserver")):
+        r = cluster.kubectl("auth", "can-i", verb, what, "-n", ns, who, check=False)
+        assert r.stdout.strip() == "no", (verb, what, r.stdout, r.stderr)
+    r = cluster.kubectl("auth", "can-i", "patch", "secrets/tollgate-authserver", "-n", ns, who, check=False)
+    assert r.stdout.strip() == "yes", r.stdout + r.stderr
 
 
 # ---------------------------------------------------------------- Argo CD's way
