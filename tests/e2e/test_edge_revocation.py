@@ -109,7 +109,7 @@ def test_deleted_clients_tokens_are_refused_at_the_edge(echo, wasm):
             toks = [auth.token(doomed) for _ in range(2)]
             other = auth.token(kept)
             assert all(call(gw, t).status_code == 200 for t in toks + [other])
-            r = requests.delete(f"{auth.base}/oauth2/register/{doomed['client_id']}",
+            r = requests.delete(f"{auth.admin_base}/oauth2/register/{doomed['client_id']}",
                                 headers={"authorization": f"Bearer {auth.admin_token}"},
                                 timeout=10)
             assert r.status_code == 204, r.text
