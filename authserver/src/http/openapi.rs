@@ -495,4 +495,50 @@ mod tests {
             "shared: healthz, openapi, register/{{id}} x3"
         );
     }
+
+    /// Every declared link (RFC 7591 registration -> RFC 7592 management, user creation ->
+    /// read/delete) points, in each part that has its source, at an operation of that part
+    /// taking the parameters it fills: what the fuzzer's stateful phase follows.
+    #[test]
+    fn the_links_point_at_operations_of_the_same_part() {
+        let mut seen = Vec::new();
+        for part in [Part::Full, Part::Public, Part::Admin] {
+            let d = document(part);
+            for (path, item) in d["paths"].as_object().unwrap() {
+                for (method, op) in item.as_object().unwrap() {
+                    let responses = op["responses"].as_object().into_iter().flatten();
+                    for (status, r) in responses {
+                        for (name, link) in r["links"].as_object().into_iter().flatten() {
+                            let target = link["operationRef"].as_str().unwrap();
+                            let pointer = target.strip_prefix('#').unwrap();
+                            let t = d.pointer(pointer).unwrap_or_else(|| {
+                                panic!("{method} {path} {status} link {name}: {target} is not in the part")
+                            });
+                            for p in link["parameters"].as_object().unwrap().keys() {
+                                let params = t["parameters"].as_array().unwrap();
+                                assert!(
+                                    params.iter().any(|x| x["name"] == *p),
+                                    "{target} takes no parameter {p}"
+                                );
+                            }
+                            if part == Part::Full {
+                                seen.push(format!("{method} {path} {status} {name}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                "post /admin/users 201 delete",
+                "post /admin/users 201 read",
+                "post /oauth2/register 201 delete",
+                "post /oauth2/register 201 read",
+                "post /oauth2/register 201 update",
+            ]
+        );
+    }
 }

@@ -30,7 +30,13 @@ fn view(u: &UserRecord) -> Value {
     request_body(content = super::openapi::NewUser, content_type = "application/json"),
     security(("admin_token" = [])),
     responses(
-        (status = 201, description = "created", body = super::openapi::User),
+        (status = 201, description = "created", body = super::openapi::User,
+            links(
+                ("read" = (operation_ref = "#/paths/~1admin~1users~1{username}/get",
+                    parameters(("username" = "$response.body#/username")))),
+                ("delete" = (operation_ref = "#/paths/~1admin~1users~1{username}/delete",
+                    parameters(("username" = "$response.body#/username")))),
+            )),
         (status = 401, description = "invalid_token", body = super::openapi::ErrorBody),
         (status = 409, description = "conflict: the user exists already", body = super::openapi::ErrorBody),
         (status = 415, description = "unsupported content type", body = super::openapi::ErrorBody),
