@@ -102,12 +102,7 @@ pub fn redirect_matches(registered: &str, requested: &str) -> bool {
         && b.password().is_none()
 }
 
-/// A PKCE `code_challenge` / `code_verifier`: 43–128 unreserved characters.
-pub fn valid_pkce_string(s: &str) -> bool {
-    (43..=128).contains(&s.len())
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
-}
+pub use crate::grants::pkce::valid_pkce_string;
 
 fn redirect_err(
     req_uri: &str,
