@@ -411,6 +411,8 @@ pub fn json_no_store(status: StatusCode, body: &serde_json::Value) -> Response {
 }
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_escalation;
