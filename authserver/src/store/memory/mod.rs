@@ -274,6 +274,7 @@ fn add_owned(g: &mut Inner, owners: &[String], kind: Owned, member: &str, exp: u
 
 #[async_trait]
 impl Store for MemoryStore {
+    // Health: info.rs
     async fn ping(&self) -> StoreResult<()> {
         info::ping(self).await
     }
@@ -282,6 +283,7 @@ impl Store for MemoryStore {
         info::backend_info(self).await
     }
 
+    // Clients: clients.rs
     async fn create_client(&self, client: &ClientRecord) -> StoreResult<()> {
         clients::create_client(self, client).await
     }
@@ -302,6 +304,7 @@ impl Store for MemoryStore {
         clients::list_client_ids(self).await
     }
 
+    // Access tokens: tokens.rs
     async fn save_access_token(&self, rec: &AccessTokenRecord) -> StoreResult<()> {
         tokens::save_access_token(self, rec).await
     }
@@ -310,6 +313,11 @@ impl Store for MemoryStore {
         tokens::get_access_token(self, jti).await
     }
 
+    async fn count_live_tokens(&self, now: u64) -> StoreResult<u64> {
+        tokens::count_live_tokens(self, now).await
+    }
+
+    // Revocations and the feed: revocations.rs
     async fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<bool> {
         revocations::revoke_access_token(self, jti, exp).await
     }
@@ -322,10 +330,7 @@ impl Store for MemoryStore {
         revocations::revocation_feed(self, since, limit).await
     }
 
-    async fn count_live_tokens(&self, now: u64) -> StoreResult<u64> {
-        tokens::count_live_tokens(self, now).await
-    }
-
+    // Rate limits and quota leases: rate.rs
     async fn rate_limit(
         &self,
         key: &str,
@@ -349,6 +354,7 @@ impl Store for MemoryStore {
         rate::peek_rate(self, key).await
     }
 
+    // Signing keys: signing_keys.rs
     async fn list_keys(&self) -> StoreResult<Vec<StoredKey>> {
         signing_keys::list_keys(self).await
     }
@@ -365,6 +371,7 @@ impl Store for MemoryStore {
         signing_keys::delete_key(self, kid).await
     }
 
+    // Counters and configuration: counters.rs
     async fn incr_stats(&self, counters: &[(&str, i64)]) -> StoreResult<()> {
         counters::incr_stats(self, counters).await
     }
@@ -381,6 +388,7 @@ impl Store for MemoryStore {
         counters::set_config(self, values).await
     }
 
+    // Users and login sessions: users.rs
     async fn create_user(&self, user: &UserRecord) -> StoreResult<()> {
         users::create_user(self, user).await
     }
@@ -409,6 +417,7 @@ impl Store for MemoryStore {
         users::delete_session(self, id_hash).await
     }
 
+    // Authorization codes and refresh tokens (single use): codes.rs
     async fn save_auth_code(&self, code_hash: &str, rec: &AuthCodeRecord) -> StoreResult<()> {
         codes::save_auth_code(self, code_hash, rec).await
     }
@@ -452,6 +461,7 @@ impl Store for MemoryStore {
         codes::delete_refresh_tokens(self, hashes).await
     }
 
+    // Token families and one-time claims: families.rs
     async fn family_add(
         &self,
         grant_id: &str,
@@ -470,6 +480,11 @@ impl Store for MemoryStore {
         families::family_revoked(self, grant_id).await
     }
 
+    async fn claim_assertion_jti(&self, key: &str, exp: u64) -> StoreResult<bool> {
+        families::claim_assertion_jti(self, key, exp).await
+    }
+
+    // Ownership indexes: ownership.rs
     async fn index_owned(
         &self,
         owners: &[String],
@@ -493,10 +508,7 @@ impl Store for MemoryStore {
         ownership::clear_owned(self, owner, kind).await
     }
 
-    async fn claim_assertion_jti(&self, key: &str, exp: u64) -> StoreResult<bool> {
-        families::claim_assertion_jti(self, key, exp).await
-    }
-
+    // Cleanup: cleanup.rs
     async fn cleanup(&self, now: u64, _feed_retention_secs: u64) -> StoreResult<CleanupReport> {
         cleanup::cleanup(self, now, _feed_retention_secs).await
     }

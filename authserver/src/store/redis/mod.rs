@@ -109,6 +109,7 @@ pub struct RedisStore {
 
 #[async_trait]
 impl Store for RedisStore {
+    // Health and topology: info.rs
     async fn ping(&self) -> StoreResult<()> {
         info::ping(self).await
     }
@@ -117,6 +118,7 @@ impl Store for RedisStore {
         info::backend_info(self).await
     }
 
+    // Clients: clients.rs
     async fn create_client(&self, client: &ClientRecord) -> StoreResult<()> {
         clients::create_client(self, client).await
     }
@@ -137,6 +139,7 @@ impl Store for RedisStore {
         clients::list_client_ids(self).await
     }
 
+    // Access tokens: tokens.rs
     async fn save_access_token(&self, rec: &AccessTokenRecord) -> StoreResult<()> {
         tokens::save_access_token(self, rec).await
     }
@@ -145,6 +148,11 @@ impl Store for RedisStore {
         tokens::get_access_token(self, jti).await
     }
 
+    async fn count_live_tokens(&self, now: u64) -> StoreResult<u64> {
+        tokens::count_live_tokens(self, now).await
+    }
+
+    // Revocations and the feed: revocations.rs
     async fn revoke_access_token(&self, jti: &str, exp: u64) -> StoreResult<bool> {
         revocations::revoke_access_token(self, jti, exp).await
     }
@@ -157,10 +165,7 @@ impl Store for RedisStore {
         revocations::revocation_feed(self, since, limit).await
     }
 
-    async fn count_live_tokens(&self, now: u64) -> StoreResult<u64> {
-        tokens::count_live_tokens(self, now).await
-    }
-
+    // Rate limits and quota leases: rate.rs
     async fn rate_limit(
         &self,
         key: &str,
@@ -184,6 +189,7 @@ impl Store for RedisStore {
         rate::peek_rate(self, key).await
     }
 
+    // Signing keys: signing_keys.rs
     async fn list_keys(&self) -> StoreResult<Vec<StoredKey>> {
         signing_keys::list_keys(self).await
     }
@@ -200,6 +206,7 @@ impl Store for RedisStore {
         signing_keys::delete_key(self, kid).await
     }
 
+    // Counters and configuration: counters.rs
     async fn incr_stats(&self, counters: &[(&str, i64)]) -> StoreResult<()> {
         counters::incr_stats(self, counters).await
     }
@@ -216,6 +223,7 @@ impl Store for RedisStore {
         counters::set_config(self, values).await
     }
 
+    // Users and login sessions: users.rs
     async fn create_user(&self, user: &UserRecord) -> StoreResult<()> {
         users::create_user(self, user).await
     }
@@ -244,6 +252,7 @@ impl Store for RedisStore {
         users::delete_session(self, id_hash).await
     }
 
+    // Authorization codes and refresh tokens (single use): codes.rs
     async fn save_auth_code(&self, code_hash: &str, rec: &AuthCodeRecord) -> StoreResult<()> {
         codes::save_auth_code(self, code_hash, rec).await
     }
@@ -287,6 +296,7 @@ impl Store for RedisStore {
         codes::delete_refresh_tokens(self, hashes).await
     }
 
+    // Token families and one-time claims: families.rs
     async fn family_add(
         &self,
         grant_id: &str,
@@ -305,6 +315,11 @@ impl Store for RedisStore {
         families::family_revoked(self, grant_id).await
     }
 
+    async fn claim_assertion_jti(&self, key: &str, exp: u64) -> StoreResult<bool> {
+        families::claim_assertion_jti(self, key, exp).await
+    }
+
+    // Ownership indexes: ownership.rs
     async fn index_owned(
         &self,
         owners: &[String],
@@ -328,10 +343,7 @@ impl Store for RedisStore {
         ownership::clear_owned(self, owner, kind).await
     }
 
-    async fn claim_assertion_jti(&self, key: &str, exp: u64) -> StoreResult<bool> {
-        families::claim_assertion_jti(self, key, exp).await
-    }
-
+    // Cleanup: cleanup.rs
     async fn cleanup(&self, now: u64, _feed_retention_secs: u64) -> StoreResult<CleanupReport> {
         cleanup::cleanup(self, now, _feed_retention_secs).await
     }
