@@ -13,6 +13,7 @@ end
 return {c, ttl}
 ";
 
+/// Take a quota lease from a fixed window (KEYS: the lease counter; ARGV: limit, window ms,
 /// want). One key, so it is atomic and Cluster-safe. The window opens at the first lease
 /// (`SET .. PX`) and later leases add with `INCRBY`, which keeps the TTL. A key without a
 /// TTL (never written so by us) is treated as no window. Returns {granted, used, ttl ms}.
