@@ -225,3 +225,17 @@ impl From<StoreError> for OAuthError {
 }
 
 pub type OAuthResult<T> = Result<T, OAuthError>;
+
+/// What stops a start, or a key-management job: the store, a signing key, the edge module
+/// file or the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    #[error("cannot read edge module {path}: {detail}")]
+    EdgeModule { path: String, detail: String },
+    #[error("configuration error: {0}")]
+    Config(#[from] crate::config::ConfigError),
+}

@@ -23,9 +23,11 @@ pub mod grants;
 pub mod http;
 pub mod jobs;
 pub mod json;
+pub mod key_rotation;
 pub mod keys;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod tokens;
 pub mod users;
 

@@ -9,7 +9,10 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::keys::{new_sealed_key, KeyError, KeyRing, SigningAlg};
-use crate::store::{now_secs, Store, StoreError};
+use crate::store::{now_secs, Store};
+
+/// The error of building the state and of key management (defined with the other errors).
+pub use crate::error::StartupError;
 
 /// The built filter module served at `/edge/module.wasm`.
 pub struct EdgeModule {
@@ -26,18 +29,6 @@ pub struct AppState {
     pub edge_module: Option<EdgeModule>,
     /// The bound on password checks running at once (their memory).
     pub password_checks: crate::users::PasswordChecks,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    #[error("cannot read edge module {path}: {detail}")]
-    EdgeModule { path: String, detail: String },
-    #[error("configuration error: {0}")]
-    Config(#[from] crate::config::ConfigError),
 }
 
 const PEPPER_CONFIG_KEY: &str = "secret_pepper";
@@ -109,7 +100,7 @@ impl AppState {
         let kek = state.cfg.key_encryption.clone();
         if kek.is_configured() {
             // Upgrade path: keys stored in clear by an earlier version are sealed now.
-            let r = crate::jobs::keys::rewrap(state.store.as_ref(), &kek, true).await?;
+            let r = crate::key_rotation::rewrap(state.store.as_ref(), &kek, true).await?;
             if r.migrated > 0 {
                 tracing::info!(
                     keys = r.migrated,
@@ -196,12 +187,35 @@ impl AppState {
         }
     }
 
+    /// Automatic rotation: rotate when the newest key is older than the configured interval
+    /// ([`crate::key_rotation::rotation_due`]), then reload the key ring.
+    pub async fn rotate_keys_if_due(&self) -> Result<(), StartupError> {
+        let interval = self.cfg.key_rotation_interval;
+        if interval == 0 {
+            return Ok(());
+        }
+        let keys = self.store.list_keys().await?;
+        if crate::key_rotation::rotation_due(&keys, now_secs(), interval) {
+            let alg = SigningAlg::parse(&self.cfg.signing_alg)?;
+            let k = crate::key_rotation::rotate(
+                self.store.as_ref(),
+                alg,
+                self.cfg.key_activation_delay,
+                &self.cfg.key_encryption,
+            )
+            .await?;
+            tracing::info!(kid = %k.kid, active_from = k.active_from, "rotated the signing key");
+            self.reload_keys().await?;
+        }
+        Ok(())
+    }
+
     /// Background work of a serving replica: flush counters, reload keys (so that a key
     /// rotated by another replica or by `authserver keys rotate` is picked up, and the
     /// switch to a pending key happens on time), rotate keys automatically when configured,
     /// fold the metrics' histogram samples into their buckets.
     pub fn spawn_background(self: &Arc<Self>) {
-        crate::http::spawn_metrics_upkeep(crate::http::METRICS_UPKEEP_INTERVAL);
+        crate::telemetry::spawn_metrics_upkeep(crate::telemetry::METRICS_UPKEEP_INTERVAL);
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -221,7 +235,7 @@ impl AppState {
                         tracing::warn!(error = %e, "key reload failed; keeping the current keys");
                     }
                     if me.cfg.key_rotation_interval > 0 {
-                        if let Err(e) = crate::jobs::keys::rotate_if_due(&me).await {
+                        if let Err(e) = me.rotate_keys_if_due().await {
                             tracing::warn!(error = %e, "automatic key rotation failed");
                         }
                     }

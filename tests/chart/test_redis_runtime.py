@@ -215,7 +215,7 @@ def test_redis_acl_replication_sentinel_failover(cluster, tmp_path):
     assert "NOPERM" in c.as_user(m, "AUTH_USER", "eval", "return redis.call('set', KEYS[1], '1')", "1", "other:1")
     assert c.as_user(m, "AUTH_USER", "eval", "return redis.call('incr', KEYS[1])", "1", "auth:rate_limit:c1") == "1"
     assert "role:master" in c.as_user(m, "AUTH_USER", "info", "replication")
-    # The commands the auth server's Redis store issues (authserver/src/store/redis.rs).
+    # The commands the auth server's Redis store issues (authserver/src/store/redis/).
     assert c.as_user(m, "AUTH_USER", "expireat", "auth:token:1", "4102444800") == "1"
     assert c.as_user(m, "AUTH_USER", "zadd", "auth_token_cleanup", "1", "t1") == "1"
     assert c.as_user(m, "AUTH_USER", "zrangebyscore", "auth_token_cleanup", "-inf", "+inf") == "t1"

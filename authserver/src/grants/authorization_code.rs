@@ -10,10 +10,10 @@ use serde_json::Value;
 use crate::crypto;
 use crate::error::{OAuthError, OAuthResult};
 use crate::form::Params;
-use crate::http::authorize::valid_pkce_string;
 use crate::state::AppState;
 use crate::store::{now_secs, ClientRecord, Consumed};
 
+use super::pkce::valid_pkce_string;
 use super::{client_has_grant, family};
 
 fn bad(msg: &str) -> OAuthError {

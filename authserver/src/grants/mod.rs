@@ -5,6 +5,7 @@ pub mod authorization_code;
 pub mod client_credentials;
 pub mod family;
 pub mod owner;
+pub mod pkce;
 pub mod refresh_token;
 pub mod token_exchange;
 

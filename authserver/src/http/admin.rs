@@ -21,11 +21,7 @@ use super::{client_auth, json_no_store, SharedState};
     responses(
         (status = 200, description = "the registered client ids", body = super::openapi::ClientList),
         (status = 401, description = "invalid_token", body = super::openapi::ErrorBody),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
-        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
-        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
-        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
-        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+        super::openapi::CommonErrors,
     )
 )]
 pub async fn list_clients(
@@ -51,11 +47,7 @@ pub async fn list_clients(
     responses(
         (status = 200, description = "auth_stats and the live token count", body = super::openapi::Stats),
         (status = 401, description = "invalid_token", body = super::openapi::ErrorBody),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
-        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
-        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
-        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
-        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+        super::openapi::CommonErrors,
     )
 )]
 pub async fn stats(

@@ -102,12 +102,7 @@ pub fn redirect_matches(registered: &str, requested: &str) -> bool {
         && b.password().is_none()
 }
 
-/// A PKCE `code_challenge` / `code_verifier`: 43–128 unreserved characters.
-pub fn valid_pkce_string(s: &str) -> bool {
-    (43..=128).contains(&s.len())
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
-}
+pub use crate::grants::pkce::valid_pkce_string;
 
 fn redirect_err(
     req_uri: &str,
@@ -489,9 +484,8 @@ fn skip_consent(c: &ClientRecord) -> bool {
         (status = 303, description = "back to the client's redirect_uri with a code or an error"),
         (status = 400, description = "error page (the client or redirect_uri is not valid), or a malformed request", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
         (status = 403, description = "error page", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
-        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        super::openapi::HeadLimits,
         (status = 415, description = "unsupported content type (POST)", body = super::openapi::ErrorBody),
-        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
         (status = 429, description = "too many requests", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
         (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
     )
@@ -571,9 +565,8 @@ async fn carried(state: &SharedState, form: &Params) -> Result<AuthzRequest, Aut
         (status = 400, description = "error page, or a malformed request", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
         (status = 401, description = "the login page again: wrong username or password", content_type = "text/html", body = String),
         (status = 403, description = "error page: CSRF check failed", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
-        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        super::openapi::HeadLimits,
         (status = 415, description = "unsupported content type (POST)", body = super::openapi::ErrorBody),
-        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
         (status = 429, description = "too many requests", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
         (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
     )
@@ -737,9 +730,8 @@ pub async fn login(State(state): State<SharedState>, headers: HeaderMap, body: B
         (status = 303, description = "back to the client with a code or access_denied"),
         (status = 400, description = "error page, or a malformed request", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
         (status = 403, description = "error page: CSRF check failed", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
-        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
+        super::openapi::HeadLimits,
         (status = 415, description = "unsupported content type (POST)", body = super::openapi::ErrorBody),
-        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
         (status = 429, description = "too many requests", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
         (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", content((String = "text/html"), (super::openapi::ErrorBody = "application/json"))),
     )

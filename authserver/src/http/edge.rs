@@ -51,11 +51,7 @@ pub(super) async fn authorize_edge(
         (status = 200, description = "a page of the revocation feed", body = super::openapi::RevocationPage),
         (status = 401, description = "invalid_client / invalid_token", body = super::openapi::ErrorBody),
         (status = 403, description = "insufficient_scope: the client lacks tollgate:edge", body = super::openapi::ErrorBody),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
-        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
-        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
-        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
-        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+        super::openapi::CommonErrors,
     )
 )]
 pub async fn revocations(
@@ -108,7 +104,7 @@ pub async fn revocations(
     responses(
         (status = 200, description = "the Wasm filter module", content_type = "application/wasm", body = Vec<u8>),
         (status = 404, description = "not_found: no module configured (TOLLGATE_EDGE_MODULE)", body = super::openapi::ErrorBody),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        super::openapi::RateLimited,
     )
 )]
 pub async fn module(State(state): State<SharedState>) -> Response {
@@ -138,7 +134,7 @@ pub async fn module(State(state): State<SharedState>) -> Response {
     responses(
         (status = 200, description = "hex SHA-256 of the module and a newline", content_type = "text/plain", body = String),
         (status = 404, description = "not_found: no module configured", body = super::openapi::ErrorBody),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        super::openapi::RateLimited,
     )
 )]
 pub async fn module_sha256(State(state): State<SharedState>) -> Response {

@@ -33,11 +33,7 @@ pub fn has_scope(client: &ClientRecord, scope: &str) -> bool {
         (status = 200, description = "RFC 7662 §2.2", body = super::openapi::Introspection),
         (status = 401, description = "invalid_client", body = super::openapi::ErrorBody),
         (status = 415, description = "unsupported content type", body = super::openapi::ErrorBody),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
-        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
-        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
-        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
-        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+        super::openapi::CommonErrors,
     )
 )]
 pub async fn introspect(

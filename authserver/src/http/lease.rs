@@ -81,11 +81,7 @@ impl LeaseRequest {
         (status = 401, description = "invalid_client / invalid_token", body = super::openapi::ErrorBody),
         (status = 403, description = "insufficient_scope: the client lacks tollgate:edge", body = super::openapi::ErrorBody),
         (status = 415, description = "unsupported content type", body = super::openapi::ErrorBody),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
-        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
-        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
-        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
-        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+        super::openapi::CommonErrors,
     )
 )]
 pub async fn lease(

@@ -45,7 +45,7 @@ fn metadata(state: &SharedState) -> Value {
     tags = ["public"],
     responses(
         (status = 200, description = "RFC 8414 metadata", body = super::openapi::Metadata),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        super::openapi::RateLimited,
     )
 )]
 pub async fn authorization_server(State(state): State<SharedState>) -> Response {
@@ -58,7 +58,7 @@ pub async fn authorization_server(State(state): State<SharedState>) -> Response 
     tags = ["public"],
     responses(
         (status = 200, description = "OpenID discovery metadata", body = super::openapi::Metadata),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        super::openapi::RateLimited,
     )
 )]
 pub async fn openid_configuration(State(state): State<SharedState>) -> Response {
@@ -76,7 +76,7 @@ pub async fn openid_configuration(State(state): State<SharedState>) -> Response 
     tags = ["public"],
     responses(
         (status = 200, description = "RFC 7517 JWK Set", content_type = "application/jwk-set+json", body = super::openapi::JwkSet),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
+        super::openapi::RateLimited,
     )
 )]
 pub async fn jwks(State(state): State<SharedState>) -> Response {

@@ -3,7 +3,7 @@
 //! metrics, uniform JSON errors) and the connection loop (`server`).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::OAuthError;
@@ -40,44 +39,7 @@ pub mod users;
 
 pub type SharedState = Arc<AppState>;
 
-/// The process-wide Prometheus recorder.
-pub fn metrics_handle() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Suffix("duration_seconds".into()),
-                &[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                ],
-            )
-            .unwrap_or_else(|_| PrometheusBuilder::new());
-        let recorder = builder.build_recorder();
-        let handle = recorder.handle();
-        // Fails only if another recorder was installed first (tests); keep the handle.
-        let _ = metrics::set_global_recorder(recorder);
-        handle
-    })
-}
-
-/// How often histogram samples are folded into their buckets (see [`spawn_metrics_upkeep`]).
-pub const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
-/// The recorder keeps every histogram sample (one per request) until a scrape of `/metrics`
-/// or an upkeep folds them into the buckets, and `build_recorder` starts no upkeep task: a
-/// server nobody scrapes would grow for as long as it serves (found by `make soak`). This
-/// task runs the upkeep every `every`.
-pub fn spawn_metrics_upkeep(every: Duration) -> tokio::task::JoinHandle<()> {
-    let handle = metrics_handle();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            handle.run_upkeep();
-        }
-    })
-}
+pub use crate::telemetry::{metrics_handle, spawn_metrics_upkeep, METRICS_UPKEEP_INTERVAL};
 
 /// The listener a router serves (docs/contracts.md, "Listeners").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,6 +410,8 @@ pub fn json_no_store(status: StatusCode, body: &serde_json::Value) -> Response {
     resp
 }
 
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

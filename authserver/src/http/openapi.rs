@@ -42,6 +42,48 @@ pub struct ErrorBody {
     error_description: Option<String>,
 }
 
+/// The error answers that the middleware and the store give on most endpoints (a
+/// malformed request, the body and head limits, the rate limit, an unreachable store or a
+/// timeout), listed once: `responses(..., super::openapi::CommonErrors)`. Documentation
+/// only; the handlers answer [`crate::error::OAuthError`]s.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum CommonErrors {
+    #[response(
+        status = 400,
+        description = "invalid_request: malformed request, repeated Authorization or Content-Type header"
+    )]
+    BadRequest(ErrorBody),
+    #[response(status = 413, description = "request body too large")]
+    BodyTooLarge(ErrorBody),
+    #[response(status = 429, description = "rate limited (Retry-After)")]
+    RateLimited(ErrorBody),
+    #[response(status = 431, description = "request head too large")]
+    HeadTooLarge(ErrorBody),
+    #[response(
+        status = 503,
+        description = "temporarily_unavailable: store unreachable or request timed out"
+    )]
+    Unavailable(ErrorBody),
+}
+
+/// The body and head limits alone, for the endpoints that answer their other errors in
+/// their own form (the HTML pages of `/oauth2/authorize`).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum HeadLimits {
+    #[response(status = 413, description = "request body too large")]
+    BodyTooLarge(ErrorBody),
+    #[response(status = 431, description = "request head too large")]
+    HeadTooLarge(ErrorBody),
+}
+
+/// The rate limit alone, for the cacheable documents (metadata, JWKS, the edge module).
+#[derive(utoipa::IntoResponses)]
+#[response(status = 429, description = "rate limited (Retry-After)")]
+#[allow(dead_code)]
+pub struct RateLimited(ErrorBody);
+
 /// RFC 6749 §5.1 / RFC 8693 §2.2.1 token response.
 #[derive(ToSchema)]
 #[allow(dead_code)]

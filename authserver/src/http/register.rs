@@ -69,11 +69,7 @@ fn metadata_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, OAuthError> 
             )),
         (status = 401, description = "invalid_token: missing or wrong admin token", body = super::openapi::ErrorBody),
         (status = 415, description = "unsupported content type", body = super::openapi::ErrorBody),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
-        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
-        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
-        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
-        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+        super::openapi::CommonErrors,
     )
 )]
 pub async fn create(
@@ -175,11 +171,7 @@ async fn authorize_for(
         (status = 200, description = "RFC 7592 §2.1", body = super::openapi::ClientInformation),
         (status = 401, description = "invalid_token (the admin token counts only on the admin listener)", body = super::openapi::ErrorBody),
         (status = 404, description = "not_found: no such client (admin token only)", body = super::openapi::ErrorBody),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
-        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
-        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
-        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
-        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+        super::openapi::CommonErrors,
     )
 )]
 pub async fn read(
@@ -206,11 +198,7 @@ pub async fn read(
         (status = 401, description = "invalid_token", body = super::openapi::ErrorBody),
         (status = 404, description = "not_found: no such client (admin token only)", body = super::openapi::ErrorBody),
         (status = 415, description = "unsupported content type", body = super::openapi::ErrorBody),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
-        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
-        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
-        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
-        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+        super::openapi::CommonErrors,
     )
 )]
 pub async fn update(
@@ -286,11 +274,7 @@ pub async fn update(
         (status = 204, description = "RFC 7592 §2.3: deleted"),
         (status = 401, description = "invalid_token", body = super::openapi::ErrorBody),
         (status = 404, description = "not_found: no such client (admin token only)", body = super::openapi::ErrorBody),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
-        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
-        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
-        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
-        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+        super::openapi::CommonErrors,
     )
 )]
 pub async fn delete(

@@ -23,6 +23,8 @@ use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::{Store, StoreUrl};
 use crate::testutil::RedisServer;
 
+use super::test_support::store_suite;
+
 pub(super) const ADMIN: &str = "test-admin-token-0123456789";
 
 /// Both listeners' routers in-process. [`App::send`] takes a request to the listener its
@@ -980,30 +982,8 @@ async fn health_and_metrics(app: App) {
     assert!(r.body["live_tokens"].as_u64().unwrap() >= 1);
 }
 
-macro_rules! http_suite {
-    ($($name:ident),* $(,)?) => {
-        mod on_memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let app = super::App::new(false, |c| c.rate_limit_per_ip = 20).await.unwrap();
-                    super::$name(app).await;
-                }
-            )*
-        }
-        mod on_redis {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(app) = super::App::new(true, |c| c.rate_limit_per_ip = 20).await else { return };
-                    super::$name(app).await;
-                }
-            )*
-        }
-    };
-}
-
-http_suite! {
+store_suite! {
+    config: |c| c.rate_limit_per_ip = 20;
     metadata_and_jwks,
     client_credentials_issues_a_verifiable_rfc9068_token,
     token_endpoint_errors,

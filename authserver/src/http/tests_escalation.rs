@@ -9,11 +9,11 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use serde_json::{json, Value};
 
-use super::tests::{assert_error, claims, App, Resp};
-use super::tests_flows::{
+use super::test_support::{
     add_user, admin, assertion, authz, feed_jtis, form_body, full_code_flow, html, pkce,
-    public_client, query, redeem, refresh, register, Browser,
+    public_client, query, redeem, refresh, register, store_suite, Browser,
 };
+use super::tests::{assert_error, claims, App, Resp};
 use crate::keys::{self, SigningAlg};
 use crate::store::now_secs;
 
@@ -573,30 +573,8 @@ async fn client_assertion_with_extra_audiences_is_refused(app: App) {
     }
 }
 
-macro_rules! escalation_suite {
-    ($($name:ident),* $(,)?) => {
-        mod on_memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let app = super::App::new(false, |c| c.rate_limit_per_ip = 0).await.unwrap();
-                    super::$name(app).await;
-                }
-            )*
-        }
-        mod on_redis {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(app) = super::App::new(true, |c| c.rate_limit_per_ip = 0).await else { return };
-                    super::$name(app).await;
-                }
-            )*
-        }
-    };
-}
-
-escalation_suite! {
+store_suite! {
+    config: |c| c.rate_limit_per_ip = 0;
     self_service_put_cannot_raise_the_clients_own_scope,
     self_service_put_cannot_change_any_privileged_field,
     self_service_put_may_rotate_the_clients_own_keys,

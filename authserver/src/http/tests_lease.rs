@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+use super::test_support::store_suite;
 use super::tests::{assert_error, basic, App, Resp, ADMIN};
 use crate::config::Config;
 use crate::state::AppState;
@@ -286,30 +287,8 @@ async fn metrics_count_leases(app: App) {
     }
 }
 
-macro_rules! lease_suite {
-    ($($name:ident),* $(,)?) => {
-        mod on_memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let app = super::App::new(false, |c| c.rate_limit_per_ip = 20).await.unwrap();
-                    super::$name(app).await;
-                }
-            )*
-        }
-        mod on_redis {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(app) = super::App::new(true, |c| c.rate_limit_per_ip = 20).await else { return };
-                    super::$name(app).await;
-                }
-            )*
-        }
-    };
-}
-
-lease_suite! {
+store_suite! {
+    config: |c| c.rate_limit_per_ip = 20;
     grants_up_to_the_limit_then_zero,
     window_resets,
     concurrent_callers_on_two_replicas_never_over_grant,

@@ -6,155 +6,15 @@
 //! answer a wrong content type with 400. Every test runs against the in-memory store and a
 //! real `redis-server`.
 
-use std::collections::HashMap;
-
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
-use super::tests::{assert_error, basic, App, Resp, ADMIN};
-
-const PASSWORD: &str = "correct horse battery staple";
-const REDIRECT: &str = "http://127.0.0.1/cb";
-
-fn admin() -> String {
-    format!("Bearer {ADMIN}")
-}
-
-fn enc(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-fn form_body(pairs: &[(&str, &str)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        s.append_pair(k, v);
-    }
-    s.finish()
-}
-
-fn html(r: &Resp) -> String {
-    String::from_utf8_lossy(&r.raw).into_owned()
-}
-
-/// The value of a hidden input in a page.
-fn hidden(html: &str, name: &str) -> Option<String> {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker)? + marker.len();
-    let end = html[start..].find('"')? + start;
-    Some(
-        html[start..end]
-            .replace("&quot;", "\"")
-            .replace("&#39;", "'")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&amp;", "&"),
-    )
-}
-
-fn location(r: &Resp) -> url::Url {
-    let l = r
-        .headers
-        .get(header::LOCATION)
-        .unwrap_or_else(|| panic!("no Location; status {} body {}", r.status, html(r)));
-    url::Url::parse(l.to_str().unwrap()).unwrap()
-}
-
-fn query(u: &url::Url) -> HashMap<String, String> {
-    u.query_pairs().into_owned().collect()
-}
-
-fn pkce() -> (String, String) {
-    let verifier = crate::crypto::random_b64(48);
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    (verifier, challenge)
-}
-
-/// A browser: a cookie jar and an optional `X-Forwarded-For`.
-struct Browser<'a> {
-    app: &'a App,
-    jar: HashMap<String, String>,
-    xff: Option<String>,
-}
-
-impl<'a> Browser<'a> {
-    fn new(app: &'a App) -> Self {
-        Browser {
-            app,
-            jar: HashMap::new(),
-            xff: None,
-        }
-    }
-
-    async fn send(&mut self, mut b: axum::http::request::Builder, body: String) -> Resp {
-        if !self.jar.is_empty() {
-            let c: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            b = b.header(header::COOKIE, c.join("; "));
-        }
-        if let Some(x) = &self.xff {
-            b = b.header("x-forwarded-for", x.as_str());
-        }
-        let r = self.app.send(b.body(Body::from(body)).unwrap()).await;
-        for v in r.headers.get_all(header::SET_COOKIE) {
-            let v = v.to_str().unwrap();
-            let (k, v) = v.split(';').next().unwrap().split_once('=').unwrap();
-            self.jar.insert(k.to_string(), v.to_string());
-        }
-        r
-    }
-
-    async fn get(&mut self, path: &str) -> Resp {
-        self.send(Request::get(path), String::new()).await
-    }
-
-    async fn post(&mut self, path: &str, pairs: &[(&str, &str)]) -> Resp {
-        self.send(
-            Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded"),
-            form_body(pairs),
-        )
-        .await
-    }
-
-    /// The login page of an authorization request: (csrf, authz).
-    async fn login_form(&mut self, authz_query: &str) -> (String, String) {
-        let page = self.get(&format!("/oauth2/authorize?{authz_query}")).await;
-        assert_eq!(page.status, StatusCode::OK, "{}", html(&page));
-        let body = html(&page);
-        (
-            hidden(&body, "csrf").unwrap(),
-            hidden(&body, "authz").unwrap(),
-        )
-    }
-
-    async fn login(&mut self, authz_query: &str, user: &str, password: &str) -> Resp {
-        let (csrf, authz) = self.login_form(authz_query).await;
-        self.post(
-            "/oauth2/login",
-            &[
-                ("csrf", &csrf),
-                ("authz", &authz),
-                ("username", user),
-                ("password", password),
-            ],
-        )
-        .await
-    }
-}
-
-async fn add_user(app: &App, name: &str) {
-    let r = app
-        .json(
-            "POST",
-            "/admin/users",
-            json!({"username": name, "password": PASSWORD}),
-            Some(&admin()),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-}
+use super::test_support::{
+    add_user, admin, enc, form_body, hidden, html, location, pkce, query, store_suite, Browser,
+    PASSWORD, REDIRECT,
+};
+use super::tests::{assert_error, basic, App, Resp};
 
 /// A public (PKCE) client for the code flow, first-party.
 async fn public_client(app: &App, extra: Value) -> String {
@@ -696,30 +556,7 @@ async fn form_endpoints_answer_a_wrong_content_type_with_400(app: App) {
     }
 }
 
-macro_rules! lockout_suite {
-    ($($name:ident => $tweak:expr),* $(,)?) => {
-        mod on_memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let app = super::App::new(false, $tweak).await.unwrap();
-                    super::$name(app).await;
-                }
-            )*
-        }
-        mod on_redis {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(app) = super::App::new(true, $tweak).await else { return };
-                    super::$name(app).await;
-                }
-            )*
-        }
-    };
-}
-
-lockout_suite! {
+store_suite! {
     one_address_failures_never_lock_out_good_clients => |_| {},
     public_client_quota_is_not_burnt_by_bad_codes => |c| {
         c.rate_limit_per_ip = 5;

@@ -23,11 +23,7 @@ use super::{client_auth, json_no_store, SharedState};
         (status = 200, description = "RFC 6749 §5.1 token response", body = super::openapi::TokenResponse),
         (status = 401, description = "invalid_client", body = super::openapi::ErrorBody),
         (status = 415, description = "unsupported content type", body = super::openapi::ErrorBody),
-        (status = 429, description = "rate limited (Retry-After)", body = super::openapi::ErrorBody),
-        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header", body = super::openapi::ErrorBody),
-        (status = 413, description = "request body too large", body = super::openapi::ErrorBody),
-        (status = 431, description = "request head too large", body = super::openapi::ErrorBody),
-        (status = 503, description = "temporarily_unavailable: store unreachable or request timed out", body = super::openapi::ErrorBody),
+        super::openapi::CommonErrors,
     )
 )]
 pub async fn token(

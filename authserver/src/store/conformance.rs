@@ -937,7 +937,7 @@ async fn redis_holds_signing_keys_only_sealed() {
     let state = crate::state::AppState::new(cfg.clone(), s.clone())
         .await
         .unwrap();
-    crate::jobs::keys::rotate(s.as_ref(), SigningAlg::EdDSA, 0, &cfg.key_encryption)
+    crate::key_rotation::rotate(s.as_ref(), SigningAlg::EdDSA, 0, &cfg.key_encryption)
         .await
         .unwrap();
     state.reload_keys().await.unwrap();
