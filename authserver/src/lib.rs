@@ -28,6 +28,7 @@ pub mod state;
 pub mod store;
 pub mod tokens;
 pub mod users;
+pub mod xfcc;
 
 use std::sync::Arc;
 

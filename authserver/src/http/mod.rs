@@ -451,6 +451,8 @@ pub fn json_no_store(status: StatusCode, body: &serde_json::Value) -> Response {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_edge_identity;
+#[cfg(test)]
 mod tests_escalation;
 #[cfg(test)]
 mod tests_flows;

@@ -321,6 +321,16 @@ impl Modify for Security {
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
         c.add_security_scheme(
+            "mesh_identity",
+            SecurityScheme::MutualTls {
+                description: Some(
+                    "Istio mTLS: the caller's SPIFFE ID, as the auth server's sidecar writes it in the last X-Forwarded-Client-Cert element, is one of TOLLGATE_EDGE_TRUSTED_PRINCIPALS (docs/security.md \"Edge endpoints\")".into(),
+                ),
+                deprecated: None,
+                extensions: None,
+            },
+        );
+        c.add_security_scheme(
             "registration_access_token",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
