@@ -63,7 +63,10 @@ def test_defect3_injection_without_cni_is_refused():
             render(values_for([], {"mesh": {"cni": {"enabled": False}}, "namespace": {"podSecurityLevel": level}}))
     # The ways out render: CNI, no sidecar, or a privileged namespace.
     assert render_docs([], {"mesh": {"cni": {"enabled": True}}})
-    assert render_docs([], {"mesh": {"cni": {"enabled": False}, "sidecarInjection": False}})
+    # (No sidecar: the gateways authenticate to /edge/* with a client secret, defect 7.)
+    assert render_docs([], {"mesh": {"cni": {"enabled": False}, "sidecarInjection": False},
+                            "edge": {"authServer": {"credentials": "secret",
+                                                    "secretRef": {"name": "gw-client"}}}})
     assert render_docs([], {"mesh": {"cni": {"enabled": False}}, "namespace": {"podSecurityLevel": "privileged"}})
 
 
