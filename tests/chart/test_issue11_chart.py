@@ -358,7 +358,10 @@ def test_defect9_trusted_hops_rendered():
 # ----------------------------------------------------------------------------- defect 10
 
 def test_defect10_cluster_domain_is_a_value():
-    text = "\n".join(render(values_for(ENV_FILES["production"], {"clusterDomain": "corp.internal"})).values())
+    # Istio's trust domain is its own value (mesh.trustDomain, default cluster.local whatever
+    # the cluster domain): set it too, so any cluster.local left is a hard-coded name.
+    text = "\n".join(render(values_for(ENV_FILES["production"], {
+        "clusterDomain": "corp.internal", "mesh": {"trustDomain": "corp.internal"}})).values())
     assert "cluster.local" not in text
     assert "tollgate-authserver.tollgate.svc.corp.internal" in text
     assert "svc.cluster.local" in "\n".join(render(values_for([])).values())
