@@ -136,14 +136,14 @@ def test_secret_mode_reads_the_secret_from_the_proxy_environment(kind):
     cr = edge_cr(ds)
     cfg = filter_config(cr)
     assert cfg["auth_server"]["client_id"] == "tollgate-edge-gateway"
-    assert cfg["auth_server"]["client_secret_env"] == "TOLLGATE_EDGE_CLIENT_SECRET"
+    assert cfg["auth_server"]["client_secret_env"] == "EDGE_FILTER_CLIENT_SECRET"
     assert "client_secret" not in cfg["auth_server"]
     if kind == "wasmPlugin":
-        assert cr["spec"]["vmConfig"] == {"env": [{"name": "TOLLGATE_EDGE_CLIENT_SECRET", "valueFrom": "HOST"}]}
+        assert cr["spec"]["vmConfig"] == {"env": [{"name": "EDGE_FILTER_CLIENT_SECRET", "valueFrom": "HOST"}]}
     else:
         [ext] = [p for p in cr["spec"]["configPatches"] if p["applyTo"] == "EXTENSION_CONFIG"]
         vm = ext["patch"]["value"]["typed_config"]["config"]["vm_config"]
-        assert vm["environment_variables"] == {"host_env_keys": ["TOLLGATE_EDGE_CLIENT_SECRET"]}
+        assert vm["environment_variables"] == {"host_env_keys": ["EDGE_FILTER_CLIENT_SECRET"]}
     assert secret_like(ds) == []
     # No mesh-identity trust on the auth server; the DENY policy still keeps /edge/* to the
     # gateways (they still come over mTLS with their identity).
@@ -164,7 +164,7 @@ def test_secret_mode_reads_the_secret_from_the_proxy_environment(kind):
     # Secret mode works without a sidecar (no AuthorizationPolicy then).
     ds = docs({**SECRET, "mesh": {"sidecarInjection": False}})
     assert not [d for d in ds if d["kind"] == "AuthorizationPolicy"]
-    assert filter_config(edge_cr(ds))["auth_server"]["client_secret_env"] == "TOLLGATE_EDGE_CLIENT_SECRET"
+    assert filter_config(edge_cr(ds))["auth_server"]["client_secret_env"] == "EDGE_FILTER_CLIENT_SECRET"
 
 
 def test_revocation_can_be_turned_off():

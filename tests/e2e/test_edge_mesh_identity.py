@@ -288,18 +288,18 @@ def test_gateway_client_secret_from_the_vm_environment(echo, wasm, monkeypatch):
     with AuthServer() as auth:
         edge = auth.register_client(scope="tollgate:edge", name="gateway", rate_limit_per_minute=0)
         cfg = gateway_config(auth, {"client_id": edge["client_id"],
-                                    "client_secret_env": "TOLLGATE_EDGE_CLIENT_SECRET"})
+                                    "client_secret_env": "EDGE_FILTER_CLIENT_SECRET"})
         assert edge["client_secret"] not in json.dumps(cfg)
         inline = d / "kv.yaml.tmpl"
         inline.write_text(with_env(TEMPLATE.read_text(), (
             "                  environment_variables:\n"
             "                    key_values:\n"
-            f"                      TOLLGATE_EDGE_CLIENT_SECRET: \"{edge['client_secret']}\"\n")))
+            f"                      EDGE_FILTER_CLIENT_SECRET: \"{edge['client_secret']}\"\n")))
         host = d / "host.yaml.tmpl"
         host.write_text(with_env(TEMPLATE.read_text(), (
             "                  environment_variables:\n"
-            "                    host_env_keys: [TOLLGATE_EDGE_CLIENT_SECRET]\n")))
-        monkeypatch.setenv("TOLLGATE_EDGE_CLIENT_SECRET", edge["client_secret"])
+            "                    host_env_keys: [EDGE_FILTER_CLIENT_SECRET]\n")))
+        monkeypatch.setenv("EDGE_FILTER_CLIENT_SECRET", edge["client_secret"])
         for tmpl in (inline, host):
             with Envoy(filter_config=cfg, upstream_port=echo.port, auth_port=auth.port,
                        template=tmpl) as gw:
@@ -313,15 +313,15 @@ def test_gateway_client_secret_from_the_vm_environment(echo, wasm, monkeypatch):
                 statuses = [call(gw, other, "/g/x").status_code for _ in range(LIMIT + 2)]
                 assert statuses == [200] * LIMIT + [429] * 2, statuses
         # Without the variable the filter refuses its configuration with a clear message.
-        monkeypatch.delenv("TOLLGATE_EDGE_CLIENT_SECRET")
+        monkeypatch.delenv("EDGE_FILTER_CLIENT_SECRET")
         gw = Envoy(filter_config=cfg, upstream_port=echo.port, auth_port=auth.port,
                    template=host, wait=False)
         try:
             import time
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and "TOLLGATE_EDGE_CLIENT_SECRET is not set" not in gw.log():
+            while time.monotonic() < deadline and "EDGE_FILTER_CLIENT_SECRET is not set" not in gw.log():
                 time.sleep(0.2)
-            assert "TOLLGATE_EDGE_CLIENT_SECRET is not set" in gw.log(), gw.log()[-3000:]
+            assert "EDGE_FILTER_CLIENT_SECRET is not set" in gw.log(), gw.log()[-3000:]
             assert edge["client_secret"] not in gw.log()
         finally:
             gw.stop()
