@@ -22,7 +22,8 @@ const MAX_PAGE: usize = 10_000;
 /// - a gateway by its mesh identity: with `TOLLGATE_EDGE_TRUSTED_PRINCIPALS` set and the TCP
 ///   peer Istio's inbound sidecar ([`from_inbound_sidecar`]), the URI SAN in the LAST element
 ///   of `X-Forwarded-Client-Cert` (the one the sidecar appended for the mTLS connection it
-///   terminated) is one of those SPIFFE IDs;
+///   terminated) is one of those SPIFFE IDs, and the request is the gateway's own (no
+///   `X-Forwarded-For`: not a client request the gateway forwarded);
 /// - a client authenticated with `client_secret_basic` whose registered scope holds
 ///   `tollgate:edge`;
 /// - the admin token (`Authorization: Bearer`).
@@ -107,6 +108,11 @@ fn mesh_identity(
             .iter()
             .any(|t| crypto::ct_eq(t.as_bytes(), u.as_bytes()))
     });
+    // The filter's own calls leave the gateway from Envoy's async client, through no
+    // connection manager: they carry no X-Forwarded-For. A client request the gateway
+    // forwarded (its listener appends the client address) also arrives with the gateway's
+    // certificate, so it must not count as the gateway itself.
+    let ok = ok && !headers.contains_key("x-forwarded-for");
     Ok(if ok {
         MeshIdentity::Trusted
     } else {

@@ -157,6 +157,21 @@ async fn the_last_element_wins(redis: bool) {
     for r in call(&app, sidecar(), &[("x-forwarded-client-cert", &x)]).await {
         assert_error(&r, StatusCode::FORBIDDEN, "insufficient_scope");
     }
+    // A client request the gateway forwarded (its listener appended X-Forwarded-For) comes
+    // with the gateway's certificate too: not the gateway's own call.
+    let x = element(GW);
+    for r in call(
+        &app,
+        sidecar(),
+        &[
+            ("x-forwarded-client-cert", &x),
+            ("x-forwarded-for", "203.0.113.9"),
+        ],
+    )
+    .await
+    {
+        assert_error(&r, StatusCode::FORBIDDEN, "insufficient_scope");
+    }
     // The other order: the gateway's certificate is the sidecar's element.
     let x = format!("{},{}", element(OTHER), element(GW));
     for r in call(&app, sidecar(), &[("x-forwarded-client-cert", &x)]).await {
