@@ -261,10 +261,15 @@ def test_gateway_reaches_the_edge_endpoints_by_mesh_identity(echo, wasm, tmp_pat
         # appends is the one that counts.
         url = f"https://127.0.0.1:{sidecar.port}/edge/revocations"
 
-        def feed(cert, xfcc=None):
+        def feed(cert, xfcc=None, **headers):
             h = {"x-forwarded-client-cert": xfcc} if xfcc is not None else {}
+            h.update({k.replace("_", "-"): v for k, v in headers.items()})
             return requests.get(url, cert=cert, verify=str(pki.ca_path), headers=h, timeout=10)
         assert feed((gw_cert, gw_key)).status_code == 200
+        # A client request the gateway forwarded carries X-Forwarded-For: not the gateway's
+        # own call, even with the gateway's certificate.
+        r = feed((gw_cert, gw_key), x_forwarded_for="203.0.113.9")
+        assert r.status_code == 403, r.text
         r = feed((other_cert, other_key))
         assert r.status_code == 403 and r.json()["error"] == "insufficient_scope", r.text
         # A client-written element naming the gateway, before the sidecar's real one.
