@@ -235,6 +235,12 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_MODULE_LISTEN", global = true)]
     pub module_listen: Option<String>,
 
+    /// Mesh identities (SPIFFE IDs, comma-separated) admitted to `/edge/revocations` and
+    /// `/edge/ratelimit/lease` by the last element of `X-Forwarded-Client-Cert`, trusted only
+    /// from Istio's inbound sidecar (TCP peer 127.0.0.6 or ::6) [default: none, XFCC ignored].
+    #[arg(long, env = "TOLLGATE_EDGE_TRUSTED_PRINCIPALS", global = true)]
+    pub edge_trusted_principals: Option<String>,
+
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -286,7 +292,32 @@ pub struct Config {
     pub password_memory_mib: Option<u64>,
     pub edge_module: Option<PathBuf>,
     pub module_listen: Option<SocketAddr>,
+    /// Empty: `X-Forwarded-Client-Cert` is never read.
+    pub edge_trusted_principals: Vec<String>,
     pub log_format: String,
+}
+
+/// `TOLLGATE_EDGE_TRUSTED_PRINCIPALS`: SPIFFE IDs, comma-separated, each
+/// `spiffe://<trust domain>/<path>` without whitespace or XFCC separators.
+fn parse_principals(s: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let ok = p
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(td, path)| !td.is_empty() && !path.is_empty())
+            && p.bytes()
+                .all(|c| c.is_ascii_graphic() && !matches!(c, b'"' | b',' | b';' | b'=' | b'\\'));
+        if !ok {
+            return Err(format!(
+                "{p:?} is not a SPIFFE ID (spiffe://<trust domain>/<path>)"
+            ));
+        }
+        if !out.iter().any(|o| o == p) {
+            out.push(p.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 fn ser_store<S: serde::Serializer>(u: &StoreUrl, s: S) -> Result<S::Ok, S::Error> {
@@ -439,6 +470,7 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "password_memory_mib",
     "edge_module",
     "module_listen",
+    "edge_trusted_principals",
     "log_format",
 ];
 
@@ -717,6 +749,14 @@ impl Settings {
                 Some(a)
             }
         };
+        let edge_trusted_principals =
+            match pick(&self.edge_trusted_principals, "edge_trusted_principals") {
+                None => Vec::new(),
+                Some(s) => parse_principals(&s).map_err(|detail| ConfigError::Invalid {
+                    name: "TOLLGATE_EDGE_TRUSTED_PRINCIPALS",
+                    detail,
+                })?,
+            };
         Ok(Config {
             listen,
             admin_listen,
@@ -916,6 +956,7 @@ impl Settings {
             .transpose()?,
             edge_module,
             module_listen,
+            edge_trusted_principals,
             log_format,
         })
     }
@@ -1030,6 +1071,39 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("acces_token_ttl"));
+    }
+
+    #[test]
+    fn edge_trusted_principals_are_spiffe_ids() {
+        let with = |v: &str| {
+            Settings {
+                edge_trusted_principals: Some(v.into()),
+                ..Settings::default()
+            }
+            .resolve()
+        };
+        let gw = "spiffe://cluster.local/ns/istio-system/sa/gw";
+        let c = with(&format!(" {gw} ,spiffe://td/ns/a/sa/b,,{gw}")).unwrap();
+        assert_eq!(c.edge_trusted_principals, vec![gw, "spiffe://td/ns/a/sa/b"]);
+        assert!(with("").unwrap().edge_trusted_principals.is_empty());
+        assert!(Settings::default()
+            .resolve()
+            .unwrap()
+            .edge_trusted_principals
+            .is_empty());
+        for bad in [
+            "gw",
+            "spiffe://",
+            "spiffe://td",
+            "spiffe:///x",
+            "https://td/x",
+            "spiffe://td/a b",
+            "spiffe://td/a;URI=x",
+            "spiffe://td/\"x",
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("TOLLGATE_EDGE_TRUSTED_PRINCIPALS"), "{bad}: {e}");
+        }
     }
 
     #[test]

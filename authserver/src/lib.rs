@@ -30,6 +30,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tokens;
 pub mod users;
+pub mod xfcc;
 
 use std::sync::Arc;
 

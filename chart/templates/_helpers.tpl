@@ -411,3 +411,47 @@ sidecar injection on, Istio CNI is a prerequisite (docs/install.md).
 {{- end -}}
 {{- $h -}}
 {{- end -}}
+
+{{/*
+How the filter authenticates to the auth server's edge endpoints: meshIdentity or secret
+(edge.authServer.credentials). meshIdentity needs the auth server's sidecar: it is what
+verifies the gateway's certificate and writes X-Forwarded-Client-Cert.
+*/}}
+{{- define "tollgate.edge.credentials" -}}
+{{- $c := .Values.edge.authServer.credentials -}}
+{{- if not (has $c (list "meshIdentity" "secret")) -}}
+{{- fail (printf "edge.authServer.credentials must be meshIdentity or secret, not %q" $c) -}}
+{{- end -}}
+{{- if and (eq $c "meshIdentity") (not .Values.mesh.sidecarInjection) -}}
+{{- fail "edge.authServer.credentials=meshIdentity needs mesh.sidecarInjection: without the auth server's sidecar nothing verifies the gateway's mTLS identity. Set edge.authServer.credentials=secret (docs/install.md \"How the gateways authenticate to the auth server\")" -}}
+{{- end -}}
+{{- if and (eq $c "secret") (not .Values.edge.authServer.secretRef.name) -}}
+{{- fail "edge.authServer.credentials=secret needs edge.authServer.secretRef.name: the Secret holding the gateways' client secret (the init Job seeds the client from it)" -}}
+{{- end -}}
+{{- if and (eq $c "secret") (not (regexMatch "^[A-Za-z_][A-Za-z0-9_]*$" .Values.edge.authServer.secretEnv)) -}}
+{{- fail "edge.authServer.secretEnv must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)" -}}
+{{- end -}}
+{{- $c -}}
+{{- end -}}
+{{/* The gateways' SPIFFE IDs (edge.gatewayPrincipals, or derived), as a JSON list. */}}
+{{- define "tollgate.edge.gatewayPrincipals" -}}
+{{- $p := .Values.edge.gatewayPrincipals -}}
+{{- if not $p -}}
+{{- $p = list (printf "spiffe://%s/ns/%s/sa/%s" (required "mesh.trustDomain is required" .Values.mesh.trustDomain) (include "tollgate.edge.namespace" .) (required "edge.gatewayServiceAccount is required" .Values.edge.gatewayServiceAccount)) -}}
+{{- end -}}
+{{- range $p -}}
+{{- if not (regexMatch "^spiffe://[^/\\s,;=\"]+/[^\\s,;=\"\\\\]+$" .) -}}
+{{- fail (printf "edge.gatewayPrincipals: %q is not a SPIFFE ID (spiffe://<trust domain>/ns/<namespace>/sa/<service account>)" .) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $p -}}
+{{- end -}}
+{{/* The clients the init Job seeds: seed.clients, plus the gateways' client in secret mode. */}}
+{{- define "tollgate.seed.clients" -}}
+{{- $clients := .Values.seed.clients -}}
+{{- if and .Values.edge.enabled (eq (include "tollgate.edge.credentials" .) "secret") -}}
+{{- $gw := dict "client_id" .Values.edge.authServer.clientId "client_name" "Tollgate edge filter (gateways)" "grant_types" (list "client_credentials") "token_endpoint_auth_method" "client_secret_basic" "scope" "tollgate:edge" "secretRef" .Values.edge.authServer.secretRef -}}
+{{- $clients = append $clients $gw -}}
+{{- end -}}
+{{- toJson $clients -}}
+{{- end -}}

@@ -32,6 +32,7 @@ pytestmark = [
 ]
 
 CLIENT_SECRET = "orders-client-secret-0123456789abcdef"
+GATEWAY_SECRET = "edge-gateway-secret-0123456789abcdef"
 ADMIN = "admin-token-0123456789abcdef0123456789"
 SECRETS = {
     ("tollgate-redis", "authserver-password"): PASSWORDS["AUTH_PASSWORD"],
@@ -40,9 +41,14 @@ SECRETS = {
     ("tollgate-authserver", "secret-pepper"): "pepper-0123456789abcdef0123456789",
     ("tollgate-authserver", "key-encryption-key"): b64encode(bytes(range(32))).decode(),
     ("orders-service-client", "client-secret"): CLIENT_SECRET,
+    ("tollgate-edge-gateway", "client-secret"): GATEWAY_SECRET,
 }
 OVERRIDES = {
     "authserver": {"existingSecret": "tollgate-authserver"},
+    # No sidecar here: the gateway's client (seeded by the init Job from its Secret) and its
+    # secret from the proxy's environment (issue 11 defect 7; mesh identity: tests/e2e).
+    "edge": {"authServer": {"credentials": "secret",
+                            "secretRef": {"name": "tollgate-edge-gateway", "key": "client-secret"}}},
     "redis": {"auth": {"existingSecret": "tollgate-redis"}},
     "seed": {
         "config": {"access_token_ttl": 600, "rate_limit_per_client": 1000},
@@ -202,14 +208,31 @@ def gateway_through_the_chart_envoyfilter(by: dict, auth_port: int, token: str, 
     echo = EchoServer()
     listen, admin = free_port(), free_port()
     boot, _ = bootstrap_from(ef, auth_port, echo.port, listen, admin)
-    envoy = Envoy(boot, tmp_path, admin, base_id=43000 + listen % 1000)
+    # The gateway's istio-proxy has the client secret in its environment (host_env_keys).
+    env_name = json.loads(ef["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
+                          ["configuration"]["value"])["auth_server"]["client_secret_env"]
+    old = os.environ.get(env_name)
+    os.environ[env_name] = GATEWAY_SECRET
+    try:
+        envoy = Envoy(boot, tmp_path, admin, base_id=43000 + listen % 1000)
+    finally:
+        if old is None:
+            os.environ.pop(env_name)
+        else:
+            os.environ[env_name] = old
     try:
         envoy.wait_ready()
-        assert request(listen, "/orders")[0] == 401
+        assert request(listen, "/orders")[0] == 401, envoy.log.read_text()[-3000:]
         status, _, body = request(listen, "/orders", token=token)
         assert status == 200, (body, envoy.log.read_text()[-2000:])
         assert json.loads(body)["headers"]["x-tollgate-client-id"] == "orders-service"
         assert request(listen, "/orders", token=token[:-4] + "AAAA")[0] == 401
+        # The revocation feed, on by default, answers the seeded gateway client.
+        deadline = time.monotonic() + 20
+        while envoy.stat("wasmcustom.tollgate_revocation_poll_ok") < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert envoy.stat("wasmcustom.tollgate_revocation_poll_ok") >= 1, envoy.log.read_text()[-2000:]
+        assert envoy.stat("wasmcustom.tollgate_revocation_poll_failed") == 0
     finally:
         envoy.stop()
         echo.stop()

@@ -63,7 +63,10 @@ def test_defect3_injection_without_cni_is_refused():
             render(values_for([], {"mesh": {"cni": {"enabled": False}}, "namespace": {"podSecurityLevel": level}}))
     # The ways out render: CNI, no sidecar, or a privileged namespace.
     assert render_docs([], {"mesh": {"cni": {"enabled": True}}})
-    assert render_docs([], {"mesh": {"cni": {"enabled": False}, "sidecarInjection": False}})
+    # (No sidecar: the gateways authenticate to /edge/* with a client secret, defect 7.)
+    assert render_docs([], {"mesh": {"cni": {"enabled": False}, "sidecarInjection": False},
+                            "edge": {"authServer": {"credentials": "secret",
+                                                    "secretRef": {"name": "gw-client"}}}})
     assert render_docs([], {"mesh": {"cni": {"enabled": False}}, "namespace": {"podSecurityLevel": "privileged"}})
 
 
@@ -355,7 +358,10 @@ def test_defect9_trusted_hops_rendered():
 # ----------------------------------------------------------------------------- defect 10
 
 def test_defect10_cluster_domain_is_a_value():
-    text = "\n".join(render(values_for(ENV_FILES["production"], {"clusterDomain": "corp.internal"})).values())
+    # Istio's trust domain is its own value (mesh.trustDomain, default cluster.local whatever
+    # the cluster domain): set it too, so any cluster.local left is a hard-coded name.
+    text = "\n".join(render(values_for(ENV_FILES["production"], {
+        "clusterDomain": "corp.internal", "mesh": {"trustDomain": "corp.internal"}})).values())
     assert "cluster.local" not in text
     assert "tollgate-authserver.tollgate.svc.corp.internal" in text
     assert "svc.cluster.local" in "\n".join(render(values_for([])).values())

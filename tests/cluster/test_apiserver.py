@@ -149,6 +149,32 @@ def test_crds_from_the_projects_modules_are_served(cluster):
 
 # ---------------------------------------------------------------- server-side validation
 
+@pytest.mark.parametrize("kind", ["envoyFilter", "wasmPlugin"])
+@pytest.mark.parametrize("credentials", ["meshIdentity", "secret"])
+def test_edge_attachment_and_authorization_policy_pass_server_side_validation(cluster, kind, credentials):
+    """Issue 11 defect 7: the filter attachment in both credential modes (WasmPlugin
+    `vmConfig.env` valueFrom HOST against the CRD's CEL rule, EnvoyFilter host_env_keys)
+    and the AuthorizationPolicy keeping /edge/* to the gateways, against Istio's CRDs."""
+    ns = f"ssv-edge-{kind.lower()}-{credentials.lower()}"
+    cluster.namespace(ns, NS_LABELS)
+    edge = {"kind": kind, "authServer": {"credentials": credentials}}
+    if credentials == "secret":
+        edge["authServer"]["secretRef"] = {"name": "edge-gateway-client"}
+    docs = [d for d in docs_of(render_in(argocd_values("dev", {"edge": edge}), ns))
+            if d["kind"] in ("EnvoyFilter", "WasmPlugin", "AuthorizationPolicy")]
+    assert sorted(d["kind"] for d in docs) == sorted(
+        ["AuthorizationPolicy", "WasmPlugin" if kind == "wasmPlugin" else "EnvoyFilter"])
+    if credentials == "secret" and kind == "wasmPlugin":
+        [wp] = [d for d in docs if d["kind"] == "WasmPlugin"]
+        # The CRD's CEL rule refuses a value with valueFrom HOST: a secret cannot hide there.
+        bad = copy.deepcopy(wp)
+        bad["spec"]["vmConfig"]["env"][0]["value"] = "inline-secret"
+        proc = _apply(cluster, [bad], ns, "--dry-run=server", "--validate=strict", check=False)
+        assert proc.returncode != 0 and "valueFrom" in proc.stderr, proc.stdout + proc.stderr
+    proc = _apply(cluster, docs, ns, "--dry-run=server", "--validate=strict")
+    assert proc.stdout.count("(server dry run)") == len(docs), proc.stdout
+
+
 @pytest.mark.parametrize("env", sorted(ENV_FILES))
 def test_every_object_passes_server_side_validation(cluster, env):
     """Every object of the render (hooks included) passes the API server's validation:

@@ -1,7 +1,7 @@
 //! Endpoints for the edge filters: the revocation feed and the built Wasm module (quota
 //! leases are in `lease.rs`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::error::OAuthError;
 use crate::form::Params;
+use crate::{crypto, xfcc};
 
 use super::introspect::has_scope;
 use super::{client_auth, json_no_store, SharedState};
@@ -17,18 +18,36 @@ use super::{client_auth, json_no_store, SharedState};
 const DEFAULT_PAGE: usize = 1000;
 const MAX_PAGE: usize = 10_000;
 
-/// The callers of the edge endpoints: the admin token (`Authorization: Bearer`), or a client
-/// authenticated with `client_secret_basic` whose registered scope holds `tollgate:edge`.
-/// 401 `invalid_client` for missing or bad credentials, 403 `insufficient_scope` for a
-/// client without the scope.
+/// The callers of the edge endpoints (docs/security.md "Edge endpoints"):
+/// - a gateway by its mesh identity: with `TOLLGATE_EDGE_TRUSTED_PRINCIPALS` set and the TCP
+///   peer Istio's inbound sidecar ([`from_inbound_sidecar`]), the URI SAN in the LAST element
+///   of `X-Forwarded-Client-Cert` (the one the sidecar appended for the mTLS connection it
+///   terminated) is one of those SPIFFE IDs, and the request is the gateway's own (no
+///   `X-Forwarded-For`: not a client request the gateway forwarded);
+/// - a client authenticated with `client_secret_basic` whose registered scope holds
+///   `tollgate:edge`;
+/// - the admin token (`Authorization: Bearer`).
+///
+/// 401 `invalid_client` for missing or bad credentials, 403 `insufficient_scope` for a client
+/// without the scope or a mesh identity that is not trusted (and no other credential), 400
+/// `invalid_request` for a malformed or repeated `X-Forwarded-Client-Cert` the sidecar passed.
 pub(super) async fn authorize_edge(
     state: &SharedState,
     headers: &HeaderMap,
     peer: SocketAddr,
     what: &str,
 ) -> Result<(), OAuthError> {
+    let mesh = mesh_identity(&state.cfg.edge_trusted_principals, headers, peer)?;
+    if mesh == MeshIdentity::Trusted {
+        return Ok(());
+    }
     if client_auth::is_admin(state, headers) {
         return Ok(());
+    }
+    if mesh == MeshIdentity::Untrusted && !headers.contains_key(header::AUTHORIZATION) {
+        return Err(OAuthError::InsufficientScope(format!(
+            "{what} is not open to this mesh identity (TOLLGATE_EDGE_TRUSTED_PRINCIPALS)"
+        )));
     }
     let client = client_auth::authenticate(state, headers, Some(peer), None).await?;
     if !has_scope(&client, "tollgate:edge") {
@@ -39,19 +58,82 @@ pub(super) async fn authorize_edge(
     Ok(())
 }
 
+/// What `X-Forwarded-Client-Cert` says about the caller.
+#[derive(Debug, PartialEq, Eq)]
+enum MeshIdentity {
+    /// Not read: no trusted principals, the peer is not the sidecar, or no header.
+    None,
+    /// The sidecar's element names a principal that is not trusted.
+    Untrusted,
+    Trusted,
+}
+
+/// Whether the TCP peer is Istio's sidecar forwarding an inbound request: it connects from
+/// `127.0.0.6` (`::6` on IPv6), the upstream bind address of its inbound clusters
+/// (`InboundPassthroughBindIpv4/6` in pilot/pkg/networking/core/listener_address.go, used
+/// with the default `inboundTrafficPolicy` PASSTHROUGH). Other loopback peers (127.0.0.1:
+/// `kubectl port-forward`, another container of the pod) are not the sidecar's inbound
+/// listener and their XFCC is ignored.
+pub(super) fn from_inbound_sidecar(peer: &SocketAddr) -> bool {
+    match peer.ip().to_canonical() {
+        IpAddr::V4(v4) => v4 == Ipv4Addr::new(127, 0, 0, 6),
+        IpAddr::V6(v6) => v6 == Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6),
+    }
+}
+
+fn mesh_identity(
+    trusted: &[String],
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<MeshIdentity, OAuthError> {
+    if trusted.is_empty() || !from_inbound_sidecar(&peer) {
+        return Ok(MeshIdentity::None);
+    }
+    let mut values = headers.get_all("x-forwarded-client-cert").iter();
+    let Some(v) = values.next() else {
+        return Ok(MeshIdentity::None);
+    };
+    if values.next().is_some() {
+        // Envoy writes one header; two lines mean someone else wrote one.
+        return Err(OAuthError::InvalidRequest(
+            "repeated X-Forwarded-Client-Cert header".into(),
+        ));
+    }
+    let v = v
+        .to_str()
+        .map_err(|_| OAuthError::InvalidRequest("X-Forwarded-Client-Cert is not ASCII".into()))?;
+    let last = xfcc::last(v).map_err(|e| OAuthError::InvalidRequest(e.to_string()))?;
+    let ok = last.uris().any(|u| {
+        trusted
+            .iter()
+            .any(|t| crypto::ct_eq(t.as_bytes(), u.as_bytes()))
+    });
+    // The filter's own calls leave the gateway from Envoy's async client, through no
+    // connection manager: they carry no X-Forwarded-For. A client request the gateway
+    // forwarded (its listener appends the client address) also arrives with the gateway's
+    // certificate, so it must not count as the gateway itself.
+    let ok = ok && !headers.contains_key("x-forwarded-for");
+    Ok(if ok {
+        MeshIdentity::Trusted
+    } else {
+        MeshIdentity::Untrusted
+    })
+}
+
 /// `GET /edge/revocations?since=<cursor>[&limit=N]`: revoked `jti`s with their expiry.
-/// Callers: the admin token, or a client registered with scope `tollgate:edge`.
+/// Callers: a trusted mesh identity, a client registered with scope `tollgate:edge`, or the
+/// admin token ([`authorize_edge`]).
 #[utoipa::path(
     get,
     path = "/edge/revocations",
     tags = ["public"],
     params(("since" = Option<String>, Query, description = "cursor of the previous page"), ("limit" = Option<u32>, Query, description = "entries per page, 1..=10000")),
-    security(("client_basic" = []), ("admin_token" = [])),
+    security(("mesh_identity" = []), ("client_basic" = []), ("admin_token" = [])),
     responses(
         (status = 200, description = "a page of the revocation feed", body = super::openapi::RevocationPage),
         (status = 401, description = "invalid_client / invalid_token", body = super::openapi::ErrorBody),
-        (status = 403, description = "insufficient_scope: the client lacks tollgate:edge", body = super::openapi::ErrorBody),
-        super::openapi::CommonErrors,
+        (status = 403, description = "insufficient_scope: the client lacks tollgate:edge, or the mesh identity is not trusted", body = super::openapi::ErrorBody),
+        super::openapi::EdgeErrors,
     )
 )]
 pub async fn revocations(

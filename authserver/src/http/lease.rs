@@ -75,13 +75,13 @@ impl LeaseRequest {
     path = "/edge/ratelimit/lease",
     tags = ["public"],
     request_body(content = super::openapi::LeaseRequest, content_type = "application/x-www-form-urlencoded"),
-    security(("client_basic" = []), ("admin_token" = [])),
+    security(("mesh_identity" = []), ("client_basic" = []), ("admin_token" = [])),
     responses(
         (status = 200, description = "a quota lease", body = super::openapi::Lease),
         (status = 401, description = "invalid_client / invalid_token", body = super::openapi::ErrorBody),
-        (status = 403, description = "insufficient_scope: the client lacks tollgate:edge", body = super::openapi::ErrorBody),
+        (status = 403, description = "insufficient_scope: the client lacks tollgate:edge, or the mesh identity is not trusted", body = super::openapi::ErrorBody),
         (status = 415, description = "unsupported content type", body = super::openapi::ErrorBody),
-        super::openapi::CommonErrors,
+        super::openapi::EdgeErrors,
     )
 )]
 pub async fn lease(

@@ -415,6 +415,8 @@ mod test_support;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_edge_identity;
+#[cfg(test)]
 mod tests_escalation;
 #[cfg(test)]
 mod tests_flows;

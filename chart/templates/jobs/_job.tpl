@@ -36,7 +36,7 @@ spec:
       env:
         {{- include "tollgate.authserver.env" $ | nindent 8 }}
         {{- if .seed }}
-        {{- range $i, $c := $.Values.seed.clients }}
+        {{- range $i, $c := (include "tollgate.seed.clients" $ | fromJsonArray) }}
         {{- if $c.secretRef }}
         # Seed secret of client {{ $c.client_id }} (seed.yaml: client_secret_env).
         - name: TOLLGATE_SEED_CLIENT_SECRET_{{ $i }}

@@ -14,6 +14,17 @@ The filter's JSON configuration (docs/filter.md, plugin/core/src/config.rs): the
 {{- $rules = prepend $rules (dict "name" "tollgate-issuer" "hosts" (list (include "tollgate.expose.host" .)) "allow_anonymous" true) -}}
 {{- end -}}
 {{- $cfg := dict "issuers" (list $issuer) "clock_skew_s" (int $e.clockSkewSeconds) "rules" $rules -}}
+{{- /* The auth server's edge endpoints: by mesh identity (no credentials) or with a client
+whose secret the VM reads from the gateway's environment. Never a secret in the CR. */ -}}
+{{- $as := dict "cluster" (include "tollgate.edge.cluster" .) "authority" (printf "%s:%d" (include "tollgate.authserver.host" .) (int .Values.authserver.service.port)) "timeout_ms" (int $e.authServer.timeoutMs) -}}
+{{- if eq (include "tollgate.edge.credentials" .) "secret" -}}
+{{- $_ := set $as "client_id" $e.authServer.clientId -}}
+{{- $_ := set $as "client_secret_env" $e.authServer.secretEnv -}}
+{{- end -}}
+{{- $_ := set $cfg "auth_server" $as -}}
+{{- if $e.revocation.enabled -}}
+{{- $_ := set $cfg "revocation" (dict "poll_interval_ms" (int $e.revocation.pollIntervalMs)) -}}
+{{- end -}}
 {{- with $e.defaultRule }}{{- $_ := set $cfg "default_rule" . -}}{{- end -}}
 {{- with $e.headers }}{{- $_ := set $cfg "headers" . -}}{{- end -}}
 {{- $cfg = merge (deepCopy $e.extraConfig) $cfg -}}

@@ -59,8 +59,14 @@ struct RawAuthServer {
     cluster: String,
     #[serde(default)]
     authority: Option<String>,
-    client_id: String,
-    client_secret: String,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    client_secret: Option<String>,
+    /// Name of an environment variable of the Wasm VM holding the client secret
+    /// (`vm_config.environment_variables`, WasmPlugin `vmConfig.env`).
+    #[serde(default)]
+    client_secret_env: Option<String>,
     #[serde(default = "d_auth_timeout_ms")]
     timeout_ms: u64,
 }
@@ -70,6 +76,7 @@ impl std::fmt::Debug for RawAuthServer {
         f.debug_struct("RawAuthServer")
             .field("cluster", &self.cluster)
             .field("client_id", &self.client_id)
+            .field("client_secret_env", &self.client_secret_env)
             .finish_non_exhaustive()
     }
 }
@@ -521,15 +528,33 @@ pub enum FailMode {
     Closed,
 }
 
-/// The auth server as the filter's own OAuth client sees it (feed and introspection).
+/// The auth server as the filter's own OAuth client sees it (feed, leases, introspection).
 #[derive(Clone)]
 pub struct AuthServer {
     pub cluster: String,
     pub authority: String,
-    pub client_id: String,
+    /// `None`: no client credentials, the gateway is admitted by its mesh identity (the
+    /// cluster's mTLS certificate, docs/security.md "Edge endpoints").
+    pub client_id: Option<String>,
     /// `Basic base64(client_id:client_secret)`: the secret never appears elsewhere.
-    pub basic: String,
+    basic: Option<String>,
     pub timeout_ms: u64,
+}
+
+impl AuthServer {
+    /// `headers` with the filter's client credentials in front (`authorization: Basic`),
+    /// unchanged without credentials (mesh identity).
+    pub fn with_credentials(&self, mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+        if let Some(b) = &self.basic {
+            headers.insert(0, ("authorization".into(), b.clone()));
+        }
+        headers
+    }
+
+    /// Whether the filter authenticates with client credentials (else by mesh identity).
+    pub fn has_credentials(&self) -> bool {
+        self.basic.is_some()
+    }
 }
 
 impl std::fmt::Debug for AuthServer {
@@ -764,18 +789,33 @@ impl Config {
             .is_some_and(|x| x.miss_limit.is_some())
     }
 
-    /// Parse and validate the JSON configuration.
+    /// Parse and validate the JSON configuration, in a VM without environment variables
+    /// (`auth_server.client_secret_env` is then an error).
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        Self::from_json_with_env(bytes, &|_| None)
+    }
+
+    /// Parse and validate the JSON configuration; `env` reads the VM's environment variables
+    /// (the filter passes `std::env::var`: Envoy hands `vm_config.environment_variables` to
+    /// the module's WASI `environ_get`).
+    pub fn from_json_with_env(
+        bytes: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let raw: RawConfig =
             serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?;
         let fingerprint = {
             let d = Sha256::digest(bytes);
             d[..6].iter().map(|b| format!("{b:02x}")).collect()
         };
-        Self::check(raw, fingerprint)
+        Self::check(raw, fingerprint, env)
     }
 
-    fn check(raw: RawConfig, fingerprint: String) -> Result<Config, ConfigError> {
+    fn check(
+        raw: RawConfig,
+        fingerprint: String,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         if raw.issuers.is_empty() {
             return Err(bad("issuers", "at least one issuer is required"));
         }
@@ -1048,29 +1088,74 @@ impl Config {
                 if a.cluster.is_empty() {
                     return Err(bad("auth_server.cluster", "must name an Envoy cluster"));
                 }
-                if a.client_id.is_empty() || a.client_secret.is_empty() {
-                    return Err(bad(
-                        "auth_server",
-                        "client_id and client_secret must not be empty",
-                    ));
-                }
                 if a.timeout_ms == 0 || a.timeout_ms > 60_000 {
                     return Err(bad("auth_server.timeout_ms", "must be within 1..=60000"));
                 }
-                use base64::Engine as _;
-                let creds = format!(
-                    "{}:{}",
-                    form_encode(&a.client_id),
-                    form_encode(&a.client_secret)
-                );
+                let secret = match (&a.client_secret, &a.client_secret_env) {
+                    (Some(_), Some(_)) => {
+                        return Err(bad(
+                            "auth_server",
+                            "client_secret and client_secret_env are alternatives: give one",
+                        ))
+                    }
+                    (Some(s), None) => Some(s.clone()),
+                    (None, Some(name)) => {
+                        let valid = name.bytes().next().is_some_and(|c| !c.is_ascii_digit())
+                            && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+                        if !valid {
+                            return Err(bad(
+                                "auth_server.client_secret_env",
+                                "must name an environment variable ([A-Za-z_][A-Za-z0-9_]*)",
+                            ));
+                        }
+                        match env(name) {
+                            None => return Err(bad(
+                                "auth_server.client_secret_env",
+                                format!("the environment variable {name} is not set in the Wasm VM (EnvoyFilter vm_config.environment_variables, WasmPlugin vmConfig.env)"),
+                            )),
+                            Some(v) if v.is_empty() => return Err(bad(
+                                "auth_server.client_secret_env",
+                                format!("the environment variable {name} is empty"),
+                            )),
+                            Some(v) => Some(v),
+                        }
+                    }
+                    (None, None) => None,
+                };
+                let basic = match (&a.client_id, secret) {
+                    (None, None) => None,
+                    (Some(id), Some(secret)) => {
+                        if id.is_empty() || secret.is_empty() {
+                            return Err(bad(
+                                "auth_server",
+                                "client_id and client_secret must not be empty",
+                            ));
+                        }
+                        use base64::Engine as _;
+                        let creds = format!("{}:{}", form_encode(id), form_encode(&secret));
+                        Some(format!(
+                            "Basic {}",
+                            base64::engine::general_purpose::STANDARD.encode(creds)
+                        ))
+                    }
+                    (Some(_), None) => {
+                        return Err(bad(
+                            "auth_server",
+                            "client_id needs client_secret or client_secret_env (or give none of them: mesh identity)",
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(bad(
+                            "auth_server",
+                            "a client secret needs client_id",
+                        ))
+                    }
+                };
                 Some(AuthServer {
                     authority: a.authority.unwrap_or_else(|| a.cluster.clone()),
                     cluster: a.cluster,
                     client_id: a.client_id,
-                    basic: format!(
-                        "Basic {}",
-                        base64::engine::general_purpose::STANDARD.encode(creds)
-                    ),
+                    basic,
                     timeout_ms: a.timeout_ms,
                 })
             }
@@ -1081,7 +1166,7 @@ impl Config {
                 let Some(a) = &auth_server else {
                     return Err(bad(
                         "revocation",
-                        "needs `auth_server` (the cluster and client credentials of the feed)",
+                        "needs `auth_server` (the cluster of the feed)",
                     ));
                 };
                 if !r.path.starts_with('/') {
@@ -1136,6 +1221,12 @@ impl Config {
                         "needs `auth_server` (the cluster and client credentials to introspect with)",
                     ));
                 };
+                if !a.has_credentials() {
+                    return Err(bad(
+                        "introspection",
+                        "needs client credentials in `auth_server` (client_id with client_secret or client_secret_env): RFC 7662 introspection authenticates a client, not a mesh identity",
+                    ));
+                }
                 let Some(idx) = issuers.iter().position(|i| i.issuer == x.issuer) else {
                     return Err(bad(
                         "introspection.issuer",

@@ -949,14 +949,13 @@ impl Worker {
             method: "POST",
             path: x.path.clone(),
             authority: a.authority.clone(),
-            headers: vec![
-                ("authorization".into(), a.basic.clone()),
+            headers: a.with_credentials(vec![
                 (
                     "content-type".into(),
                     "application/x-www-form-urlencoded".into(),
                 ),
                 ("accept".into(), "application/json".into()),
-            ],
+            ]),
             body: Some(format!("token={}", crate::config::form_encode(&token.0)).into_bytes()),
             timeout_ms: a.timeout_ms,
         })
@@ -1413,10 +1412,7 @@ impl Worker {
                     method: "GET",
                     path,
                     authority: a.authority.clone(),
-                    headers: vec![
-                        ("authorization".into(), a.basic.clone()),
-                        ("accept".into(), "application/json".into()),
-                    ],
+                    headers: a.with_credentials(vec![("accept".into(), "application/json".into())]),
                     body: None,
                     timeout_ms: a.timeout_ms,
                 });
@@ -1482,14 +1478,13 @@ impl Worker {
                 method: "POST",
                 path: self.cfg.lease_path.clone(),
                 authority: a.authority.clone(),
-                headers: vec![
-                    ("authorization".into(), a.basic.clone()),
+                headers: a.with_credentials(vec![
                     (
                         "content-type".into(),
                         "application/x-www-form-urlencoded".into(),
                     ),
                     ("accept".into(), "application/json".into()),
-                ],
+                ]),
                 body: Some(body.into_bytes()),
                 timeout_ms: a.timeout_ms,
             });

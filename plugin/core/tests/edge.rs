@@ -1074,3 +1074,161 @@ fn introspection_misses_are_rate_limited_per_client_ip() {
     assert!(c.introspection.as_ref().unwrap().miss_limit.is_none());
     assert!(!c.uses_peer_address());
 }
+
+/// A worker over `cfg` with its JWKS loaded and the first feed page answered.
+fn worker_of(host: &MemoryHost, key: &TestKey, cfg: Config) -> Worker {
+    let mut w = Worker::new(cfg);
+    w.init_shared(host);
+    for p in w.tick(host) {
+        match p.kind {
+            FetchKind::Jwks { issuer } => w.on_fetch(host, issuer, Ok((200, jwks(&[(key, "k1")])))),
+            FetchKind::Revocations => w.on_revocations(host, Ok((200, feed("1", true, &[])))),
+            FetchKind::Introspection { .. } | FetchKind::Lease { .. } => unreachable!(),
+        }
+    }
+    w
+}
+
+/// The `authorization` header of the feed poll and of a lease call of a worker over `cfg`.
+fn edge_call_credentials(cfg: Config) -> [Option<String>; 2] {
+    let key = TestKey::es256(3);
+    let host = MemoryHost::new(NOW * 1000);
+    let mut w = worker_of(&host, &key, cfg);
+    let t = token(&key, "k1", &claims("a", ""));
+    let Outcome::WaitForLease { rule, hash } = w.on_request(&host, &req("/l/x", Some(&t), &[]))
+    else {
+        panic!("no lease yet: the request waits");
+    };
+    w.hold_lease(&host, 9, rule, hash, req("/l/x", Some(&t), &[]));
+    host.advance_ms(1500);
+    let plans = w.tick(&host);
+    let auth = |p: &FetchPlan| {
+        p.headers
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.clone())
+    };
+    let feed = plans
+        .iter()
+        .find(|p| p.kind == FetchKind::Revocations)
+        .expect("a feed poll");
+    let lease = plans
+        .iter()
+        .find(|p| matches!(p.kind, FetchKind::Lease { .. }))
+        .expect("a lease call");
+    assert!(feed
+        .headers
+        .iter()
+        .any(|(k, v)| k == "accept" && v == "application/json"));
+    [auth(feed), auth(lease)]
+}
+
+fn edge_cfg(
+    auth_server: Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut extra = global_rules(json!({"lease": 5}));
+    extra["auth_server"] = auth_server;
+    extra["revocation"] = json!({});
+    Config::from_json_with_env(&config_json(extra), env)
+}
+
+#[test]
+fn auth_server_credentials_mesh_identity_env_and_inline() {
+    use base64::Engine as _;
+    let b64 = |s: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
+    };
+    let no_env = |_: &str| None;
+    // Mesh identity: no credentials, no authorization header on the feed or the leases.
+    let cfg = edge_cfg(json!({"cluster": "auth"}), &no_env).unwrap();
+    assert!(!cfg.auth_server.as_ref().unwrap().has_credentials());
+    assert_eq!(edge_call_credentials(cfg), [None, None]);
+    // Inline (kept for compatibility).
+    let cfg = edge_cfg(
+        json!({"cluster": "auth", "client_id": "gw", "client_secret": "s3cret"}),
+        &no_env,
+    )
+    .unwrap();
+    let want = Some(b64("gw:s3cret"));
+    assert_eq!(edge_call_credentials(cfg), [want.clone(), want]);
+    // From the VM's environment: only the named variable is read.
+    let env = |k: &str| (k == "TOLLGATE_EDGE_SECRET").then(|| "from-env:%".to_string());
+    let cfg = edge_cfg(
+        json!({"cluster": "auth", "client_id": "gw", "client_secret_env": "TOLLGATE_EDGE_SECRET"}),
+        &env,
+    )
+    .unwrap();
+    assert!(!format!("{cfg:?}").contains("from-env"));
+    // Form-encoded before base64, as the inline secret (RFC 6749 §2.3.1).
+    let want = Some(b64("gw:from-env%3A%25"));
+    assert_eq!(edge_call_credentials(cfg), [want.clone(), want]);
+
+    // Clear errors.
+    let err = |a: Value, env: &dyn Fn(&str) -> Option<String>| match edge_cfg(a, env) {
+        Err(ConfigError::Invalid { field, message }) => format!("{field}: {message}"),
+        other => panic!("{other:?}"),
+    };
+    let e = err(
+        json!({"cluster": "auth", "client_id": "gw", "client_secret_env": "MISSING"}),
+        &env,
+    );
+    assert!(
+        e.starts_with("auth_server.client_secret_env") && e.contains("MISSING is not set"),
+        "{e}"
+    );
+    let empty = |_: &str| Some(String::new());
+    let e = err(
+        json!({"cluster": "auth", "client_id": "gw", "client_secret_env": "S"}),
+        &empty,
+    );
+    assert!(e.contains("S is empty"), "{e}");
+    for name in ["", "1X", "A-B", "A B", "É"] {
+        let e = err(
+            json!({"cluster": "auth", "client_id": "gw", "client_secret_env": name}),
+            &env,
+        );
+        assert!(
+            e.starts_with("auth_server.client_secret_env: must name"),
+            "{name:?}: {e}"
+        );
+    }
+    let e = err(
+        json!({"cluster": "auth", "client_id": "gw", "client_secret": "x",
+               "client_secret_env": "TOLLGATE_EDGE_SECRET"}),
+        &env,
+    );
+    assert!(e.contains("alternatives"), "{e}");
+    assert!(
+        err(json!({"cluster": "auth", "client_id": "gw"}), &env).contains("needs client_secret")
+    );
+    assert!(err(json!({"cluster": "auth", "client_secret": "x"}), &env).contains("needs client_id"));
+    assert!(err(
+        json!({"cluster": "auth", "client_id": "", "client_secret": "x"}),
+        &env
+    )
+    .contains("must not be empty"));
+    // from_json has no environment.
+    let mut extra = global_rules(json!({}));
+    extra["auth_server"] =
+        json!({"cluster": "auth", "client_id": "gw", "client_secret_env": "TOLLGATE_EDGE_SECRET"});
+    assert!(matches!(
+        Config::from_json(&config_json(extra)),
+        Err(ConfigError::Invalid { .. })
+    ));
+    // Introspection authenticates a client: not available by mesh identity.
+    let x = json!({"auth_server": {"cluster": "auth"}, "introspection": {"issuer": ISS}});
+    match Config::from_json(&config_json(x)) {
+        Err(ConfigError::Invalid {
+            field,
+            message: reason,
+        }) => {
+            assert_eq!(field, "introspection");
+            assert!(reason.contains("client credentials"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -488,7 +488,9 @@ impl RootContext for TollgateRoot {
             );
             return false;
         };
-        match Config::from_json(&bytes) {
+        // `auth_server.client_secret_env` reads the VM's environment: Envoy hands
+        // `vm_config.environment_variables` (WasmPlugin `vmConfig.env`) to WASI `environ_get`.
+        match Config::from_json_with_env(&bytes, &|k| std::env::var(k).ok()) {
             Ok(cfg) => {
                 let tick = cfg.tick_ms;
                 let issuers = cfg.issuers.len();
@@ -506,6 +508,13 @@ impl RootContext for TollgateRoot {
                     },
                     cfg.rules.iter().filter(|r| r.rate_limit.is_some()).count()
                 );
+                let features = match &cfg.auth_server {
+                    None => features,
+                    Some(a) if a.has_credentials() => {
+                        format!("{features}, auth server calls with client credentials")
+                    }
+                    Some(_) => format!("{features}, auth server calls by mesh identity"),
+                };
                 let mut s = self.shared.borrow_mut();
                 if s.host.metrics.is_empty() {
                     s.host.define_metrics();
