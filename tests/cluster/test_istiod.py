@@ -282,7 +282,7 @@ def _xds(istiod, gobin: str, labels: dict, pod: str, cache) -> dict:
 
 def _http_filter_chains(listeners: list[dict]) -> list[list[str]]:
     chains = []
-    for lst in listeners:
+    for lst in listeners or []:
         for fc in lst.get("filterChains") or []:
             for f in fc.get("filters") or []:
                 if f["name"] == HCM:
@@ -403,8 +403,10 @@ def test_gateway_config_from_istiod_puts_the_filter_first(istiod, gobin, module_
 
     # istio-agent's conversion: fetched from the auth server, pin checked, a local file
     [conv] = [e for e in out["converted"] if fname in e.get("name", "")]
+    assert conv["typedConfig"]["@type"].endswith("envoy.extensions.filters.http.wasm.v3.Wasm"), \
+        (conv, out["stderr"][-3000:])
     local = conv["typedConfig"]["config"]["vmConfig"]["code"]
-    assert "local" in local, (conv, out["stderr"][-2000:])
+    assert "local" in local, (conv, out["stderr"][-3000:])
     with open(local["local"]["filename"], "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == pin
 

@@ -32,10 +32,15 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	// every Envoy extension type istiod may put in an Any, for protojson
+	// Istio's own proxy extension types, and every Envoy extension type istiod may put in
+	// an Any, for protojson
+	_ "istio.io/api/envoy/extensions/stats"
 	_ "istio.io/istio/pkg/config/xds"
 	"istio.io/istio/pkg/log"
 	"istio.io/istio/pkg/util/sets"
@@ -90,8 +95,19 @@ func (a *ads) get(typeURL string, names []string) *discovery.DiscoveryResponse {
 	}
 }
 
+// resolver: the registered types; a type this program does not link (an istio-proxy
+// extension) is printed as its "@type" only.
+type resolver struct{ *protoregistry.Types }
+
+func (r resolver) FindMessageByURL(url string) (protoreflect.MessageType, error) {
+	if mt, err := r.Types.FindMessageByURL(url); err == nil {
+		return mt, nil
+	}
+	return (&emptypb.Empty{}).ProtoReflect().Type(), nil
+}
+
 func toJSON(m proto.Message) json.RawMessage {
-	b, err := protojson.Marshal(m)
+	b, err := protojson.MarshalOptions{Resolver: resolver{protoregistry.GlobalTypes}}.Marshal(m)
 	if err != nil {
 		fail("json: %v", err)
 	}
@@ -208,6 +224,9 @@ func main() {
 		// the test's registry and auth server are plain HTTP on loopback
 		InsecureRegistries: sets.New("*"),
 		HTTPRequestTimeout: 15 * time.Second, HTTPRequestMaxRetries: 2,
+	}
+	if err := os.MkdirAll(*cacheDir, 0o755); err != nil {
+		fail("cache: %v", err)
 	}
 	cache := wasm.NewLocalFileCache(*cacheDir, opts)
 	defer cache.Cleanup()
