@@ -242,7 +242,7 @@ DIST      := $(ROOT)/dist
 test-chart: venv deps-apt build-authserver build-filter ## Helm chart, Argo CD, k8s/ and Dockerfiles: render, lint, schemas, checkov, PSS, NetworkPolicies, real Redis and Envoy
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider chart
 
-test-cluster: venv deps-go ## a real control plane: kube-score, kubeconform, etcd + kube-apiserver with the CRDs, Helm install/upgrade/rollback, PSS
+test-cluster: venv deps-go build ## a real control plane: kube-score, kubeconform, etcd + kube-apiserver with the CRDs, Helm install/upgrade/rollback, PSS, istiod (webhooks, injection, xDS, module fetch)
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider cluster
 
 lint-docker: venv ## hadolint on the Dockerfiles (they are built by the release workflow, not here)
