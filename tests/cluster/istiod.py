@@ -36,9 +36,11 @@ import requests
 import yaml
 
 from apiserver import Cluster, free_port
-from clusterlib import HERE, docs_of, module_dir, tool
+from clusterlib import CRD_SOURCES, HERE, docs_of, module_dir, tool
 
-ISTIO_MODULE = "istio.io/istio@v0.0.0-20260827124520-eed52ebb66ad"
+# The Istio module of the CRDs (clusterlib.CRD_SOURCES) is the one istiod is built from
+# (tools/istio/go.mod; test_istiod.py checks they agree).
+[ISTIO_MODULE] = [m for m in CRD_SOURCES if m.startswith("istio.io/istio@")]
 TOOLS = HERE / "tools" / "istio"
 NAMESPACE = "istio-system"
 WEBHOOKS = {

@@ -75,9 +75,9 @@ def gobin(tmp_path_factory):
 
 # ---------------------------------------------------------------- istiod itself
 
-def test_istio_module_pin_is_one(istiod):
-    """The module istiod is built from (tools/istio/go.mod) is the one the CRDs and the
-    charts come from."""
+def test_istio_module_pin_is_one():
+    """The module istiod and the test programs are built from (tools/istio/go.mod) is the one
+    the CRDs and Istio's charts come from."""
     mod = (istiodlib.TOOLS / "go.mod").read_text()
     version = istiodlib.ISTIO_MODULE.split("@")[1]
     assert re.search(rf"^\tistio\.io/istio {re.escape(version)}$", mod, re.M), mod[:400]
