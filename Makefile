@@ -53,7 +53,8 @@ $(VENV)/.stamp: tests/requirements.txt tests/requirements-demo.txt
 # The Go tools of `make test-cluster`, built from the Go module proxy at pinned versions, each
 # only when its stamp (tool + version, or the wrapper module's go.sum) is missing. GOPATH and
 # GOCACHE stay at Go's defaults, so a rebuild on the same machine only links.
-# tests/cluster/tools/*/go.mod are the build recipes of etcd and kube-apiserver.
+# tests/cluster/tools/*/go.mod are the build recipes of etcd, kube-apiserver and istiod
+# (pilot-discovery; tools/istio also holds the xDS and wasm-fetch test programs).
 GOBIN_DIR          := $(HOME)/.cache/tollgate/gobin
 GO_BUILD           := GOFLAGS=-mod=mod go build -trimpath -ldflags='-s -w'
 KUBE_SCORE_VERSION := v1.20.0
@@ -62,9 +63,10 @@ GO_TOOLS_DIR       := $(ROOT)/tests/cluster/tools
 gosum = $(shell sha256sum $(GO_TOOLS_DIR)/$(1)/go.sum 2>/dev/null | cut -c1-16)
 GO_STAMPS := $(GOBIN_DIR)/.kube-score-$(KUBE_SCORE_VERSION) \
   $(GOBIN_DIR)/.kubeconform-$(KUBECONFORM_VERSION) \
-  $(GOBIN_DIR)/.etcd-$(call gosum,etcd) $(GOBIN_DIR)/.kube-apiserver-$(call gosum,kube)
+  $(GOBIN_DIR)/.etcd-$(call gosum,etcd) $(GOBIN_DIR)/.kube-apiserver-$(call gosum,kube) \
+  $(GOBIN_DIR)/.pilot-discovery-$(call gosum,istio)
 
-deps-go: $(GO_STAMPS) ## build the pinned Go tools of test-cluster (kube-score, kubeconform, etcd, kube-apiserver)
+deps-go: $(GO_STAMPS) ## build the pinned Go tools of test-cluster (kube-score, kubeconform, etcd, kube-apiserver, istiod)
 
 $(GOBIN_DIR)/.kube-score-%:
 	@command -v go >/dev/null || { echo "deps-go needs go (https://go.dev/doc/install)"; exit 1; }
@@ -90,6 +92,11 @@ $(GOBIN_DIR)/.kube-apiserver-%:
 	  cd $(GO_TOOLS_DIR)/kube && GOFLAGS=-mod=mod go build -trimpath -ldflags="-s -w $$ldv" \
 	    -o $(GOBIN_DIR)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver && \
 	  echo "kube-apiserver: $$(( $$(date +%s)-s )) s"
+	@touch $@
+$(GOBIN_DIR)/.pilot-discovery-%:
+	@mkdir -p $(GOBIN_DIR); s=$$(date +%s); \
+	  cd $(GO_TOOLS_DIR)/istio && $(GO_BUILD) -o $(GOBIN_DIR)/pilot-discovery istio.io/istio/pilot/cmd/pilot-discovery && \
+	  echo "pilot-discovery (istiod): $$(( $$(date +%s)-s )) s"
 	@touch $@
 
 # ---------------------------------------------------------------- build
@@ -235,7 +242,7 @@ DIST      := $(ROOT)/dist
 test-chart: venv deps-apt build-authserver build-filter ## Helm chart, Argo CD, k8s/ and Dockerfiles: render, lint, schemas, checkov, PSS, NetworkPolicies, real Redis and Envoy
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider chart
 
-test-cluster: venv deps-go ## a real control plane: kube-score, kubeconform, etcd + kube-apiserver with the CRDs, Helm install/upgrade/rollback, PSS
+test-cluster: venv deps-go build ## a real control plane: kube-score, kubeconform, etcd + kube-apiserver with the CRDs, Helm install/upgrade/rollback, PSS, istiod (webhooks, injection, xDS, module fetch)
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider cluster
 
 lint-docker: venv ## hadolint on the Dockerfiles (they are built by the release workflow, not here)

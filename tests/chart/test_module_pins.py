@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -167,15 +168,27 @@ def test_module_embeds_no_build_path():
 
 def test_module_pin_istio_fetcher_sees_the_oci_pin(tmp_path):
     """The layout of the built module, pushed to a registry (go-containerregistry's, in
-    process) and pulled back with the calls Istio's image fetcher makes
-    (tests/chart/istio_oci): the manifest digest Istio compares with `sha256` is the oci pin,
-    and the plugin.wasm it extracts is the module whose sha256 is the file pin."""
+    process) and fetched back by Istio's own module cache (istio.io/istio/pkg/wasm, its OCI
+    image fetcher: tests/cluster/tools/istio/wasmfetch, from the module istiod is built
+    from): it accepts the oci pin (the manifest digest Istio compares with `sha256`), the
+    module it extracts is the one whose sha256 is the file pin, and it refuses the file pin
+    (not a manifest digest)."""
     layout = tmp_path / "oci"
     pins = module_pins.write_layout(FILTER_WASM.read_bytes(), layout, "test")
-    r = subprocess.run(["go", "run", ".", str(layout)], cwd=ROOT / "tests/chart/istio_oci",
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert got == {"digest": pins["oci"], "wasm_sha256": pins["file"],
-                   "manifest_media_type": "application/vnd.oci.image.manifest.v1+json"}
+    index = json.loads((layout / "index.json").read_text())
+    assert [m["mediaType"] for m in index["manifests"]] == [
+        "application/vnd.oci.image.manifest.v1+json"]
+
+    def fetch(pin: str) -> dict:
+        r = subprocess.run(["go", "run", "-trimpath", "./wasmfetch", "-layout", str(layout),
+                            "-sha256", pin], cwd=ROOT / "tests/cluster/tools/istio",
+                           capture_output=True, text=True, timeout=1800,
+                           env={**os.environ, "GOFLAGS": "-mod=mod"})
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    got = fetch(pins["oci"])
+    assert got["ok"] and got["file_sha256"] == pins["file"], got
+    bad = fetch(pins["file"])
+    assert not bad["ok"] and "which does not match" in bad["error"], bad
     assert pins == committed_pins()
