@@ -25,6 +25,7 @@ pub mod jwt;
 pub mod lease;
 pub mod metrics;
 pub mod opaque;
+pub mod pipeline;
 pub mod ratelimit;
 pub mod reject;
 pub mod revocation;
