@@ -251,3 +251,124 @@ fn shared_or_verify(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::test_support::*;
+    use super::*;
+    use crate::testing::MemoryHost;
+
+    fn authenticate(w: &mut Worker, host: &MemoryHost, token: &str) -> (Step, Ctx<'static>) {
+        let req: &'static crate::engine::Request = Box::leak(Box::new(request("/r", None)));
+        let mut cx = Ctx::new(&w.cfg, req);
+        cx.token = Some(token.to_string());
+        let step = run(&mut cx, w, host);
+        (step, cx)
+    }
+
+    #[test]
+    fn a_verified_token_is_kept_in_the_local_cache() {
+        let (host, mut w) = worker(json!({}));
+        let t = token(&[("scope", "read")]);
+        let (step, cx) = authenticate(&mut w, &host, &t);
+        assert_eq!(step, ControlFlow::Continue(()));
+        let first = cx.verified.expect("verified");
+        assert_eq!(first.identity.sub, "alice");
+        assert!(first
+            .headers
+            .iter()
+            .any(|(k, v)| k == "x-tollgate-sub" && v == "alice"));
+        assert_eq!(cx.now_ms, NOW * 1000);
+        assert_eq!(host.metric_value(Metric::CacheMiss), 1);
+        // The second time: the local cache, the same identity, no shared lookup.
+        let (step, cx) = authenticate(&mut w, &host, &t);
+        assert_eq!(step, ControlFlow::Continue(()));
+        assert!(Rc::ptr_eq(&first, cx.verified.as_ref().expect("verified")));
+        assert_eq!(host.metric_value(Metric::CacheHit), 1);
+        assert_eq!(host.metric_value(Metric::CacheMiss), 1);
+    }
+
+    #[test]
+    fn without_a_local_cache_the_shared_cache_answers() {
+        let (host, mut w) = worker(json!({"cache": {"local_entries": 0}}));
+        let t = token(&[]);
+        for _ in 0..2 {
+            let (step, _) = authenticate(&mut w, &host, &t);
+            assert_eq!(step, ControlFlow::Continue(()));
+        }
+        assert_eq!(host.metric_value(Metric::CacheMiss), 1);
+        assert_eq!(host.metric_value(Metric::CacheHit), 1);
+    }
+
+    #[test]
+    fn a_forged_signature_is_refused_and_not_cached() {
+        let (host, mut w) = worker(json!({}));
+        let t = token(&[]);
+        let forged = format!("{}AAAA", &t[..t.len() - 4]);
+        for _ in 0..2 {
+            let (step, cx) = authenticate(&mut w, &host, &forged);
+            let ControlFlow::Break(Outcome::Reject(r)) = step else {
+                panic!("{step:?}")
+            };
+            assert_eq!(r.status, 401);
+            assert!(cx.verified.is_none());
+        }
+        assert_eq!(
+            host.metric_value(Metric::CacheMiss),
+            2,
+            "verified each time"
+        );
+    }
+
+    #[test]
+    fn before_any_jwks_the_request_waits() {
+        let host = MemoryHost::new(NOW * 1000);
+        let mut w = Worker::new(config(json!({})));
+        let (step, _) = authenticate(&mut w, &host, &token(&[]));
+        assert_eq!(step, ControlFlow::Break(Outcome::WaitForJwks { issuer: 0 }));
+    }
+
+    #[test]
+    fn an_anonymous_request_passes_untouched() {
+        let (host, mut w) = worker(json!({}));
+        let req = request("/r", None);
+        let mut cx = Ctx::new(&w.cfg, &req);
+        let before = host.metrics.borrow().clone();
+        assert_eq!(run(&mut cx, &mut w, &host), ControlFlow::Continue(()));
+        assert!(cx.verified.is_none());
+        assert_eq!(cx.now_ms, 0);
+        assert_eq!(*host.metrics.borrow(), before, "nothing counted");
+    }
+
+    #[test]
+    fn an_opaque_token_is_introspected_once_per_gateway() {
+        let (host, mut w) = worker(json!({
+            "auth_server": {"cluster": "auth", "client_id": "gw", "client_secret": "s3cret"},
+            "introspection": {"issuer": ISS, "slots": 16}}));
+        // A shape no token of the issuer has: refused without a call.
+        let (step, _) = authenticate(&mut w, &host, "short");
+        let ControlFlow::Break(Outcome::Reject(r)) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(r.status, 401);
+        let t = "tg_at_opaqueAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let hash = cache::hash_token(t);
+        let (step, _) = authenticate(&mut w, &host, t);
+        assert_eq!(
+            step,
+            ControlFlow::Break(Outcome::Introspect {
+                hash,
+                token: SecretToken(t.to_string())
+            })
+        );
+        // The second request with the token waits for that call instead of making one.
+        let (step, _) = authenticate(&mut w, &host, t);
+        assert_eq!(
+            step,
+            ControlFlow::Break(Outcome::WaitForIntrospection { hash })
+        );
+        assert_eq!(host.metric_value(Metric::IntrospectionCall), 1);
+    }
+}

@@ -42,3 +42,59 @@ pub(crate) fn removed(cfg: &Config) -> Vec<String> {
         Vec::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::test_support::*;
+    use super::*;
+    use crate::pipeline::{authenticate, Step};
+    use std::ops::ControlFlow;
+
+    #[test]
+    fn the_verified_identity_goes_out_in_headers() {
+        let (host, mut w) = worker(json!({"headers": {"strip_authorization": true}}));
+        let t = token(&[("scope", "read")]);
+        let req = request("/r", Some(&t));
+        let mut cx = Ctx::new(&w.cfg, &req);
+        cx.token = Some(t.clone());
+        let step: Step = authenticate::run(&mut cx, &mut w, &host);
+        assert_eq!(step, ControlFlow::Continue(()));
+        cx.response_headers = vec![("ratelimit".into(), "x".into())];
+        let Outcome::Allow {
+            set,
+            remove,
+            response_headers,
+        } = forward(&mut cx, &w, &host)
+        else {
+            panic!("not allowed")
+        };
+        assert!(set
+            .iter()
+            .any(|(k, v)| k == "x-tollgate-sub" && v == "alice"));
+        assert!(set
+            .iter()
+            .any(|(k, v)| k == "x-tollgate-scope" && v == "read"));
+        assert_eq!(remove, vec!["authorization".to_string()]);
+        assert_eq!(response_headers, vec![("ratelimit".into(), "x".into())]);
+        assert_eq!(host.metric_value(Metric::Allowed), 1);
+    }
+
+    #[test]
+    fn an_anonymous_request_goes_out_without_identity() {
+        let (host, w) = worker(json!({}));
+        let req = request("/r", None);
+        let mut cx = Ctx::new(&w.cfg, &req);
+        let Outcome::Allow { set, remove, .. } = forward(&mut cx, &w, &host) else {
+            panic!("not allowed")
+        };
+        assert!(set.is_empty());
+        assert!(
+            remove.is_empty(),
+            "Authorization kept without strip_authorization"
+        );
+        assert_eq!(host.metric_value(Metric::AllowedAnonymous), 1);
+        assert_eq!(host.metric_value(Metric::Allowed), 0);
+    }
+}

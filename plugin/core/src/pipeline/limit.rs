@@ -171,3 +171,70 @@ fn limit_key(cfg: &Config, rl: &RuleLimit, identity: Option<&Identity>, req: &Re
         LimitKey::Header(h) => req.header(h).unwrap_or_default().to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::test_support::*;
+    use super::*;
+    use crate::pipeline::authenticate;
+    use crate::testing::MemoryHost;
+
+    fn limit(w: &mut Worker, host: &MemoryHost, sub: &str) -> (Step, Vec<(String, String)>) {
+        let t = token(&[("sub", sub)]);
+        let req = request("/rl", Some(&t));
+        let mut cx = Ctx::new(&w.cfg, &req);
+        cx.token = Some(t.clone());
+        assert_eq!(
+            authenticate::run(&mut cx, w, host),
+            ControlFlow::Continue(())
+        );
+        let step = run(&mut cx, w, host);
+        (step, cx.response_headers)
+    }
+
+    #[test]
+    fn a_local_limit_counts_per_key() {
+        let (host, mut w) = worker(json!({"rules": [{"name": "one", "path_prefix": "/rl",
+            "rate_limit": {"requests": 1, "period_s": 60, "key": "sub"}}]}));
+        let (step, headers) = limit(&mut w, &host, "alice");
+        assert_eq!(step, ControlFlow::Continue(()));
+        assert!(
+            headers.iter().any(|(k, _)| k == "ratelimit-policy"),
+            "{headers:?}"
+        );
+        let (step, _) = limit(&mut w, &host, "alice");
+        let ControlFlow::Break(Outcome::Reject(r)) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(r.status, 429);
+        assert_eq!(host.metric_value(Metric::RateLimited), 1);
+        // Another key has its own bucket.
+        assert_eq!(limit(&mut w, &host, "bob").0, ControlFlow::Continue(()));
+    }
+
+    #[test]
+    fn a_global_limit_without_a_lease_holds_and_asks_for_one() {
+        let (host, mut w) = worker(json!({
+            "auth_server": {"cluster": "auth", "client_id": "gw", "client_secret": "s3cret"},
+            "rules": [{"name": "g", "path_prefix": "/rl",
+                       "rate_limit": {"requests": 10, "period_s": 60, "key": "sub",
+                                      "mode": "global"}}]}));
+        let (step, _) = limit(&mut w, &host, "alice");
+        let ControlFlow::Break(Outcome::WaitForLease { rule, hash }) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(rule, 0);
+        assert_eq!(w.wanted.borrow().as_slice(), &[(0, hash)]);
+    }
+
+    #[test]
+    fn no_limit_no_headers() {
+        let (host, mut w) = worker(json!({}));
+        assert_eq!(
+            limit(&mut w, &host, "alice"),
+            (ControlFlow::Continue(()), Vec::new())
+        );
+    }
+}
