@@ -10,7 +10,7 @@
 //! [`Step::Break`] with the request's [`Outcome`]: a rejection (deny), or a wait for a
 //! fetch (hold: JWKS, introspection, rate-limit lease; the glue holds the request and the
 //! background side of [`crate::engine`] runs it through this list again when the answer is
-//! in). A request that passes every stage is forwarded by [`identity::forward`].
+//! in). A request that passes every stage is forwarded by `identity::forward`.
 //!
 //! The list is the body of [`Worker::on_request`]: plain calls, no boxing and no dynamic
 //! dispatch on the per-request path. A new stage (e.g. DPoP or certificate binding,

@@ -5,6 +5,8 @@ use std::rc::Rc;
 use crate::cache::TokenHash;
 use crate::lease::KeyHash;
 use crate::reject::Rejection;
+#[cfg(doc)]
+use super::Worker;
 
 /// A bearer token carried inside an [`Outcome`]: never shown by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
