@@ -2,11 +2,11 @@
 
 use std::rc::Rc;
 
+#[cfg(doc)]
+use super::Worker;
 use crate::cache::TokenHash;
 use crate::lease::KeyHash;
 use crate::reject::Rejection;
-#[cfg(doc)]
-use super::Worker;
 
 /// A bearer token carried inside an [`Outcome`]: never shown by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
