@@ -57,8 +57,7 @@ pub struct Verified {
 }
 
 /// The request context the stages share: the request, its route rule, and what the
-/// stages found so far.
-#[derive(Debug)]
+/// stages found so far. `Debug` never shows the token.
 pub struct Ctx<'r> {
     pub req: &'r Request,
     /// Index of the first matching rule (`None`: the default rule).
@@ -71,6 +70,17 @@ pub struct Ctx<'r> {
     pub verified: Option<Rc<Verified>>,
     /// Response headers to add to the upstream's answer (`limit`: rate-limit headers).
     pub response_headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("rule", &self.rule)
+            .field("token", &self.token.as_ref().map(|_| ".."))
+            .field("now_ms", &self.now_ms)
+            .field("verified", &self.verified)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'r> Ctx<'r> {
@@ -148,6 +158,17 @@ mod tests {
         assert!(set
             .iter()
             .any(|(k, v)| k == "x-tollgate-sub" && v == "alice"));
+    }
+
+    #[test]
+    fn the_context_never_shows_the_token() {
+        let (_, w) = worker(serde_json::json!({}));
+        let t = token(&[]);
+        let req = request("/r", None);
+        let mut cx = Ctx::new(&w.cfg, &req);
+        cx.token = Some(t.clone());
+        let shown = format!("{cx:?}");
+        assert!(!shown.contains(&t[..20]), "{shown}");
     }
 
     #[test]
