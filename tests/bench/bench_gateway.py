@@ -13,6 +13,15 @@ for each scenario (an idle Envoy costs nothing). Scenarios:
 
 Then the edge scenarios of bench_edge.py (rate-limited routes vs native local_ratelimit,
 opaque tokens vs the native JWT path, revocation propagation), unless BENCH_EDGE=0.
+
+BENCH_BASELINE_WASM=<path to another tollgate_filter.wasm> adds a fourth gateway, "baseline":
+the same Tollgate configuration with that module, measured in the same interleaved rounds
+(Tollgate, baseline, Tollgate, baseline, ...), so that a change to the filter is compared
+with the module it changes on the same Envoy and the same background load: the table gets
+a Tollgate/baseline ratio, with the per-round ratios as its spread. Such a run is a
+comparison, not the committed result: it prints and does not write results/gateway.json.
+`--only tollgate,baseline --scenarios repeated` measures just that (no distinct-token
+stream, no edge scenarios).
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ GATEWAYS = [
     ("native", "Envoy jwt_authn + local_ratelimit"),
     ("tollgate", "Tollgate Wasm filter"),
 ]
+# With BENCH_BASELINE_WASM: Tollgate with another module (see the docstring).
+BASELINE = ("baseline", "Tollgate Wasm filter, baseline module")
 SCENARIOS = [
     ("repeated", "repeated token"),
     ("distinct", "distinct tokens"),
@@ -64,6 +75,17 @@ def filter_wasm() -> Path:
         "FILTER_WASM", common.ROOT / "target/wasm32-wasip1/release/tollgate_filter.wasm"))
     if not path.is_file():
         raise BenchError(f"{path} not found: run `make build-filter`")
+    return path
+
+
+def baseline_wasm() -> Path | None:
+    """The module of the "baseline" gateway (BENCH_BASELINE_WASM), None without one."""
+    value = os.environ.get("BENCH_BASELINE_WASM", "").strip()
+    if not value:
+        return None
+    path = Path(value).resolve()
+    if not path.is_file():
+        raise BenchError(f"BENCH_BASELINE_WASM={value}: no such file")
     return path
 
 
@@ -202,10 +224,12 @@ def start_gateway(kind: str, procs: Processes, settings: Settings, workdir: Path
         **bench_edge.native_limits(),
     }
     template = None
-    if kind == "tollgate":
-        values["wasm"] = str(filter_wasm())
+    if kind in ("tollgate", "baseline"):
+        module = filter_wasm() if kind == "tollgate" else baseline_wasm()
+        values["wasm"] = str(module)
         values["filter_config"] = tollgate_filter_config(
             auth, audience, {"rules": bench_edge.tollgate_rate_limit_rules()})
+        template = "tollgate"
     elif filter_config is not None:  # another Tollgate configuration (bench_edge.py)
         values["wasm"] = str(filter_wasm())
         values["filter_config"] = filter_config
@@ -265,30 +289,48 @@ def filter_stats(admin: int) -> dict[str, int]:
 
 def report(data: dict[str, Any]) -> None:
     rows = []
-    for key, label in SCENARIOS:
+    gateways_order = [(g["key"], g["label"]) for g in data["gateways_order"]]
+    measured = [(k, lbl) for k, lbl in SCENARIOS if k in data["ratios"]]
+    for key, label in measured:
         r = data["ratios"][key]
         row = [label, common.fmt_ratio(r.get("tollgate_vs_native")),
                common.fmt_ratio(r.get("tollgate_vs_noauth"))]
-        for gw, _ in GATEWAYS:
+        for gw, _ in gateways_order:
             m = data["gateways"].get(gw, {}).get(key)
             row += ([f"{m['rps']:,.0f}", f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}"]
                     if m else ["n/a", "", ""])
         rows.append(row)
     header = ["scenario", "Tollgate/native", "Tollgate/no-auth"]
-    for gw, _ in GATEWAYS:
+    for gw, _ in gateways_order:
         header += [f"{gw} req/s", "p50 ms", "p99 ms"]
     common.print_table(
         f"bench-gateway ({data['machine']['nproc']} cores, {data['machine']['cpu_model']}, "
         f"envoy --concurrency {data['envoy_concurrency']})", header, rows)
-    for key, label in SCENARIOS:
+    for key, label in measured:
         cpu = [f"{gw} {data['gateways'][gw][key].get('envoy_cpu_us_per_request')}"
-               for gw, _ in GATEWAYS if key in data["gateways"].get(gw, {})]
+               for gw, _ in gateways_order if key in data["gateways"].get(gw, {})]
         print(f"Envoy CPU per request, {label} (us): " + ", ".join(cpu))
+    for key, label in measured:
+        b = data["ratios"][key].get("tollgate_vs_baseline")
+        if b is None:
+            continue
+        line = f"Tollgate / baseline module, {label}: {b:.3f}x"
+        per_round = data["ratios"][key].get("tollgate_vs_baseline_rounds")
+        if per_round:
+            line += (f" (rounds: {', '.join(f'{x:.3f}' for x in per_round)}; "
+                     f"min {min(per_round):.3f}, max {max(per_round):.3f})")
+        cpu = data["ratios"][key].get("tollgate_vs_baseline_cpu_rounds")
+        if cpu:
+            line += (f"; Envoy CPU per request, Tollgate / baseline by round: "
+                     f"{', '.join(f'{x:.3f}' for x in cpu)}")
+        print(line)
     d = data["gateways"].get("tollgate", {}).get("distinct")
-    if d:
+    if d and "distinct_tokens" in d:
         print(f"distinct tokens: {d['distinct_tokens']} minted, Tollgate made "
               f"{d['passes']} pass(es) over them")
     t = data["targets"]
+    if t is None:
+        return
     print("targets (issue): Tollgate >= 1.0x native on repeated tokens: "
           f"{'met' if t['repeated_1x_native'] else 'NOT met'}; >= 0.9x no-auth: "
           f"{'met' if t['repeated_0.9x_noauth'] else 'NOT met'}; >= 0.5x native on distinct "
@@ -297,10 +339,19 @@ def report(data: dict[str, Any]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", default="noauth,native,tollgate",
-                        help="comma-separated gateways to run (debugging)")
+    parser.add_argument("--only", default="noauth,native,tollgate,baseline",
+                        help="comma-separated gateways to run (baseline: only with "
+                             "BENCH_BASELINE_WASM)")
+    parser.add_argument("--scenarios", default="repeated,distinct",
+                        help="comma-separated scenarios to run (repeated, distinct); the "
+                             "edge scenarios need both")
     args = parser.parse_args()
-    only = [g for g in args.only.split(",") if g]
+    baseline = baseline_wasm()
+    gateway_list = GATEWAYS + ([BASELINE] if baseline else [])
+    only = [g for g in args.only.split(",") if g and (g != "baseline" or baseline)]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    if not only or not scenarios or not set(scenarios) <= {k for k, _ in SCENARIOS}:
+        parser.error("nothing to run (see --only, --scenarios, BENCH_BASELINE_WASM)")
     common.install_signal_handlers()
     settings = Settings()
     concurrency = common.env_int("BENCH_ENVOY_CONCURRENCY", 2)
@@ -325,8 +376,10 @@ def main() -> int:
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         audience = claims["aud"] if isinstance(claims["aud"], str) else claims["aud"][0]
         t0 = time.monotonic()
-        minted = auth.mint(settings, workdir, n_tokens, max_seconds=45)
-        if len(minted) < 1000:
+        # Without the distinct-token stream, a few tokens for the start-up checks.
+        minted = auth.mint(settings, workdir, n_tokens if "distinct" in scenarios else 3,
+                           max_seconds=45)
+        if len(minted) < (1000 if "distinct" in scenarios else 3):
             raise BenchError(f"only {len(minted)} tokens minted")
         print(f"minted {len(minted)} distinct tokens in {time.monotonic() - t0:.1f} s",
               flush=True)
@@ -336,7 +389,7 @@ def main() -> int:
         single.write_text(token + "\n")
         urls = {kind: start_gateway(kind, procs, settings, workdir, auth, audience, token,
                                     tokens_file, concurrency)
-                for kind, _ in GATEWAYS if kind in only}
+                for kind, _ in gateway_list if kind in only}
         # All gateways are up (idle ones cost nothing); each scenario is measured on every
         # gateway back to back, so that background load drift hits all sides of a ratio.
         for kind in urls:
@@ -370,7 +423,7 @@ def main() -> int:
                 if None not in per_round_us else None)
             gateways[kind]["repeated"]["envoy_cpu_us_per_request_rounds"] = per_round_us
             gateways[kind]["repeated"]["filter_stats_after"] = filter_stats(admin)
-        for kind, (url, admin) in urls.items():
+        for kind, (url, admin) in (urls.items() if "distinct" in scenarios else ()):
             # No warm-up: it would use up tokens, and the gateway is warm from the run
             # above; the stream starts after the 3 tokens checked at start-up.
             c0 = common.process_cpu_ns(ENVOY_PIDS[kind])
@@ -386,7 +439,8 @@ def main() -> int:
             res["passes"] = round(res["requests"] / max(len(minted) - 3, 1), 2)
             res["filter_stats_after"] = filter_stats(admin)
             gateways[kind]["distinct"] = res
-        if {"native", "tollgate"} <= set(urls) and common.env_int("BENCH_EDGE", 1):
+        if ({"native", "tollgate"} <= set(urls) and set(scenarios) == {"repeated", "distinct"}
+                and common.env_int("BENCH_EDGE", 1)):
             edge = bench_edge.run(sys.modules[__name__], settings, procs, workdir, auth,
                                   audience, token, tokens_file, len(minted), concurrency,
                                   urls, filter_stats,
@@ -407,18 +461,36 @@ def main() -> int:
 
     ratios = {}
     for key, _ in SCENARIOS:
+        if key not in scenarios:
+            continue
         t, n, z = rps("tollgate", key), rps("native", key), rps("noauth", key)
         ratios[key] = {"tollgate_vs_native": round(t / n, 2) if t and n else None,
                        "tollgate_vs_noauth": round(t / z, 2) if t and z else None,
                        "native_vs_noauth": round(n / z, 2) if n and z else None}
+        b = rps("baseline", key)
+        if t and b:
+            ratios[key]["tollgate_vs_baseline"] = round(t / b, 3)
+    if "repeated" in ratios and {"tollgate", "baseline"} <= set(gateways):
+        # The rounds ran back to back (Tollgate, baseline, ...): one ratio per round.
+        t_rounds = gateways["tollgate"]["repeated"]["rounds"]
+        b_rounds = gateways["baseline"]["repeated"]["rounds"]
+        ratios["repeated"]["tollgate_vs_baseline_rounds"] = [
+            round(t["rps"] / b["rps"], 3) for t, b in zip(t_rounds, b_rounds, strict=True)
+            if b["rps"]]
+        t_cpu = gateways["tollgate"]["repeated"]["envoy_cpu_us_per_request_rounds"]
+        b_cpu = gateways["baseline"]["repeated"]["envoy_cpu_us_per_request_rounds"]
+        if None not in t_cpu and None not in b_cpu:
+            ratios["repeated"]["tollgate_vs_baseline_cpu_rounds"] = [
+                round(t / b, 3) for t, b in zip(t_cpu, b_cpu, strict=True) if b]
     data = {
         "machine": machine,
         "settings": {**settings.as_dict(), "distinct_duration_s": distinct_duration,
                      "repeated_rounds": rounds},
         "envoy_concurrency": concurrency,
         "cache_size": CACHE_SIZE,
-        "gateways_order": [{"key": k, "label": lbl} for k, lbl in GATEWAYS],
-        "scenarios": [{"key": k, "label": lbl} for k, lbl in SCENARIOS],
+        "gateways_order": [{"key": k, "label": lbl} for k, lbl in gateway_list
+                           if k in gateways],
+        "scenarios": [{"key": k, "label": lbl} for k, lbl in SCENARIOS if k in scenarios],
         "gateways": gateways,
         "ratios": ratios,
         "edge": edge,
@@ -426,9 +498,13 @@ def main() -> int:
             "repeated_1x_native": (ratios["repeated"]["tollgate_vs_native"] or 0) >= 1.0,
             "repeated_0.9x_noauth": (ratios["repeated"]["tollgate_vs_noauth"] or 0) >= 0.9,
             "distinct_0.5x_native": (ratios["distinct"]["tollgate_vs_native"] or 0) >= 0.5,
-        },
+        } if len(ratios) == len(SCENARIOS) else None,
     }
-    if set(only) != {k for k, _ in GATEWAYS}:
+    if baseline:
+        data["baseline_wasm"] = str(baseline)
+    # A partial run or a comparison with a baseline module prints; only the full run of the
+    # three gateways is the committed result.
+    if set(gateways) != {k for k, _ in GATEWAYS} or len(ratios) != len(SCENARIOS):
         print(json.dumps({k: {sc: v.get("filter_stats_after") for sc, v in g.items()}
                           for k, g in gateways.items()}, indent=1))
         report(data)

@@ -5,7 +5,8 @@
 //! ([`jwt`]), JWK Sets ([`jwks`]), rules ([`rules`]), RFC 6750 rejections ([`reject`]),
 //! identity headers ([`identity`]), the shared verified-token cache ([`cache`]), revocation
 //! at the edge ([`revocation`]), opaque-token introspection ([`introspection`]) and its guards ([`opaque`]), shared rate
-//! limits ([`ratelimit`]), global rate limits by quota leases ([`lease`]) and the request / timer flow ([`engine`]). The `tollgate-filter` crate only maps this onto
+//! limits ([`ratelimit`]), global rate limits by quota leases ([`lease`]), the request path as a list of stages
+//! ([`pipeline`]) and the worker's state, timer and fetch answers ([`engine`]). The `tollgate-filter` crate only maps this onto
 //! proxy-wasm hostcalls. See `docs/filter.md`.
 
 pub mod cache;
@@ -25,6 +26,7 @@ pub mod jwt;
 pub mod lease;
 pub mod metrics;
 pub mod opaque;
+pub mod pipeline;
 pub mod ratelimit;
 pub mod reject;
 pub mod revocation;
