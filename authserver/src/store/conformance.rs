@@ -686,6 +686,41 @@ async fn assertion_jtis(s: Both) {
     assert!(s.claim_assertion_jti("c1:a", now + 100).await.unwrap());
 }
 
+/// A DPoP proof's `jti` is used once per key until its expiry: the same `jti` from another
+/// key is another proof; after the expiry the name is free again.
+async fn dpop_jtis_are_single_use(s: Both) {
+    let (s, _) = s;
+    let now = now_secs();
+    assert!(s.claim_dpop_jti("jkt-a", "j1", now + 2).await.unwrap());
+    assert!(
+        !s.claim_dpop_jti("jkt-a", "j1", now + 2).await.unwrap(),
+        "replay"
+    );
+    assert!(
+        !s.claim_dpop_jti("jkt-a", "j1", now + 100).await.unwrap(),
+        "a later exp does not reopen it"
+    );
+    assert!(
+        s.claim_dpop_jti("jkt-b", "j1", now + 2).await.unwrap(),
+        "another key"
+    );
+    assert!(
+        s.claim_dpop_jti("jkt-a", "j2", now + 2).await.unwrap(),
+        "another jti"
+    );
+    // Not mistaken for a client assertion's jti of the same name.
+    assert!(s.claim_assertion_jti("jkt-a j1", now + 2).await.unwrap());
+    // Long, odd identifiers are stored under their hash.
+    let long = "\u{1F600}{x}".repeat(100);
+    assert!(s.claim_dpop_jti(&long, &long, now + 2).await.unwrap());
+    assert!(!s.claim_dpop_jti(&long, &long, now + 2).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        s.claim_dpop_jti("jkt-a", "j1", now + 100).await.unwrap(),
+        "expired"
+    );
+}
+
 async fn access_token_act_round_trips(s: Both) {
     let (s, _) = s;
     let mut t = token("ja", now_secs() + 100);
@@ -911,6 +946,7 @@ conformance! {
     refresh_tokens_rotate => 100,
     token_families => 100,
     assertion_jtis => 100,
+    dpop_jtis_are_single_use => 100,
     access_token_act_round_trips => 100,
     ownership_indexes => 100,
 }

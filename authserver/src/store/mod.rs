@@ -496,6 +496,12 @@ pub trait Store: Send + Sync + 'static {
     /// was claimed before.
     async fn claim_assertion_jti(&self, key: &str, exp: u64) -> StoreResult<bool>;
 
+    // Proof of possession (DPoP, RFC 9449)
+    /// Record that the key with thumbprint `jkt` used the proof `jti`, until `exp` (as long
+    /// as the proof could be accepted): true the first time, false for a replay. Insert if
+    /// absent, one key (`auth:dpop_jti:{sha256}`).
+    async fn claim_dpop_jti(&self, jkt: &str, jti: &str, exp: u64) -> StoreResult<bool>;
+
     // Ownership (what a deleted user or client ends; see [`Owned`])
     /// Index `member` under each of `owners` until `exp` (an index lives as long as its
     /// longest-lived member; expired members are dropped as new ones come).
@@ -551,6 +557,12 @@ pub const REVOCATION_RETENTION_SECS: u64 = 600;
 /// Until when (Unix s) the revocation of a token expiring at `exp` is kept.
 pub fn revocation_kept_until(exp: u64) -> u64 {
     exp.saturating_add(REVOCATION_RETENTION_SECS)
+}
+
+/// The name of a used DPoP proof in the store: SHA-256 of the key's thumbprint and the
+/// `jti` (bounded length, whatever the client sent).
+pub fn dpop_jti_hash(jkt: &str, jti: &str) -> String {
+    crate::crypto::token_hash(&format!("{jkt} {jti}"))
 }
 
 /// Current Unix time in seconds.
