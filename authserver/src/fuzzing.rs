@@ -333,6 +333,7 @@ async fn fresh_state() -> (Arc<AppState>, String) {
                 grant_id: "grant-code".into(),
                 auth_time: now,
                 exp: now + 600,
+                dpop_jkt: None,
             },
         )
         .await
@@ -349,6 +350,7 @@ async fn fresh_state() -> (Arc<AppState>, String) {
                 grant_id: "grant-refresh".into(),
                 iat: now,
                 exp: now + 3600,
+                jkt: None,
             },
         )
         .await
@@ -367,6 +369,7 @@ async fn fresh_state() -> (Arc<AppState>, String) {
             opaque: false,
             extra: Default::default(),
             user_id: None,
+            jkt: None,
         },
     )
     .await

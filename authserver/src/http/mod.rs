@@ -23,6 +23,7 @@ pub mod admin;
 pub mod authorize;
 pub mod client_assertion;
 pub mod client_auth;
+pub mod dpop;
 pub mod edge;
 pub mod health;
 pub mod introspect;

@@ -11,7 +11,7 @@ use crate::error::OAuthError;
 use crate::form::Params;
 use crate::grants;
 
-use super::{client_auth, json_no_store, SharedState};
+use super::{client_auth, dpop, json_no_store, SharedState};
 
 #[utoipa::path(
     post,
@@ -59,12 +59,18 @@ async fn handle(
         client_auth::spend_quota(state, &caller).await?;
     }
     let client = &caller.client;
+    let jkt = dpop::token_request_key(state, headers, client).await?;
+    let jkt = jkt.as_deref();
     let outcome = match grant_type.as_str() {
-        "client_credentials" => grants::client_credentials::handle(state, client, &params).await,
-        "authorization_code" => grants::authorization_code::handle(state, client, &params).await,
-        "refresh_token" => grants::refresh_token::handle(state, client, &params).await,
+        "client_credentials" => {
+            grants::client_credentials::handle(state, client, &params, jkt).await
+        }
+        "authorization_code" => {
+            grants::authorization_code::handle(state, client, &params, jkt).await
+        }
+        "refresh_token" => grants::refresh_token::handle(state, client, &params, jkt).await,
         grants::token_exchange::GRANT => {
-            grants::token_exchange::handle(state, client, &params).await
+            grants::token_exchange::handle(state, client, &params, jkt).await
         }
         // The value is not echoed: a confused client may have put a secret in it.
         _ => Err(OAuthError::UnsupportedGrantType(format!(
@@ -79,5 +85,7 @@ async fn handle(
     if caller.is_public() {
         client_auth::spend_quota_after_success(state, &caller).await;
     }
-    Ok(json_no_store(StatusCode::OK, &body))
+    let mut resp = json_no_store(StatusCode::OK, &body);
+    dpop::add_nonce(state, &mut resp);
+    Ok(resp)
 }

@@ -44,6 +44,7 @@ pub(super) fn token(jti: &str, exp: u64) -> AccessTokenRecord {
         format: "jwt".into(),
         act: None,
         user_id: None,
+        cnf_jkt: None,
     }
 }
 
@@ -494,6 +495,7 @@ fn code(client: &str, exp: u64) -> AuthCodeRecord {
         grant_id: "g1".into(),
         auth_time: 1,
         exp,
+        dpop_jkt: Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into()),
     }
 }
 
@@ -566,6 +568,7 @@ async fn refresh_tokens_rotate(s: Both) {
         grant_id: "g1".into(),
         iat: now,
         exp: now + 100,
+        jkt: Some("jkt-of-the-client-key".into()),
     };
     s.save_refresh_token("r1", &r).await.unwrap();
     assert_eq!(
@@ -726,6 +729,7 @@ async fn access_token_act_round_trips(s: Both) {
     let mut t = token("ja", now_secs() + 100);
     t.act = Some(r#"{"sub":"svc"}"#.into());
     t.user_id = Some("u-alice".into());
+    t.cnf_jkt = Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into());
     s.save_access_token(&t).await.unwrap();
     assert_eq!(s.get_access_token("ja").await.unwrap().0, Some(t));
 }
@@ -1086,6 +1090,7 @@ async fn cluster_spreads_keys_and_reaches_every_primary() {
         grant_id: "g".into(),
         iat: now,
         exp: now + 100,
+        jkt: None,
     };
     let hashes: Vec<String> = (0..30).map(|i| format!("h{i}")).collect();
     for h in &hashes {

@@ -82,6 +82,9 @@ pub struct ClientMetadata {
     /// Per-client access-token lifetime override, seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_token_ttl: Option<u64>,
+    /// RFC 9449 §5.2: every token request of the client must carry a DPoP proof.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dpop_bound_access_tokens: bool,
     /// Any other registered metadata, kept and returned as given.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -109,6 +112,10 @@ pub struct AccessTokenRecord {
     /// token). Stores index the token under it and under its client ([`Owned::AccessTokens`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    /// RFC 9449: the thumbprint of the key the token is bound to (`cnf.jkt`), for a DPoP
+    /// token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf_jkt: Option<String>,
 }
 
 /// A user who can log in at the authorization endpoint.
@@ -173,6 +180,10 @@ pub struct AuthCodeRecord {
     pub grant_id: String,
     pub auth_time: u64,
     pub exp: u64,
+    /// RFC 9449 §10: the `dpop_jkt` of the authorization request; the code is redeemed only
+    /// with a DPoP proof by that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 /// A refresh token as stored (by its SHA-256), alive until `exp`.
@@ -189,6 +200,10 @@ pub struct RefreshTokenRecord {
     pub grant_id: String,
     pub iat: u64,
     pub exp: u64,
+    /// RFC 9449 §5: the thumbprint of the DPoP key a public client's refresh token is bound
+    /// to; it is redeemed only with a proof by that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
 }
 
 /// The result of consuming a single-use artefact (code or refresh token).

@@ -56,6 +56,7 @@ fn refresh(exp: u64) -> RefreshTokenRecord {
         grant_id: "g1".into(),
         iat: now_secs(),
         exp,
+        jkt: None,
     }
 }
 
@@ -183,6 +184,7 @@ async fn without_the_replica_durable_writes_fail_and_the_others_do_not() {
             grant_id: "g".into(),
             auth_time: 1,
             exp,
+            dpop_jkt: None,
         },
     )
     .await
