@@ -416,6 +416,8 @@ mod test_support;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_dpop;
+#[cfg(test)]
 mod tests_escalation;
 #[cfg(test)]
 mod tests_flows;
