@@ -19,11 +19,17 @@ use super::{client_auth, dpop, json_no_store, SharedState};
     tags = ["public"],
     request_body(content = super::openapi::TokenRequest, content_type = "application/x-www-form-urlencoded"),
     security(("client_basic" = []), ()),
+    params(
+        ("DPoP" = Option<String>, Header, description = "RFC 9449 DPoP proof JWT (at most one): the access token is bound to its key (`token_type: DPoP`, `cnf.jkt`); required for clients registered with `dpop_bound_access_tokens`"),
+    ),
     responses(
-        (status = 200, description = "RFC 6749 §5.1 token response", body = super::openapi::TokenResponse),
+        (status = 200, description = "RFC 6749 §5.1 token response (with `DPoP-Nonce` when server nonces are on)", body = super::openapi::TokenResponse,
+            headers(("DPoP-Nonce" = Option<String>, description = "RFC 9449 §8: the nonce for the next DPoP proof (TOLLGATE_DPOP_NONCE)"))),
         (status = 401, description = "invalid_client", body = super::openapi::ErrorBody),
         (status = 415, description = "unsupported content type", body = super::openapi::ErrorBody),
         super::openapi::CommonErrors,
+        (status = 400, description = "RFC 6749 §5.2 error (invalid_request, invalid_grant, ...); `invalid_dpop_proof` (RFC 9449 §5) for a missing, invalid or replayed DPoP proof; `use_dpop_nonce` (RFC 9449 §8) with a `DPoP-Nonce` header", body = super::openapi::ErrorBody,
+            headers(("DPoP-Nonce" = Option<String>, description = "with use_dpop_nonce: the nonce to put in the proof"))),
     )
 )]
 pub async fn token(
