@@ -467,6 +467,44 @@ async fn server_nonces_when_configured(app: App) {
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_dpop_proof");
 }
 
+/// Token exchange with a proof: the derived token is bound to the exchanging service's key;
+/// a service registered with `dpop_bound_access_tokens` cannot exchange without one.
+async fn token_exchange_issues_bound_tokens(app: App) {
+    const XG: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+    let svc = register(
+        &app,
+        json!({"grant_types": [XG], "scope": "", "audience": ["https://svc"],
+               "dpop_bound_access_tokens": true,
+               "token_exchange": {"audiences": ["https://down"], "scopes": ["a"]}}),
+    )
+    .await;
+    let svc_auth = basic(
+        svc["client_id"].as_str().unwrap(),
+        svc["client_secret"].as_str().unwrap(),
+    );
+    let caller = cc_client(&app, json!({"scope": "a", "audience": ["https://svc"]})).await;
+    let subject = token_with(&app, "grant_type=client_credentials", Some(&caller), &[]).await;
+    let subject = subject.body["access_token"].as_str().unwrap().to_string();
+    let body = form_body(&[
+        ("grant_type", XG),
+        ("subject_token", &subject),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ),
+    ]);
+    let r = token_with(&app, &body, Some(&svc_auth), &[]).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_dpop_proof");
+    let key = TestKey::rsa(true);
+    let proof = key.proof("POST", &token_uri(&app), now_secs());
+    let r = token_with(&app, &body, Some(&svc_auth), &[&proof]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["token_type"], "DPoP");
+    let (_, c) = claims(r.body["access_token"].as_str().unwrap());
+    assert_eq!(c["cnf"]["jkt"], key.jkt());
+    assert_eq!(c["aud"], "https://down");
+}
+
 async fn metadata_lists_the_proof_algs(app: App) {
     let r = app
         .get("/.well-known/oauth-authorization-server", None)
@@ -487,5 +525,6 @@ store_suite! {
     a_code_requested_with_dpop_jkt_needs_that_key => |c| c.rate_limit_per_ip = 50,
     confidential_refresh_tokens_are_not_bound => |c| c.rate_limit_per_ip = 50,
     server_nonces_when_configured => |c| c.dpop_nonce = true,
+    token_exchange_issues_bound_tokens => |_| {},
     metadata_lists_the_proof_algs => |_| {},
 }
