@@ -55,7 +55,6 @@ pub async fn token_request_key(
     let verified = match dpop::verify(proof, &expect) {
         Ok(p) => p,
         Err(DpopError::Invalid(why)) => {
-            metrics::counter!("tollgate_dpop_proofs_refused_total").increment(1);
             return Err(OAuthError::InvalidDpopProof(format!(
                 "DPoP proof rejected: {why}"
             )));
@@ -72,7 +71,6 @@ pub async fn token_request_key(
         .claim_dpop_jti(&verified.jkt, &verified.jti, until)
         .await?
     {
-        metrics::counter!("tollgate_dpop_proofs_refused_total").increment(1);
         return Err(OAuthError::InvalidDpopProof(
             "DPoP proof rejected: it was used before (jti)".into(),
         ));
