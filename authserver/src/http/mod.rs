@@ -416,8 +416,6 @@ mod test_support;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_dpop;
-#[cfg(test)]
 mod tests_escalation;
 #[cfg(test)]
 mod tests_flows;
@@ -429,3 +427,7 @@ mod tests_lease;
 mod tests_listeners;
 #[cfg(test)]
 mod tests_lockout;
+
+// DPoP (RFC 9449) at the token endpoint, both stores.
+#[cfg(test)]
+mod tests_dpop;
