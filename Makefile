@@ -215,7 +215,7 @@ FUZZ_SECONDS ?= 60
 CARGO_FUZZ_VERSION := 0.13.2
 FUZZ_TARGETS := $(addprefix plugin/core:,jwt_parse jwt_verify jwks_parse config_parse \
   revocation_feed introspection_answer lease_answer) \
-  $(addprefix authserver:,form_parse token_request)
+  $(addprefix authserver:,form_parse token_request dpop_proof)
 .PHONY: fuzz deps-fuzz
 deps-fuzz:
 	@$(CARGO) fuzz --version 2>/dev/null | grep -q " $(CARGO_FUZZ_VERSION)$$" || \

@@ -244,6 +244,25 @@ pub struct Settings {
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+
+    /// Require a server nonce in DPoP proofs at the token endpoint (RFC 9449 §8): a proof
+    /// without a current one is answered `use_dpop_nonce` with the nonce in `DPoP-Nonce`
+    /// [default: false].
+    #[arg(
+        long,
+        env = "TOLLGATE_DPOP_NONCE",
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub dpop_nonce: Option<bool>,
+
+    /// Oldest accepted DPoP proof: seconds its `iat` may lie in the past [default: 300].
+    #[arg(long, env = "TOLLGATE_DPOP_PROOF_MAX_AGE", global = true)]
+    pub dpop_proof_max_age: Option<u64>,
+
+    /// Seconds a DPoP proof's `iat` may lie in the future (client clock ahead) [default: 60].
+    #[arg(long, env = "TOLLGATE_DPOP_CLOCK_SKEW", global = true)]
+    pub dpop_clock_skew: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -295,6 +314,10 @@ pub struct Config {
     /// Empty: `X-Forwarded-Client-Cert` is never read.
     pub edge_trusted_principals: Vec<String>,
     pub log_format: String,
+    /// DPoP (RFC 9449): server nonces required; the `iat` window of proofs.
+    pub dpop_nonce: bool,
+    pub dpop_proof_max_age: u64,
+    pub dpop_clock_skew: u64,
 }
 
 /// `TOLLGATE_EDGE_TRUSTED_PRINCIPALS`: SPIFFE IDs, comma-separated, each
@@ -472,6 +495,9 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "module_listen",
     "edge_trusted_principals",
     "log_format",
+    "dpop_nonce",
+    "dpop_proof_max_age",
+    "dpop_clock_skew",
 ];
 
 struct FileValues(BTreeMap<String, serde_yaml::Value>);
@@ -712,6 +738,10 @@ impl Settings {
             } else {
                 Ok(v)
             }
+        };
+        let dpop_nonce = match self.dpop_nonce {
+            Some(p) => p,
+            None => boolish("TOLLGATE_DPOP_NONCE", file.str("dpop_nonce"))?.unwrap_or(false),
         };
         let production = match self.production {
             Some(p) => p,
@@ -958,6 +988,24 @@ impl Settings {
             module_listen,
             edge_trusted_principals,
             log_format,
+            dpop_nonce,
+            dpop_proof_max_age: positive(
+                "TOLLGATE_DPOP_PROOF_MAX_AGE",
+                num(
+                    "TOLLGATE_DPOP_PROOF_MAX_AGE",
+                    self.dpop_proof_max_age,
+                    &file,
+                    "dpop_proof_max_age",
+                    300,
+                )?,
+            )?,
+            dpop_clock_skew: num(
+                "TOLLGATE_DPOP_CLOCK_SKEW",
+                self.dpop_clock_skew,
+                &file,
+                "dpop_clock_skew",
+                60,
+            )?,
         })
     }
 }

@@ -53,6 +53,13 @@ pub enum OAuthError {
     RateLimited { retry_after: u64 },
     #[error("temporarily_unavailable: {0}")]
     TemporarilyUnavailable(String),
+    /// RFC 9449 §5: the `DPoP` proof is missing where required, malformed or invalid.
+    #[error("invalid_dpop_proof: {0}")]
+    InvalidDpopProof(String),
+    /// RFC 9449 §8: the proof lacks a current server nonce; the answer carries one in
+    /// `DPoP-Nonce`.
+    #[error("use_dpop_nonce")]
+    UseDpopNonce { nonce: String },
     #[error("server_error")]
     ServerError(String),
 }
@@ -88,6 +95,8 @@ impl OAuthError {
             OAuthError::UnsupportedMediaType(_) => "invalid_request",
             OAuthError::RateLimited { .. } => "slow_down",
             OAuthError::TemporarilyUnavailable(_) => "temporarily_unavailable",
+            OAuthError::InvalidDpopProof(_) => "invalid_dpop_proof",
+            OAuthError::UseDpopNonce { .. } => "use_dpop_nonce",
             OAuthError::ServerError(_) => "server_error",
         }
     }
@@ -114,6 +123,9 @@ impl OAuthError {
             OAuthError::PayloadTooLarge => "request body too large".into(),
             // Never leak internals: the detail of a server error goes to the log only.
             OAuthError::ServerError(_) => "internal error".into(),
+            OAuthError::UseDpopNonce { .. } => {
+                "resend the request with a DPoP proof carrying the nonce of DPoP-Nonce".into()
+            }
             OAuthError::RateLimited { retry_after } => {
                 format!("too many requests, retry after {retry_after} s")
             }
@@ -133,7 +145,8 @@ impl OAuthError {
             | OAuthError::NotFound(d)
             | OAuthError::Conflict(d)
             | OAuthError::UnsupportedMediaType(d)
-            | OAuthError::TemporarilyUnavailable(d) => d.clone(),
+            | OAuthError::TemporarilyUnavailable(d)
+            | OAuthError::InvalidDpopProof(d) => d.clone(),
         }
     }
 }
@@ -206,11 +219,19 @@ impl IntoResponse for OAuthError {
                     h.insert(header::RETRY_AFTER, v);
                 }
             }
+            OAuthError::UseDpopNonce { nonce } => {
+                if let Ok(v) = HeaderValue::from_str(nonce) {
+                    h.insert(DPOP_NONCE, v);
+                }
+            }
             _ => {}
         }
         resp
     }
 }
+
+/// The response header that carries a server nonce (RFC 9449 §8).
+pub const DPOP_NONCE: header::HeaderName = header::HeaderName::from_static("dpop-nonce");
 
 impl From<StoreError> for OAuthError {
     fn from(e: StoreError) -> Self {

@@ -34,8 +34,11 @@ use crate::{crypto, tokens};
 pub type Property = fn(&[u8]);
 
 /// Every target: its name (the fuzz target's and its corpus folder's) and its property.
-pub const TARGETS: &[(&str, Property)] =
-    &[("form_parse", form_parse), ("token_request", token_request)];
+pub const TARGETS: &[(&str, Property)] = &[
+    ("form_parse", form_parse),
+    ("token_request", token_request),
+    ("dpop_proof", dpop_proof),
+];
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -49,6 +52,8 @@ const TOKEN_ERRORS: &[&str] = &[
     "unsupported_grant_type",
     "invalid_scope",
     "invalid_target",
+    "invalid_dpop_proof",
+    "use_dpop_nonce",
 ];
 
 /// RFC 6749 §5.2: `error_description` is limited to %x20-21 / %x23-5B / %x5D-7E.
@@ -65,6 +70,58 @@ fn check_error(e: &OAuthError) {
         "a form error answered {code}"
     );
     assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+}
+
+/// `dpop_proof`: the input is the value of a `DPoP` header, checked as the token endpoint
+/// checks it (`POST https://server.example.com/token` at RFC 9449's example time, so the
+/// RFC's own proof is a seed that passes), with and without required nonces. Properties:
+/// never a panic; the same answer twice; an accepted proof has a thumbprint-shaped `jkt`,
+/// a `jti` of 1 to 256 bytes and an `iat` in the window; requiring a nonce only ever turns
+/// an acceptance into `UseNonce`, never a refusal into an acceptance; a refusal's
+/// description stays in RFC 6749's charset.
+pub fn dpop_proof(data: &[u8]) {
+    use crate::dpop::{self, DpopError, Expect, Nonces};
+    let Ok(proof) = std::str::from_utf8(data) else {
+        return;
+    };
+    let now = 1_562_262_616;
+    let nonces = Nonces::new(b"fuzz");
+    let base = Expect {
+        method: "POST",
+        uri: "https://server.example.com/token",
+        now,
+        max_age: 300,
+        max_skew: 60,
+        access_token: None,
+        nonces: None,
+    };
+    let plain = dpop::verify(proof, &base);
+    assert_eq!(plain, dpop::verify(proof, &base), "not deterministic");
+    let with_nonce = dpop::verify(
+        proof,
+        &Expect {
+            nonces: Some(&nonces),
+            ..base
+        },
+    );
+    match &plain {
+        Ok(p) => {
+            assert!(dpop::is_thumbprint(&p.jkt), "jkt {:?}", p.jkt);
+            assert!(!p.jti.is_empty() && p.jti.len() <= dpop::MAX_JTI_LEN);
+            assert!(p.iat + 300 >= now && p.iat <= now + 60, "iat {}", p.iat);
+            assert!(
+                matches!(&with_nonce, Ok(q) if q == p) || with_nonce == Err(DpopError::UseNonce),
+                "a nonce changed an acceptance into {with_nonce:?}"
+            );
+        }
+        Err(e) => {
+            assert!(with_nonce.is_err(), "a nonce made a refused proof pass");
+            if let DpopError::Invalid(msg) = e {
+                assert!(description_charset(msg), "description {msg:?}");
+            }
+            assert_ne!(*e, DpopError::UseNonce, "no nonce was required");
+        }
+    }
 }
 
 fn split_line(data: &[u8]) -> (&[u8], &[u8]) {
@@ -333,6 +390,7 @@ async fn fresh_state() -> (Arc<AppState>, String) {
                 grant_id: "grant-code".into(),
                 auth_time: now,
                 exp: now + 600,
+                dpop_jkt: None,
             },
         )
         .await
@@ -349,6 +407,7 @@ async fn fresh_state() -> (Arc<AppState>, String) {
                 grant_id: "grant-refresh".into(),
                 iat: now,
                 exp: now + 3600,
+                jkt: None,
             },
         )
         .await
@@ -367,6 +426,7 @@ async fn fresh_state() -> (Arc<AppState>, String) {
             opaque: false,
             extra: Default::default(),
             user_id: None,
+            jkt: None,
         },
     )
     .await

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod crypto;
+pub mod dpop;
 pub mod error;
 pub mod form;
 /// Property functions of the fuzz targets and the corpus regression test (`fuzzing` feature).

@@ -29,6 +29,9 @@ pub struct AppState {
     pub edge_module: Option<EdgeModule>,
     /// The bound on password checks running at once (their memory).
     pub password_checks: crate::users::PasswordChecks,
+    /// DPoP server nonces (used when `cfg.dpop_nonce`), keyed by the pepper so that every
+    /// replica makes and accepts the same.
+    pub dpop_nonces: crate::dpop::Nonces,
 }
 
 const PEPPER_CONFIG_KEY: &str = "secret_pepper";
@@ -88,10 +91,12 @@ impl AppState {
             slots = password_checks.size(),
             "password checks bounded"
         );
+        let dpop_nonces = crate::dpop::Nonces::new(&pepper);
         let state = Arc::new(AppState {
             cfg,
             store,
             keys: RwLock::new(Arc::new(KeyRing::default())),
+            dpop_nonces,
             pepper,
             stats: Mutex::new(HashMap::new()),
             edge_module,

@@ -25,6 +25,9 @@ struct AtClaims<'a> {
     client_id: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     scope: &'a str,
+    /// RFC 9449 §6.1: `{"jkt": …}` of a DPoP-bound token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<Value>,
     #[serde(flatten)]
     extra: &'a Map<String, Value>,
 }
@@ -41,6 +44,17 @@ pub struct TokenRequest<'a> {
     pub extra: Map<String, Value>,
     /// The [`crate::store::UserRecord::id`] of the user the token speaks for, if any.
     pub user_id: Option<&'a str>,
+    /// The thumbprint of the DPoP key the token is bound to (RFC 9449), if any.
+    pub jkt: Option<&'a str>,
+}
+
+/// The `token_type` of an access token bound to `jkt` (RFC 9449 §5) or not (RFC 6750).
+pub fn token_type(jkt: Option<&str>) -> &'static str {
+    if jkt.is_some() {
+        "DPoP"
+    } else {
+        "Bearer"
+    }
 }
 
 pub struct Issued {
@@ -74,6 +88,7 @@ pub async fn issue(state: &AppState, req: TokenRequest<'_>) -> OAuthResult<Issue
             jti: &jti,
             client_id: req.client_id,
             scope: req.scope,
+            cnf: req.jkt.map(|k| serde_json::json!({ "jkt": k })),
             extra: &req.extra,
         };
         let token = key
@@ -93,6 +108,7 @@ pub async fn issue(state: &AppState, req: TokenRequest<'_>) -> OAuthResult<Issue
         format: format.to_string(),
         act: req.extra.get("act").map(Value::to_string),
         user_id: req.user_id.map(str::to_string),
+        cnf_jkt: req.jkt.map(str::to_string),
     };
     state.store.save_access_token(&record).await?;
     metrics::counter!("tollgate_tokens_issued_total", "format" => format).increment(1);

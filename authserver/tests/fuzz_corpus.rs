@@ -62,6 +62,33 @@ fn token_request() {
 }
 
 #[test]
+fn dpop_proof() {
+    run("dpop_proof");
+}
+
+/// The `dpop_proof` seeds are not all refusals: RFC 9449's example proof passes the
+/// property's checks (its time and URI are the property's).
+#[test]
+fn the_dpop_seeds_include_an_accepted_proof() {
+    use tollgate_authserver::dpop::{verify, Expect};
+    let (_, data) = inputs("dpop_proof", "corpus")
+        .into_iter()
+        .find(|(p, _)| p.ends_with("rfc9449-token-request.txt"))
+        .unwrap_or_else(|| panic!("no RFC 9449 seed"));
+    let proof = String::from_utf8(data).unwrap_or_default();
+    let e = Expect {
+        method: "POST",
+        uri: "https://server.example.com/token",
+        now: 1_562_262_616,
+        max_age: 300,
+        max_skew: 60,
+        access_token: None,
+        nonces: None,
+    };
+    assert!(verify(&proof, &e).is_ok());
+}
+
+#[test]
 fn every_fuzz_target_has_a_property_and_a_corpus() {
     let mut on_disk: Vec<String> = std::fs::read_dir(fuzz_dir().join("fuzz_targets"))
         .unwrap_or_else(|e| panic!("fuzz/fuzz_targets: {e}"))

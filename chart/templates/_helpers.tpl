@@ -257,6 +257,8 @@ seccompProfile:
   value: {{ .Values.authserver.defaultAudience | quote }}
 - name: TOLLGATE_LOG_FORMAT
   value: {{ .Values.authserver.logFormat | quote }}
+- name: TOLLGATE_DPOP_NONCE
+  value: {{ .Values.authserver.dpopNonce | quote }}
 # Client IP for the per-IP limits: the address the ingress gateway appended to
 # X-Forwarded-For, not the sidecar's loopback peer (docs/configuration.md).
 - name: TOLLGATE_TRUSTED_PROXY_HOPS

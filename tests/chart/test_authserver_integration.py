@@ -121,6 +121,7 @@ def test_chart_environment_runs_the_real_auth_server(tmp_path):
         env = k8s_env(dep, port)
         assert env["TOLLGATE_LISTEN"] == "0.0.0.0:9080"
         assert env["TOLLGATE_ADMIN_LISTEN"] == "0.0.0.0:9081"
+        assert env["TOLLGATE_DPOP_NONCE"] == "false"
         listen, admin_listen = free_port(), free_port()
         env["TOLLGATE_LISTEN"] = f"127.0.0.1:{listen}"
         env["TOLLGATE_ADMIN_LISTEN"] = f"127.0.0.1:{admin_listen}"

@@ -24,6 +24,7 @@ pub async fn handle(
     state: &AppState,
     client: &ClientRecord,
     params: &Params,
+    dpop: Option<&str>,
 ) -> OAuthResult<Value> {
     if !client_has_grant(client, "authorization_code") {
         return Err(OAuthError::UnauthorizedClient(
@@ -88,6 +89,14 @@ pub async fn handle(
     if !super::user_is_current(state, &rec.sub, &rec.user_id).await? {
         return Err(bad("the user of this authorization code no longer exists"));
     }
+    // RFC 9449 §10: a code requested with dpop_jkt is redeemed only by that key.
+    if let Some(want) = rec.dpop_jkt.as_deref() {
+        if !dpop.is_some_and(|have| crypto::ct_eq(have.as_bytes(), want.as_bytes())) {
+            return Err(bad(
+                "the authorization request bound this code to another DPoP key (dpop_jkt)",
+            ));
+        }
+    }
     let issued = family::issue(
         state,
         family::Grant {
@@ -97,6 +106,8 @@ pub async fn handle(
             scope: &rec.scope,
             aud: &rec.aud,
             grant_id: &rec.grant_id,
+            jkt: dpop,
+            refresh_jkt: dpop.filter(|_| super::is_public(client)),
         },
     )
     .await;

@@ -15,6 +15,7 @@ pub async fn handle(
     state: &AppState,
     client: &ClientRecord,
     params: &Params,
+    dpop: Option<&str>,
 ) -> OAuthResult<serde_json::Value> {
     if !client_has_grant(client, "client_credentials") {
         return Err(OAuthError::UnauthorizedClient(
@@ -38,12 +39,13 @@ pub async fn handle(
             opaque: client.metadata.access_token_format == "opaque",
             extra: Default::default(),
             user_id: None,
+            jkt: dpop,
         },
     )
     .await?;
     let mut body = json!({
         "access_token": issued.token,
-        "token_type": "Bearer",
+        "token_type": tokens::token_type(dpop),
         "expires_in": ttl,
     });
     if !scope.is_empty() {

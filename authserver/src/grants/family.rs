@@ -66,6 +66,10 @@ pub struct Grant<'a> {
     pub scope: &'a str,
     pub aud: &'a str,
     pub grant_id: &'a str,
+    /// The DPoP key the access token is bound to (RFC 9449), if any.
+    pub jkt: Option<&'a str>,
+    /// The DPoP key the refresh token is bound to (a public client's, RFC 9449 §5).
+    pub refresh_jkt: Option<&'a str>,
 }
 
 /// Mint an access token (and a refresh token when the client has the refresh_token grant)
@@ -87,6 +91,7 @@ pub async fn issue(state: &AppState, g: Grant<'_>) -> OAuthResult<Value> {
             opaque: g.client.metadata.access_token_format == "opaque",
             extra: Default::default(),
             user_id: Some(g.user_id),
+            jkt: g.jkt,
         },
     )
     .await?;
@@ -102,6 +107,7 @@ pub async fn issue(state: &AppState, g: Grant<'_>) -> OAuthResult<Value> {
             grant_id: g.grant_id.to_string(),
             iat: now,
             exp: now + state.cfg.refresh_token_ttl,
+            jkt: g.refresh_jkt.map(str::to_string),
         };
         (crypto::token_hash(&token), token, rec)
     });
@@ -141,7 +147,7 @@ pub async fn issue(state: &AppState, g: Grant<'_>) -> OAuthResult<Value> {
     }
     let mut body = json!({
         "access_token": issued.token,
-        "token_type": "Bearer",
+        "token_type": tokens::token_type(g.jkt),
         "expires_in": ttl,
     });
     if !g.scope.is_empty() {

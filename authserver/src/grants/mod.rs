@@ -88,6 +88,12 @@ pub async fn user_is_current(state: &AppState, username: &str, user_id: &str) ->
         .is_some_and(|u| u.id() == user_id))
 }
 
+/// A public client (no client authentication): its refresh tokens are bound to its DPoP
+/// key (RFC 9449 §5).
+pub fn is_public(client: &ClientRecord) -> bool {
+    client.metadata.token_endpoint_auth_method == "none"
+}
+
 pub fn client_has_grant(client: &ClientRecord, grant: &str) -> bool {
     client.metadata.grant_types.iter().any(|g| g == grant)
 }

@@ -8,7 +8,7 @@ use crate::crypto;
 use crate::error::{OAuthError, OAuthResult};
 use crate::form::{parse_scope, Params};
 use crate::state::AppState;
-use crate::store::{now_secs, ClientRecord, Consumed};
+use crate::store::{now_secs, ClientRecord, Consumed, RefreshTokenRecord};
 
 use super::{client_has_grant, family};
 
@@ -16,6 +16,7 @@ pub async fn handle(
     state: &AppState,
     client: &ClientRecord,
     params: &Params,
+    dpop: Option<&str>,
 ) -> OAuthResult<Value> {
     if !client_has_grant(client, "refresh_token") {
         return Err(OAuthError::UnauthorizedClient(
@@ -34,6 +35,8 @@ pub async fn handle(
     if let Some((rec, false)) = state.store.get_refresh_token(&hash).await? {
         if rec.client_id == client.client_id {
             narrowed_scope(&rec.scope, params.get("scope"))?;
+            // Without the key a bound token stays unspent for its holder.
+            bound_key_matches(&rec, dpop)?;
         }
     }
     let rec = match state
@@ -55,6 +58,13 @@ pub async fn handle(
         }
         Consumed::Fresh(rec) => rec,
     };
+    if let Err(e) = bound_key_matches(&rec, dpop) {
+        // Checked above too; this covers a record that changed in between.
+        if let Err(e) = state.store.release_refresh_token(&hash).await {
+            tracing::warn!(error = %e, "could not release a refresh token");
+        }
+        return Err(e);
+    }
     if rec.exp <= now_secs() {
         return Err(OAuthError::InvalidGrant(
             "the refresh token has expired".into(),
@@ -77,6 +87,13 @@ pub async fn handle(
             scope: &scope,
             aud: &rec.aud,
             grant_id: &rec.grant_id,
+            jkt: dpop,
+            // A bound refresh token's successor is bound to the same key; a public client's
+            // first proof binds a token issued without one (RFC 9449 §5).
+            refresh_jkt: rec
+                .jkt
+                .as_deref()
+                .or(dpop.filter(|_| super::is_public(client))),
         },
     )
     .await;
@@ -89,6 +106,21 @@ pub async fn handle(
         }
     }
     issued
+}
+
+/// RFC 9449 §5: a refresh token bound to a DPoP key is redeemed only with a proof by that
+/// key.
+fn bound_key_matches(rec: &RefreshTokenRecord, dpop: Option<&str>) -> OAuthResult<()> {
+    match (rec.jkt.as_deref(), dpop) {
+        (None, _) => Ok(()),
+        (Some(want), Some(have)) if crypto::ct_eq(want.as_bytes(), have.as_bytes()) => Ok(()),
+        (Some(_), None) => Err(OAuthError::InvalidGrant(
+            "the refresh token is bound to a DPoP key: send a DPoP proof by that key".into(),
+        )),
+        (Some(_), Some(_)) => Err(OAuthError::InvalidGrant(
+            "the refresh token is bound to another DPoP key".into(),
+        )),
+    }
 }
 
 /// RFC 6749 §6: a narrower scope may be asked for, never a wider one.

@@ -35,6 +35,7 @@ pub async fn handle(
     state: &AppState,
     client: &ClientRecord,
     params: &Params,
+    dpop: Option<&str>,
 ) -> OAuthResult<Value> {
     let policy = match client.metadata.extra.get("token_exchange") {
         Some(Value::Object(p)) if client_has_grant(client, GRANT) => p,
@@ -174,6 +175,7 @@ pub async fn handle(
             extra,
             // It speaks for the subject's user: it ends with that user.
             user_id: rec.user_id.as_deref(),
+            jkt: dpop,
         },
     )
     .await?;
@@ -181,7 +183,7 @@ pub async fn handle(
     let mut body = json!({
         "access_token": issued.token,
         "issued_token_type": ACCESS_TOKEN_TYPE,
-        "token_type": "Bearer",
+        "token_type": tokens::token_type(dpop),
         "expires_in": ttl,
     });
     if !scope.is_empty() {

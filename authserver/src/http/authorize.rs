@@ -36,6 +36,8 @@ pub struct AuthzRequest {
     pub aud: String,
     pub challenge: Option<String>,
     pub method: Option<String>,
+    /// RFC 9449 §10: the thumbprint of the DPoP key that must redeem the code.
+    pub dpop_jkt: Option<String>,
     pub prompt_none: bool,
     /// The request re-serialised from the parameters we understood (carried through the
     /// login and consent forms).
@@ -76,6 +78,7 @@ const CARRIED: &[&str] = &[
     "prompt",
     "response_mode",
     "nonce",
+    "dpop_jkt",
 ];
 
 fn is_loopback_host(h: Option<&str>) -> bool {
@@ -219,6 +222,16 @@ pub async fn validate(state: &SharedState, p: &Params) -> Result<AuthzRequest, A
             (Some(c.to_string()), Some(m.to_string()))
         }
     };
+    let dpop_jkt = match p.get("dpop_jkt") {
+        None => None,
+        Some(j) if crate::dpop::is_thumbprint(j) => Some(j.to_string()),
+        Some(_) => {
+            return err(
+                "invalid_request",
+                "malformed dpop_jkt (the base64url SHA-256 JWK thumbprint)",
+            )
+        }
+    };
     let mut ser = form_urlencoded::Serializer::new(String::new());
     for k in CARRIED {
         if let Some(v) = p.get(k) {
@@ -238,6 +251,7 @@ pub async fn validate(state: &SharedState, p: &Params) -> Result<AuthzRequest, A
         aud,
         challenge,
         method,
+        dpop_jkt,
         prompt_none: p
             .get("prompt")
             .is_some_and(|v| v.split(' ').any(|x| x == "none")),
@@ -451,6 +465,7 @@ async fn issue_code(
         grant_id: crypto::random_b64(16),
         auth_time: session.auth_time,
         exp: now_secs() + state.cfg.auth_code_ttl,
+        dpop_jkt: req.dpop_jkt.clone(),
     };
     state
         .store
@@ -478,7 +493,7 @@ fn skip_consent(c: &ClientRecord) -> bool {
     method(get, post),
     path = "/oauth2/authorize",
     tags = ["public"],
-    params(("response_type" = Option<String>, Query), ("client_id" = Option<String>, Query), ("redirect_uri" = Option<String>, Query), ("scope" = Option<String>, Query), ("state" = Option<String>, Query), ("code_challenge" = Option<String>, Query), ("code_challenge_method" = Option<String>, Query)),
+    params(("response_type" = Option<String>, Query), ("client_id" = Option<String>, Query), ("redirect_uri" = Option<String>, Query), ("scope" = Option<String>, Query), ("state" = Option<String>, Query), ("code_challenge" = Option<String>, Query), ("code_challenge_method" = Option<String>, Query), ("dpop_jkt" = Option<String>, Query, description = "RFC 9449 §10: thumbprint of the DPoP key that must redeem the code")),
     responses(
         (status = 200, description = "the login or consent page", content_type = "text/html", body = String),
         (status = 303, description = "back to the client's redirect_uri with a code or an error"),

@@ -122,8 +122,12 @@ async fn handle(
         "iat": rec.iat,
         "nbf": rec.iat,
         "jti": rec.jti,
-        "token_type": "Bearer",
+        "token_type": crate::tokens::token_type(rec.cnf_jkt.as_deref()),
     });
+    if let Some(jkt) = rec.cnf_jkt.as_deref() {
+        // RFC 9449 §6.2.
+        body["cnf"] = json!({ "jkt": jkt });
+    }
     if !rec.scope.is_empty() {
         body["scope"] = json!(rec.scope);
     }

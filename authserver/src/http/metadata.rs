@@ -36,6 +36,7 @@ fn metadata(state: &SharedState) -> Value {
         "access_token_signing_alg_values_supported": [state.keys().active(now_secs()).map(|k| k.alg.as_str()).unwrap_or("ES256")],
         "service_documentation": "https://github.com/tollgate-auth/tollgate/tree/main/docs",
         "tollgate_revocation_feed_endpoint": format!("{iss}/edge/revocations"),
+        "dpop_signing_alg_values_supported": crate::dpop::ALGS,
     })
 }
 

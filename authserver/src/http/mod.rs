@@ -23,6 +23,7 @@ pub mod admin;
 pub mod authorize;
 pub mod client_assertion;
 pub mod client_auth;
+pub mod dpop;
 pub mod edge;
 pub mod health;
 pub mod introspect;
@@ -428,3 +429,7 @@ mod tests_lease;
 mod tests_listeners;
 #[cfg(test)]
 mod tests_lockout;
+
+// DPoP (RFC 9449) at the token endpoint, both stores.
+#[cfg(test)]
+mod tests_dpop;

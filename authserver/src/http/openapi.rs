@@ -112,6 +112,8 @@ pub struct RateLimited(ErrorBody);
 #[allow(dead_code)]
 pub struct TokenResponse {
     access_token: String,
+    /// `Bearer`, or `DPoP` for a token bound to the key of the request's DPoP proof
+    /// (RFC 9449 §5).
     token_type: String,
     expires_in: u64,
     scope: Option<String>,
@@ -170,9 +172,12 @@ pub struct Introspection {
     iat: Option<u64>,
     nbf: Option<u64>,
     jti: Option<String>,
+    /// `Bearer` or `DPoP`.
     token_type: Option<String>,
     scope: Option<String>,
     act: Option<Value>,
+    /// RFC 9449 §6.2: `{"jkt": <RFC 7638 thumbprint>}` of a DPoP-bound token.
+    cnf: Option<Value>,
 }
 
 /// RFC 8414 authorization server metadata (OpenID discovery adds a few members).
@@ -188,6 +193,8 @@ pub struct Metadata {
     grant_types_supported: Vec<String>,
     response_types_supported: Vec<String>,
     token_endpoint_auth_methods_supported: Vec<String>,
+    /// RFC 9449 §5.1: the `alg` values of DPoP proofs.
+    dpop_signing_alg_values_supported: Vec<String>,
 }
 
 /// RFC 7517 JWK Set.
@@ -206,6 +213,8 @@ pub struct ClientMetadata {
     scope: Option<String>,
     redirect_uris: Option<Vec<String>>,
     token_endpoint_auth_method: Option<String>,
+    /// RFC 9449 §5.2: every token request of the client must carry a DPoP proof.
+    dpop_bound_access_tokens: Option<bool>,
 }
 
 /// RFC 7591 §3.2.1 / RFC 7592 §3 client information response.

@@ -126,6 +126,7 @@ async fn self_service_put_cannot_change_any_privileged_field(app: App) {
         ("rate_limit_per_minute", json!(100000)),
         ("access_token_ttl", json!(3600)),
         ("access_token_format", json!("opaque")),
+        ("dpop_bound_access_tokens", json!(true)),
         ("token_endpoint_auth_method", json!("client_secret_post")),
         ("software_id", json!("anything-unknown")),
     ];

@@ -11,7 +11,7 @@ use crate::error::OAuthError;
 use crate::form::Params;
 use crate::grants;
 
-use super::{client_auth, json_no_store, SharedState};
+use super::{client_auth, dpop, json_no_store, SharedState};
 
 #[utoipa::path(
     post,
@@ -19,11 +19,17 @@ use super::{client_auth, json_no_store, SharedState};
     tags = ["public"],
     request_body(content = super::openapi::TokenRequest, content_type = "application/x-www-form-urlencoded"),
     security(("client_basic" = []), ()),
+    params(
+        ("DPoP" = Option<String>, Header, description = "RFC 9449 DPoP proof JWT (at most one): the access token is bound to its key (`token_type: DPoP`, `cnf.jkt`); required for clients registered with `dpop_bound_access_tokens`"),
+    ),
     responses(
-        (status = 200, description = "RFC 6749 §5.1 token response", body = super::openapi::TokenResponse),
+        (status = 200, description = "RFC 6749 §5.1 token response (with `DPoP-Nonce` when server nonces are on)", body = super::openapi::TokenResponse,
+            headers(("DPoP-Nonce" = Option<String>, description = "RFC 9449 §8: the nonce for the next DPoP proof (TOLLGATE_DPOP_NONCE)"))),
         (status = 401, description = "invalid_client", body = super::openapi::ErrorBody),
         (status = 415, description = "unsupported content type", body = super::openapi::ErrorBody),
         super::openapi::CommonErrors,
+        (status = 400, description = "RFC 6749 §5.2 error (invalid_request, invalid_grant, ...); `invalid_dpop_proof` (RFC 9449 §5) for a missing, invalid or replayed DPoP proof; `use_dpop_nonce` (RFC 9449 §8) with a `DPoP-Nonce` header", body = super::openapi::ErrorBody,
+            headers(("DPoP-Nonce" = Option<String>, description = "with use_dpop_nonce: the nonce to put in the proof"))),
     )
 )]
 pub async fn token(
@@ -59,12 +65,18 @@ async fn handle(
         client_auth::spend_quota(state, &caller).await?;
     }
     let client = &caller.client;
+    let jkt = dpop::token_request_key(state, headers, client).await?;
+    let jkt = jkt.as_deref();
     let outcome = match grant_type.as_str() {
-        "client_credentials" => grants::client_credentials::handle(state, client, &params).await,
-        "authorization_code" => grants::authorization_code::handle(state, client, &params).await,
-        "refresh_token" => grants::refresh_token::handle(state, client, &params).await,
+        "client_credentials" => {
+            grants::client_credentials::handle(state, client, &params, jkt).await
+        }
+        "authorization_code" => {
+            grants::authorization_code::handle(state, client, &params, jkt).await
+        }
+        "refresh_token" => grants::refresh_token::handle(state, client, &params, jkt).await,
         grants::token_exchange::GRANT => {
-            grants::token_exchange::handle(state, client, &params).await
+            grants::token_exchange::handle(state, client, &params, jkt).await
         }
         // The value is not echoed: a confused client may have put a secret in it.
         _ => Err(OAuthError::UnsupportedGrantType(format!(
@@ -79,5 +91,7 @@ async fn handle(
     if caller.is_public() {
         client_auth::spend_quota_after_success(state, &caller).await;
     }
-    Ok(json_no_store(StatusCode::OK, &body))
+    let mut resp = json_no_store(StatusCode::OK, &body);
+    dpop::add_nonce(state, &mut resp);
+    Ok(resp)
 }

@@ -44,6 +44,7 @@ pub(super) fn token(jti: &str, exp: u64) -> AccessTokenRecord {
         format: "jwt".into(),
         act: None,
         user_id: None,
+        cnf_jkt: None,
     }
 }
 
@@ -494,6 +495,7 @@ fn code(client: &str, exp: u64) -> AuthCodeRecord {
         grant_id: "g1".into(),
         auth_time: 1,
         exp,
+        dpop_jkt: Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into()),
     }
 }
 
@@ -566,6 +568,7 @@ async fn refresh_tokens_rotate(s: Both) {
         grant_id: "g1".into(),
         iat: now,
         exp: now + 100,
+        jkt: Some("jkt-of-the-client-key".into()),
     };
     s.save_refresh_token("r1", &r).await.unwrap();
     assert_eq!(
@@ -686,11 +689,47 @@ async fn assertion_jtis(s: Both) {
     assert!(s.claim_assertion_jti("c1:a", now + 100).await.unwrap());
 }
 
+/// A DPoP proof's `jti` is used once per key until its expiry: the same `jti` from another
+/// key is another proof; after the expiry the name is free again.
+async fn dpop_jtis_are_single_use(s: Both) {
+    let (s, _) = s;
+    let now = now_secs();
+    assert!(s.claim_dpop_jti("jkt-a", "j1", now + 2).await.unwrap());
+    assert!(
+        !s.claim_dpop_jti("jkt-a", "j1", now + 2).await.unwrap(),
+        "replay"
+    );
+    assert!(
+        !s.claim_dpop_jti("jkt-a", "j1", now + 100).await.unwrap(),
+        "a later exp does not reopen it"
+    );
+    assert!(
+        s.claim_dpop_jti("jkt-b", "j1", now + 2).await.unwrap(),
+        "another key"
+    );
+    assert!(
+        s.claim_dpop_jti("jkt-a", "j2", now + 2).await.unwrap(),
+        "another jti"
+    );
+    // Not mistaken for a client assertion's jti of the same name.
+    assert!(s.claim_assertion_jti("jkt-a j1", now + 2).await.unwrap());
+    // Long, odd identifiers are stored under their hash.
+    let long = "\u{1F600}{x}".repeat(100);
+    assert!(s.claim_dpop_jti(&long, &long, now + 2).await.unwrap());
+    assert!(!s.claim_dpop_jti(&long, &long, now + 2).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        s.claim_dpop_jti("jkt-a", "j1", now + 100).await.unwrap(),
+        "expired"
+    );
+}
+
 async fn access_token_act_round_trips(s: Both) {
     let (s, _) = s;
     let mut t = token("ja", now_secs() + 100);
     t.act = Some(r#"{"sub":"svc"}"#.into());
     t.user_id = Some("u-alice".into());
+    t.cnf_jkt = Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into());
     s.save_access_token(&t).await.unwrap();
     assert_eq!(s.get_access_token("ja").await.unwrap().0, Some(t));
 }
@@ -911,6 +950,7 @@ conformance! {
     refresh_tokens_rotate => 100,
     token_families => 100,
     assertion_jtis => 100,
+    dpop_jtis_are_single_use => 100,
     access_token_act_round_trips => 100,
     ownership_indexes => 100,
 }
@@ -1050,6 +1090,7 @@ async fn cluster_spreads_keys_and_reaches_every_primary() {
         grant_id: "g".into(),
         iat: now,
         exp: now + 100,
+        jkt: None,
     };
     let hashes: Vec<String> = (0..30).map(|i| format!("h{i}")).collect();
     for h in &hashes {

@@ -82,6 +82,9 @@ pub struct ClientMetadata {
     /// Per-client access-token lifetime override, seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_token_ttl: Option<u64>,
+    /// RFC 9449 §5.2: every token request of the client must carry a DPoP proof.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dpop_bound_access_tokens: bool,
     /// Any other registered metadata, kept and returned as given.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -109,6 +112,10 @@ pub struct AccessTokenRecord {
     /// token). Stores index the token under it and under its client ([`Owned::AccessTokens`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    /// RFC 9449: the thumbprint of the key the token is bound to (`cnf.jkt`), for a DPoP
+    /// token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf_jkt: Option<String>,
 }
 
 /// A user who can log in at the authorization endpoint.
@@ -173,6 +180,10 @@ pub struct AuthCodeRecord {
     pub grant_id: String,
     pub auth_time: u64,
     pub exp: u64,
+    /// RFC 9449 §10: the `dpop_jkt` of the authorization request; the code is redeemed only
+    /// with a DPoP proof by that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 /// A refresh token as stored (by its SHA-256), alive until `exp`.
@@ -189,6 +200,10 @@ pub struct RefreshTokenRecord {
     pub grant_id: String,
     pub iat: u64,
     pub exp: u64,
+    /// RFC 9449 §5: the thumbprint of the DPoP key a public client's refresh token is bound
+    /// to; it is redeemed only with a proof by that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
 }
 
 /// The result of consuming a single-use artefact (code or refresh token).
@@ -496,6 +511,12 @@ pub trait Store: Send + Sync + 'static {
     /// was claimed before.
     async fn claim_assertion_jti(&self, key: &str, exp: u64) -> StoreResult<bool>;
 
+    // Proof of possession (DPoP, RFC 9449)
+    /// Record that the key with thumbprint `jkt` used the proof `jti`, until `exp` (as long
+    /// as the proof could be accepted): true the first time, false for a replay. Insert if
+    /// absent, one key (`auth:dpop_jti:{sha256}`).
+    async fn claim_dpop_jti(&self, jkt: &str, jti: &str, exp: u64) -> StoreResult<bool>;
+
     // Ownership (what a deleted user or client ends; see [`Owned`])
     /// Index `member` under each of `owners` until `exp` (an index lives as long as its
     /// longest-lived member; expired members are dropped as new ones come).
@@ -551,6 +572,12 @@ pub const REVOCATION_RETENTION_SECS: u64 = 600;
 /// Until when (Unix s) the revocation of a token expiring at `exp` is kept.
 pub fn revocation_kept_until(exp: u64) -> u64 {
     exp.saturating_add(REVOCATION_RETENTION_SECS)
+}
+
+/// The name of a used DPoP proof in the store: SHA-256 of the key's thumbprint and the
+/// `jti` (bounded length, whatever the client sent).
+pub fn dpop_jti_hash(jkt: &str, jti: &str) -> String {
+    crate::crypto::token_hash(&format!("{jkt} {jti}"))
 }
 
 /// Current Unix time in seconds.

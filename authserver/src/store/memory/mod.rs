@@ -24,6 +24,7 @@ mod cleanup;
 mod clients;
 mod codes;
 mod counters;
+mod dpop;
 mod families;
 mod info;
 mod ownership;
@@ -71,6 +72,8 @@ struct Inner {
     refresh: HashMap<String, (RefreshTokenRecord, u64)>,
     families: HashMap<String, Family>,
     once: HashMap<String, u64>,
+    /// Used DPoP proofs: key (as in Redis) -> exp.
+    dpop_jtis: HashMap<String, u64>,
     /// Ownership indexes: (kind, owner) -> member -> exp.
     owned: HashMap<(Owned, String), BTreeMap<String, u64>>,
     /// When the last full cleanup pass and the last token pass ran (ms since the epoch).
@@ -228,6 +231,7 @@ fn sweep(g: &mut Inner, now: u64) -> CleanupReport {
     g.families
         .retain(|_, f| f.exp > now || f.revoked_until.is_some_and(|r| r > now));
     g.once.retain(|_, e| *e > now);
+    g.dpop_jtis.retain(|_, e| *e > now);
     for set in g.owned.values_mut() {
         set.retain(|_, e| *e > now);
     }
@@ -482,6 +486,11 @@ impl Store for MemoryStore {
 
     async fn claim_assertion_jti(&self, key: &str, exp: u64) -> StoreResult<bool> {
         families::claim_assertion_jti(self, key, exp).await
+    }
+
+    // DPoP: dpop.rs
+    async fn claim_dpop_jti(&self, jkt: &str, jti: &str, exp: u64) -> StoreResult<bool> {
+        dpop::claim_dpop_jti(self, jkt, jti, exp).await
     }
 
     // Ownership indexes: ownership.rs

@@ -56,6 +56,7 @@ fn refresh(exp: u64) -> RefreshTokenRecord {
         grant_id: "g1".into(),
         iat: now_secs(),
         exp,
+        jkt: None,
     }
 }
 
@@ -87,19 +88,21 @@ async fn acknowledged_durable_writes_are_on_the_replica() {
     .await
     .unwrap();
     assert!(s.claim_assertion_jti("a1", exp).await.unwrap());
+    assert!(s.claim_dpop_jti("jkt", "p1", exp).await.unwrap());
     // No waiting here: WAIT answered only once the replica had processed all of it.
     let mut r = direct(&replica);
-    let got: (bool, bool, String, bool, bool, bool, u64) = ::redis::pipe()
+    let got: (bool, bool, String, bool, bool, bool, bool, u64) = ::redis::pipe()
         .exists("auth:client:c1")
         .exists("auth:blacklist:j1")
         .hget("auth:refresh_token:h1", "used")
         .exists("auth:family:{g1}:rt")
         .exists("auth:user:alice")
         .exists("auth:assertion_jti:a1")
+        .exists(format!("auth:dpop_jti:{}", dpop_jti_hash("jkt", "p1")))
         .zcard(K_FEED)
         .query(&mut r)
         .unwrap();
-    assert_eq!(got, (true, true, "1".into(), true, true, true, 1));
+    assert_eq!(got, (true, true, "1".into(), true, true, true, true, 1));
 }
 
 #[tokio::test]
@@ -181,6 +184,7 @@ async fn without_the_replica_durable_writes_fail_and_the_others_do_not() {
             grant_id: "g".into(),
             auth_time: 1,
             exp,
+            dpop_jkt: None,
         },
     )
     .await

@@ -50,6 +50,10 @@ pub(super) fn k_family(grant_id: &str) -> [String; 3] {
         format!("auth:family:{{{grant_id}}}:revoked"),
     ]
 }
+/// A used DPoP proof: `{sha256}` of the key's thumbprint and the proof's `jti` (one key).
+pub(super) fn k_dpop_jti(jkt: &str, jti: &str) -> String {
+    format!("auth:dpop_jti:{}", dpop_jti_hash(jkt, jti))
+}
 pub(super) fn k_assertion(key: &str) -> String {
     format!("auth:assertion_jti:{key}")
 }

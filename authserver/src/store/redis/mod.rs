@@ -50,6 +50,7 @@ mod cleanup;
 mod clients;
 mod codes;
 mod counters;
+mod dpop;
 mod families;
 mod ownership;
 mod rate;
@@ -317,6 +318,11 @@ impl Store for RedisStore {
 
     async fn claim_assertion_jti(&self, key: &str, exp: u64) -> StoreResult<bool> {
         families::claim_assertion_jti(self, key, exp).await
+    }
+
+    // DPoP: dpop.rs
+    async fn claim_dpop_jti(&self, jkt: &str, jti: &str, exp: u64) -> StoreResult<bool> {
+        dpop::claim_dpop_jti(self, jkt, jti, exp).await
     }
 
     // Ownership indexes: ownership.rs

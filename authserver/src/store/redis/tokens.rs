@@ -30,6 +30,7 @@ pub(super) fn token_from_fields(
         format: s("format")?,
         act: m.get("act").cloned(),
         user_id: m.get("user_id").cloned(),
+        cnf_jkt: m.get("cnf_jkt").cloned(),
     }))
 }
 
@@ -51,6 +52,9 @@ pub(super) async fn save_access_token(db: &RedisStore, rec: &AccessTokenRecord) 
     }
     if let Some(uid) = &rec.user_id {
         fields.push(("user_id", uid.clone()));
+    }
+    if let Some(jkt) = &rec.cnf_jkt {
+        fields.push(("cnf_jkt", jkt.clone()));
     }
     // One MULTI; on Cluster one per slot: the record with its expiry, the cleanup index
     // and the counter each stay whole.
