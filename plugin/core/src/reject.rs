@@ -135,3 +135,28 @@ pub fn rate_limited(retry_after_s: u64, policy: &str, ratelimit: &str) -> Reject
         reason: "rate_limited",
     }
 }
+
+/// The signature algorithms the filter verifies DPoP proofs with (`algs` of the DPoP
+/// challenge, RFC 9449 §7.1).
+pub const DPOP_ALGS: &str = "ES256";
+
+/// 401 with a DPoP challenge (RFC 9449 §7.1): `error` is `invalid_token` (the token cannot
+/// be used so: a DPoP-bound token as Bearer, an unbound one as DPoP, an unbound one where
+/// the route requires sender-constrained tokens) or `invalid_dpop_proof`.
+pub fn dpop(
+    realm: &str,
+    error: &'static str,
+    description: &str,
+    reason: &'static str,
+) -> Rejection {
+    let d = quote(description);
+    reply(
+        401,
+        format!(
+            "DPoP realm=\"{}\", error=\"{error}\", error_description=\"{d}\", algs=\"{DPOP_ALGS}\"",
+            quote(realm)
+        ),
+        json!({"error": error, "error_description": d}),
+        reason,
+    )
+}

@@ -41,6 +41,10 @@ pub(crate) fn run(cx: &mut Ctx<'_>, w: &mut Worker, host: &dyn Host) -> Step {
             )));
         }
         Found::Token(t) => t,
+        Found::DPoP(t) => {
+            cx.dpop = true;
+            t
+        }
     };
     if token.len() > cfg.max_token_bytes {
         host.metric(Metric::Denied("too_large"), 1);
