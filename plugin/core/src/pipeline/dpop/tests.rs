@@ -654,3 +654,45 @@ fn a_malformed_cnf_makes_the_token_malformed() {
     let t = token_json(json!({"cnf": {"x5t#S256": "abc"}}));
     assert!(allowed(&decide(&mut w, &host, &req("Bearer", &t, &[]))));
 }
+
+#[test]
+fn the_dpop_configuration_is_checked() {
+    let base = |extra: Value| {
+        let mut c = json!({"issuers": [{"issuer": ISS, "audiences": ["a"],
+                                        "jwks": {"cluster": "auth"}}]});
+        if let (Some(o), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        crate::Config::from_json(c.to_string().as_bytes())
+    };
+    let ok = base(json!({})).expect("defaults");
+    assert_eq!(
+        (
+            ok.dpop.iat_window_s,
+            ok.dpop.max_proof_bytes,
+            ok.dpop.replay_shards,
+            ok.dpop.replay_entries_per_shard,
+            ok.dpop.scheme_header.clone()
+        ),
+        (60, 4096, 1024, 64, None)
+    );
+    assert!(!ok.default_policy.sender_constrained);
+    let req = base(json!({"default_rule": {"require": "sender_constrained"}})).expect("require");
+    assert!(req.default_policy.sender_constrained);
+    for bad in [
+        json!({"dpop": {"iat_window_s": 0}}),
+        json!({"dpop": {"iat_window_s": 601}}),
+        json!({"dpop": {"max_proof_bytes": 100}}),
+        json!({"dpop": {"replay_shards": 0}}),
+        json!({"dpop": {"replay_entries_per_shard": 5000}}),
+        json!({"dpop": {"scheme_header": ":scheme"}}),
+        json!({"dpop": {"nonce": true}}),
+        json!({"rules": [{"path_prefix": "/", "require": "mtls"}]}),
+        json!({"rules": [{"path_prefix": "/", "allow_anonymous": true,
+                          "require": "sender_constrained"}]}),
+    ] {
+        assert!(base(bad.clone()).is_err(), "{bad}");
+    }
+}
