@@ -163,6 +163,10 @@ def test_route_requiring_sender_constrained_tokens(gw, iss):
     # Negative: an unbound Bearer token is refused on the route, accepted elsewhere.
     assert_dpop_challenge(call(gw, "/bound/x", f"Bearer {plain}"), "invalid_token")
     assert call(gw, "/resource", f"Bearer {plain}").status_code == 200
+    # No token there: the challenge names the DPoP scheme and its algorithms.
+    r = call(gw, "/bound/x", None)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == 'DPoP realm="tollgate", algs="ES256"'
     r = call(gw, "/bound/x", f"DPoP {bound}",
              [client.proof("GET", gw.url("/bound/x"), bound)])
     assert r.status_code == 200, r.text

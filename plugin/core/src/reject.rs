@@ -160,3 +160,14 @@ pub fn dpop(
         reason,
     )
 }
+
+/// 401 without an error code on a route that requires a sender-constrained token: the
+/// request carried no token; the challenge names the `DPoP` scheme (RFC 9449 §7.1).
+pub fn missing_dpop_token(realm: &str) -> Rejection {
+    reply(
+        401,
+        format!("DPoP realm=\"{}\", algs=\"{DPOP_ALGS}\"", quote(realm)),
+        json!({"error": "invalid_request", "error_description": "DPoP-bound token required"}),
+        "missing",
+    )
+}
