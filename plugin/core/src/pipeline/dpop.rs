@@ -102,7 +102,8 @@ pub(crate) fn run(cx: &mut Ctx<'_>, w: &mut Worker, host: &dyn Host) -> Step {
     let Some(token) = cx.token.as_deref() else {
         return ControlFlow::Continue(());
     };
-    let now = host.now_ms() / 1000;
+    // `authenticate` read the clock for this request.
+    let now = cx.now_ms / 1000;
     let proof = match check_proof(cx.req, token, jkt, &w.cfg.dpop, now) {
         Ok(p) => p,
         Err(reason) => return refuse("invalid_dpop_proof", describe(reason), reason),
