@@ -100,7 +100,12 @@ pub(crate) fn run(cx: &mut Ctx<'_>, w: &mut Worker, host: &dyn Host) -> Step {
         );
     }
     let Some(token) = cx.token.as_deref() else {
-        return ControlFlow::Continue(());
+        // A verified identity always comes with its token; refuse rather than pass.
+        return refuse(
+            "invalid_dpop_proof",
+            describe("dpop_malformed"),
+            "dpop_malformed",
+        );
     };
     // `authenticate` read the clock for this request.
     let now = cx.now_ms / 1000;
