@@ -47,6 +47,9 @@ def test_test_configs_validate():
     {"issuers": [issuer_entry("i", "c")], "jwks_wait": {"status": 500}},
     {"issuers": [issuer_entry("i", "c")], "headers": {"sub": "bad header"}},
     filter_config([issuer_entry("i", "c")], token_sources=[{"form": {"name": "x"}}]),
+    filter_config([issuer_entry("i", "c")], dpop={"iat_window_s": 0}),
+    filter_config([issuer_entry("i", "c")], dpop={"nonce": True}),
+    filter_config([issuer_entry("i", "c")], rules=[{"path_prefix": "/", "require": "mtls"}]),
 ])
 def test_schema_refuses_what_the_filter_refuses(bad):
     assert list(VALIDATOR.iter_errors(bad)), bad

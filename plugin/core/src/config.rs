@@ -51,6 +51,71 @@ struct RawConfig {
     client_ip: RawClientIp,
     #[serde(default)]
     rate_limit: RawRateLimitGlobal,
+    #[serde(default)]
+    dpop: RawDpop,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDpop {
+    #[serde(default = "d_dpop_iat_window")]
+    iat_window_s: u64,
+    #[serde(default = "d_dpop_max_proof")]
+    max_proof_bytes: usize,
+    #[serde(default = "d_dpop_shards")]
+    replay_shards: u32,
+    #[serde(default = "d_dpop_entries")]
+    replay_entries_per_shard: u32,
+    #[serde(default)]
+    scheme_header: Option<String>,
+}
+
+impl Default for RawDpop {
+    fn default() -> Self {
+        RawDpop {
+            iat_window_s: d_dpop_iat_window(),
+            max_proof_bytes: d_dpop_max_proof(),
+            replay_shards: d_dpop_shards(),
+            replay_entries_per_shard: d_dpop_entries(),
+            scheme_header: None,
+        }
+    }
+}
+
+fn d_dpop_iat_window() -> u64 {
+    60
+}
+fn d_dpop_max_proof() -> usize {
+    4096
+}
+fn d_dpop_shards() -> u32 {
+    1024
+}
+fn d_dpop_entries() -> u32 {
+    64
+}
+
+/// What a rule may require of the token beyond scopes and audiences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Require {
+    /// A sender-constrained (DPoP-bound, `cnf.jkt`) token with a valid proof.
+    SenderConstrained,
+}
+
+/// DPoP proof checking (RFC 9449), `dpop` in the configuration.
+#[derive(Debug, Clone)]
+pub struct Dpop {
+    /// A proof's `iat` may be at most this far in the past or the future (seconds).
+    pub iat_window_s: u64,
+    /// Longest accepted `DPoP` header value.
+    pub max_proof_bytes: usize,
+    /// Shared-data keys of the `jti` replay set, and live entries per key.
+    pub replay_shards: u32,
+    pub replay_entries_per_shard: u32,
+    /// Header holding the scheme the client addressed (e.g. `x-forwarded-proto` behind a
+    /// TLS-terminating load balancer); `None`: Envoy's `:scheme`.
+    pub scheme_header: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -309,6 +374,8 @@ struct RawPolicy {
     scope_mode: ScopeMode,
     #[serde(default)]
     audiences: Vec<String>,
+    #[serde(default)]
+    require: Option<Require>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -336,6 +403,8 @@ struct RawRule {
     audiences: Vec<String>,
     #[serde(default)]
     rate_limit: Option<RawRuleLimit>,
+    #[serde(default)]
+    require: Option<Require>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -653,6 +722,8 @@ pub struct Policy {
     pub scopes: Vec<String>,
     pub scope_mode: ScopeMode,
     pub audiences: Vec<String>,
+    /// `require: sender_constrained`: only DPoP-bound tokens, with a valid proof.
+    pub sender_constrained: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -741,6 +812,7 @@ pub struct Config {
     pub rate_limit_response_headers: bool,
     /// Path of the auth server's lease endpoint (global rate limits).
     pub lease_path: String,
+    pub dpop: Dpop,
 }
 
 fn bad(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
@@ -998,6 +1070,7 @@ impl Config {
                 scopes: r.scopes,
                 scope_mode: r.scope_mode,
                 audiences: r.audiences,
+                sender_constrained: r.require == Some(Require::SenderConstrained),
             };
             check_policy(&field(""), &policy)?;
             let name = r.name.unwrap_or_else(|| format!("rule-{i}"));
@@ -1027,10 +1100,12 @@ impl Config {
                 scopes: p.scopes,
                 scope_mode: p.scope_mode,
                 audiences: p.audiences,
+                sender_constrained: p.require == Some(Require::SenderConstrained),
             },
         };
         check_policy("default_rule.", &default_policy)?;
 
+        let dpop = check_dpop(raw.dpop)?;
         let h = raw.headers;
         let sub = check_header_name("headers.sub", &h.sub)?;
         let client_id = check_header_name("headers.client_id", &h.client_id)?;
@@ -1321,6 +1396,7 @@ impl Config {
             jwks_wait_status: raw.jwks_wait.status,
             tick_ms: raw.tick_ms,
             fingerprint,
+            dpop,
         })
     }
 
@@ -1542,7 +1618,42 @@ fn check_policy(prefix: &str, p: &Policy) -> Result<(), ConfigError> {
             "an anonymous rule cannot also require scopes or audiences",
         ));
     }
+    if p.allow_anonymous && p.sender_constrained {
+        return Err(bad(
+            format!("{prefix}require"),
+            "an anonymous rule cannot require a sender-constrained token",
+        ));
+    }
     Ok(())
+}
+
+fn check_dpop(d: RawDpop) -> Result<Dpop, ConfigError> {
+    if !(1..=600).contains(&d.iat_window_s) {
+        return Err(bad("dpop.iat_window_s", "must be within 1..=600"));
+    }
+    if !(512..=16384).contains(&d.max_proof_bytes) {
+        return Err(bad("dpop.max_proof_bytes", "must be within 512..=16384"));
+    }
+    if !(1..=65536).contains(&d.replay_shards) {
+        return Err(bad("dpop.replay_shards", "must be within 1..=65536"));
+    }
+    if !(1..=1024).contains(&d.replay_entries_per_shard) {
+        return Err(bad(
+            "dpop.replay_entries_per_shard",
+            "must be within 1..=1024",
+        ));
+    }
+    let scheme_header = match d.scheme_header {
+        None => None,
+        Some(h) => Some(check_header_name("dpop.scheme_header", &h)?),
+    };
+    Ok(Dpop {
+        iat_window_s: d.iat_window_s,
+        max_proof_bytes: d.max_proof_bytes,
+        replay_shards: d.replay_shards,
+        replay_entries_per_shard: d.replay_entries_per_shard,
+        scheme_header,
+    })
 }
 
 /// `typ` values compare case-insensitively with an optional `application/` prefix (RFC 7515 §4.1.9).

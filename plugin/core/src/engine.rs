@@ -153,6 +153,7 @@ impl Worker {
                 }
             }
         }
+        crate::pipeline::dpop::init_slots(host, &self.cfg.dpop);
         if let Some(x) = &self.cfg.introspection {
             introspection::init_slots(host, &x.settings);
             if let Some(l) = &x.miss_limit {

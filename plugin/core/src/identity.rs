@@ -19,6 +19,9 @@ pub struct Identity {
     pub iat: Option<u64>,
     /// Values of the configured claim headers, in `Config.headers.claims` order.
     pub claims: Vec<Option<String>>,
+    /// `cnf.jkt` (RFC 9449 §6): the token is DPoP-bound to the key with this JWK SHA-256
+    /// thumbprint (base64url).
+    pub cnf_jkt: Option<String>,
 }
 
 /// A header value is forwarded only if it is visible ASCII, space or tab.
@@ -68,6 +71,10 @@ impl Identity {
         for c in &self.claims {
             put_opt(out, c.as_deref());
         }
+        // Last: an entry written before the field existed has no byte here and does not
+        // decode (a cache miss: the token is verified again), nor does this one in an older
+        // module (trailing bytes).
+        put_opt(out, self.cnf_jkt.as_deref());
     }
 
     /// Decode what [`Identity::encode_into`] wrote; `None` on any inconsistency.
@@ -92,6 +99,7 @@ impl Identity {
         for _ in 0..n {
             claims.push(r.opt()?);
         }
+        let cnf_jkt = r.opt()?;
         Some(Identity {
             issuer,
             sub,
@@ -102,6 +110,7 @@ impl Identity {
             exp,
             iat,
             claims,
+            cnf_jkt,
         })
     }
 }

@@ -252,6 +252,7 @@ pub fn parse_answer_for(
         exp,
         iat: v.get("iat").and_then(Value::as_u64),
         claims,
+        cnf_jkt: crate::jwt::cnf_jkt(v.get("cnf")).map_err(|_| IntrospectionError::Field("cnf"))?,
     }))
 }
 

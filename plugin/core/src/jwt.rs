@@ -367,6 +367,7 @@ pub fn claims_to_identity(
         Some(_) => return Err(TokenError::MissingClaim("scope").into()),
     };
     let jti = opt_string(claims.get("jti"), "jti")?;
+    let cnf_jkt = cnf_jkt(claims.get("cnf"))?;
     let mut extra = Vec::with_capacity(cfg.headers.claims.len());
     for (claim, _) in &cfg.headers.claims {
         let v = claims.get(claim).filter(|v| !v.is_null()).map(claim_text);
@@ -398,5 +399,21 @@ pub fn claims_to_identity(
         exp,
         iat,
         claims: extra,
+        cnf_jkt,
     })
+}
+
+/// The `cnf.jkt` of a token (RFC 9449 §6.1): `None` without `cnf` or without `jkt` in it
+/// (another confirmation method); a `cnf` that is not an object, or a `jkt` that is not a
+/// base64url SHA-256 (43 characters), makes the token malformed.
+pub fn cnf_jkt(cnf: Option<&Value>) -> Result<Option<String>, TokenError> {
+    match cnf {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => match o.get("jkt") {
+            None => Ok(None),
+            Some(Value::String(j)) if j.len() == 43 && b64url_segment(j) => Ok(Some(j.clone())),
+            Some(_) => Err(TokenError::MissingClaim("cnf")),
+        },
+        Some(_) => Err(TokenError::MissingClaim("cnf")),
+    }
 }

@@ -50,6 +50,28 @@ pub const TOKEN_REASONS: [&str; 12] = [
     "audience",
 ];
 
+/// Every refusal label of the `dpop` stage (`tollgate_denied_<label>`).
+pub const DPOP_REASONS: [&str; 18] = [
+    "dpop_bearer",
+    "dpop_unbound",
+    "dpop_required",
+    "dpop_missing",
+    "dpop_repeated",
+    "dpop_too_large",
+    "dpop_malformed",
+    "dpop_typ",
+    "dpop_alg",
+    "dpop_jwk",
+    "dpop_key",
+    "dpop_signature",
+    "dpop_htm",
+    "dpop_htu",
+    "dpop_iat",
+    "dpop_ath",
+    "dpop_replay",
+    "dpop_replay_full",
+];
+
 impl Metric {
     pub fn for_token_error(e: &TokenError) -> Metric {
         Metric::Denied(e.reason())
@@ -121,6 +143,7 @@ impl Metric {
             Metric::AllowedUnverified,
         ];
         v.extend(TOKEN_REASONS.iter().map(|r| Metric::Denied(r)));
+        v.extend(DPOP_REASONS.iter().map(|r| Metric::Denied(r)));
         v
     }
 }

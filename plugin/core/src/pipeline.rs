@@ -1,7 +1,7 @@
 //! The request path: a fixed list of named stages, top to bottom.
 //!
 //! ```text
-//! extract → authenticate → revoked → authorize → limit → identity
+//! extract → authenticate → dpop → revoked → authorize → limit → identity
 //! ```
 //!
 //! Each stage is one module with one entry function of the same shape, [`Stage`]: it reads
@@ -33,6 +33,7 @@ use crate::rules::{self, RouteInfo};
 
 pub(crate) mod authenticate;
 pub(crate) mod authorize;
+pub(crate) mod dpop;
 pub(crate) mod extract;
 pub(crate) mod identity;
 pub(crate) mod limit;
@@ -64,6 +65,8 @@ pub struct Ctx<'r> {
     pub rule: Option<usize>,
     /// The token (`extract`); `None` for an anonymous request.
     pub token: Option<String>,
+    /// The token came as `Authorization: DPoP <token>` (`extract`).
+    pub dpop: bool,
     /// When the request was decided (Unix ms; `authenticate` reads the clock, 0 before).
     pub now_ms: u64,
     /// The verified identity (`authenticate`); `None` for an anonymous request.
@@ -95,6 +98,7 @@ impl<'r> Ctx<'r> {
             req,
             rule: rules::select_index(cfg, &route),
             token: None,
+            dpop: false,
             now_ms: 0,
             verified: None,
             response_headers: Vec::new(),
@@ -123,6 +127,7 @@ impl Worker {
     fn stages(&mut self, cx: &mut Ctx<'_>, host: &dyn Host) -> Step {
         extract::run(cx, self, host)?;
         authenticate::run(cx, self, host)?;
+        dpop::run(cx, self, host)?;
         revoked::run(cx, self, host)?;
         authorize::run(cx, self, host)?;
         limit::run(cx, self, host)?;
@@ -138,9 +143,10 @@ mod tests {
     /// Every stage's `run` has the [`Stage`] shape (a new stage must too).
     #[test]
     fn every_stage_has_the_stage_shape() {
-        let stages: [(&str, Stage); 5] = [
+        let stages: [(&str, Stage); 6] = [
             ("extract", extract::run),
             ("authenticate", authenticate::run),
+            ("dpop", dpop::run),
             ("revoked", revoked::run),
             ("authorize", authorize::run),
             ("limit", limit::run),

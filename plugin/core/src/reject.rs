@@ -135,3 +135,39 @@ pub fn rate_limited(retry_after_s: u64, policy: &str, ratelimit: &str) -> Reject
         reason: "rate_limited",
     }
 }
+
+/// The signature algorithms the filter verifies DPoP proofs with (`algs` of the DPoP
+/// challenge, RFC 9449 §7.1).
+pub const DPOP_ALGS: &str = "ES256";
+
+/// 401 with a DPoP challenge (RFC 9449 §7.1): `error` is `invalid_token` (the token cannot
+/// be used so: a DPoP-bound token as Bearer, an unbound one as DPoP, an unbound one where
+/// the route requires sender-constrained tokens) or `invalid_dpop_proof`.
+pub fn dpop(
+    realm: &str,
+    error: &'static str,
+    description: &str,
+    reason: &'static str,
+) -> Rejection {
+    let d = quote(description);
+    reply(
+        401,
+        format!(
+            "DPoP realm=\"{}\", error=\"{error}\", error_description=\"{d}\", algs=\"{DPOP_ALGS}\"",
+            quote(realm)
+        ),
+        json!({"error": error, "error_description": d}),
+        reason,
+    )
+}
+
+/// 401 without an error code on a route that requires a sender-constrained token: the
+/// request carried no token; the challenge names the `DPoP` scheme (RFC 9449 §7.1).
+pub fn missing_dpop_token(realm: &str) -> Rejection {
+    reply(
+        401,
+        format!("DPoP realm=\"{}\", algs=\"{DPOP_ALGS}\"", quote(realm)),
+        json!({"error": "invalid_request", "error_description": "DPoP-bound token required"}),
+        "missing",
+    )
+}

@@ -35,6 +35,25 @@ pub enum Found {
     /// `invalid_request`, 400), not a bad token.
     Repeated,
     Token(String),
+    /// `Authorization: DPoP <token>` (RFC 9449 §7.1): the token must be DPoP-bound and come
+    /// with a valid proof (stage `dpop`).
+    DPoP(String),
+}
+
+/// Whether a header source is `Authorization` with the `Bearer` scheme: the one where the
+/// `DPoP` scheme is accepted too.
+fn bearer_authorization(name: &str, prefix: &str) -> bool {
+    name.eq_ignore_ascii_case("authorization") && prefix.trim_end().eq_ignore_ascii_case("bearer")
+}
+
+/// The credential after `scheme` and a space, if `v` starts so (scheme case-insensitive).
+fn after_scheme<'v>(v: &'v str, scheme: &str) -> Option<&'v str> {
+    let scheme = scheme.trim_end();
+    (v.len() > scheme.len()
+        && v.is_char_boundary(scheme.len())
+        && v[..scheme.len()].eq_ignore_ascii_case(scheme)
+        && v.as_bytes()[scheme.len()] == b' ')
+        .then(|| v[scheme.len()..].trim_start())
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -105,25 +124,29 @@ pub fn extract(cfg: &Config, headers: &(impl HeaderLookup + ?Sized), path: &str)
                 if prefix.is_some() && several_credentials(v) {
                     return Found::Repeated;
                 }
+                let mut dpop = false;
                 let t = match prefix {
                     None => v,
-                    Some(p) => {
-                        let p = p.trim_end();
-                        if v.len() > p.len()
-                            && v.is_char_boundary(p.len())
-                            && v[..p.len()].eq_ignore_ascii_case(p)
-                            && v.as_bytes()[p.len()] == b' '
-                        {
-                            v[p.len()..].trim_start()
-                        } else {
-                            return Found::Unusable;
-                        }
-                    }
+                    Some(p) => match after_scheme(v, p) {
+                        Some(t) => t,
+                        None if bearer_authorization(name, p) => match after_scheme(v, "DPoP") {
+                            Some(t) => {
+                                dpop = true;
+                                t
+                            }
+                            None => return Found::Unusable,
+                        },
+                        None => return Found::Unusable,
+                    },
                 };
                 if t.is_empty() || t.contains(' ') {
                     return Found::Unusable;
                 }
-                return Found::Token(t.to_string());
+                return if dpop {
+                    Found::DPoP(t.to_string())
+                } else {
+                    Found::Token(t.to_string())
+                };
             }
             TokenSource::Cookie { name } => {
                 for line in headers.all("cookie") {

@@ -18,11 +18,16 @@ pub(crate) fn run(cx: &mut Ctx<'_>, w: &mut Worker, host: &dyn Host) -> Step {
     let cfg = &w.cfg;
     let token = match token::extract(cfg, cx.req.headers.as_slice(), &cx.req.path) {
         Found::None => {
-            if rules::policy(cfg, cx.rule).allow_anonymous {
+            let policy = rules::policy(cfg, cx.rule);
+            if policy.allow_anonymous {
                 return ControlFlow::Continue(());
             }
             host.metric(Metric::DeniedMissing, 1);
-            return ControlFlow::Break(Outcome::Reject(reject::missing_token(&cfg.realm)));
+            return ControlFlow::Break(Outcome::Reject(if policy.sender_constrained {
+                reject::missing_dpop_token(&cfg.realm)
+            } else {
+                reject::missing_token(&cfg.realm)
+            }));
         }
         Found::Unusable => {
             host.metric(Metric::Denied("malformed"), 1);
@@ -41,6 +46,10 @@ pub(crate) fn run(cx: &mut Ctx<'_>, w: &mut Worker, host: &dyn Host) -> Step {
             )));
         }
         Found::Token(t) => t,
+        Found::DPoP(t) => {
+            cx.dpop = true;
+            t
+        }
     };
     if token.len() > cfg.max_token_bytes {
         host.metric(Metric::Denied("too_large"), 1);
@@ -75,6 +84,39 @@ mod tests {
         let mut cx = Ctx::new(&w.cfg, &req);
         assert_eq!(run(&mut cx, &mut w, &host), ControlFlow::Continue(()));
         assert_eq!(cx.token.as_deref(), Some("abc.def.ghi"));
+    }
+
+    #[test]
+    fn the_dpop_scheme_is_accepted_and_marked() {
+        let (host, mut w) = worker(json!({"rules": [{"path_prefix": "/bound",
+                                                     "require": "sender_constrained"}]}));
+        let mut req = request("/r", None);
+        req.headers
+            .push(("authorization".into(), "dpop abc.def.ghi".into()));
+        let mut cx = Ctx::new(&w.cfg, &req);
+        assert_eq!(run(&mut cx, &mut w, &host), ControlFlow::Continue(()));
+        assert_eq!(cx.token.as_deref(), Some("abc.def.ghi"));
+        assert!(cx.dpop);
+        // Negative: a Bearer token is not marked; DPoP with two credentials is repeated.
+        let req = request("/r", Some("abc.def.ghi"));
+        let mut cx = Ctx::new(&w.cfg, &req);
+        assert_eq!(run(&mut cx, &mut w, &host), ControlFlow::Continue(()));
+        assert!(!cx.dpop);
+        let mut req = request("/r", None);
+        req.headers
+            .push(("authorization".into(), "DPoP a.b.c, Bearer d.e.f".into()));
+        let mut cx = Ctx::new(&w.cfg, &req);
+        assert_eq!(reject_of(run(&mut cx, &mut w, &host)), (400, "repeated"));
+        // No token on a route requiring sender-constrained tokens: a DPoP challenge.
+        let req = request("/bound/x", None);
+        let mut cx = Ctx::new(&w.cfg, &req);
+        let ControlFlow::Break(Outcome::Reject(r)) = run(&mut cx, &mut w, &host) else {
+            panic!("not refused")
+        };
+        assert_eq!(r.status, 401);
+        assert!(r.headers.iter().any(
+            |(k, v)| k == "www-authenticate" && v == "DPoP realm=\"tollgate\", algs=\"ES256\""
+        ));
     }
 
     #[test]

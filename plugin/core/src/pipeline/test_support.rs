@@ -70,6 +70,23 @@ pub fn token(claims: &[(&str, &str)]) -> String {
     format!("{input}.{}", b64(&sig.to_bytes()))
 }
 
+/// A token of `alice` like [`token`], with the JSON claims of `extra` added.
+pub fn token_json(extra: Value) -> String {
+    let mut c = json!({"iss": ISS, "sub": "alice", "aud": "a", "exp": NOW + 60});
+    if let (Some(o), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    let input = format!(
+        "{}.{}",
+        b64(br#"{"alg":"ES256","kid":"k"}"#),
+        b64(c.to_string().as_bytes())
+    );
+    let sig: p256::ecdsa::Signature = key().sign(input.as_bytes());
+    format!("{input}.{}", b64(&sig.to_bytes()))
+}
+
 /// A GET of `path` with `Authorization: Bearer <token>` when given.
 pub fn request(path: &str, token: Option<&str>) -> Request {
     let mut h = vec![
