@@ -81,7 +81,9 @@ impl LeaseRequest {
         (status = 401, description = "invalid_client / invalid_token", body = super::openapi::ErrorBody),
         (status = 403, description = "insufficient_scope: the client lacks tollgate:edge, or the mesh identity is not trusted", body = super::openapi::ErrorBody),
         (status = 415, description = "unsupported content type", body = super::openapi::ErrorBody),
-        super::openapi::EdgeErrors,
+        super::openapi::CommonErrors,
+        // After CommonErrors: replaces its 400 with the edge endpoints' own description.
+        (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header, malformed or repeated X-Forwarded-Client-Cert from the sidecar", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn lease(

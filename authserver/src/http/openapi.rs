@@ -67,29 +67,6 @@ pub enum CommonErrors {
     Unavailable(ErrorBody),
 }
 
-/// [`CommonErrors`] of the edge endpoints, whose 400 also covers the sidecar's
-/// `X-Forwarded-Client-Cert` (mesh identity).
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)]
-pub enum EdgeErrors {
-    #[response(
-        status = 400,
-        description = "invalid_request: malformed request, repeated Authorization or Content-Type header, malformed or repeated X-Forwarded-Client-Cert from the sidecar"
-    )]
-    BadRequest(ErrorBody),
-    #[response(status = 413, description = "request body too large")]
-    BodyTooLarge(ErrorBody),
-    #[response(status = 429, description = "rate limited (Retry-After)")]
-    RateLimited(ErrorBody),
-    #[response(status = 431, description = "request head too large")]
-    HeadTooLarge(ErrorBody),
-    #[response(
-        status = 503,
-        description = "temporarily_unavailable: store unreachable or request timed out"
-    )]
-    Unavailable(ErrorBody),
-}
-
 /// The body and head limits alone, for the endpoints that answer their other errors in
 /// their own form (the HTML pages of `/oauth2/authorize`).
 #[derive(utoipa::IntoResponses)]
