@@ -22,6 +22,7 @@ use serde_json::Value;
 use crate::config::{Config, Issuer};
 use crate::es256;
 use crate::jwt::Alg;
+use crate::rs256;
 
 /// The key families the filter verifies with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub struct Key {
     pub decoding: DecodingKey,
     /// A P-256 key for [`crate::es256`] (with its precomputed table once used).
     pub p256: Option<Arc<es256::PublicKey>>,
+    /// An RSA key with e = 65537 and 2048 to 4096 bits, prepared for [`crate::rs256`].
+    pub rs256: Option<Arc<rs256::PublicKey>>,
 }
 
 impl std::fmt::Debug for Key {
@@ -106,6 +109,7 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
         Some(_) => return None,
     };
     let mut p256 = None;
+    let mut rsa_fast = None;
     let (kind, decoding) = match str_field(o, "kty")? {
         "EC" => {
             let (kind, len) = match str_field(o, "crv")? {
@@ -134,7 +138,11 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
             if b64_len(n)? < MIN_RSA_MODULUS_BYTES || b64_len(e)? == 0 {
                 return None;
             }
-            (KeyKind::Rsa, DecodingKey::from_rsa_components(n, e).ok()?)
+            let decoding = DecodingKey::from_rsa_components(n, e).ok()?;
+            if let (Ok(nb), Ok(eb)) = (URL_SAFE_NO_PAD.decode(n), URL_SAFE_NO_PAD.decode(e)) {
+                rsa_fast = rs256::PublicKey::new(&nb, &eb).map(Arc::new);
+            }
+            (KeyKind::Rsa, decoding)
         }
         "OKP" => {
             if str_field(o, "crv")? != "Ed25519" {
@@ -159,6 +167,7 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
         kind,
         decoding,
         p256,
+        rs256: rsa_fast,
     })
 }
 

@@ -30,6 +30,7 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod reject;
 pub mod revocation;
+pub mod rs256;
 pub mod rules;
 pub mod testing;
 pub mod token;
