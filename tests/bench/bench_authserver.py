@@ -35,7 +35,10 @@ SCENARIOS = [
     ("token_opaque", "token: client_credentials -> opaque"),
     ("introspect_opaque", "introspect: opaque token"),
     ("introspect_jwt", "introspect: ES256 JWT"),
+    ("edge_feed", "edge: revocation feed, nothing new"),
 ]
+# Process ids whose CPU time per request is measured on Tollgate's side (capacity.py).
+TOLLGATE_PIDS: dict[str, int] = {}
 
 
 def jose_header(token: str) -> dict[str, Any]:
@@ -77,6 +80,7 @@ def start_tollgate(procs: Processes, settings: Settings, redis_port: int) -> dic
     }
     proc = procs.start("authserver", settings.server_prefix() + [str(authserver_bin()), "serve"],
                        env=env)
+    TOLLGATE_PIDS["authserver"] = proc.pid
     common.wait_until("authserver /readyz",
                       lambda: requests.get(f"{base}/readyz", timeout=1).status_code == 200,
                       procs=procs, watch=proc)
@@ -93,6 +97,8 @@ def start_tollgate(procs: Processes, settings: Settings, redis_port: int) -> dic
 
     jwt_client = register({})
     opaque_client = register({"access_token_format": "opaque"})
+    # A gateway's client for the revocation feed (what the filter polls, once per gateway).
+    edge_client = register({"scope": "tollgate:edge", "rate_limit_per_minute": 0})
 
     def issue(client: tuple[str, str]) -> str:
         r = requests.post(f"{base}/oauth2/token", timeout=5,
@@ -117,6 +123,12 @@ def start_tollgate(procs: Processes, settings: Settings, redis_port: int) -> dic
         raise BenchError("the opaque client received a JWT")
     check_introspect(jwt_client, jwt)
     check_introspect(opaque_client, opaque)
+    edge_auth = common.basic_auth(*edge_client)
+    r = requests.get(f"{base}/edge/revocations", timeout=5,
+                     headers={"Authorization": edge_auth})
+    if r.status_code != 200:
+        raise BenchError(f"edge feed: {r.status_code} {r.text[:300]}")
+    feed_path = f"/edge/revocations?since={r.json()['cursor']}"
 
     token_body = f"grant_type=client_credentials&scope={SCOPE.replace(':', '%3A')}"
     print(f"Tollgate auth server: {base}, redis db 0", flush=True)
@@ -131,6 +143,8 @@ def start_tollgate(procs: Processes, settings: Settings, redis_port: int) -> dic
         "introspect_jwt": (base, {"BENCH_PATH": "/oauth2/introspect",
                                   "BENCH_BODY": f"token={jwt}",
                                   "BENCH_AUTH": common.basic_auth(*jwt_client)}),
+        "edge_feed": (base, {"BENCH_PATH": feed_path, "BENCH_AUTH": edge_auth,
+                             "BENCH_SCRIPT": "get.lua"}),
     }
 
 
@@ -200,6 +214,7 @@ def start_peer(procs: Processes, settings: Settings, redis_port: int,
                                      "BENCH_BODY": f"token={opaque}", "BENCH_AUTH": basic}),
         "introspect_jwt": {"unsupported": "oidc-provider refuses to introspect JWT access "
                                           f"tokens (answered {jwt_refusal})"},
+        "edge_feed": {"unsupported": "oidc-provider has no revocation feed for gateways"},
     }
 
 
@@ -260,6 +275,7 @@ def main() -> int:
             "authserver": [str(authserver_bin()), "--version"],
         })
         redis_port = common.start_redis(procs, settings)
+        TOLLGATE_PIDS["redis"] = next(p.pid for n, p, _ in procs.procs if n == "redis")
         specs = {"tollgate": {} if args.skip_tollgate
                  else start_tollgate(procs, settings, redis_port),
                  "peer": start_peer(procs, settings, redis_port, args.peer_workers)}
@@ -277,8 +293,14 @@ def main() -> int:
                     print(f"  {name + ': ' + label:<52} n/a: {spec['unsupported']}")
                     continue
                 url, env = spec
-                results[side][key] = common.measure(settings, url, "form_post.lua", env,
-                                                    f"{name}: {label}")
+                script = env.get("BENCH_SCRIPT", "form_post.lua")
+                if side == "tollgate":  # with the CPU per request of the server and Redis
+                    results[side][key] = common.measure_cpu(
+                        settings, url, script, env, f"{name}: {label}", TOLLGATE_PIDS,
+                        redis_port=redis_port)
+                else:
+                    results[side][key] = common.measure(settings, url, script, env,
+                                                        f"{name}: {label}")
         tollgate, peer = results["tollgate"], results["peer"]
     except BenchError as exc:
         print(f"bench-authserver failed: {exc}\n(logs in {workdir})", file=sys.stderr)

@@ -407,3 +407,65 @@ def new_workdir(kind: str) -> Path:
     path = WORK_DIR / f"{kind}-{stamp}-{os.getpid()}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def redis_command(port: int, *args: str) -> bytes:
+    """One command to a loopback redis-server (RESP), its reply's payload (bulk or status)."""
+    msg = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(msg.encode())
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            if buf[:1] in (b"+", b"-") and buf.endswith(b"\r\n"):
+                break
+            if buf[:1] == b"$":
+                head, _, rest = buf.partition(b"\r\n")
+                if len(rest) >= int(head[1:]) + 2:
+                    return rest[:int(head[1:])]
+    if buf[:1] == b"-":
+        raise BenchError(f"redis {args[0]}: {buf.decode(errors='replace').strip()}")
+    return buf[1:].strip()
+
+
+def redis_commandstats(port: int) -> dict[str, dict[str, float]]:
+    """`INFO commandstats`: per command, calls and the microseconds Redis spent in them."""
+    out: dict[str, dict[str, float]] = {}
+    for line in redis_command(port, "INFO", "commandstats").decode().splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, fields = line[len("cmdstat_"):].partition(":")
+            kv = dict(f.split("=", 1) for f in fields.split(","))
+            out[name] = {"calls": float(kv["calls"]), "usec": float(kv["usec"])}
+    return out
+
+
+def measure_cpu(settings: Settings, url: str, script: str, env: dict[str, str],
+                label: str, pids: dict[str, int],
+                redis_port: int | None = None) -> dict[str, Any]:
+    """`measure`, plus the CPU time each process of `pids` spent per request during the
+    measured run only (the warm-up is outside the window): `cpu_us_per_request` by name;
+    with `redis_port`, Redis's own command statistics over the same window: commands per
+    request and the microseconds spent in each (`redis_per_request`). The capacity model
+    (capacity.py) is built from these figures."""
+    if settings.warmup > 0:
+        run_wrk(settings, url, script, env, settings.warmup)
+    if redis_port is not None:
+        redis_command(redis_port, "CONFIG", "RESETSTAT")
+    before = {name: process_cpu_ns(pid) for name, pid in pids.items()}
+    result = measure(settings, url, script, env, label, warmup=0)
+    spent = {}
+    for name, pid in pids.items():
+        after, start = process_cpu_ns(pid), before[name]
+        spent[name] = cpu_us_per_request(
+            None if after is None or start is None else after - start, result["requests"])
+    result["cpu_us_per_request"] = spent
+    if redis_port is not None and result["requests"]:
+        n = result["requests"]
+        result["redis_per_request"] = {
+            cmd: {"calls": round(v["calls"] / n, 3), "usec": round(v["usec"] / n, 3)}
+            for cmd, v in sorted(redis_commandstats(redis_port).items())
+            if v["calls"] >= n / 100}  # what the requests do, not a stray probe
+    return result

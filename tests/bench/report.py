@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import capacity  # noqa: E402
 import common  # noqa: E402
 
 DOC = common.ROOT / "docs" / "benchmarks.md"
@@ -58,6 +59,15 @@ def authserver_md(d: dict[str, Any]) -> str:
         p = d["peer"].get(sc["key"]) or {}
         if "unsupported" in p:
             notes.append(f"- {sc['label']}: {p['unsupported']}.")
+    cpu = []
+    for sc in d["scenarios"]:
+        c = (d["tollgate"].get(sc["key"]) or {}).get("cpu_us_per_request") or {}
+        if c.get("authserver") and c.get("redis"):
+            cpu.append(f"{sc['label']} {c['authserver']:.0f} / {c['redis']:.0f}")
+    if cpu:
+        notes.append("- CPU time per request on Tollgate's side, µs (auth server / "
+                     "redis-server, from /proc over the measured run): " + "; ".join(cpu)
+                     + ".")
     t = d["targets"]
     notes.append(
         "- Targets of the issue: ≥ 5,000 tokens/s "
@@ -76,7 +86,8 @@ def authserver_md(d: dict[str, Any]) -> str:
 def authserver_png(d: dict[str, Any], out: Path) -> None:
     scen = d["scenarios"]
     short = {"token_jwt": "token\n(JWT)", "token_opaque": "token\n(opaque)",
-             "introspect_opaque": "introspect\n(opaque)", "introspect_jwt": "introspect\n(JWT)"}
+             "introspect_opaque": "introspect\n(opaque)", "introspect_jwt": "introspect\n(JWT)",
+             "edge_feed": "edge feed\n(nothing new)"}
     labels = [short.get(s["key"], s["label"]) for s in scen]
     tv = [(d["tollgate"].get(s["key"]) or {}).get("rps", 0) for s in scen]
     pv = [(d["peer"].get(s["key"]) or {}).get("rps", 0) for s in scen]
@@ -387,6 +398,11 @@ def main() -> int:
             gateway_edge_png(gw, common.IMG_DIR / "bench-gateway-edge.png")
             if text is not None:
                 text = replace_block(text, "gateway-edge", gateway_edge_md(gw))
+    model_inputs = capacity.inputs(auth, gw)
+    if model_inputs:
+        capacity.capacity_png(model_inputs, common.IMG_DIR / "bench-capacity.png", plt)
+        if text is not None:
+            text = replace_block(text, "capacity", capacity.capacity_md(model_inputs))
     runs = [r for r in (auth, gw) if r]
     if text is not None and runs:
         text = replace_block(text, "machine", machine_md(runs))
