@@ -253,8 +253,8 @@ package: venv ## the chart archive in dist/ (helm package through Helm's SDK)
 	$(PY) -c 'import helm_python as h; print(h.package("$(CHART_DIR)", destination="$(DIST)"))'
 
 # ---------------------------------------------------------------- benchmarks
-.PHONY: bench bench-authserver bench-gateway
-bench: bench-authserver bench-gateway ## every benchmark, with peers measured in the same run
+.PHONY: bench bench-authserver bench-gateway bench-memory
+bench: bench-authserver bench-gateway bench-memory ## every benchmark, with peers measured in the same run
 
 BENCH_DIR  := $(ROOT)/tests/bench
 PEER_DIR   := $(BENCH_DIR)/peers/oidc-provider
@@ -275,6 +275,10 @@ bench-authserver: deps-apt venv $(VENV)/.bench-stamp build-authserver $(PEER_DIR
 
 bench-gateway: deps-apt venv $(VENV)/.bench-stamp build-authserver build-filter ## Envoy: no auth vs native jwt_authn vs Tollgate filter; rate limits, opaque tokens, revocation propagation
 	cd $(BENCH_DIR) && $(PY) bench_gateway.py
+	cd $(BENCH_DIR) && $(PY) report.py
+
+bench-memory: deps-apt venv $(VENV)/.bench-stamp build-authserver build-filter ## Envoy memory per cached token (Tollgate vs jwt_authn) and per revocation entry
+	cd $(BENCH_DIR) && $(PY) bench_memory.py
 	cd $(BENCH_DIR) && $(PY) report.py
 
 # ---------------------------------------------------------------- soak

@@ -350,6 +350,39 @@ def gateway_edge_png(d: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------ memory
+
+def memory_md(d: dict[str, Any]) -> str:
+    t, r = d["tokens"], d["revocations"]
+    mib = 2 ** 20
+
+    def row(kind: str, label: str) -> str:
+        m = t[kind]
+        per = f"{m['bytes_per_entry']:,.0f}" if "bytes_per_entry" in m else "n/a"
+        held = f"{m['entries']:,}" if "entries" in m else "n/a"
+        return (f"| {label} | {m['rss_before'] / mib:,.1f} | {m['rss_after'] / mib:,.1f} "
+                f"| {held} | {per} |")
+    lines = [
+        "| Envoy | VmRSS before, MiB | after, MiB | entries held | bytes per entry |",
+        "|---|---:|---:|---:|---:|",
+        row("noauth", "no auth filter (control)"),
+        row("native", "Envoy jwt_authn"),
+        row("tollgate", "Tollgate Wasm filter"),
+        f"| Tollgate edge, revocation entries | {r['rss_before'] / mib:,.1f} "
+        f"| {r['rss_after'] / mib:,.1f} | {r['revoked']:,} | {r['bytes_per_entry']:,.0f} |",
+    ]
+    notes = [
+        f"- {t['minted']:,} distinct tokens, each sent once to every gateway (the control is "
+        "sent the same requests); both caches sized for all of them (Tollgate "
+        f"`cache.slots` {t['slots']:,}, jwt_authn `jwt_cache_size` the same); bytes per "
+        "entry = (growth - the control's growth) / entries held.",
+        f"- Revocations: {r['revoked']:,} tokens revoked at the auth server, all applied at "
+        f"the edge gateway (polling) {r['seconds_to_apply']} s after the first revoke.",
+        f"- Run {d['date_utc']}: envoy --concurrency {d['envoy_concurrency']}.",
+    ]
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
 # ------------------------------------------------------------------ machine, doc
 
 def machine_md(runs: list[dict[str, Any]]) -> str:
@@ -398,6 +431,9 @@ def main() -> int:
             gateway_edge_png(gw, common.IMG_DIR / "bench-gateway-edge.png")
             if text is not None:
                 text = replace_block(text, "gateway-edge", gateway_edge_md(gw))
+    mem = load("memory")
+    if mem and text is not None:
+        text = replace_block(text, "memory", memory_md(mem))
     model_inputs = capacity.inputs(auth, gw)
     if model_inputs:
         capacity.capacity_png(model_inputs, common.IMG_DIR / "bench-capacity.png", plt)
