@@ -352,14 +352,16 @@ pub fn plan_poll(host: &dyn Host, s: &Settings, me: u32, now_ms: u64) -> Option<
     }
     st.leader = me;
     st.lease_until_ms = now_ms.saturating_add(hold);
-    st.last_attempt_ms = now_ms;
+    // Strictly after the last answer, so that an attempt in the millisecond of that answer
+    // (a long poll started from its callback) still reads as in flight.
+    st.last_attempt_ms = now_ms.max(st.last_done_ms.saturating_add(1));
     host.shared_set(&key, &st.encode(), cas.or(Some(0))).ok()?;
     let sep = if s.path.contains('?') { '&' } else { '?' };
     let mut path = match &st.cursor {
         Some(c) => format!("{}{sep}since={c}", s.path),
         None => s.path.clone(),
     };
-    let wait = longpoll::wait_s(host, s, now_ms);
+    let wait = longpoll::planned_wait_s(host, s, &st, now_ms);
     if wait > 0 {
         let sep = if path.contains('?') { '&' } else { '?' };
         path = format!("{path}{sep}wait={wait}");
@@ -377,7 +379,7 @@ pub fn on_poll_failed(host: &dyn Host, s: &Settings, me: u32, now_ms: u64) {
         if st.leader != me {
             return;
         }
-        st.last_done_ms = now_ms;
+        st.last_done_ms = now_ms.max(st.last_attempt_ms);
         match host.shared_set(&key, &st.encode(), cas.or(Some(0))) {
             Err(SharedError::CasMismatch) => continue,
             _ => return,
@@ -405,8 +407,8 @@ pub fn on_poll_answer(
         let (v, cas) = host.shared_get(&key);
         let mut st = v.as_deref().and_then(PollState::decode).unwrap_or_default();
         st.cursor = Some(page.cursor.clone());
-        st.last_ok_ms = now_ms;
-        st.last_done_ms = now_ms;
+        st.last_done_ms = now_ms.max(st.last_attempt_ms);
+        st.last_ok_ms = st.last_done_ms;
         st.leader = me;
         st.lease_until_ms = now_ms.saturating_add(s.lease_ms);
         if page.more {

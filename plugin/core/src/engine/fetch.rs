@@ -233,7 +233,9 @@ impl Worker {
             }
             self.stale = stale;
             if let Some(path) = revocation::plan_poll(host, &rv.settings, self.id, now) {
-                let long_poll = revocation::longpoll::wait_s(host, &rv.settings, now) > 0;
+                let st = revocation::state(host, &rv.settings);
+                let long_poll =
+                    revocation::longpoll::planned_wait_s(host, &rv.settings, &st, now) > 0;
                 plans.push(FetchPlan {
                     kind: FetchKind::Revocations,
                     cluster: a.cluster.clone(),
@@ -332,7 +334,8 @@ impl Worker {
             return;
         };
         let now = host.now_ms();
-        let asked_wait = revocation::longpoll::wait_s(host, &rv.settings, now);
+        let st = revocation::state(host, &rv.settings);
+        let asked_wait = revocation::longpoll::planned_wait_s(host, &rv.settings, &st, now);
         let r = match result {
             Ok((200, body)) => {
                 revocation::on_poll_answer(host, &rv.settings, self.id, Some(&body), now)

@@ -5,6 +5,8 @@
 //! call ([`hold_ms`]), so no other worker polls meanwhile; every worker reads the set the
 //! answer wrote to shared data.
 //!
+//! - The first poll, and the first after a failure, do not wait: a gateway that lost the
+//!   feed hears back at once ([`planned_wait_s`]).
 //! - After a good answer the next poll is due at once (no poll interval); after one that
 //!   carried revocations the glue starts it from the answer's callback, after an empty
 //!   one (the wait's end, or a server answering at once while it stops) at the next tick.
@@ -47,6 +49,17 @@ pub fn wait_s(host: &dyn Host, s: &Settings, now_ms: u64) -> u64 {
         0
     } else {
         s.long_poll_wait_s
+    }
+}
+
+/// The `wait` of the poll planned now: [`wait_s`] once the last poll succeeded; 0 for
+/// the first poll and after a failure, so that a gateway that lost the feed (stale) hears
+/// back at once, not at the end of a held call.
+pub fn planned_wait_s(host: &dyn Host, s: &Settings, st: &PollState, now_ms: u64) -> u64 {
+    if st.last_ok_ms > 0 && st.last_ok_ms >= st.last_done_ms {
+        wait_s(host, s, now_ms)
+    } else {
+        0
     }
 }
 
@@ -142,6 +155,15 @@ mod tests {
         p.to_string().into_bytes()
     }
 
+    /// The first poll (no cursor yet: it does not wait) and its answer.
+    fn prime(a: &mut Worker, host: &MemoryHost) {
+        let p = feed_plan(a, host).expect("the first poll");
+        assert_eq!(p.path, "/edge/revocations", "the first poll does not wait");
+        assert_eq!(p.timeout_ms, 1000);
+        a.on_revocations(host, Ok((200, page("1", &[], None))));
+        assert!(!a.take_poll_follow_up());
+    }
+
     /// Two workers of one VM (one shared data).
     fn vm(mode: &str) -> (MemoryHost, Worker, Worker) {
         let host = MemoryHost::new(T0);
@@ -154,8 +176,9 @@ mod tests {
     #[test]
     fn one_long_poll_per_vm_and_the_next_at_once() {
         let (host, mut a, mut b) = vm("long_poll");
-        let p = feed_plan(&mut a, &host).expect("the first worker polls");
-        assert_eq!(p.path, "/edge/revocations?wait=25");
+        prime(&mut a, &host);
+        let p = feed_plan(&mut a, &host).expect("the first worker long-polls at once");
+        assert_eq!(p.path, "/edge/revocations?since=1&wait=25");
         assert_eq!(p.timeout_ms, 26_000, "the call outlives the server's hold");
         // Held for its whole wait: the other worker never polls meanwhile, even past the
         // poller's lease_ms-free interval.
@@ -187,6 +210,7 @@ mod tests {
     #[test]
     fn the_lease_of_a_dead_poller_passes_on_after_its_call_timeout() {
         let (host, mut a, mut b) = vm("long_poll");
+        prime(&mut a, &host);
         assert!(feed_plan(&mut a, &host).is_some());
         // The poller's VM thread died with the call: nobody answers it.
         host.advance_ms(26_000);
@@ -201,7 +225,8 @@ mod tests {
     #[test]
     fn a_404_to_a_long_poll_falls_back_to_polling() {
         let (host, mut a, _) = vm("long_poll");
-        assert!(feed_plan(&mut a, &host).is_some());
+        prime(&mut a, &host);
+        assert!(feed_plan(&mut a, &host).unwrap().path.ends_with("wait=25"));
         a.on_revocations(&host, Ok((404, b"{}".to_vec())));
         assert_eq!(
             host.metric_value(crate::metrics::Metric::RevocationPollFailed),
@@ -210,9 +235,12 @@ mod tests {
         // Polling now: after the poll interval, without `wait`, with the usual timeout.
         host.advance_ms(59_000);
         assert!(feed_plan(&mut a, &host).is_none());
-        host.advance_ms(1_000);
+        host.advance_ms(1_010);
         let p = feed_plan(&mut a, &host).unwrap();
-        assert_eq!((p.path.as_str(), p.timeout_ms), ("/edge/revocations", 1000));
+        assert_eq!(
+            (p.path.as_str(), p.timeout_ms),
+            ("/edge/revocations?since=1", 1000)
+        );
         a.on_revocations(&host, Ok((200, page("3", &["j"], None))));
         assert!(!a.take_poll_follow_up(), "polling: no follow-up");
         // After FALLBACK_MS, a long poll again.
@@ -224,7 +252,8 @@ mod tests {
     #[test]
     fn a_server_that_does_not_hold_polls_is_polled() {
         let (host, mut a, _) = vm("long_poll");
-        assert!(feed_plan(&mut a, &host).is_some());
+        prime(&mut a, &host);
+        assert!(feed_plan(&mut a, &host).unwrap().path.ends_with("wait=25"));
         // An older server ignores `wait` and answers at once, without `wait_s`.
         a.on_revocations(&host, Ok((200, page("5", &["j"], None))));
         assert!(!a.take_poll_follow_up());
@@ -237,7 +266,7 @@ mod tests {
             feed_plan(&mut a, &host).is_none(),
             "no busy loop: the interval"
         );
-        host.advance_ms(60_000);
+        host.advance_ms(60_010);
         assert_eq!(
             feed_plan(&mut a, &host).unwrap().path,
             "/edge/revocations?since=5"
@@ -262,11 +291,23 @@ mod tests {
     #[test]
     fn a_held_long_poll_is_fresh_and_a_dead_one_goes_stale() {
         let (host, mut a, mut b) = vm("long_poll");
-        assert!(feed_plan(&mut a, &host).is_some());
+        prime(&mut a, &host);
         assert!(feed_plan(&mut b, &host).is_none(), "b starts counting now");
         host.advance_ms(3_000);
-        a.on_revocations(&host, Ok((200, page("1", &[], Some(25)))));
-        assert!(feed_plan(&mut a, &host).is_some(), "held from now on");
+        assert!(feed_plan(&mut a, &host).unwrap().path.ends_with("wait=25"));
+        // The held call fails (the auth server went away): the next poll, after the
+        // interval, does not wait, so that the gateway hears back at once.
+        a.on_revocations(&host, Err("no answer".into()));
+        host.advance_ms(60_000);
+        assert_eq!(
+            feed_plan(&mut a, &host).unwrap().path,
+            "/edge/revocations?since=1"
+        );
+        a.on_revocations(&host, Ok((200, page("1", &[], None))));
+        assert!(
+            feed_plan(&mut a, &host).unwrap().path.ends_with("wait=25"),
+            "held from now"
+        );
         // stale_after_s is 5: a held poll (the server answers at once on news) is fresh.
         host.advance_ms(20_000);
         b.tick(&host);
