@@ -38,7 +38,7 @@ def poll_filter_config(gw: Any, auth: Any, audience: str) -> str:
                         "client_id": edge_client[0], "client_secret": edge_client[1],
                         "timeout_ms": 1000},
         "revocation": {"mode": "poll"},
-        "introspection": {"issuer": auth.issuer},
+        "introspection": {"issuer": auth.issuer, "miss_limit": {"requests": 0}},
     })
 
 
