@@ -257,6 +257,14 @@ async fn serve(cfg: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {admin_listen} (TOLLGATE_ADMIN_LISTEN): {e}"))?;
     let stop = shutdown().shared();
+    {
+        // On shutdown, held long polls of the revocation feed are answered at once.
+        let (state, stop) = (state.clone(), stop.clone());
+        tokio::spawn(async move {
+            stop.await;
+            state.feed_waiters.shutdown();
+        });
+    }
     let module = http::module_listener::spawn(&state, limits, stop.clone()).await?;
     tracing::info!(listen = %listen, admin_listen = %admin_listen, "serving");
     // hyper with a timer: header timeout, send timeout and head limits (see http::server).

@@ -241,6 +241,17 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_EDGE_TRUSTED_PRINCIPALS", global = true)]
     pub edge_trusted_principals: Option<String>,
 
+    /// Longest a long poll of `/edge/revocations` (`wait=`) is held before it is answered
+    /// empty, seconds; a larger `wait` is cut to this; 0 turns long polls off (`wait`
+    /// is answered 404 and filters fall back to polling) [default: 30].
+    #[arg(long, env = "TOLLGATE_EDGE_LONG_POLL_MAX_WAIT_S", global = true)]
+    pub edge_long_poll_max_wait_s: Option<u64>,
+
+    /// Long polls of `/edge/revocations` held at once by this process; past this a long
+    /// poll is answered 503 `temporarily_unavailable` [default: 10000].
+    #[arg(long, env = "TOLLGATE_EDGE_LONG_POLL_MAX_WAITERS", global = true)]
+    pub edge_long_poll_max_waiters: Option<usize>,
+
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -313,6 +324,9 @@ pub struct Config {
     pub module_listen: Option<SocketAddr>,
     /// Empty: `X-Forwarded-Client-Cert` is never read.
     pub edge_trusted_principals: Vec<String>,
+    /// Long polls of the revocation feed: the longest hold (0: off), how many at once.
+    pub edge_long_poll_max_wait_s: u64,
+    pub edge_long_poll_max_waiters: usize,
     pub log_format: String,
     /// DPoP (RFC 9449): server nonces required; the `iat` window of proofs.
     pub dpop_nonce: bool,
@@ -494,6 +508,8 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "edge_module",
     "module_listen",
     "edge_trusted_principals",
+    "edge_long_poll_max_wait_s",
+    "edge_long_poll_max_waiters",
     "log_format",
     "dpop_nonce",
     "dpop_proof_max_age",
@@ -987,6 +1003,28 @@ impl Settings {
             edge_module,
             module_listen,
             edge_trusted_principals,
+            edge_long_poll_max_wait_s: num(
+                "TOLLGATE_EDGE_LONG_POLL_MAX_WAIT_S",
+                self.edge_long_poll_max_wait_s,
+                &file,
+                "edge_long_poll_max_wait_s",
+                30,
+            )
+            .and_then(|v| {
+                in_range("TOLLGATE_EDGE_LONG_POLL_MAX_WAIT_S", v as usize, 0, 300).map(|v| v as u64)
+            })?,
+            edge_long_poll_max_waiters: in_range(
+                "TOLLGATE_EDGE_LONG_POLL_MAX_WAITERS",
+                num(
+                    "TOLLGATE_EDGE_LONG_POLL_MAX_WAITERS",
+                    self.edge_long_poll_max_waiters,
+                    &file,
+                    "edge_long_poll_max_waiters",
+                    10_000,
+                )?,
+                1,
+                1_000_000,
+            )?,
             log_format,
             dpop_nonce,
             dpop_proof_max_age: positive(

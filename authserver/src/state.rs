@@ -32,6 +32,8 @@ pub struct AppState {
     /// DPoP server nonces (used when `cfg.dpop_nonce`), keyed by the pepper so that every
     /// replica makes and accepts the same.
     pub dpop_nonces: crate::dpop::Nonces,
+    /// Long polls of the revocation feed held by this process.
+    pub feed_waiters: crate::http::longpoll::FeedWaiters,
 }
 
 const PEPPER_CONFIG_KEY: &str = "secret_pepper";
@@ -92,7 +94,12 @@ impl AppState {
             "password checks bounded"
         );
         let dpop_nonces = crate::dpop::Nonces::new(&pepper);
+        let feed_waiters = crate::http::longpoll::FeedWaiters::new(
+            cfg.edge_long_poll_max_waiters,
+            std::time::Duration::from_secs(cfg.edge_long_poll_max_wait_s),
+        );
         let state = Arc::new(AppState {
+            feed_waiters,
             cfg,
             store,
             keys: RwLock::new(Arc::new(KeyRing::default())),

@@ -2,6 +2,7 @@
 //! leases are in `lease.rs`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -17,6 +18,8 @@ use super::{client_auth, json_no_store, SharedState};
 
 const DEFAULT_PAGE: usize = 1000;
 const MAX_PAGE: usize = 10_000;
+/// Largest `wait` accepted (then cut to `TOLLGATE_EDGE_LONG_POLL_MAX_WAIT_S`).
+const MAX_WAIT_PARAM_S: u64 = 3600;
 
 /// The callers of the edge endpoints (docs/security.md "Edge endpoints"):
 /// - a gateway by its mesh identity: with `TOLLGATE_EDGE_TRUSTED_PRINCIPALS` set and the TCP
@@ -120,22 +123,27 @@ fn mesh_identity(
     })
 }
 
-/// `GET /edge/revocations?since=<cursor>[&limit=N]`: revoked `jti`s with their expiry.
+/// `GET /edge/revocations?since=<cursor>[&limit=N][&wait=S]`: revoked `jti`s with their
+/// expiry. With `wait`, a long poll ([`super::longpoll`]): held up to `wait` seconds (cut
+/// to `TOLLGATE_EDGE_LONG_POLL_MAX_WAIT_S`) while nothing is newer than the cursor; the
+/// answer then says the wait it applied (`wait_s`). Long polls off: `wait` is answered 404.
 /// Callers: a trusted mesh identity, a client registered with scope `tollgate:edge`, or the
 /// admin token ([`authorize_edge`]).
 #[utoipa::path(
     get,
     path = "/edge/revocations",
     tags = ["public"],
-    params(("since" = Option<String>, Query, description = "cursor of the previous page"), ("limit" = Option<u32>, Query, description = "entries per page, 1..=10000")),
+    params(("since" = Option<String>, Query, description = "cursor of the previous page"), ("limit" = Option<u32>, Query, description = "entries per page, 1..=10000"), ("wait" = Option<u32>, Query, description = "long poll: seconds to hold the request while nothing is newer than `since` (0..=3600, cut to TOLLGATE_EDGE_LONG_POLL_MAX_WAIT_S); the answer's `wait_s` says the wait applied")),
     security(("mesh_identity" = []), ("client_basic" = []), ("admin_token" = [])),
     responses(
         (status = 200, description = "a page of the revocation feed", body = super::openapi::RevocationPage),
         (status = 401, description = "invalid_client / invalid_token", body = super::openapi::ErrorBody),
         (status = 403, description = "insufficient_scope: the client lacks tollgate:edge, or the mesh identity is not trusted", body = super::openapi::ErrorBody),
+        (status = 404, description = "not_found: `wait` given but long polls are off (TOLLGATE_EDGE_LONG_POLL_MAX_WAIT_S=0); poll without it", body = super::openapi::ErrorBody),
         super::openapi::CommonErrors,
-        // After CommonErrors: replaces its 400 with the edge endpoints' own description.
+        // After CommonErrors: replaces its 400 and 503 with the edge endpoints' own descriptions.
         (status = 400, description = "invalid_request: malformed request, repeated Authorization or Content-Type header, malformed or repeated X-Forwarded-Client-Cert from the sidecar", body = super::openapi::ErrorBody),
+        (status = 503, description = "temporarily_unavailable: the store is unreachable, or too many long polls are held (TOLLGATE_EDGE_LONG_POLL_MAX_WAITERS)", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn revocations(
@@ -164,17 +172,47 @@ pub async fn revocations(
                     OAuthError::InvalidRequest(format!("limit must be 1..={MAX_PAGE}"))
                 })?,
         };
-        let page = state.store.revocation_feed(since, limit).await?;
+        let wait = match q.get("wait") {
+            None => None,
+            Some(w) => Some(
+                w.parse::<u64>()
+                    .ok()
+                    .filter(|w| *w <= MAX_WAIT_PARAM_S)
+                    .ok_or_else(|| {
+                        OAuthError::InvalidRequest(format!(
+                            "wait must be 0..={MAX_WAIT_PARAM_S} seconds"
+                        ))
+                    })?,
+            ),
+        };
+        let waiters = &state.feed_waiters;
+        if wait.is_some() && waiters.max_wait.is_zero() {
+            return Err(OAuthError::NotFound(
+                "long polls of the revocation feed are off (TOLLGATE_EDGE_LONG_POLL_MAX_WAIT_S=0)"
+                    .into(),
+            ));
+        }
+        let applied = wait.map(|w| Duration::from_secs(w).min(waiters.max_wait));
+        let page = waiters
+            .read(
+                state.store.as_ref(),
+                since,
+                limit,
+                applied.unwrap_or(Duration::ZERO),
+            )
+            .await?;
         let more = !page.resync && page.entries.len() >= limit;
-        Ok(json_no_store(
-            StatusCode::OK,
-            &json!({
-                "cursor": page.cursor.to_string(),
-                "resync": page.resync,
-                "more": more,
-                "revocations": page.entries,
-            }),
-        ))
+        let mut body = json!({
+            "cursor": page.cursor.to_string(),
+            "resync": page.resync,
+            "more": more,
+            "revocations": page.entries,
+        });
+        if let Some(a) = applied {
+            // Tells the filter that this server held the poll (an older one ignores `wait`).
+            body["wait_s"] = json!(a.as_secs());
+        }
+        Ok(json_no_store(StatusCode::OK, &body))
     }
     .await;
     r.unwrap_or_else(|e: OAuthError| e.into_response())

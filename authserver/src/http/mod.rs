@@ -28,6 +28,7 @@ pub mod edge;
 pub mod health;
 pub mod introspect;
 pub mod lease;
+pub mod longpoll;
 pub mod metadata;
 pub mod module_listener;
 pub mod openapi;
@@ -135,6 +136,7 @@ fn finish(routes: Router<SharedState>, state: SharedState) -> Router {
     let body_limit = state.cfg.max_body_bytes;
     let guard = GuardLimits {
         timeout: Duration::from_millis(state.cfg.request_timeout_ms),
+        long_poll: state.feed_waiters.max_wait,
         max_body: body_limit,
         max_header_bytes: state.cfg.max_header_bytes,
         max_headers: state.cfg.max_headers,
@@ -175,6 +177,8 @@ async fn not_found() -> OAuthError {
 struct GuardLimits {
     /// Time for the whole request: reading the body and the handler.
     timeout: Duration,
+    /// Added to `timeout` for the revocation feed, whose long polls are held this long.
+    long_poll: Duration,
     /// Largest body.
     max_body: usize,
     /// `TOLLGATE_MAX_HEADER_BYTES`: checked here for a JSON 431 (hyper's own limit is set
@@ -215,7 +219,10 @@ fn closing(mut r: Response, status: StatusCode) -> Response {
 /// then the handler runs within what is left of the deadline (503 when a slow store makes
 /// it miss it). A slow client or store never holds a request forever.
 async fn request_guard(State(limits): State<GuardLimits>, req: Request, next: Next) -> Response {
-    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let mut deadline = tokio::time::Instant::now() + limits.timeout;
+    if req.uri().path() == "/edge/revocations" {
+        deadline += limits.long_poll;
+    }
     if req.headers().len() > limits.max_headers || head_bytes(&req) > limits.max_header_bytes {
         return closing(
             OAuthError::InvalidRequest("the request head is too large".into()).into_response(),
@@ -429,6 +436,8 @@ mod tests_lease;
 mod tests_listeners;
 #[cfg(test)]
 mod tests_lockout;
+#[cfg(test)]
+mod tests_longpoll;
 
 // DPoP (RFC 9449) at the token endpoint, both stores.
 #[cfg(test)]

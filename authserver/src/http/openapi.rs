@@ -258,6 +258,8 @@ pub struct RevocationPage {
     resync: bool,
     more: bool,
     revocations: Vec<Value>,
+    /// Present on an answer to a long poll (`wait`): the wait this server applied, seconds.
+    wait_s: Option<u64>,
 }
 
 /// A quota lease request, form-encoded (docs/contracts.md, "Rate-limit leases").

@@ -158,6 +158,39 @@ async fn revocation_and_feed(s: Both) {
 /// Issue 12 item 5: the edge accepts a token until `exp + clock_skew_s` (at most 600 s), so
 /// a revocation is kept (blacklist, feed, full list) until `exp + 600`, and only then
 /// cleaned up.
+/// The revocation signal (long polls of the feed wait on it): its value follows the feed's
+/// sequence number as revocations are appended. On Redis it comes back through pub/sub,
+/// whose subscription starts on first use: a revocation before it is up is not announced
+/// (the long poll rereads the feed on subscription instead), so the check retries with a
+/// new revocation. Nothing but an announcement moves the value.
+async fn revocation_signal_follows_the_feed(s: Both) {
+    let (s, _) = s;
+    let mut rx = s.revocation_signal();
+    let mut announced = false;
+    for i in 0..60 {
+        assert!(s
+            .revoke_access_token(&format!("sig-{i}"), now_secs() + 100)
+            .await
+            .unwrap());
+        let cursor = s.revocation_feed(None, 10).await.unwrap().cursor;
+        if tokio::time::timeout(Duration::from_millis(500), rx.wait_for(|v| *v >= cursor))
+            .await
+            .is_ok()
+        {
+            announced = true;
+            break;
+        }
+    }
+    assert!(announced, "revocations are announced on the signal");
+    // An idempotent repeat appends nothing and announces nothing.
+    let seen = *rx.borrow_and_update();
+    assert!(!s
+        .revoke_access_token("sig-0", now_secs() + 100)
+        .await
+        .unwrap());
+    assert_eq!(*rx.borrow_and_update(), seen);
+}
+
 async fn revocation_outlives_exp_by_the_largest_clock_skew(s: Both) {
     let (s, _) = s;
     let now = now_secs();
@@ -935,6 +968,7 @@ conformance! {
     clients => 100,
     access_tokens_expire => 100,
     revocation_and_feed => 100,
+    revocation_signal_follows_the_feed => 100,
     revocation_outlives_exp_by_the_largest_clock_skew => 100,
     feed_overflow_forces_resync => 3,
     rate_limits => 100,
@@ -1145,6 +1179,34 @@ async fn cluster_spreads_keys_and_reaches_every_primary() {
             "1"
         );
     }
+}
+
+#[tokio::test]
+async fn cluster_revocation_signal_reaches_another_process() {
+    // Two stores (two auth-server processes) on one Cluster: a revocation through one wakes
+    // the other's receivers (a classic PUBLISH reaches every node).
+    let Some(cluster) = RedisCluster::start(3, 0) else {
+        return;
+    };
+    let (a, _) = on_cluster(&cluster, 100).await;
+    let (b, _) = on_cluster(&cluster, 100).await;
+    let mut rx = b.revocation_signal();
+    let mut announced = false;
+    for i in 0..60 {
+        assert!(a
+            .revoke_access_token(&format!("x-{i}"), now_secs() + 100)
+            .await
+            .unwrap());
+        let cursor = a.revocation_feed(None, 10).await.unwrap().cursor;
+        if tokio::time::timeout(Duration::from_millis(500), rx.wait_for(|v| *v >= cursor))
+            .await
+            .is_ok()
+        {
+            announced = true;
+            break;
+        }
+    }
+    assert!(announced, "the other process's signal follows the feed");
 }
 
 #[tokio::test]

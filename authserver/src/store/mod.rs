@@ -228,6 +228,10 @@ pub struct FamilyTokens {
     pub refresh: Vec<String>,
 }
 
+/// The Redis pub/sub channel a revocation is announced on (payload: its feed sequence
+/// number). In a Cluster a classic `PUBLISH` reaches the subscribers of every node.
+pub const REVOCATION_CHANNEL: &str = "auth:{revocations}:published";
+
 /// One entry of the revocation feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokedEntry {
@@ -410,6 +414,14 @@ pub trait Store: Send + Sync + 'static {
     /// Revocations after `since` (`None`: all). A cursor older than the retained feed, or
     /// in the future, yields a `resync` page.
     async fn revocation_feed(&self, since: Option<u64>, limit: usize) -> StoreResult<FeedPage>;
+    /// A signal that changes after every revocation appended to the feed, by this process
+    /// or (Redis) by any replica; its value is the highest feed sequence number (cursor)
+    /// announced: one Redis subscription per process (channel
+    /// [`REVOCATION_CHANNEL`]) fans out to every receiver. Long-poll readers of the feed
+    /// take a receiver, read the feed, and wait for a change before reading it again. Best
+    /// effort: a wake-up lost while the subscription reconnects is made up by a periodic
+    /// check of the feed's sequence number.
+    fn revocation_signal(&self) -> tokio::sync::watch::Receiver<u64>;
     async fn count_live_tokens(&self, now: u64) -> StoreResult<u64>;
 
     // Rate limits (fixed window)

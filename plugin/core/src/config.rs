@@ -161,6 +161,26 @@ struct RawRevocation {
     buckets: u32,
     #[serde(default = "d_lease_ms")]
     lease_ms: u64,
+    #[serde(default)]
+    mode: RevocationMode,
+    #[serde(default = "d_long_poll_wait_s")]
+    long_poll_wait_s: u64,
+}
+
+/// How the revocation feed is followed (`revocation.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationMode {
+    /// Long poll (the server holds the call until a revocation is published), falling back
+    /// to polling when the server does not take long polls.
+    #[default]
+    LongPoll,
+    /// Poll every `poll_interval_ms`.
+    Poll,
+}
+
+fn d_long_poll_wait_s() -> u64 {
+    25
 }
 
 #[derive(Debug, Deserialize)]
@@ -1267,6 +1287,13 @@ impl Config {
                         "must be at least auth_server.timeout_ms + poll_interval_ms and at most 600000",
                     ));
                 }
+                if !(1..=300).contains(&r.long_poll_wait_s) {
+                    return Err(bad("revocation.long_poll_wait_s", "must be within 1..=300"));
+                }
+                let long_poll_wait_s = match r.mode {
+                    RevocationMode::LongPoll => r.long_poll_wait_s,
+                    RevocationMode::Poll => 0,
+                };
                 // The revoked set belongs to the feed, not to this configuration: a
                 // configuration change keeps it (no window without revocations).
                 let namespace = short_hash(&format!(
@@ -1280,6 +1307,11 @@ impl Config {
                         buckets: r.buckets,
                         poll_interval_ms: r.poll_interval_ms,
                         lease_ms: r.lease_ms,
+                        long_poll_wait_s,
+                        // The call outlives the server's hold by the usual call timeout.
+                        call_timeout_ms: long_poll_wait_s
+                            .saturating_mul(1000)
+                            .saturating_add(a.timeout_ms),
                     },
                     path: r.path,
                     stale_after_ms: r.stale_after_s * 1000,

@@ -97,6 +97,9 @@ pub struct Worker {
     pub(crate) started_ms: u64,
     pub(crate) last_prune_ms: u64,
     pub(crate) poll_failing: bool,
+    /// A long-poll answer carried revocations: the next poll starts now, not at the next
+    /// tick ([`Worker::take_poll_follow_up`]).
+    pub(crate) poll_follow_up: bool,
     /// Warnings about failed introspections / lease calls (see [`WarnThrottle`]).
     pub(crate) introspection_warn: WarnThrottle,
     pub(crate) lease_warn: WarnThrottle,
@@ -137,6 +140,7 @@ impl Worker {
             started_ms: 0,
             last_prune_ms: 0,
             poll_failing: false,
+            poll_follow_up: false,
             introspection_warn: WarnThrottle::default(),
             lease_warn: WarnThrottle::default(),
         }

@@ -883,6 +883,8 @@ pub fn revocation_feed(data: &[u8]) {
         buckets: 1 + u32::from(b & 15),
         poll_interval_ms: 1000,
         lease_ms: 5000,
+        long_poll_wait_s: 0,
+        call_timeout_ms: 1000,
     };
     let host = MemoryHost::new(NOW * 1000);
     let mut model: HashMap<String, u64> = HashMap::new();

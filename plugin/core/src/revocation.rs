@@ -13,11 +13,15 @@
 //!   The state also holds the feed cursor and the time of the last successful poll, from
 //!   which every worker judges staleness.
 //! - **Resync**: a `resync: true` answer replaces the whole set.
+//! - **Long poll** (default): the poll is held by the server until a revocation is
+//!   published, see [`longpoll`].
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::host::{Host, SharedError};
+
+pub mod longpoll;
 
 const BUCKET_MAGIC: u8 = 0xC3;
 const STATE_MAGIC: u8 = 0xC4;
@@ -42,6 +46,10 @@ pub struct FeedPage {
     #[serde(default)]
     pub more: bool,
     pub revocations: Vec<FeedEntry>,
+    /// On an answer to a long poll: the wait the server applied (absent: it does not hold
+    /// polls).
+    #[serde(default)]
+    pub wait_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -89,6 +97,10 @@ pub struct Settings {
     pub poll_interval_ms: u64,
     /// A poller that has not renewed its lease for this long is replaced.
     pub lease_ms: u64,
+    /// `wait` of a long poll, seconds (0: mode `poll`).
+    pub long_poll_wait_s: u64,
+    /// Timeout of a long-poll call: the wait and `auth_server.timeout_ms`.
+    pub call_timeout_ms: u64,
 }
 
 fn jti_hash(jti: &str) -> [u8; 16] {
@@ -170,6 +182,10 @@ pub struct Applied {
     pub added: u64,
     pub expired_dropped: u64,
     pub live: u64,
+    /// The page's own: entries, `more`, `wait_s` (set by [`on_poll_answer`]).
+    pub entries: u64,
+    pub more: bool,
+    pub wait_s: Option<u64>,
 }
 
 /// Merge a page into the set (or replace the set on `resync`), dropping entries past their
@@ -324,22 +340,33 @@ pub fn plan_poll(host: &dyn Host, s: &Settings, me: u32, now_ms: u64) -> Option<
     }
     // One poll in flight at a time: a new attempt only after the interval, or after the
     // lease of a stuck attempt ran out.
+    // Long poll: no interval after a good answer, and the lease covers the held call.
+    let interval = longpoll::interval_ms(host, s, &st, now_ms);
+    let hold = longpoll::hold_ms(s);
     let due = st.last_attempt_ms == 0
         || (st.last_done_ms >= st.last_attempt_ms
-            && now_ms >= st.last_attempt_ms.saturating_add(s.poll_interval_ms))
-        || now_ms >= st.last_attempt_ms.saturating_add(s.lease_ms);
+            && now_ms >= st.last_attempt_ms.saturating_add(interval))
+        || now_ms >= st.last_attempt_ms.saturating_add(hold);
     if !due {
         return None;
     }
     st.leader = me;
-    st.lease_until_ms = now_ms.saturating_add(s.lease_ms);
-    st.last_attempt_ms = now_ms;
+    st.lease_until_ms = now_ms.saturating_add(hold);
+    // Strictly after the last answer, so that an attempt in the millisecond of that answer
+    // (a long poll started from its callback) still reads as in flight.
+    st.last_attempt_ms = now_ms.max(st.last_done_ms.saturating_add(1));
     host.shared_set(&key, &st.encode(), cas.or(Some(0))).ok()?;
     let sep = if s.path.contains('?') { '&' } else { '?' };
-    Some(match &st.cursor {
+    let mut path = match &st.cursor {
         Some(c) => format!("{}{sep}since={c}", s.path),
         None => s.path.clone(),
-    })
+    };
+    let wait = longpoll::planned_wait_s(host, s, &st, now_ms);
+    if wait > 0 {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        path = format!("{path}{sep}wait={wait}");
+    }
+    Some(path)
 }
 
 /// After a poll failed (no answer, bad status, bad body): the set and the cursor stay, and
@@ -352,7 +379,7 @@ pub fn on_poll_failed(host: &dyn Host, s: &Settings, me: u32, now_ms: u64) {
         if st.leader != me {
             return;
         }
-        st.last_done_ms = now_ms;
+        st.last_done_ms = now_ms.max(st.last_attempt_ms);
         match host.shared_set(&key, &st.encode(), cas.or(Some(0))) {
             Err(SharedError::CasMismatch) => continue,
             _ => return,
@@ -371,14 +398,17 @@ pub fn on_poll_answer(
 ) -> Result<Applied, PollError> {
     let body = body.ok_or(PollError::Transport)?;
     let page = parse_page(body).map_err(PollError::Feed)?;
-    let applied = apply(host, s, &page, now_ms / 1000).map_err(|_| PollError::Shared)?;
+    let mut applied = apply(host, s, &page, now_ms / 1000).map_err(|_| PollError::Shared)?;
+    applied.entries = page.revocations.len() as u64;
+    applied.more = page.more;
+    applied.wait_s = page.wait_s;
     let key = state_key(s);
     for _ in 0..CAS_ATTEMPTS {
         let (v, cas) = host.shared_get(&key);
         let mut st = v.as_deref().and_then(PollState::decode).unwrap_or_default();
         st.cursor = Some(page.cursor.clone());
-        st.last_ok_ms = now_ms;
-        st.last_done_ms = now_ms;
+        st.last_done_ms = now_ms.max(st.last_attempt_ms);
+        st.last_ok_ms = st.last_done_ms;
         st.leader = me;
         st.lease_until_ms = now_ms.saturating_add(s.lease_ms);
         if page.more {
@@ -422,6 +452,8 @@ mod tests {
             buckets: 8,
             poll_interval_ms: 1000,
             lease_ms: 5000,
+            long_poll_wait_s: 0,
+            call_timeout_ms: 1000,
         }
     }
 

@@ -172,7 +172,7 @@ fn config_of_the_edge_features() {
 fn revoked_token_is_refused_even_from_the_local_cache() {
     let key = TestKey::es256(3);
     let host = MemoryHost::new(NOW * 1000);
-    let extra = json!({"revocation": {"poll_interval_ms": 1000}});
+    let extra = json!({"revocation": {"mode": "poll", "poll_interval_ms": 1000}});
     let mut w1 = worker(&host, &key, extra.clone());
     let mut w2 = worker(&host, &key, extra);
     let t = token(&key, "k1", &claims("alice", "api:read"));

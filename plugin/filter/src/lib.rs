@@ -124,6 +124,17 @@ impl Context for TollgateRoot {
             self.context_id,
             0,
         );
+        // A long-poll answer with revocations: the next long poll starts now.
+        let follow_up = {
+            let mut guard = self.shared.borrow_mut();
+            guard
+                .worker
+                .as_mut()
+                .is_some_and(|w| w.take_poll_follow_up())
+        };
+        if follow_up {
+            self.start_fetches();
+        }
     }
 }
 

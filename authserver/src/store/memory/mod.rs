@@ -136,6 +136,8 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
     feed_max: usize,
     sweep_every_ms: u64,
+    /// Changes after every revocation appended to the feed (long-poll readers wait on it).
+    feed_signal: tokio::sync::watch::Sender<u64>,
 }
 
 /// How often the store runs the whole cleanup pass by itself (what Redis drops by TTL, and
@@ -178,6 +180,7 @@ impl MemoryStore {
             }),
             feed_max: feed_max.max(1),
             sweep_every_ms: SWEEP_INTERVAL.as_millis() as u64,
+            feed_signal: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -332,6 +335,10 @@ impl Store for MemoryStore {
 
     async fn revocation_feed(&self, since: Option<u64>, limit: usize) -> StoreResult<FeedPage> {
         revocations::revocation_feed(self, since, limit).await
+    }
+
+    fn revocation_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feed_signal.subscribe()
     }
 
     // Rate limits and quota leases: rate.rs

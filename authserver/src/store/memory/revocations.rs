@@ -31,6 +31,8 @@ pub(super) async fn revoke_access_token(
         }
     }
     *g.stats.entry("tokens_revoked".into()).or_insert(0) += 1;
+    drop(g);
+    db.feed_signal.send_replace(seq);
     Ok(true)
 }
 

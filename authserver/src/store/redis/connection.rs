@@ -148,7 +148,7 @@ impl RedisStore {
                 "WAIT needs a timeout above 0 (WAIT n 0 blocks forever)".into(),
             ));
         }
-        let (backend, cluster) = match url {
+        let (backend, cluster, source) = match url {
             StoreUrl::Memory => {
                 return Err(StoreError::Config("memory is not a Redis URL".into()));
             }
@@ -160,10 +160,14 @@ impl RedisStore {
                     .set_response_timeout(Some(opts.response_timeout))
                     .set_number_of_retries(2)
                     .set_max_delay(Duration::from_millis(500));
-                let cm = ConnectionManager::new_with_config(client, cfg)
+                let cm = ConnectionManager::new_with_config(client.clone(), cfg)
                     .await
                     .map_err(map_err)?;
-                (Backend::Single(cm), false)
+                (
+                    Backend::Single(cm),
+                    false,
+                    PubSubSource::Single(Box::new(client)),
+                )
             }
             StoreUrl::Sentinel {
                 sentinels,
@@ -210,14 +214,16 @@ impl RedisStore {
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(opts.connect_timeout))
                     .set_response_timeout(Some(opts.response_timeout));
+                let client = Arc::new(Mutex::new(client));
+                let source = PubSubSource::Sentinel(client.clone());
                 let b = SentinelBackend {
-                    client: Arc::new(Mutex::new(client)),
+                    client,
                     conn: Arc::new(RwLock::new(None)),
                     config,
                     generation: std::sync::atomic::AtomicU64::new(0),
                     role_checked: std::sync::Mutex::new(Instant::now()),
                 };
-                (Backend::Sentinel(Box::new(b)), false)
+                (Backend::Sentinel(Box::new(b)), false, source)
             }
             StoreUrl::Cluster {
                 nodes,
@@ -243,9 +249,27 @@ impl RedisStore {
                     .build()
                     .map_err(|e| StoreError::Config(format!("bad cluster configuration: {e}")))?;
                 let conn = client.get_async_connection().await.map_err(map_err)?;
-                (Backend::Cluster(conn), true)
+                // The revocation signal subscribes on any one node.
+                let auth = match (username, password) {
+                    (u, Some(pw)) => {
+                        format!("{}:{}@", enc(u.as_deref().unwrap_or("")), enc(pw))
+                    }
+                    _ => String::new(),
+                };
+                let node_clients = nodes
+                    .iter()
+                    .filter_map(|(h, p)| {
+                        ::redis::Client::open(format!("{scheme}://{auth}{h}:{p}")).ok()
+                    })
+                    .collect();
+                (
+                    Backend::Cluster(conn),
+                    true,
+                    PubSubSource::Cluster(node_clients),
+                )
             }
         };
+        let signal = Signal::new(source, opts.connect_timeout);
         let store = RedisStore {
             backend,
             opts,
@@ -254,6 +278,7 @@ impl RedisStore {
             lease: Arc::new(Script::new(LEASE_LUA)),
             feed_read: Arc::new(Script::new(FEED_READ_LUA)),
             feed_trim: Arc::new(Script::new(FEED_TRIM_LUA)),
+            signal,
         };
         // Fail fast on a wrong address or password.
         store.ping().await?;

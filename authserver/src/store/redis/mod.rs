@@ -55,6 +55,7 @@ mod families;
 mod ownership;
 mod rate;
 mod revocations;
+mod signal;
 mod signing_keys;
 mod tokens;
 mod users;
@@ -63,8 +64,15 @@ mod users;
 mod durability_tests;
 
 use self::{
-    commands::*, connection::*, durability::*, layout::*, ownership::*, rate::*, retry::*,
+    commands::*,
+    connection::*,
+    durability::*,
+    layout::*,
+    ownership::*,
+    rate::*,
+    retry::*,
     revocations::*,
+    signal::{PubSubSource, Signal},
 };
 
 /// Options of the Redis store.
@@ -106,6 +114,7 @@ pub struct RedisStore {
     lease: Arc<Script>,
     feed_read: Arc<Script>,
     feed_trim: Arc<Script>,
+    signal: signal::Signal,
 }
 
 #[async_trait]
@@ -164,6 +173,10 @@ impl Store for RedisStore {
 
     async fn revocation_feed(&self, since: Option<u64>, limit: usize) -> StoreResult<FeedPage> {
         revocations::revocation_feed(self, since, limit).await
+    }
+
+    fn revocation_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.signal.subscribe()
     }
 
     // Rate limits and quota leases: rate.rs

@@ -4,7 +4,8 @@
 use super::*;
 
 /// Append a revocation to the feed once (KEYS: index, feed, seq, floor;
-/// ARGV: jti, exp, now, feed_max). Returns 1 when it was new.
+/// ARGV: jti, exp, now, feed_max, channel). Returns 1 when it was new, and then publishes
+/// the new sequence number on the channel (the long polls of every replica wake up).
 pub(super) const FEED_APPEND_LUA: &str = r"
 if tonumber(ARGV[2]) <= tonumber(ARGV[3]) then return 0 end
 if redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1]) == 0 then return 0 end
@@ -18,6 +19,7 @@ if n > max then
   local floor = tonumber(redis.call('GET', KEYS[4]) or '0')
   if top > floor then redis.call('SET', KEYS[4], top) end
 end
+if ARGV[5] then redis.call('PUBLISH', ARGV[5], seq) end
 return 1
 ";
 
@@ -77,7 +79,8 @@ pub(super) async fn revoke_access_token(db: &RedisStore, jti: &str, exp: u64) ->
         .arg(jti)
         .arg(exp)
         .arg(now.saturating_sub(REVOCATION_RETENTION_SECS))
-        .arg(db.opts.feed_max);
+        .arg(db.opts.feed_max)
+        .arg(REVOCATION_CHANNEL);
     let mut b = Batch::default();
     b.add(&bl, set).add(K_REVOKED, append);
     let b = &b;

@@ -211,7 +211,15 @@ impl Worker {
             // Staleness, once per tick: since the last good poll (or since this worker
             // started, before any).
             let st = revocation::state(host, &rv.settings);
-            let since = st.last_ok_ms.max(self.started_ms);
+            // A long poll held since right after a good answer counts as fresh.
+            let fresh = revocation::longpoll::fresh_as_of_ms(
+                host,
+                &rv.settings,
+                &st,
+                self.cfg.tick_ms.saturating_mul(2),
+                now,
+            );
+            let since = fresh.max(self.started_ms);
             let stale = now.saturating_sub(since) > rv.stale_after_ms;
             if stale && !self.stale {
                 host.log(
@@ -225,6 +233,9 @@ impl Worker {
             }
             self.stale = stale;
             if let Some(path) = revocation::plan_poll(host, &rv.settings, self.id, now) {
+                let st = revocation::state(host, &rv.settings);
+                let long_poll =
+                    revocation::longpoll::planned_wait_s(host, &rv.settings, &st, now) > 0;
                 plans.push(FetchPlan {
                     kind: FetchKind::Revocations,
                     cluster: a.cluster.clone(),
@@ -233,7 +244,11 @@ impl Worker {
                     authority: a.authority.clone(),
                     headers: a.with_credentials(vec![("accept".into(), "application/json".into())]),
                     body: None,
-                    timeout_ms: a.timeout_ms,
+                    timeout_ms: if long_poll {
+                        rv.settings.call_timeout_ms
+                    } else {
+                        a.timeout_ms
+                    },
                 });
             }
         }
@@ -319,16 +334,29 @@ impl Worker {
             return;
         };
         let now = host.now_ms();
+        let st = revocation::state(host, &rv.settings);
+        let asked_wait = revocation::longpoll::planned_wait_s(host, &rv.settings, &st, now);
         let r = match result {
             Ok((200, body)) => {
                 revocation::on_poll_answer(host, &rv.settings, self.id, Some(&body), now)
                     .map_err(|e| e.to_string())
+            }
+            Ok((404, _)) if asked_wait > 0 => {
+                self.long_poll_refused(host, rv, now, "answers 404 to a long poll");
+                Err("HTTP status 404 to a long poll".to_string())
             }
             Ok((status, _)) => Err(format!("HTTP status {status}")),
             Err(e) => Err(e),
         };
         match r {
             Ok(applied) => {
+                if asked_wait > 0 {
+                    if applied.wait_s.is_none() {
+                        self.long_poll_refused(host, rv, now, "does not hold long polls");
+                    } else if applied.more || applied.entries > 0 {
+                        self.poll_follow_up = true;
+                    }
+                }
                 host.metric(Metric::RevocationPollOk, 1);
                 self.stale = false;
                 if self.poll_failing {
@@ -365,6 +393,32 @@ impl Worker {
                 self.poll_failing = true;
             }
         }
+    }
+
+    /// The server refused long polls: poll for a while (see `revocation::longpoll`).
+    fn long_poll_refused(
+        &self,
+        host: &dyn Host,
+        rv: &crate::config::Revocation,
+        now: u64,
+        why: &str,
+    ) {
+        revocation::longpoll::fall_back(host, &rv.settings, now);
+        host.log(
+            Level::Warn,
+            &format!(
+                "tollgate: the auth server {why}: polling the revocation feed every {} ms \
+                 for {} s, then trying a long poll again",
+                rv.settings.poll_interval_ms,
+                revocation::longpoll::FALLBACK_MS / 1000
+            ),
+        );
+    }
+
+    /// Whether the next revocation poll should start now (a long-poll answer carried
+    /// revocations): the glue then runs [`Worker::tick`] from the answer's callback.
+    pub fn take_poll_follow_up(&mut self) -> bool {
+        std::mem::take(&mut self.poll_follow_up)
     }
 
     /// The answer to a JWKS fetch: `Ok((status, body))`, or `Err(reason)` when there was no
