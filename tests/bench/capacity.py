@@ -35,6 +35,9 @@ class Inputs:
     as_feed: float  # auth server, one answer of the revocation feed
     redis_feed: float  # redis-server, the same answer
     date: str
+    # Measured, not modelled: the auth server's CPU with many idle gateways holding a long
+    # poll vs polling every second (bench_longpoll.py), when that run is in the results.
+    idle: dict[str, Any] | None = None
 
     def source(self) -> str:
         return (f"Envoy CPU/request with the filter: {self.gw_hit:.1f} µs (cached token), "
@@ -83,7 +86,8 @@ def inputs(auth: dict[str, Any] | None, gw: dict[str, Any] | None) -> Inputs | N
                   redis_token=redis_token,
                   redis_token_hot=round(redis_token * hot_share(token), 2),
                   as_feed=float(vals[4]), redis_feed=float(vals[5]),
-                  date=f"{auth.get('date_utc', '?')} / {gw.get('date_utc', '?')}")
+                  date=f"{auth.get('date_utc', '?')} / {gw.get('date_utc', '?')}",
+                  idle=((gw.get("edge") or {}).get("longpoll") or {}).get("idle_gateways"))
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,13 @@ def findings(i: Inputs) -> list[str]:
             f"answers batch ({m['revocations_limit']} runs out first); polling every second "
             f"instead costs {m['poll_1s_cores'] * 100:.1f} % of one auth-server core with "
             "nothing revoked.")
+    idle = i.idle or {}
+    lp, poll = idle.get("long_poll_wait_25s"), idle.get("poll_1s")
+    if lp and poll:
+        out.append(
+            f"- Measured with {idle['gateways']:,} simulated idle gateways on one auth server: "
+            f"holding a long poll each costs {lp['cpu_percent']} % of a core, polling every "
+            f"second {poll['cpu_percent']} % ({poll['answers_per_s']:,.0f} answers/s).")
     return out
 
 
