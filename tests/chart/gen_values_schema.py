@@ -112,7 +112,11 @@ def generate() -> dict:
     at("edge.audiences").update({"items":{"type":"string","minLength":1},"minItems":1})
     at("edge.algorithms")["items"]={"enum":["ES256","ES384","RS256","RS384","RS512","PS256","PS384","PS512","EdDSA"]}
     at("edge.clockSkewSeconds").update({"minimum":0,"maximum":600})
-    at("edge.rules")["items"]={"type":"object"}
+    # The filter's own schema (plugin/filter/config.schema.json) for what the chart passes to
+    # it verbatim: a typo in a rule or a DPoP setting fails `helm install`, not the gateway.
+    at("edge.rules")["items"]=filter_schema("rules")["items"]
+    at("edge.dpop").clear()
+    at("edge.dpop").update(filter_schema("dpop"))
     for k in ["cleanup","cacheCleanup","backup"]:
         at(k+".schedule")["pattern"]="^(@(hourly|daily|weekly|monthly)|([^\\s]+\\s+){4}[^\\s]+)$"
     s["allOf"]=[{"if":{"properties":{"redis":{"properties":{"mode":{"const":"sentinel"}}}}},
@@ -120,6 +124,21 @@ def generate() -> dict:
     s['properties']['seed']['properties']['cacheConfig']={"type":"object","additionalProperties":False,"properties":{"default_ttl":{"type":"integer","minimum":1},"max_entries_per_service":{"type":"integer","minimum":1}}}
     s['properties']['seed']['properties']['config']={"type":"object","additionalProperties":False,"properties":{k:{"type":"integer","minimum":0} for k in ["auth_code_ttl","access_token_ttl","refresh_token_ttl","session_ttl","rate_limit_default","rate_limit_per_client","rate_limit_per_ip"]}}
     return s
+
+
+def filter_schema(prop: str) -> dict:
+    """A top-level property of the filter's configuration schema, its `$ref`s inlined."""
+    schema = json.loads((CHART.parent / "plugin" / "filter" / "config.schema.json").read_text())
+
+    def inline(v):
+        if isinstance(v, dict):
+            if set(v) == {"$ref"} and v["$ref"].startswith("#/$defs/"):
+                return inline(schema["$defs"][v["$ref"].split("/")[-1]])
+            return {k: inline(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [inline(x) for x in v]
+        return v
+    return inline(schema["properties"][prop])
 
 
 def render() -> str:

@@ -31,6 +31,9 @@ import requests
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
+sys.path.insert(0, str(HERE))
+
+import dpop  # noqa: E402
 
 from harness.envoy import envoy_binary, filter_wasm, issuer_entry, render_config  # noqa: E402
 from harness.ports import free_port  # noqa: E402
@@ -263,6 +266,18 @@ def tour_text(d: Demo, client: dict) -> str:
         "sleep 1.5",
         f"curl -si -H \"Authorization: Bearer $TOKEN\" {g}/api/hello | head -n 5",
         "",
+        "# 9. a DPoP-bound token (RFC 9449): usable only with proofs signed by its key",
+        "KEY=$(mktemp -d)/dpop-key.json; python3 tests/demo/dpop.py keygen $KEY",
+        f"DPOP_TOKEN=$(curl -s -u {cred} -d grant_type=client_credentials"
+        f" -H \"DPoP: $(python3 tests/demo/dpop.py proof $KEY POST {a}/oauth2/token)\""
+        f" {a}/oauth2/token | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
+        f"curl -s -H \"Authorization: DPoP $DPOP_TOKEN\""
+        f" -H \"DPoP: $(python3 tests/demo/dpop.py proof $KEY GET {g}/api/hello $DPOP_TOKEN)\" {g}/api/hello",
+        "#    replayed by someone holding the token but another key: 401 invalid_dpop_proof",
+        "python3 tests/demo/dpop.py keygen $KEY.other",
+        f"curl -si -H \"Authorization: DPoP $DPOP_TOKEN\""
+        f" -H \"DPoP: $(python3 tests/demo/dpop.py proof $KEY.other GET {g}/api/hello $DPOP_TOKEN)\" {g}/api/hello | head -n 5",
+        "",
         "Ctrl-C stops everything.",
         "",
     ]
@@ -337,7 +352,39 @@ def run_tour(d: Demo, client: dict) -> Check:
     c.expect("7. the gateway refuses the revoked token", r.status_code == 401, r.text)
     say("demo", f"      (the revocation reached the gateway {time.monotonic() - start:.2f} s "
                 "after the revoke answer)")
+    dpop_steps(d, client, c)
     return c
+
+
+def dpop_steps(d: Demo, client: dict, c: Check) -> None:
+    """9. A DPoP-bound token works with proofs of its key and nowhere else."""
+    auth = (client["client_id"], client["client_secret"])
+    key, other = (dpop.secrets.randbelow(dpop.N - 1) + 1 for _ in range(2))
+    token_url, api = f"{d.auth_base}/oauth2/token", f"{d.gateway}/api/hello"
+    r = requests.post(token_url, auth=auth, data={"grant_type": "client_credentials"},
+                      headers={"DPoP": dpop.proof(key, "POST", token_url)}, timeout=5)
+    body = r.json() if r.status_code == 200 else {}
+    c.expect("9. token endpoint issues a DPoP-bound token",
+             body.get("token_type") == "DPoP", r.text)
+    token = body.get("access_token", "")
+
+    def call(scheme: str, proof_key: int | None) -> requests.Response:
+        headers = {"authorization": f"{scheme} {token}"}
+        if proof_key is not None:
+            headers["DPoP"] = dpop.proof(proof_key, "GET", api, token)
+        return requests.get(api, headers=headers, timeout=5)
+
+    r = call("DPoP", key)
+    c.expect("9. with a proof of its key: 200", r.status_code == 200, r.text)
+    r = call("DPoP", other)
+    c.expect("9. replayed with another key's proof: 401 invalid_dpop_proof",
+             r.status_code == 401
+             and 'error="invalid_dpop_proof"' in r.headers.get("www-authenticate", ""),
+             f"{r.status_code} {r.headers.get('www-authenticate')}")
+    r = call("Bearer", None)
+    c.expect("9. sent as a plain Bearer token: 401 invalid_token",
+             r.status_code == 401 and 'error="invalid_token"' in r.headers.get(
+                 "www-authenticate", ""), f"{r.status_code} {r.headers.get('www-authenticate')}")
 
 
 def readme_tour() -> str:
@@ -355,7 +402,8 @@ def run_readme_tour(d: Demo, c: Check) -> None:
                           .replace("127.0.0.1:9081", f"127.0.0.1:{d.auth_admin_port}") \
                           .replace("127.0.0.1:10000", f"127.0.0.1:{d.gw_port}")
     env = {**os.environ, "CLIENT_ID": client["client_id"], "CLIENT_SECRET": client["client_secret"]}
-    r = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60,
+                       cwd=REPO)
     out = r.stdout
     for what, ok in [
         ("README tour runs", r.returncode == 0),
@@ -369,6 +417,10 @@ def run_readme_tour(d: Demo, c: Check) -> None:
          "HTTP/1.1 401" in "\n".join(out.split("public /metrics:")[0].splitlines()[-5:])),
         ("README 8: no /metrics on the public port", "public /metrics: 404" in out),
         ("README 8: metrics on the admin listener", "\ntollgate_tokens_issued_total" in out),
+        ("README 9: the DPoP-bound token with its key reaches the upstream",
+         out.count(f'"x-tollgate-sub": "{client["client_id"]}"') >= 2),
+        ("README 9: another key's proof: 401 invalid_dpop_proof",
+         "invalid_dpop_proof" in out.split("tollgate_tokens_issued_total")[-1]),
     ]:
         c.expect(what, ok, "" if ok else f"\n--- output ---\n{out}\n--- stderr ---\n{r.stderr}")
 

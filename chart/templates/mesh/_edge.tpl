@@ -27,6 +27,7 @@ whose secret the VM reads from the gateway's environment. Never a secret in the 
 {{- end -}}
 {{- with $e.defaultRule }}{{- $_ := set $cfg "default_rule" . -}}{{- end -}}
 {{- with $e.headers }}{{- $_ := set $cfg "headers" . -}}{{- end -}}
+{{- with $e.dpop }}{{- $_ := set $cfg "dpop" . -}}{{- end -}}
 {{- $cfg = merge (deepCopy $e.extraConfig) $cfg -}}
 {{- toJson $cfg -}}
 {{- end -}}
