@@ -267,6 +267,18 @@ pub struct Settings {
     )]
     pub dpop_nonce: Option<bool>,
 
+    /// Certificate-bound access tokens (RFC 8705 §3) for clients registered with
+    /// `tls_client_certificate_bound_access_tokens`: the certificate is the caller's mesh
+    /// certificate, from the `Hash` of the last `X-Forwarded-Client-Cert` element written by
+    /// Istio's inbound sidecar (TCP peer 127.0.0.6 or ::6, no X-Forwarded-For) [default: false].
+    #[arg(
+        long,
+        env = "TOLLGATE_CERT_BOUND_TOKENS",
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub cert_bound_tokens: Option<bool>,
+
     /// Oldest accepted DPoP proof: seconds its `iat` may lie in the past [default: 300].
     #[arg(long, env = "TOLLGATE_DPOP_PROOF_MAX_AGE", global = true)]
     pub dpop_proof_max_age: Option<u64>,
@@ -331,6 +343,8 @@ pub struct Config {
     /// DPoP (RFC 9449): server nonces required; the `iat` window of proofs.
     pub dpop_nonce: bool,
     pub dpop_proof_max_age: u64,
+    /// RFC 8705: bind tokens to the caller's certificate from the sidecar's XFCC.
+    pub cert_bound_tokens: bool,
     pub dpop_clock_skew: u64,
 }
 
@@ -512,6 +526,7 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "edge_long_poll_max_waiters",
     "log_format",
     "dpop_nonce",
+    "cert_bound_tokens",
     "dpop_proof_max_age",
     "dpop_clock_skew",
 ];
@@ -758,6 +773,11 @@ impl Settings {
         let dpop_nonce = match self.dpop_nonce {
             Some(p) => p,
             None => boolish("TOLLGATE_DPOP_NONCE", file.str("dpop_nonce"))?.unwrap_or(false),
+        };
+        let cert_bound_tokens = match self.cert_bound_tokens {
+            Some(p) => p,
+            None => boolish("TOLLGATE_CERT_BOUND_TOKENS", file.str("cert_bound_tokens"))?
+                .unwrap_or(false),
         };
         let production = match self.production {
             Some(p) => p,
@@ -1027,6 +1047,7 @@ impl Settings {
             )?,
             log_format,
             dpop_nonce,
+            cert_bound_tokens,
             dpop_proof_max_age: positive(
                 "TOLLGATE_DPOP_PROOF_MAX_AGE",
                 num(

@@ -427,6 +427,7 @@ async fn fresh_state() -> (Arc<AppState>, String) {
             extra: Default::default(),
             user_id: None,
             jkt: None,
+            x5t: None,
         },
     )
     .await

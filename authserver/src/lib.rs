@@ -15,6 +15,7 @@ pub mod config;
 pub mod crypto;
 pub mod dpop;
 pub mod error;
+pub mod feed_waiters;
 pub mod form;
 /// Property functions of the fuzz targets and the corpus regression test (`fuzzing` feature).
 #[cfg(feature = "fuzzing")]

@@ -33,7 +33,7 @@ pub struct AppState {
     /// replica makes and accepts the same.
     pub dpop_nonces: crate::dpop::Nonces,
     /// Long polls of the revocation feed held by this process.
-    pub feed_waiters: crate::http::longpoll::FeedWaiters,
+    pub feed_waiters: crate::feed_waiters::FeedWaiters,
 }
 
 const PEPPER_CONFIG_KEY: &str = "secret_pepper";
@@ -94,7 +94,7 @@ impl AppState {
             "password checks bounded"
         );
         let dpop_nonces = crate::dpop::Nonces::new(&pepper);
-        let feed_waiters = crate::http::longpoll::FeedWaiters::new(
+        let feed_waiters = crate::feed_waiters::FeedWaiters::new(
             cfg.edge_long_poll_max_waiters,
             std::time::Duration::from_secs(cfg.edge_long_poll_max_wait_s),
         );

@@ -25,7 +25,8 @@ struct AtClaims<'a> {
     client_id: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     scope: &'a str,
-    /// RFC 9449 §6.1: `{"jkt": …}` of a DPoP-bound token.
+    /// RFC 9449 §6.1 / RFC 8705 §3.1: `{"jkt": …}` of a DPoP-bound token,
+    /// `{"x5t#S256": …}` of a certificate-bound one.
     #[serde(skip_serializing_if = "Option::is_none")]
     cnf: Option<Value>,
     #[serde(flatten)]
@@ -46,6 +47,21 @@ pub struct TokenRequest<'a> {
     pub user_id: Option<&'a str>,
     /// The thumbprint of the DPoP key the token is bound to (RFC 9449), if any.
     pub jkt: Option<&'a str>,
+    /// The SHA-256 thumbprint (base64url) of the client certificate the token is bound to
+    /// (RFC 8705 §3), if any.
+    pub x5t: Option<&'a str>,
+}
+
+/// The `cnf` claim of a bound token: `jkt` (DPoP), `x5t#S256` (certificate), or none.
+pub fn cnf(jkt: Option<&str>, x5t: Option<&str>) -> Option<Value> {
+    let mut o = Map::new();
+    if let Some(k) = jkt {
+        o.insert("jkt".into(), Value::from(k));
+    }
+    if let Some(t) = x5t {
+        o.insert("x5t#S256".into(), Value::from(t));
+    }
+    (!o.is_empty()).then_some(Value::Object(o))
 }
 
 /// The `token_type` of an access token bound to `jkt` (RFC 9449 §5) or not (RFC 6750).
@@ -88,7 +104,7 @@ pub async fn issue(state: &AppState, req: TokenRequest<'_>) -> OAuthResult<Issue
             jti: &jti,
             client_id: req.client_id,
             scope: req.scope,
-            cnf: req.jkt.map(|k| serde_json::json!({ "jkt": k })),
+            cnf: cnf(req.jkt, req.x5t),
             extra: &req.extra,
         };
         let token = key
@@ -109,6 +125,7 @@ pub async fn issue(state: &AppState, req: TokenRequest<'_>) -> OAuthResult<Issue
         act: req.extra.get("act").map(Value::to_string),
         user_id: req.user_id.map(str::to_string),
         cnf_jkt: req.jkt.map(str::to_string),
+        cnf_x5t: req.x5t.map(str::to_string),
     };
     state.store.save_access_token(&record).await?;
     metrics::counter!("tollgate_tokens_issued_total", "format" => format).increment(1);

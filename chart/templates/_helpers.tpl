@@ -259,6 +259,11 @@ seccompProfile:
   value: {{ .Values.authserver.logFormat | quote }}
 - name: TOLLGATE_DPOP_NONCE
   value: {{ .Values.authserver.dpopNonce | quote }}
+{{- if and .Values.authserver.certBoundTokens (not .Values.mesh.sidecarInjection) }}
+{{- fail "authserver.certBoundTokens needs mesh.sidecarInjection: the client certificate is the one the auth server's sidecar reports (docs/flows.md \"Certificate-bound tokens\")" }}
+{{- end }}
+- name: TOLLGATE_CERT_BOUND_TOKENS
+  value: {{ .Values.authserver.certBoundTokens | quote }}
 # Client IP for the per-IP limits: the address the ingress gateway appended to
 # X-Forwarded-For, not the sidecar's loopback peer (docs/configuration.md).
 - name: TOLLGATE_TRUSTED_PROXY_HOPS

@@ -54,3 +54,24 @@ def test_schema_rejects_what_the_filter_would(edge, needle):
     with pytest.raises(helm.HelmValuesError) as e:
         render(values_for([], {"edge": edge}))
     assert needle in str(e.value)
+
+
+def authserver_env(ds):
+    [dep] = [d for d in ds if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("authserver")]
+    [c] = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "authserver"]
+    return {e["name"]: e.get("value") for e in c["env"]}
+
+
+def test_certificate_bound_tokens_from_the_mesh():
+    """RFC 8705: off by default; on, the auth server reads its sidecar's XFCC, so the chart
+    refuses it without sidecar injection; routes demand it with require: sender_constrained."""
+    assert authserver_env(docs_of(render(values_for([], {}))))["TOLLGATE_CERT_BOUND_TOKENS"] == "false"
+    ds = docs_of(render(values_for([], {"authserver": {"certBoundTokens": True},
+                                        "edge": {"rules": [BOUND_ROUTE]}})))
+    assert authserver_env(ds)["TOLLGATE_CERT_BOUND_TOKENS"] == "true"
+    assert BOUND_ROUTE in filter_config(edge_cr(ds))["rules"]
+    with pytest.raises(helm.HelmError, match="certBoundTokens needs mesh.sidecarInjection"):
+        render(values_for([], {"authserver": {"certBoundTokens": True},
+                               "mesh": {"sidecarInjection": False},
+                               "edge": {"authServer": {"credentials": "secret",
+                                                       "secretRef": {"name": "gw"}}}}))

@@ -25,6 +25,7 @@ pub async fn handle(
     client: &ClientRecord,
     params: &Params,
     dpop: Option<&str>,
+    x5t: Option<&str>,
 ) -> OAuthResult<Value> {
     if !client_has_grant(client, "authorization_code") {
         return Err(OAuthError::UnauthorizedClient(
@@ -107,6 +108,7 @@ pub async fn handle(
             aud: &rec.aud,
             grant_id: &rec.grant_id,
             jkt: dpop,
+            x5t,
             refresh_jkt: dpop.filter(|_| super::is_public(client)),
         },
     )

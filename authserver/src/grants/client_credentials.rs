@@ -16,6 +16,7 @@ pub async fn handle(
     client: &ClientRecord,
     params: &Params,
     dpop: Option<&str>,
+    x5t: Option<&str>,
 ) -> OAuthResult<serde_json::Value> {
     if !client_has_grant(client, "client_credentials") {
         return Err(OAuthError::UnauthorizedClient(
@@ -40,6 +41,7 @@ pub async fn handle(
             extra: Default::default(),
             user_id: None,
             jkt: dpop,
+            x5t,
         },
     )
     .await?;

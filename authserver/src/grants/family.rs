@@ -70,6 +70,8 @@ pub struct Grant<'a> {
     pub jkt: Option<&'a str>,
     /// The DPoP key the refresh token is bound to (a public client's, RFC 9449 §5).
     pub refresh_jkt: Option<&'a str>,
+    /// The client certificate the access token is bound to (RFC 8705 §3), if any.
+    pub x5t: Option<&'a str>,
 }
 
 /// Mint an access token (and a refresh token when the client has the refresh_token grant)
@@ -92,6 +94,7 @@ pub async fn issue(state: &AppState, g: Grant<'_>) -> OAuthResult<Value> {
             extra: Default::default(),
             user_id: Some(g.user_id),
             jkt: g.jkt,
+            x5t: g.x5t,
         },
     )
     .await?;

@@ -17,6 +17,7 @@ pub async fn handle(
     client: &ClientRecord,
     params: &Params,
     dpop: Option<&str>,
+    x5t: Option<&str>,
 ) -> OAuthResult<Value> {
     if !client_has_grant(client, "refresh_token") {
         return Err(OAuthError::UnauthorizedClient(
@@ -88,6 +89,7 @@ pub async fn handle(
             aud: &rec.aud,
             grant_id: &rec.grant_id,
             jkt: dpop,
+            x5t,
             // A bound refresh token's successor is bound to the same key; a public client's
             // first proof binds a token issued without one (RFC 9449 §5).
             refresh_jkt: rec

@@ -36,6 +36,7 @@ pub async fn handle(
     client: &ClientRecord,
     params: &Params,
     dpop: Option<&str>,
+    x5t: Option<&str>,
 ) -> OAuthResult<Value> {
     let policy = match client.metadata.extra.get("token_exchange") {
         Some(Value::Object(p)) if client_has_grant(client, GRANT) => p,
@@ -176,6 +177,7 @@ pub async fn handle(
             // It speaks for the subject's user: it ends with that user.
             user_id: rec.user_id.as_deref(),
             jkt: dpop,
+            x5t,
         },
     )
     .await?;

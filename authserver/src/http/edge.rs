@@ -124,7 +124,7 @@ fn mesh_identity(
 }
 
 /// `GET /edge/revocations?since=<cursor>[&limit=N][&wait=S]`: revoked `jti`s with their
-/// expiry. With `wait`, a long poll ([`super::longpoll`]): held up to `wait` seconds (cut
+/// expiry. With `wait`, a long poll ([`crate::feed_waiters`]): held up to `wait` seconds (cut
 /// to `TOLLGATE_EDGE_LONG_POLL_MAX_WAIT_S`) while nothing is newer than the cursor; the
 /// answer then says the wait it applied (`wait_s`). Long polls off: `wait` is answered 404.
 /// Callers: a trusted mesh identity, a client registered with scope `tollgate:edge`, or the

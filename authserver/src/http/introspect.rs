@@ -124,9 +124,9 @@ async fn handle(
         "jti": rec.jti,
         "token_type": crate::tokens::token_type(rec.cnf_jkt.as_deref()),
     });
-    if let Some(jkt) = rec.cnf_jkt.as_deref() {
-        // RFC 9449 §6.2.
-        body["cnf"] = json!({ "jkt": jkt });
+    // RFC 9449 §6.2 (`jkt`), RFC 8705 §3.2 (`x5t#S256`).
+    if let Some(cnf) = crate::tokens::cnf(rec.cnf_jkt.as_deref(), rec.cnf_x5t.as_deref()) {
+        body["cnf"] = cnf;
     }
     if !rec.scope.is_empty() {
         body["scope"] = json!(rec.scope);

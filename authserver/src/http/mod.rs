@@ -28,9 +28,9 @@ pub mod edge;
 pub mod health;
 pub mod introspect;
 pub mod lease;
-pub mod longpoll;
 pub mod metadata;
 pub mod module_listener;
+pub mod mtls;
 pub mod openapi;
 pub mod pages;
 pub mod register;
@@ -438,6 +438,8 @@ mod tests_listeners;
 mod tests_lockout;
 #[cfg(test)]
 mod tests_longpoll;
+#[cfg(test)]
+mod tests_mtls;
 
 // DPoP (RFC 9449) at the token endpoint, both stores.
 #[cfg(test)]

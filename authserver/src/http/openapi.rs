@@ -153,7 +153,8 @@ pub struct Introspection {
     token_type: Option<String>,
     scope: Option<String>,
     act: Option<Value>,
-    /// RFC 9449 §6.2: `{"jkt": <RFC 7638 thumbprint>}` of a DPoP-bound token.
+    /// RFC 9449 §6.2: `{"jkt": <RFC 7638 thumbprint>}` of a DPoP-bound token; RFC 8705
+    /// §3.2: `{"x5t#S256": <certificate SHA-256, base64url>}` of a certificate-bound one.
     cnf: Option<Value>,
 }
 
@@ -172,6 +173,8 @@ pub struct Metadata {
     token_endpoint_auth_methods_supported: Vec<String>,
     /// RFC 9449 §5.1: the `alg` values of DPoP proofs.
     dpop_signing_alg_values_supported: Vec<String>,
+    /// RFC 8705 §3.3: certificate-bound access tokens (`TOLLGATE_CERT_BOUND_TOKENS`).
+    tls_client_certificate_bound_access_tokens: bool,
 }
 
 /// RFC 7517 JWK Set.
@@ -192,6 +195,9 @@ pub struct ClientMetadata {
     token_endpoint_auth_method: Option<String>,
     /// RFC 9449 §5.2: every token request of the client must carry a DPoP proof.
     dpop_bound_access_tokens: Option<bool>,
+    /// RFC 8705 §3.4: the client's access tokens are bound to its mesh client certificate
+    /// (needs `TOLLGATE_CERT_BOUND_TOKENS`; admin-only, like every privilege).
+    tls_client_certificate_bound_access_tokens: Option<bool>,
 }
 
 /// RFC 7591 §3.2.1 / RFC 7592 §3 client information response.

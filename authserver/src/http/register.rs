@@ -19,7 +19,7 @@ use crate::clients;
 use crate::crypto;
 use crate::error::OAuthError;
 use crate::grants;
-use crate::store::{client_owner, now_secs, ClientRecord, StoreError};
+use crate::store::{client_owner, now_secs, ClientMetadata, ClientRecord, StoreError};
 
 use super::{client_auth, json_no_store, SharedState};
 
@@ -81,6 +81,7 @@ pub async fn create(
     let r = async {
         client_auth::require_admin(&state, &headers, Some(peer)).await?;
         let md = clients::validate(metadata_json(&headers, &body)?)?;
+        cert_binding_supported(&state, &md)?;
         let now = now_secs();
         let secret =
             clients::uses_secret(&md.token_endpoint_auth_method).then(crypto::new_client_secret);
@@ -232,6 +233,7 @@ pub async fn update(
             }
         }
         let md = clients::validate(v)?;
+        cert_binding_supported(&state, &md)?;
         if manager == Manager::Client {
             // RFC 7592 clients send their whole metadata: a privileged field sent back
             // unchanged is fine, a changed one needs the admin token.
@@ -305,4 +307,17 @@ pub async fn delete(
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// RFC 8705 §3.4: a client asking for certificate-bound tokens on a server that does not
+/// bind them (`TOLLGATE_CERT_BOUND_TOKENS` off) would get no token at all; say so now.
+fn cert_binding_supported(state: &SharedState, md: &ClientMetadata) -> Result<(), OAuthError> {
+    if md.tls_client_certificate_bound_access_tokens && !state.cfg.cert_bound_tokens {
+        return Err(OAuthError::InvalidClientMetadata(
+            "tls_client_certificate_bound_access_tokens: this server does not bind tokens to \
+             client certificates (TOLLGATE_CERT_BOUND_TOKENS)"
+                .into(),
+        ));
+    }
+    Ok(())
 }

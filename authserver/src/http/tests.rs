@@ -110,6 +110,13 @@ impl App {
         self.send_to(&self.admin, req).await
     }
 
+    /// A request to the public listener from another TCP peer (e.g. Istio's inbound
+    /// sidecar, 127.0.0.6).
+    pub(super) async fn public_from(&self, peer: SocketAddr, req: Request<Body>) -> Resp {
+        let router = super::router(self.state.clone()).layer(MockConnectInfo(peer));
+        self.send_to(&router, req).await
+    }
+
     async fn send_to(&self, router: &Router, req: Request<Body>) -> Resp {
         let resp = router.clone().oneshot(req).await.unwrap();
         let status = resp.status();

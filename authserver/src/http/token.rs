@@ -11,7 +11,7 @@ use crate::error::OAuthError;
 use crate::form::Params;
 use crate::grants;
 
-use super::{client_auth, dpop, json_no_store, SharedState};
+use super::{client_auth, dpop, json_no_store, mtls, SharedState};
 
 #[utoipa::path(
     post,
@@ -67,16 +67,18 @@ async fn handle(
     let client = &caller.client;
     let jkt = dpop::token_request_key(state, headers, client).await?;
     let jkt = jkt.as_deref();
+    let x5t = mtls::token_request_thumbprint(state, headers, peer, client)?;
+    let x5t = x5t.as_deref();
     let outcome = match grant_type.as_str() {
         "client_credentials" => {
-            grants::client_credentials::handle(state, client, &params, jkt).await
+            grants::client_credentials::handle(state, client, &params, jkt, x5t).await
         }
         "authorization_code" => {
-            grants::authorization_code::handle(state, client, &params, jkt).await
+            grants::authorization_code::handle(state, client, &params, jkt, x5t).await
         }
-        "refresh_token" => grants::refresh_token::handle(state, client, &params, jkt).await,
+        "refresh_token" => grants::refresh_token::handle(state, client, &params, jkt, x5t).await,
         grants::token_exchange::GRANT => {
-            grants::token_exchange::handle(state, client, &params, jkt).await
+            grants::token_exchange::handle(state, client, &params, jkt, x5t).await
         }
         // The value is not echoed: a confused client may have put a secret in it.
         _ => Err(OAuthError::UnsupportedGrantType(format!(

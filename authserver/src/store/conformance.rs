@@ -45,6 +45,7 @@ pub(super) fn token(jti: &str, exp: u64) -> AccessTokenRecord {
         act: None,
         user_id: None,
         cnf_jkt: None,
+        cnf_x5t: None,
     }
 }
 
@@ -764,7 +765,13 @@ async fn access_token_act_round_trips(s: Both) {
     t.user_id = Some("u-alice".into());
     t.cnf_jkt = Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into());
     s.save_access_token(&t).await.unwrap();
-    assert_eq!(s.get_access_token("ja").await.unwrap().0, Some(t));
+    assert_eq!(s.get_access_token("ja").await.unwrap().0, Some(t.clone()));
+    // RFC 8705: a certificate-bound token keeps its x5t#S256.
+    t.jti = "jx".into();
+    t.cnf_jkt = None;
+    t.cnf_x5t = Some("bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2".into());
+    s.save_access_token(&t).await.unwrap();
+    assert_eq!(s.get_access_token("jx").await.unwrap().0, Some(t));
 }
 
 /// What a user or a client owns is indexed under it, so that deleting it can end it: access

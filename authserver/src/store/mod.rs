@@ -85,6 +85,11 @@ pub struct ClientMetadata {
     /// RFC 9449 §5.2: every token request of the client must carry a DPoP proof.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dpop_bound_access_tokens: bool,
+    /// RFC 8705 §3.4: the client's access tokens are bound to its mTLS client certificate
+    /// (from the mesh sidecar, `TOLLGATE_CERT_BOUND_TOKENS`); a token request without one
+    /// is refused.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls_client_certificate_bound_access_tokens: bool,
     /// Any other registered metadata, kept and returned as given.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -116,6 +121,10 @@ pub struct AccessTokenRecord {
     /// token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf_jkt: Option<String>,
+    /// RFC 8705: the SHA-256 thumbprint (base64url) of the client certificate the token is
+    /// bound to (`cnf.x5t#S256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf_x5t: Option<String>,
 }
 
 /// A user who can log in at the authorization endpoint.

@@ -990,7 +990,7 @@ pub fn introspection_answer(data: &[u8]) {
         let until = id.exp.saturating_mul(1000).min(NOW * 1000 + 60_000);
         assert_eq!(
             introspection::lookup(&host, &s, &h, NOW * 1000),
-            introspection::State::Active(id, until)
+            introspection::State::Active(Box::new(id), until)
         );
     }
 }

@@ -36,4 +36,11 @@ pub trait Host {
     fn metric(&self, m: Metric, delta: u64);
     /// Log a line (never with a token or secret in it).
     fn log(&self, level: Level, msg: &str);
+    /// The SHA-256 of the current request's downstream peer certificate (DER), hex, as
+    /// Envoy's `connection.sha256_peer_certificate_digest` gives it; `None` without a
+    /// client certificate (no TLS, or TLS without one). Read only for a certificate-bound
+    /// token.
+    fn peer_certificate_sha256(&self) -> Option<String> {
+        None
+    }
 }

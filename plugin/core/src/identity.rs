@@ -22,6 +22,9 @@ pub struct Identity {
     /// `cnf.jkt` (RFC 9449 §6): the token is DPoP-bound to the key with this JWK SHA-256
     /// thumbprint (base64url).
     pub cnf_jkt: Option<String>,
+    /// `cnf.x5t#S256` (RFC 8705 §3.1): the token is bound to the client certificate with
+    /// this SHA-256 thumbprint (base64url).
+    pub cnf_x5t: Option<String>,
 }
 
 /// A header value is forwarded only if it is visible ASCII, space or tab.
@@ -75,6 +78,7 @@ impl Identity {
         // decode (a cache miss: the token is verified again), nor does this one in an older
         // module (trailing bytes).
         put_opt(out, self.cnf_jkt.as_deref());
+        put_opt(out, self.cnf_x5t.as_deref());
     }
 
     /// Decode what [`Identity::encode_into`] wrote; `None` on any inconsistency.
@@ -100,6 +104,7 @@ impl Identity {
             claims.push(r.opt()?);
         }
         let cnf_jkt = r.opt()?;
+        let cnf_x5t = r.opt()?;
         Some(Identity {
             issuer,
             sub,
@@ -111,6 +116,7 @@ impl Identity {
             iat,
             claims,
             cnf_jkt,
+            cnf_x5t,
         })
     }
 }

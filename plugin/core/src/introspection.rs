@@ -35,7 +35,7 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
     /// An active token's identity, and until when (Unix ms) the answer may be used.
-    Active(Identity, u64),
+    Active(Box<Identity>, u64),
     Inactive,
     /// Someone is introspecting this token; `mine` when it is this worker.
     Pending {
@@ -91,7 +91,7 @@ pub fn lookup(host: &dyn Host, s: &Settings, h: &TokenHash, now_ms: u64) -> Stat
     match parsed {
         Some((_, until)) if until <= now_ms => State::Miss { cas },
         Some((ACTIVE, until)) => match Identity::decode(&mut r) {
-            Some(id) => State::Active(id, until),
+            Some(id) => State::Active(Box::new(id), until),
             None => State::Miss { cas },
         },
         Some((INACTIVE, _)) => State::Inactive,
@@ -253,6 +253,7 @@ pub fn parse_answer_for(
         iat: v.get("iat").and_then(Value::as_u64),
         claims,
         cnf_jkt: crate::jwt::cnf_jkt(v.get("cnf")).map_err(|_| IntrospectionError::Field("cnf"))?,
+        cnf_x5t: crate::jwt::cnf_x5t(v.get("cnf")).map_err(|_| IntrospectionError::Field("cnf"))?,
     }))
 }
 
@@ -299,7 +300,7 @@ mod tests {
         store(&host, &s, &h, Some(&id), 1_000_200).unwrap();
         assert_eq!(
             lookup(&host, &s, &h, 1_000_300),
-            State::Active(id, 1_060_200)
+            State::Active(Box::new(id), 1_060_200)
         );
         // Cached no longer than max_ttl (60 s) nor the token's exp.
         assert!(matches!(

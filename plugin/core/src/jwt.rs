@@ -374,6 +374,7 @@ pub fn claims_to_identity(
     };
     let jti = opt_string(claims.get("jti"), "jti")?;
     let cnf_jkt = cnf_jkt(claims.get("cnf"))?;
+    let cnf_x5t = cnf_x5t(claims.get("cnf"))?;
     let mut extra = Vec::with_capacity(cfg.headers.claims.len());
     for (claim, _) in &cfg.headers.claims {
         let v = claims.get(claim).filter(|v| !v.is_null()).map(claim_text);
@@ -406,7 +407,23 @@ pub fn claims_to_identity(
         iat,
         claims: extra,
         cnf_jkt,
+        cnf_x5t,
     })
+}
+
+/// The `cnf.x5t#S256` of a token (RFC 8705 §3.1): `None` without `cnf` or without it; a
+/// `cnf` that is not an object, or a value that is not a base64url SHA-256 (43
+/// characters), makes the token malformed.
+pub fn cnf_x5t(cnf: Option<&Value>) -> Result<Option<String>, TokenError> {
+    match cnf {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => match o.get("x5t#S256") {
+            None => Ok(None),
+            Some(Value::String(t)) if t.len() == 43 && b64url_segment(t) => Ok(Some(t.clone())),
+            Some(_) => Err(TokenError::MissingClaim("cnf")),
+        },
+        Some(_) => Err(TokenError::MissingClaim("cnf")),
+    }
 }
 
 /// The `cnf.jkt` of a token (RFC 9449 §6.1): `None` without `cnf` or without `jkt` in it

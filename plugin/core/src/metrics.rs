@@ -72,6 +72,9 @@ pub const DPOP_REASONS: [&str; 18] = [
     "dpop_replay_full",
 ];
 
+/// Every refusal label of the `mtls` stage (`tollgate_denied_<label>`).
+pub const MTLS_REASONS: [&str; 2] = ["mtls_no_certificate", "mtls_mismatch"];
+
 impl Metric {
     pub fn for_token_error(e: &TokenError) -> Metric {
         Metric::Denied(e.reason())
@@ -144,6 +147,7 @@ impl Metric {
         ];
         v.extend(TOKEN_REASONS.iter().map(|r| Metric::Denied(r)));
         v.extend(DPOP_REASONS.iter().map(|r| Metric::Denied(r)));
+        v.extend(MTLS_REASONS.iter().map(|r| Metric::Denied(r)));
         v
     }
 }

@@ -1,7 +1,7 @@
 //! The request path: a fixed list of named stages, top to bottom.
 //!
 //! ```text
-//! extract → authenticate → dpop → revoked → authorize → limit → identity
+//! extract → authenticate → mtls → dpop → revoked → authorize → limit → identity
 //! ```
 //!
 //! Each stage is one module with one entry function of the same shape, [`Stage`]: it reads
@@ -37,6 +37,7 @@ pub(crate) mod dpop;
 pub(crate) mod extract;
 pub(crate) mod identity;
 pub(crate) mod limit;
+pub(crate) mod mtls;
 pub(crate) mod revoked;
 
 #[cfg(test)]
@@ -127,6 +128,7 @@ impl Worker {
     fn stages(&mut self, cx: &mut Ctx<'_>, host: &dyn Host) -> Step {
         extract::run(cx, self, host)?;
         authenticate::run(cx, self, host)?;
+        mtls::run(cx, self, host)?;
         dpop::run(cx, self, host)?;
         revoked::run(cx, self, host)?;
         authorize::run(cx, self, host)?;
@@ -143,9 +145,10 @@ mod tests {
     /// Every stage's `run` has the [`Stage`] shape (a new stage must too).
     #[test]
     fn every_stage_has_the_stage_shape() {
-        let stages: [(&str, Stage); 6] = [
+        let stages: [(&str, Stage); 7] = [
             ("extract", extract::run),
             ("authenticate", authenticate::run),
+            ("mtls", mtls::run),
             ("dpop", dpop::run),
             ("revoked", revoked::run),
             ("authorize", authorize::run),

@@ -15,6 +15,8 @@ pub struct MemoryHost {
     next_cas: Cell<u32>,
     pub metrics: RefCell<HashMap<String, u64>>,
     pub logs: RefCell<Vec<(Level, String)>>,
+    /// What [`Host::peer_certificate_sha256`] answers (hex; `None`: no client certificate).
+    pub peer_certificate: RefCell<Option<String>>,
 }
 
 impl MemoryHost {
@@ -71,5 +73,8 @@ impl Host for MemoryHost {
     }
     fn log(&self, level: Level, msg: &str) {
         self.logs.borrow_mut().push((level, msg.to_string()));
+    }
+    fn peer_certificate_sha256(&self) -> Option<String> {
+        self.peer_certificate.borrow().clone()
     }
 }

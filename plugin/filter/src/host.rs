@@ -51,6 +51,15 @@ impl Host for EnvoyHost {
         }
     }
 
+    fn peer_certificate_sha256(&self) -> Option<String> {
+        // Bytes of the string attribute (docs: Envoy "Attributes", `connection.*`); absent
+        // without a downstream client certificate.
+        let v = hostcalls::get_property(vec!["connection", "sha256_peer_certificate_digest"])
+            .ok()
+            .flatten()?;
+        String::from_utf8(v).ok().filter(|s| !s.is_empty())
+    }
+
     fn log(&self, level: Level, msg: &str) {
         let l = match level {
             Level::Debug => LogLevel::Debug,

@@ -31,6 +31,7 @@ pub(super) fn token_from_fields(
         act: m.get("act").cloned(),
         user_id: m.get("user_id").cloned(),
         cnf_jkt: m.get("cnf_jkt").cloned(),
+        cnf_x5t: m.get("cnf_x5t").cloned(),
     }))
 }
 
@@ -55,6 +56,9 @@ pub(super) async fn save_access_token(db: &RedisStore, rec: &AccessTokenRecord) 
     }
     if let Some(jkt) = &rec.cnf_jkt {
         fields.push(("cnf_jkt", jkt.clone()));
+    }
+    if let Some(x5t) = &rec.cnf_x5t {
+        fields.push(("cnf_x5t", x5t.clone()));
     }
     // One MULTI; on Cluster one per slot: the record with its expiry, the cleanup index
     // and the counter each stay whole.

@@ -47,6 +47,8 @@ pub struct Waiter {
 impl Worker {
     /// Hold a request until the issuer's first JWKS arrives (see [`Worker::resolve_waiters`]).
     pub fn hold(&mut self, host: &dyn Host, context_id: u32, issuer: usize, request: Request) {
+        // Decided later from another context, where the connection is not at hand.
+        request.peer_certificate(host);
         let deadline_ms = host.now_ms().saturating_add(self.cfg.jwks_max_wait_ms);
         self.waiters.push(Waiter {
             context_id,
@@ -65,6 +67,8 @@ impl Worker {
         hash: TokenHash,
         request: Request,
     ) {
+        // Decided later from another context, where the connection is not at hand.
+        request.peer_certificate(host);
         let wait = self
             .cfg
             .introspection

@@ -12,6 +12,10 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The downstream peer address (`source.address`, `ip:port`), empty when unknown.
     pub source: String,
+    /// The downstream peer certificate's SHA-256 (hex), read from the host the first time a
+    /// certificate-bound token needs it ([`Request::peer_certificate`]); a request held for
+    /// a fetch reads it before it leaves its stream's context.
+    pub peer_certificate: std::cell::OnceCell<Option<String>>,
 }
 
 impl Request {
@@ -30,7 +34,16 @@ impl Request {
             authority: get(":authority"),
             headers,
             source: String::new(),
+            peer_certificate: std::cell::OnceCell::new(),
         }
+    }
+
+    /// The downstream peer certificate's SHA-256 (hex), `None` without one. Read from the
+    /// host once, in the stream's context (where Envoy has the connection).
+    pub fn peer_certificate(&self, host: &dyn crate::host::Host) -> Option<&str> {
+        self.peer_certificate
+            .get_or_init(|| host.peer_certificate_sha256())
+            .as_deref()
     }
 
     /// The first value of a header (lower-case name).

@@ -171,7 +171,7 @@ fn introspected(
     match introspection::lookup(host, &x.settings, hash, now_ms) {
         State::Active(id, until_ms) => {
             host.metric(Metric::CacheHit, 1);
-            Ok((id, until_ms / 1000))
+            Ok((*id, until_ms / 1000))
         }
         State::Inactive => {
             host.metric(Metric::Denied("inactive"), 1);

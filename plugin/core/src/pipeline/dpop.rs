@@ -65,7 +65,13 @@ pub(crate) fn run(cx: &mut Ctx<'_>, w: &mut Worker, host: &dyn Host) -> Step {
         return ControlFlow::Continue(());
     };
     let jkt = v.identity.cnf_jkt.as_deref();
-    if jkt.is_none() && !cx.dpop && !rules::policy(&w.cfg, cx.rule).sender_constrained {
+    // A certificate-bound token (RFC 8705) is sender-constrained too: the `mtls` stage has
+    // checked its certificate.
+    let constrained_elsewhere = v.identity.cnf_x5t.is_some();
+    if jkt.is_none()
+        && !cx.dpop
+        && (constrained_elsewhere || !rules::policy(&w.cfg, cx.rule).sender_constrained)
+    {
         return ControlFlow::Continue(());
     }
     let realm = &w.cfg.realm;

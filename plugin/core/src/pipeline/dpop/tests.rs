@@ -650,9 +650,15 @@ fn a_malformed_cnf_makes_the_token_malformed() {
         let rej = rejection(decide(&mut w, &host, &req("Bearer", &t, &[])));
         assert_eq!(rej.status, 401, "{cnf}");
     }
-    // A cnf of another confirmation method (certificate) is no DPoP binding.
-    let t = token_json(json!({"cnf": {"x5t#S256": "abc"}}));
-    assert!(allowed(&decide(&mut w, &host, &req("Bearer", &t, &[]))));
+    // A cnf of the other confirmation method (certificate, RFC 8705) is no DPoP binding,
+    // but it is never ignored either: malformed, or without the client certificate, 401
+    // (the `mtls` stage).
+    for x5t in ["abc", "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"] {
+        let t = token_json(json!({"cnf": {"x5t#S256": x5t}}));
+        let rej = rejection(decide(&mut w, &host, &req("Bearer", &t, &[])));
+        assert_eq!(rej.status, 401, "{x5t}");
+        assert!(!rej.reason.starts_with("dpop"), "{}", rej.reason);
+    }
 }
 
 #[test]

@@ -1,0 +1,159 @@
+"""Issue 14: certificate-bound access tokens (RFC 8705 §3) from the mesh's mTLS identity.
+
+A workload gets its token through a real Envoy configured as Istio's sidecar inbound
+listener (client certificate required, XFCC `APPEND_FORWARD`, upstream bound to 127.0.0.6)
+in front of the real auth server with `TOLLGATE_CERT_BOUND_TOKENS`, on both stores: the
+token carries `cnf.x5t#S256`, the SHA-256 of the workload's certificate. A real gateway
+Envoy with the filter, on a TLS listener that asks for client certificates (as a mesh
+gateway's or a sidecar's does), accepts the token only on a connection that presents that
+certificate: another workload's certificate, no certificate, and the token sent over a
+plain listener are refused with 401 `invalid_token`. The certificates are made by the test,
+as Istio's CA makes workload certificates (tests/e2e/test_edge_mesh_identity.py).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+import test_filter_schema
+from conftest import require_authserver
+from harness.authserver import AuthServer
+from harness.envoy import TEMPLATE, Envoy, filter_config, issuer_entry
+from harness.redis import RedisServer
+from test_edge_mesh_identity import OTHER, Pki, Sidecar
+
+CART = "spiffe://cluster.local/ns/shop/sa/cart"
+
+
+def x5t(cert_path: str) -> str:
+    der = x509.load_pem_x509_certificate(open(cert_path, "rb").read()).public_bytes(
+        serialization.Encoding.DER)
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+
+
+def claims(jwt: str) -> dict:
+    p = jwt.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
+
+
+def tls_gateway_template(tmp_path, cert: str, key: str, ca: str):
+    """The e2e gateway with its listener on TLS that requests a client certificate and
+    verifies it against the mesh CA, without requiring one (so the filter sees both)."""
+    t = TEMPLATE.read_text()
+    anchor = "    filter_chains:\n    - filters:\n"
+    assert t.count(anchor) == 1
+    tls = f"""    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: false
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{ filename: "{cert}" }}
+              private_key: {{ filename: "{key}" }}
+            validation_context:
+              trusted_ca: {{ filename: "{ca}" }}
+      filters:
+"""
+    p = tmp_path / "gateway-tls.yaml.tmpl"
+    p.write_text(t.replace(anchor, tls))
+    return p
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_env(request, tmp_path):
+    if request.param == "memory":
+        yield {}
+        return
+    r = RedisServer(tmp_path / "redis")
+    try:
+        yield {"TOLLGATE_STORE": r.url(0)}
+    finally:
+        r.proc.terminate()
+        r.proc.wait(10)
+
+
+def test_certificate_bound_token_only_from_its_workload(echo, wasm, tmp_path, store_env):
+    require_authserver()
+    pki = Pki(tmp_path)
+    cart = pki.leaf("cart", CART)
+    other = pki.leaf("other", OTHER)
+    gw_cert, gw_key = pki.leaf("gateway", "spiffe://cluster.local/ns/istio-system/sa/gw",
+                               dns="localhost")
+    ca = str(pki.ca_path)
+    with AuthServer(env={"TOLLGATE_CERT_BOUND_TOKENS": "true", **store_env}) as auth, \
+            Sidecar(pki, auth.port) as sidecar:
+        client = auth.register_client(scope="api:read",
+                                      tls_client_certificate_bound_access_tokens=True)
+        basic = (client["client_id"], client["client_secret"])
+        token_url = f"https://127.0.0.1:{sidecar.port}/oauth2/token"
+
+        def get_token(cert, **headers) -> requests.Response:
+            return requests.post(token_url, data={"grant_type": "client_credentials"},
+                                 auth=basic, cert=cert, verify=ca, headers=headers, timeout=10)
+
+        # The workload's token, through the sidecar: bound to its certificate.
+        r = get_token(cart)
+        assert r.status_code == 200, r.text
+        assert r.json()["token_type"] == "Bearer"
+        tok = r.json()["access_token"]
+        assert claims(tok)["cnf"] == {"x5t#S256": x5t(cart[0])}
+        intro = requests.post(f"{auth.base}/oauth2/introspect", data={"token": tok},
+                              auth=basic, timeout=5).json()
+        assert intro["active"] is True and intro["cnf"] == {"x5t#S256": x5t(cart[0])}
+        # A forged XFCC naming another certificate is not what the sidecar appends last.
+        r = get_token(other, **{"x-forwarded-client-cert": f"Hash={'0' * 64}"})
+        assert claims(r.json()["access_token"])["cnf"] == {"x5t#S256": x5t(other[0])}
+        # Straight to the auth server (no sidecar): no certificate it may trust, no token.
+        r = requests.post(f"{auth.base}/oauth2/token", auth=basic, timeout=5,
+                          data={"grant_type": "client_credentials"},
+                          headers={"x-forwarded-client-cert": f"Hash={hashlib.sha256(b'x').hexdigest()}"})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
+        # A request a gateway forwarded (X-Forwarded-For): the certificate is the gateway's.
+        r = get_token(cart, **{"x-forwarded-for": "203.0.113.9"})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
+
+        cfg = filter_config(
+            issuers=[issuer_entry(auth.issuer, "tollgate-authserver", algorithms=["ES256"])],
+            rules=[{"name": "pay", "path_prefix": "/pay/", "require": "sender_constrained"}])
+        test_filter_schema.VALIDATOR.validate(cfg)
+        tmpl = tls_gateway_template(tmp_path, gw_cert, gw_key, ca)
+        with Envoy(filter_config=cfg, upstream_port=echo.port, auth_port=auth.port,
+                   template=tmpl) as gw:
+            url = f"https://localhost:{gw.port}"
+
+            def call(cert, path="/r", scheme="Bearer"):
+                return requests.get(url + path, cert=cert, verify=ca, timeout=10,
+                                    headers={"authorization": f"{scheme} {tok}",
+                                             "connection": "close"})
+
+            r = call(cart)
+            assert r.status_code == 200, r.text
+            assert r.json()["headers"]["x-tollgate-sub"] == client["client_id"]
+            # ... also on a route that requires sender-constrained tokens
+            assert call(cart, "/pay/x").status_code == 200
+            for cert, reason in ((other, "mtls_mismatch"), (None, "mtls_no_certificate")):
+                r = call(cert)
+                assert r.status_code == 401, r.text
+                challenge = r.headers["www-authenticate"]
+                assert challenge.startswith("Bearer") and 'error="invalid_token"' in challenge
+                assert gw.counter(f"tollgate_denied_{reason}") >= 1
+            # A plain token on the route that requires binding is refused.
+            plain = auth.token(auth.register_client(scope="api:read"))
+            r = requests.get(url + "/pay/x", cert=cart, verify=ca, timeout=10,
+                             headers={"authorization": f"Bearer {plain}"})
+            assert r.status_code == 401, r.text
+
+        # A gateway listener without TLS never has the certificate: refused.
+        with Envoy(filter_config=cfg, upstream_port=echo.port, auth_port=auth.port) as plain_gw:
+            r = requests.get(plain_gw.url("/r"), headers={"authorization": f"Bearer {tok}"},
+                             timeout=10)
+            assert r.status_code == 401, r.text
+            assert plain_gw.counter("tollgate_denied_mtls_no_certificate") >= 1
