@@ -8,7 +8,9 @@ real redis-server:
   HTML form, refresh with rotation (and the family revocation on reuse), client
   credentials; tokens verified with PyJWT against the published JWKS.
 - Node `oauth4webapi` (tests/e2e/oauth_clients/run.mjs): RFC 8414 discovery, client
-  credentials, `validateJwtAccessToken` on our tokens, introspection and revocation.
+  credentials, `validateJwtAccessToken` on our tokens, introspection and revocation; and
+  (tests/e2e/oauth_clients/dpop.mjs) DPoP: a key-bound code, token and refresh, calls
+  through a real Envoy with the Tollgate filter, and its proofs misused, refused there.
   Plain http on loopback needs its documented `allowInsecureRequests` option; the server
   is not weakened for it.
 """
@@ -296,3 +298,53 @@ def test_oauth4webapi_discovery_client_credentials_and_jwt_validation(server: Au
     assert out["wrong_audience_rejected"] is True
     assert out["introspection_active"] is True
     assert out["introspection_after_revoke"] is False
+
+
+def test_oauth4webapi_dpop_through_the_gateway(server: AuthServer, node_client: Path, echo, wasm):
+    """RFC 9449 with a third-party DPoP client: oauth4webapi gets a DPoP-bound token by the
+    authorization code flow (code bound to its key with dpop_jkt), calls a real Envoy with
+    the Tollgate filter with its own proofs, refreshes (a public client's refresh token is
+    bound to the key) and calls again; then its proofs, replayed or aimed elsewhere, and the
+    token without them, are refused by the gateway with RFC 9449 / RFC 6750 errors."""
+    from harness.envoy import Envoy, filter_config, issuer_entry
+
+    a = server
+    add_user(a)
+    c = register(a, client_name="oauth4webapi DPoP", redirect_uris=[REDIRECT],
+                 grant_types=["authorization_code", "refresh_token"],
+                 token_endpoint_auth_method="none", scope="api:read", skip_consent=True)
+    cfg = filter_config(issuers=[issuer_entry(a.issuer, "tollgate-authserver",
+                                              algorithms=["ES256"])])
+    with Envoy(filter_config=cfg, upstream_port=echo.port, auth_port=a.port) as gw:
+        env = {**os.environ, "ISSUER": a.issuer, "CLIENT_ID": c["client_id"],
+               "REDIRECT": REDIRECT, "API": gw.url("/api/hello")}
+        p = subprocess.Popen(["node", "dpop.mjs"], cwd=node_client, env=env, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        try:
+            first = p.stdout.readline()
+            assert first.startswith("AUTHORIZE "), first + p.stderr.read()
+            callback = browser_login(a, first.split(" ", 1)[1].strip())
+            stdout, stderr = p.communicate(f"CALLBACK {callback}\n", timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        assert p.returncode == 0, f"stdout: {stdout}\nstderr: {stderr}"
+        out = json.loads(stdout.strip().splitlines()[-1])
+        assert "ES256" in out["dpop_signing_alg_values_supported"]
+        assert out["token_type"].lower() == "dpop" and out["has_refresh_token"]
+        assert out["call"] == {"status": 200, "sub": "alice"}
+        assert out["refreshed_token_type"].lower() == "dpop"
+        assert out["call_after_refresh"] == {"status": 200, "sub": "alice"}
+        assert out["first_use"]["status"] == 200
+        for case in ("replayed", "other_url", "other_method", "stale_iat", "wrong_key",
+                     "missing_ath"):
+            r = out[case]
+            assert r["status"] == 401, (case, r)
+            assert r["www_authenticate"].startswith("DPoP"), (case, r)
+            assert 'error="invalid_dpop_proof"' in r["www_authenticate"], (case, r)
+        r = out["bearer_downgrade"]
+        assert r["status"] == 401 and 'error="invalid_token"' in r["www_authenticate"], r
+        # Each refusal counted under its own reason.
+        for reason in ("replay", "htu", "htm", "iat", "key", "ath", "bearer"):
+            assert gw.counter(f"tollgate_denied_dpop_{reason}") >= 1, reason
