@@ -331,6 +331,11 @@ def run(gw: Any, settings: Settings, procs: common.Processes, workdir: Path, aut
     out["revocation"]["target_p99_ms"] = 1500
     out["revocation"]["target_met"] = out["revocation"]["p99_ms"] <= 1500
     out["revocation"]["filter_stats_after"] = stats(edge_admin)
+    if common.env_int("BENCH_DPOP", 1):  # the cost of a DPoP proof per request
+        import bench_dpop
+        print("DPoP at the gateway (a new proof per request):", flush=True)
+        out["dpop"] = bench_dpop.run(auth, tollgate, gw.ENVOY_PIDS["tollgate"], settings,
+                                     workdir)
     if common.env_int("BENCH_LONGPOLL", 1):  # long poll vs poll, idle gateways' CPU
         import bench_longpoll
         out["longpoll"] = bench_longpoll.run(gw, settings, procs, workdir, auth, audience,

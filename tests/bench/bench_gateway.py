@@ -445,6 +445,13 @@ def main() -> int:
                                   audience, token, tokens_file, len(minted), concurrency,
                                   urls, filter_stats,
                                   gateways["native"]["distinct"]["requests"])
+        setups = None
+        if ({"noauth", "native", "tollgate"} <= set(urls) and "distinct" in scenarios
+                and common.env_int("BENCH_SETUPS", 1)):
+            import bench_setups
+            print("repeated token across set-ups (Envoy workers x wrk threads):", flush=True)
+            setups = bench_setups.run(sys.modules[__name__], settings, procs, workdir, auth,
+                                      audience, token, tokens_file)
     except BenchError as exc:
         print(f"bench-gateway failed: {exc}\n(logs in {workdir})", file=sys.stderr)
         return 1
@@ -494,6 +501,7 @@ def main() -> int:
         "gateways": gateways,
         "ratios": ratios,
         "edge": edge,
+        "setups": setups,
         "targets": {
             "repeated_1x_native": (ratios["repeated"]["tollgate_vs_native"] or 0) >= 1.0,
             "repeated_0.9x_noauth": (ratios["repeated"]["tollgate_vs_noauth"] or 0) >= 0.9,

@@ -174,6 +174,20 @@ def gateway_md(d: dict[str, Any]) -> str:
         f"({'met' if t['repeated_1x_native'] else 'not met'}), ≥ 0.9× no-auth "
         f"({'met' if t['repeated_0.9x_noauth'] else 'not met'}), ≥ 0.5× native on distinct "
         f"tokens ({'met' if t['distinct_0.5x_native'] else 'not met'}).")
+    st = d.get("setups")
+    if st and st.get("setups"):
+        rows = "; ".join(
+            f"--concurrency {r['envoy_concurrency']} × wrk -t{r['wrk_threads']}: "
+            f"**{r['tollgate_vs_native']:.2f}×** native, {r['tollgate_vs_noauth']:.2f}× no-auth "
+            f"(CPU µs/request {r['noauth']['envoy_cpu_us_per_request']} / "
+            f"{r['native']['envoy_cpu_us_per_request']} / {r['tollgate']['envoy_cpu_us_per_request']})"
+            for r in st["setups"])
+        notes.append(
+            "- Repeated token across set-ups (fresh gateways per set-up, "
+            f"{st['setups'][0]['rounds']} interleaved rounds of {st['setups'][0]['round_s']:.0f} s; "
+            "CPU no auth / native / Tollgate): " + rows + f". Spread of Tollgate / native: "
+            f"**{st['tollgate_vs_native_min']:.2f}–{st['tollgate_vs_native_max']:.2f}×** "
+            "(target ≥ 0.9× in every set-up).")
     s = d["settings"]
     notes.append(
         f"- Run {d['date_utc']}: envoy --concurrency {d['envoy_concurrency']}, wrk "
@@ -300,6 +314,29 @@ def gateway_edge_md(d: dict[str, Any]) -> str:
         f"{rv['workers']} such sequences side by side. Default `poll_interval_ms` 1000 and "
         "`tick_ms` 200.",
     ]
+    lp = e.get("longpoll")
+    if lp:
+        p, idle = lp["propagation"], lp["idle_gateways"]
+        notes.append(
+            "- Revocations pushed (long poll, issue 13): propagation under load "
+            + ", ".join(f"{m.replace('_', ' ')} p50 {p[m]['p50_ms']:.0f} ms, p99 "
+                        f"**{p[m]['p99_ms']:.0f} ms** ({p[m]['revocations']} revocations, "
+                        f"{p[m]['load']['rps']:,.0f} req/s of load)"
+                        for m in ("long_poll", "poll") if m in p)
+            + f" (target p99 ≤ 250 ms with long poll); {idle['gateways']:,} idle gateways "
+            f"(one poller each): auth-server CPU {idle['long_poll_wait_25s']['cpu_percent']} % "
+            f"of a core holding long polls, {idle['poll_1s']['cpu_percent']} % polling every "
+            "second.")
+    dp = e.get("dpop")
+    if dp:
+        notes.append(
+            f"- DPoP (issue 14): a DPoP-bound token with a new ES256 proof per request, as real "
+            f"clients send, {dp['dpop']['rps']:,.0f} req/s = **{dp['dpop_vs_bearer']:.2f}×** "
+            f"the repeated Bearer token on the same gateway ({dp['bearer']['rps']:,.0f} req/s); "
+            f"Envoy CPU per request {dp['dpop']['envoy_cpu_us_per_request']} vs "
+            f"{dp['bearer']['envoy_cpu_us_per_request']} µs: a proof costs "
+            f"{dp['proof_cost_us']} µs (signature, thumbprint, `ath`, replay set). Native Envoy "
+            "has no DPoP.")
     return "\n".join(lines + notes) + "\n"
 
 
