@@ -266,6 +266,25 @@ async fn serve(cfg: Config) -> Result<(), String> {
         });
     }
     let module = http::module_listener::spawn(&state, limits, stop.clone()).await?;
+    // The optional TLS listener of the public endpoints (RFC 8705 certificate binding).
+    let tls = match state.cfg.tls.clone() {
+        None => None,
+        Some(t) => {
+            let acceptor = http::tls::acceptor(&t)?;
+            let l = tokio::net::TcpListener::bind(t.addr)
+                .await
+                .map_err(|e| format!("cannot listen on {} (TOLLGATE_TLS_LISTEN): {e}", t.addr))?;
+            tracing::info!(tls_listen = %t.addr, "serving TLS");
+            let app = http::router(state.clone());
+            Some(tokio::spawn(http::server::serve_tls(
+                l,
+                app,
+                limits,
+                stop.clone(),
+                Some(acceptor),
+            )))
+        }
+    };
     tracing::info!(listen = %listen, admin_listen = %admin_listen, "serving");
     // hyper with a timer: header timeout, send timeout and head limits (see http::server).
     tokio::join!(
@@ -274,6 +293,9 @@ async fn serve(cfg: Config) -> Result<(), String> {
     );
     if let Some(m) = module {
         let _ = m.await;
+    }
+    if let Some(t) = tls {
+        let _ = t.await;
     }
     state.flush_stats().await;
     tracing::info!("stopped");

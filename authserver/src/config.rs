@@ -235,6 +235,21 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_MODULE_LISTEN", global = true)]
     pub module_listen: Option<String>,
 
+    /// A TLS listener serving the public endpoints (host:port), with TOLLGATE_TLS_CERT and
+    /// TOLLGATE_TLS_KEY (PEM). It asks for a client certificate without requiring one; a
+    /// presented one (with proof of its key) binds the access tokens of clients registered
+    /// with `tls_client_certificate_bound_access_tokens` (RFC 8705 §3) [default: off].
+    #[arg(long, env = "TOLLGATE_TLS_LISTEN", global = true)]
+    pub tls_listen: Option<String>,
+
+    /// PEM certificate chain of the TLS listener.
+    #[arg(long, env = "TOLLGATE_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of the TLS listener.
+    #[arg(long, env = "TOLLGATE_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
     /// Mesh identities (SPIFFE IDs, comma-separated) admitted to `/edge/revocations` and
     /// `/edge/ratelimit/lease` by the last element of `X-Forwarded-Client-Cert`, trusted only
     /// from Istio's inbound sidecar (TCP peer 127.0.0.6 or ::6) [default: none, XFCC ignored].
@@ -334,6 +349,8 @@ pub struct Config {
     pub password_memory_mib: Option<u64>,
     pub edge_module: Option<PathBuf>,
     pub module_listen: Option<SocketAddr>,
+    /// The TLS listener of the public endpoints, with its certificate chain and key files.
+    pub tls: Option<TlsListen>,
     /// Empty: `X-Forwarded-Client-Cert` is never read.
     pub edge_trusted_principals: Vec<String>,
     /// Long polls of the revocation feed: the longest hold (0: off), how many at once.
@@ -346,6 +363,14 @@ pub struct Config {
     /// RFC 8705: bind tokens to the caller's certificate from the sidecar's XFCC.
     pub cert_bound_tokens: bool,
     pub dpop_clock_skew: u64,
+}
+
+/// `TOLLGATE_TLS_LISTEN` with its certificate chain and key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsListen {
+    pub addr: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `TOLLGATE_EDGE_TRUSTED_PRINCIPALS`: SPIFFE IDs, comma-separated, each
@@ -521,6 +546,9 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "password_memory_mib",
     "edge_module",
     "module_listen",
+    "tls_listen",
+    "tls_cert",
+    "tls_key",
     "edge_trusted_principals",
     "edge_long_poll_max_wait_s",
     "edge_long_poll_max_waiters",
@@ -815,6 +843,33 @@ impl Settings {
                 Some(a)
             }
         };
+        let tls = match pick(&self.tls_listen, "tls_listen") {
+            None => None,
+            Some(s) => {
+                let invalid = |detail: String| ConfigError::Invalid {
+                    name: "TOLLGATE_TLS_LISTEN",
+                    detail,
+                };
+                let addr: SocketAddr = s
+                    .parse()
+                    .map_err(|_| invalid(format!("{s:?} is not host:port")))?;
+                let path = |v: &Option<PathBuf>, key: &str| {
+                    v.clone().or_else(|| file.str(key).map(PathBuf::from))
+                };
+                let (Some(cert), Some(key)) = (
+                    path(&self.tls_cert, "tls_cert"),
+                    path(&self.tls_key, "tls_key"),
+                ) else {
+                    return Err(invalid(
+                        "needs TOLLGATE_TLS_CERT and TOLLGATE_TLS_KEY".into(),
+                    ));
+                };
+                if addr.port() == listen.port() {
+                    return Err(invalid("needs a port other than TOLLGATE_LISTEN's".into()));
+                }
+                Some(TlsListen { addr, cert, key })
+            }
+        };
         let edge_trusted_principals =
             match pick(&self.edge_trusted_principals, "edge_trusted_principals") {
                 None => Vec::new(),
@@ -1022,6 +1077,7 @@ impl Settings {
             .transpose()?,
             edge_module,
             module_listen,
+            tls,
             edge_trusted_principals,
             edge_long_poll_max_wait_s: num(
                 "TOLLGATE_EDGE_LONG_POLL_MAX_WAIT_S",

@@ -157,3 +157,86 @@ def test_certificate_bound_token_only_from_its_workload(echo, wasm, tmp_path, st
                              timeout=10)
             assert r.status_code == 401, r.text
             assert plain_gw.counter("tollgate_denied_mtls_no_certificate") >= 1
+
+
+def self_signed(tmp_path, name: str) -> tuple[str, str]:
+    """A self-signed client certificate (no CA): RFC 8705 §3 binds to it as well."""
+    import datetime
+
+    from cryptography import x509 as _x509
+    from cryptography.hazmat.primitives import hashes as _hashes
+    from cryptography.hazmat.primitives.asymmetric import ec as _ec
+    from cryptography.x509.oid import NameOID
+
+    key = _ec.generate_private_key(_ec.SECP256R1())
+    subject = _x509.Name([_x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (_x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(_x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, _hashes.SHA256()))
+    c, k = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    return str(c), str(k)
+
+
+def test_certificate_bound_token_from_the_auth_servers_tls_listener(echo, wasm, tmp_path,
+                                                                    store_env):
+    """Without a mesh: the auth server's own TLS listener (TOLLGATE_TLS_LISTEN) binds the token
+    to the certificate the client presented there, CA-issued or self-signed; the gateway then
+    accepts it only with that certificate."""
+    from harness.ports import free_port
+
+    require_authserver()
+    pki = Pki(tmp_path)
+    cart, other = pki.leaf("cart", CART), pki.leaf("other", OTHER)
+    server_cert, server_key = pki.leaf("authserver-tls", "spiffe://cluster.local/ns/t/sa/t",
+                                       dns="localhost")
+    ca = str(pki.ca_path)
+    tls_port = free_port()
+    env = {"TOLLGATE_TLS_LISTEN": f"127.0.0.1:{tls_port}", "TOLLGATE_TLS_CERT": server_cert,
+           "TOLLGATE_TLS_KEY": server_key, **store_env}
+    with AuthServer(env=env) as auth:
+        client = auth.register_client(scope="api:read",
+                                      tls_client_certificate_bound_access_tokens=True)
+        basic = (client["client_id"], client["client_secret"])
+
+        def get_token(cert, base=f"https://localhost:{tls_port}"):
+            return requests.post(f"{base}/oauth2/token", auth=basic, cert=cert, verify=ca,
+                                 data={"grant_type": "client_credentials"}, timeout=10)
+
+        meta = requests.get(f"{auth.base}/.well-known/oauth-authorization-server", timeout=5)
+        assert meta.json()["tls_client_certificate_bound_access_tokens"] is True
+        r = get_token(cart)
+        assert r.status_code == 200, r.text
+        tok = r.json()["access_token"]
+        assert claims(tok)["cnf"] == {"x5t#S256": x5t(cart[0])}
+        mine = self_signed(tmp_path, "self-signed")
+        r = get_token(mine)
+        assert r.status_code == 200, r.text
+        assert claims(r.json()["access_token"])["cnf"] == {"x5t#S256": x5t(mine[0])}
+        # No certificate on the TLS listener, or the plain listener: no token.
+        for r in (get_token(None), requests.post(f"{auth.base}/oauth2/token", auth=basic,
+                                                 data={"grant_type": "client_credentials"},
+                                                 timeout=10)):
+            assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
+        # The same client's secret is still checked on the TLS listener.
+        r = requests.post(f"https://localhost:{tls_port}/oauth2/token", cert=cart, verify=ca,
+                          auth=(client["client_id"], "wrong"), timeout=10,
+                          data={"grant_type": "client_credentials"})
+        assert r.status_code == 401 and r.json()["error"] == "invalid_client", r.text
+
+        cfg = filter_config(issuers=[issuer_entry(auth.issuer, "tollgate-authserver",
+                                                  algorithms=["ES256"])])
+        gw_cert, gw_key = pki.leaf("gateway", "spiffe://cluster.local/ns/x/sa/gw", dns="localhost")
+        with Envoy(filter_config=cfg, upstream_port=echo.port, auth_port=auth.port,
+                   template=tls_gateway_template(tmp_path, gw_cert, gw_key, ca)) as gw:
+            def call(cert):
+                return requests.get(f"https://localhost:{gw.port}/r", cert=cert, verify=ca,
+                                    headers={"authorization": f"Bearer {tok}"}, timeout=10)
+            assert call(cart).status_code == 200
+            r = call(other)
+            assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]

@@ -38,7 +38,7 @@ fn metadata(state: &SharedState) -> Value {
         "tollgate_revocation_feed_endpoint": format!("{iss}/edge/revocations"),
         "dpop_signing_alg_values_supported": crate::dpop::ALGS,
         // RFC 8705 §3.3: with TOLLGATE_CERT_BOUND_TOKENS (certificates from the mesh).
-        "tls_client_certificate_bound_access_tokens": state.cfg.cert_bound_tokens,
+        "tls_client_certificate_bound_access_tokens": state.cfg.cert_bound_tokens || state.cfg.tls.is_some(),
     })
 }
 

@@ -36,6 +36,7 @@ pub mod pages;
 pub mod register;
 pub mod revoke;
 pub mod server;
+pub mod tls;
 pub mod token;
 pub mod users;
 

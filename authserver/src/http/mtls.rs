@@ -1,5 +1,6 @@
-//! Certificate-bound access tokens (RFC 8705 §3) from the mesh: the client's certificate is
-//! the one its Istio sidecar presented to ours, which our inbound sidecar reports in the
+//! Certificate-bound access tokens (RFC 8705 §3). The client's certificate is the one it
+//! presented on our own TLS listener (`TOLLGATE_TLS_LISTEN`, [`super::tls`]), or, in the
+//! mesh, the one its Istio sidecar presented to ours, which our inbound sidecar reports in the
 //! `Hash` (hex SHA-256 of the DER certificate) of the last `X-Forwarded-Client-Cert`
 //! element (Envoy's `APPEND_FORWARD`). Trusted on the terms of the mesh identity of the
 //! edge endpoints ([`super::edge`]): only with `TOLLGATE_CERT_BOUND_TOKENS`, only from the
@@ -17,6 +18,7 @@ use crate::store::ClientRecord;
 use crate::xfcc;
 
 use super::edge::from_inbound_sidecar;
+use super::tls::PeerCertificate;
 use super::SharedState;
 
 /// The `x5t#S256` to bind the client's access tokens to: `None` for a client not registered
@@ -27,15 +29,21 @@ pub fn token_request_thumbprint(
     state: &SharedState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
+    tls: Option<PeerCertificate>,
     client: &ClientRecord,
 ) -> OAuthResult<Option<String>> {
     if !client.metadata.tls_client_certificate_bound_access_tokens {
         return Ok(None);
     }
+    // Our own TLS listener: the certificate whose key signed the handshake.
+    if let Some(c) = tls {
+        return Ok(Some(URL_SAFE_NO_PAD.encode(c.0)));
+    }
     if !state.cfg.cert_bound_tokens {
         return Err(OAuthError::InvalidRequest(
-            "this client's access tokens are bound to its TLS client certificate, which this \
-             server does not read (TOLLGATE_CERT_BOUND_TOKENS)"
+            "this client's access tokens are bound to its TLS client certificate: call the TLS \
+             listener with it (TOLLGATE_TLS_LISTEN); the mesh's is not read here \
+             (TOLLGATE_CERT_BOUND_TOKENS)"
                 .into(),
         ));
     }

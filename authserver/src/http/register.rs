@@ -312,10 +312,13 @@ pub async fn delete(
 /// RFC 8705 §3.4: a client asking for certificate-bound tokens on a server that does not
 /// bind them (`TOLLGATE_CERT_BOUND_TOKENS` off) would get no token at all; say so now.
 fn cert_binding_supported(state: &SharedState, md: &ClientMetadata) -> Result<(), OAuthError> {
-    if md.tls_client_certificate_bound_access_tokens && !state.cfg.cert_bound_tokens {
+    if md.tls_client_certificate_bound_access_tokens
+        && !state.cfg.cert_bound_tokens
+        && state.cfg.tls.is_none()
+    {
         return Err(OAuthError::InvalidClientMetadata(
             "tls_client_certificate_bound_access_tokens: this server does not bind tokens to \
-             client certificates (TOLLGATE_CERT_BOUND_TOKENS)"
+             client certificates (TOLLGATE_CERT_BOUND_TOKENS or TOLLGATE_TLS_LISTEN)"
                 .into(),
         ));
     }

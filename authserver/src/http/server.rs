@@ -32,6 +32,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::tls::PeerCertificate;
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tower::ServiceExt;
@@ -110,6 +113,19 @@ pub async fn serve(
     limits: ConnLimits,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_tls(listener, app, limits, shutdown, None).await
+}
+
+/// [`serve`], with TLS when `tls` is set: the handshake runs in the connection's task
+/// (bounded by the header timeout), and the client certificate's SHA-256, when one was
+/// presented, goes with every request of the connection as a [`PeerCertificate`].
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    shutdown: impl Future<Output = ()>,
+    tls: Option<TlsAcceptor>,
+) {
     let builder = limits.builder();
     let refusal = limits.refusal_builder();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -149,13 +165,46 @@ pub async fn serve(
             continue;
         };
         let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req.map(Body::new))
-        });
-        let io = TokioIo::new(SendGuard::new(stream, limits.send_timeout));
-        let conn = graceful.watch(builder.serve_connection(io, service));
+        let guarded = SendGuard::new(stream, limits.send_timeout);
+        let Some(acceptor) = tls.clone() else {
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(req.map(Body::new))
+            });
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(guarded), service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+                drop(slot);
+            });
+            continue;
+        };
+        let (watcher, builder, handshake) =
+            (graceful.watcher(), builder.clone(), limits.header_timeout);
         tokio::spawn(async move {
+            let stream = match tokio::time::timeout(handshake, acceptor.accept(guarded)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| PeerCertificate::of(c.as_ref()));
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(c) = cert {
+                    req.extensions_mut().insert(c);
+                }
+                app.clone().oneshot(req.map(Body::new))
+            });
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
             if let Err(e) = conn.await {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }

@@ -6,11 +6,13 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use crate::error::OAuthError;
 use crate::form::Params;
 use crate::grants;
 
+use super::tls::PeerCertificate;
 use super::{client_auth, dpop, json_no_store, mtls, SharedState};
 
 #[utoipa::path(
@@ -35,10 +37,12 @@ use super::{client_auth, dpop, json_no_store, mtls, SharedState};
 pub async fn token(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    tls: Option<Extension<PeerCertificate>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match handle(&state, &headers, Some(peer), &body).await {
+    let tls = tls.map(|Extension(c)| c);
+    match handle(&state, &headers, Some(peer), tls, &body).await {
         Ok(r) => r,
         Err(e) => {
             metrics::counter!("tollgate_token_errors_total", "error" => e.code()).increment(1);
@@ -52,6 +56,7 @@ async fn handle(
     state: &SharedState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
+    tls: Option<PeerCertificate>,
     body: &[u8],
 ) -> Result<Response, OAuthError> {
     let params = Params::from_request(headers, body)?;
@@ -67,7 +72,7 @@ async fn handle(
     let client = &caller.client;
     let jkt = dpop::token_request_key(state, headers, client).await?;
     let jkt = jkt.as_deref();
-    let x5t = mtls::token_request_thumbprint(state, headers, peer, client)?;
+    let x5t = mtls::token_request_thumbprint(state, headers, peer, tls, client)?;
     let x5t = x5t.as_deref();
     let outcome = match grant_type.as_str() {
         "client_credentials" => {
