@@ -47,7 +47,8 @@ def test_no_dpop_settings_by_default():
     ({"rules": [{**BOUND_ROUTE, "requires": "sender_constrained"}]}, "'requires' not allowed"),
     ({"dpop": {"iat_window_s": 0}}, "/edge/dpop/iat_window_s"),
     ({"dpop": {"iat_window_s": 601}}, "/edge/dpop/iat_window_s"),
-    ({"dpop": {"nonce": True}}, "'nonce' not allowed"),
+    ({"dpop": {"nonce": True}}, "/edge/dpop/nonce"),
+    ({"dpop": {"nonce": {"secret": "inline"}}}, "/edge/dpop/nonce"),
     ({"dpop": {"scheme_header": "x forwarded proto"}}, "/edge/dpop/scheme_header"),
 ])
 def test_schema_rejects_what_the_filter_would(edge, needle):

@@ -170,3 +170,45 @@ def test_route_requiring_sender_constrained_tokens(gw, iss):
     r = call(gw, "/bound/x", f"DPoP {bound}",
              [client.proof("GET", gw.url("/bound/x"), bound)])
     assert r.status_code == 200, r.text
+
+
+def test_filter_issued_nonces(iss, echo, wasm, tmp_path):
+    """RFC 9449 §9 at the edge: with `dpop.nonce`, a proof without a current nonce gets
+    401 use_dpop_nonce and the nonce in DPoP-Nonce; the retry with it passes, on either
+    worker and on a second gateway with the same secret (from the VM environment)."""
+    from harness.envoy import TEMPLATE
+
+    secret = "e2e nonce secret shared by the gateway replicas"
+    anchor = "                  vm_id: tollgate\n"
+    t = TEMPLATE.read_text()
+    assert t.count(anchor) == 1
+    tmpl = tmp_path / "nonce.yaml.tmpl"
+    tmpl.write_text(t.replace(anchor, anchor + (
+        "                  environment_variables:\n"
+        "                    key_values:\n"
+        f"                      DPOP_NONCE_KEY: \"{secret}\"\n")))
+    cfg = filter_config(
+        issuers=[issuer_entry(iss.issuer, "test-issuer", algorithms=["ES256"],
+                              refresh_interval_s=60, min_refresh_interval_s=1,
+                              retry_interval_s=1, timeout_ms=1000)],
+        dpop={"nonce": {"secret_env": "DPOP_NONCE_KEY", "lifetime_s": 60}},
+    )
+    with Envoy(filter_config=cfg, upstream_port=echo.port, issuer_port=iss.port,
+               template=tmpl) as a, \
+            Envoy(filter_config=cfg, upstream_port=echo.port, issuer_port=iss.port,
+                  template=tmpl) as b:
+        wait_jwks(a, iss)
+        wait_jwks(b, iss)
+        client = DpopKey()
+        tok = iss.mint(kid=es256_kid(iss), cnf={"jkt": client.jkt()})
+        r = call(a, "/resource", f"DPoP {tok}", [client.proof("GET", a.url("/resource"), tok)])
+        assert_dpop_challenge(r, "use_dpop_nonce")
+        nonce = r.headers["dpop-nonce"]
+        for gw in (a, a, b):  # new connections: both workers, and the other replica
+            url = gw.url("/resource")
+            r = call(gw, "/resource", f"DPoP {tok}", [client.proof("GET", url, tok, nonce=nonce)])
+            assert r.status_code == 200, (r.status_code, r.headers, r.text)
+        r = call(a, "/resource", f"DPoP {tok}",
+                 [client.proof("GET", a.url("/resource"), tok, nonce="forged" + nonce[6:])])
+        assert_dpop_challenge(r, "use_dpop_nonce")
+        assert a.counter("tollgate_denied_dpop_nonce") == 2

@@ -68,6 +68,22 @@ struct RawDpop {
     replay_entries_per_shard: u32,
     #[serde(default)]
     scheme_header: Option<String>,
+    #[serde(default)]
+    nonce: Option<RawDpopNonce>,
+}
+
+/// `dpop.nonce`: filter-issued nonces (RFC 9449 §9).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDpopNonce {
+    /// Environment variable of the VM holding the secret (shared by the replicas).
+    secret_env: String,
+    #[serde(default = "d_dpop_nonce_lifetime")]
+    lifetime_s: u64,
+}
+
+fn d_dpop_nonce_lifetime() -> u64 {
+    60
 }
 
 impl Default for RawDpop {
@@ -78,6 +94,7 @@ impl Default for RawDpop {
             replay_shards: d_dpop_shards(),
             replay_entries_per_shard: d_dpop_entries(),
             scheme_header: None,
+            nonce: None,
         }
     }
 }
@@ -116,6 +133,24 @@ pub struct Dpop {
     /// Header holding the scheme the client addressed (e.g. `x-forwarded-proto` behind a
     /// TLS-terminating load balancer); `None`: Envoy's `:scheme`.
     pub scheme_header: Option<String>,
+    /// Filter-issued nonces (RFC 9449 §9); `None`: proofs need none.
+    pub nonce: Option<DpopNonce>,
+}
+
+/// The secret and slot length of filter-issued DPoP nonces. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DpopNonce {
+    pub key: Vec<u8>,
+    pub lifetime_s: u64,
+}
+
+impl std::fmt::Debug for DpopNonce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DpopNonce")
+            .field("key", &"<redacted>")
+            .field("lifetime_s", &self.lifetime_s)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -1125,7 +1160,7 @@ impl Config {
         };
         check_policy("default_rule.", &default_policy)?;
 
-        let dpop = check_dpop(raw.dpop)?;
+        let dpop = check_dpop(raw.dpop, env)?;
         let h = raw.headers;
         let sub = check_header_name("headers.sub", &h.sub)?;
         let client_id = check_header_name("headers.client_id", &h.client_id)?;
@@ -1659,7 +1694,7 @@ fn check_policy(prefix: &str, p: &Policy) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_dpop(d: RawDpop) -> Result<Dpop, ConfigError> {
+fn check_dpop(d: RawDpop, env: &dyn Fn(&str) -> Option<String>) -> Result<Dpop, ConfigError> {
     if !(1..=600).contains(&d.iat_window_s) {
         return Err(bad("dpop.iat_window_s", "must be within 1..=600"));
     }
@@ -1679,12 +1714,46 @@ fn check_dpop(d: RawDpop) -> Result<Dpop, ConfigError> {
         None => None,
         Some(h) => Some(check_header_name("dpop.scheme_header", &h)?),
     };
+    let nonce = match d.nonce {
+        None => None,
+        Some(n) => {
+            if !(10..=3600).contains(&n.lifetime_s) {
+                return Err(bad("dpop.nonce.lifetime_s", "must be within 10..=3600"));
+            }
+            let name = &n.secret_env;
+            let valid = name.bytes().next().is_some_and(|c| !c.is_ascii_digit())
+                && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+            if !valid {
+                return Err(bad(
+                    "dpop.nonce.secret_env",
+                    "must name an environment variable ([A-Za-z_][A-Za-z0-9_]*)",
+                ));
+            }
+            let Some(secret) = env(name) else {
+                return Err(bad(
+                    "dpop.nonce.secret_env",
+                    format!("the environment variable {name} is not set in the Wasm VM (EnvoyFilter vm_config.environment_variables, WasmPlugin vmConfig.env)"),
+                ));
+            };
+            if secret.len() < 32 {
+                return Err(bad(
+                    "dpop.nonce.secret_env",
+                    format!("the secret in {name} must be at least 32 bytes"),
+                ));
+            }
+            Some(DpopNonce {
+                key: secret.into_bytes(),
+                lifetime_s: n.lifetime_s,
+            })
+        }
+    };
     Ok(Dpop {
         iat_window_s: d.iat_window_s,
         max_proof_bytes: d.max_proof_bytes,
         replay_shards: d.replay_shards,
         replay_entries_per_shard: d.replay_entries_per_shard,
         scheme_header,
+        nonce,
     })
 }
 

@@ -51,7 +51,7 @@ pub const TOKEN_REASONS: [&str; 12] = [
 ];
 
 /// Every refusal label of the `dpop` stage (`tollgate_denied_<label>`).
-pub const DPOP_REASONS: [&str; 18] = [
+pub const DPOP_REASONS: [&str; 19] = [
     "dpop_bearer",
     "dpop_unbound",
     "dpop_required",
@@ -70,6 +70,7 @@ pub const DPOP_REASONS: [&str; 18] = [
     "dpop_ath",
     "dpop_replay",
     "dpop_replay_full",
+    "dpop_nonce",
 ];
 
 /// Every refusal label of the `mtls` stage (`tollgate_denied_<label>`).

@@ -117,6 +117,21 @@ pub(crate) fn run(cx: &mut Ctx<'_>, w: &mut Worker, host: &dyn Host) -> Step {
     let now = cx.now_ms / 1000;
     let proof = match check_proof(cx.req, token, jkt, &w.cfg.dpop, now) {
         Ok(p) => p,
+        Err("dpop_nonce") => {
+            // RFC 9449 §9: `use_dpop_nonce` with the nonce to put in the next proof.
+            host.metric(Metric::Denied("dpop_nonce"), 1);
+            let mut r = reject::dpop(
+                realm,
+                "use_dpop_nonce",
+                "DPoP proof needs a current nonce from the DPoP-Nonce header",
+                "dpop_nonce",
+            );
+            if let Some(n) = &w.cfg.dpop.nonce {
+                r.headers
+                    .push(("dpop-nonce".into(), nonce::current(n, now)));
+            }
+            return ControlFlow::Break(Outcome::Reject(r));
+        }
         Err(reason) => return refuse("invalid_dpop_proof", describe(reason), reason),
     };
     match claim(host, &w.cfg.dpop, &proof.hash, proof.expires_at, now) {
@@ -273,6 +288,13 @@ fn check_proof(
     if !es256::verify_one_shot(&xy, input.as_bytes(), &sig) {
         return Err("dpop_signature");
     }
+    // After the signature: only the key holder learns whether its nonce was current.
+    if let Some(n) = &cfg.nonce {
+        match claims.get("nonce") {
+            Some(Value::String(v)) if nonce::valid(n, v, now) => {}
+            _ => return Err("dpop_nonce"),
+        }
+    }
     let mut d = Sha256::new();
     d.update(jkt.as_bytes());
     d.update([0u8]);
@@ -409,6 +431,8 @@ fn claim(host: &dyn Host, cfg: &Dpop, h: &[u8; 16], expires_at: u64, now: u64) -
     }
     Claim::Busy
 }
+
+mod nonce;
 
 #[cfg(test)]
 mod tests;

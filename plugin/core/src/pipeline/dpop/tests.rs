@@ -702,3 +702,152 @@ fn the_dpop_configuration_is_checked() {
         assert!(base(bad.clone()).is_err(), "{bad}");
     }
 }
+
+/// A worker like `worker(extra)` whose VM environment holds `env` (for `dpop.nonce`).
+fn worker_with_env(extra: Value, env: &[(&str, &str)]) -> (MemoryHost, Worker) {
+    let (host, mut w) = worker(json!({}));
+    let mut cfg = json!({"issuers": [{"issuer": ISS, "audiences": ["a"],
+                                      "jwks": {"cluster": "auth"}}]});
+    if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let parsed = crate::Config::from_json_with_env(cfg.to_string().as_bytes(), &lookup);
+    // Same issuer and keys: the loaded JWKS of `w` stays valid for the new configuration.
+    w.cfg = parsed.expect("config");
+    (host, w)
+}
+
+const NONCE_SECRET: &str = "a shared secret of the gateway replicas, 32+ bytes";
+
+#[test]
+fn filter_nonces_are_demanded_then_accepted() {
+    let cfg = json!({"dpop": {"nonce": {"secret_env": "DPOP_NONCE_KEY", "lifetime_s": 10}}});
+    let (host, mut w) = worker_with_env(cfg, &[("DPOP_NONCE_KEY", NONCE_SECRET)]);
+    let c = Client::new(7);
+    let t = c.token();
+    // No nonce: 401 use_dpop_nonce, and the nonce to use in the DPoP-Nonce header.
+    let r = req("DPoP", &t, &[&c.proof(&t, "n-1")]);
+    refused(&mut w, &host, &r, "use_dpop_nonce", "dpop_nonce");
+    let rej = rejection(decide(
+        &mut w,
+        &host,
+        &req("DPoP", &t, &[&c.proof(&t, "n-2")]),
+    ));
+    let nonce = rej
+        .headers
+        .iter()
+        .find(|(k, _)| k == "dpop-nonce")
+        .map(|(_, v)| v.clone())
+        .expect("a DPoP-Nonce header");
+    // With it: accepted; the same nonce serves other proofs (each with its own jti).
+    for jti in ["n-3", "n-4"] {
+        let p = c.proof_with(&t, |cl| {
+            cl["jti"] = json!(jti);
+            cl["nonce"] = json!(nonce);
+        });
+        assert!(
+            allowed(&decide(&mut w, &host, &req("DPoP", &t, &[&p]))),
+            "{jti}"
+        );
+    }
+    // A nonce of another secret (another deployment), or a forged one: use_dpop_nonce again.
+    let (other_host, mut other) = worker_with_env(
+        json!({"dpop": {"nonce": {"secret_env": "K"}}}),
+        &[("K", "a different secret, also 32 bytes or more")],
+    );
+    let foreign = {
+        let rej = rejection(decide(
+            &mut other,
+            &other_host,
+            &req("DPoP", &t, &[&c.proof(&t, "n-5")]),
+        ));
+        rej.headers
+            .iter()
+            .find(|(k, _)| k == "dpop-nonce")
+            .map(|(_, v)| v.clone())
+            .expect("nonce")
+    };
+    for bad in [foreign.as_str(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", ""] {
+        let p = c.proof_with(&t, |cl| {
+            cl["jti"] = json!(format!("n-bad-{}", bad.len()));
+            cl["nonce"] = json!(bad);
+        });
+        refused(
+            &mut w,
+            &host,
+            &req("DPoP", &t, &[&p]),
+            "use_dpop_nonce",
+            "dpop_nonce",
+        );
+    }
+    // Two slots later (lifetime 10 s) the nonce has expired.
+    host.advance_ms(25_000);
+    let p = c.proof_with(&t, |cl| {
+        cl["jti"] = json!("n-late");
+        cl["iat"] = json!(NOW + 25);
+        cl["nonce"] = json!(nonce);
+    });
+    refused(
+        &mut w,
+        &host,
+        &req("DPoP", &t, &[&p]),
+        "use_dpop_nonce",
+        "dpop_nonce",
+    );
+}
+
+#[test]
+fn a_nonce_is_checked_only_after_the_signature() {
+    let cfg = json!({"dpop": {"nonce": {"secret_env": "DPOP_NONCE_KEY"}}});
+    let (host, mut w) = worker_with_env(cfg, &[("DPOP_NONCE_KEY", NONCE_SECRET)]);
+    let (c, stranger) = (Client::new(7), Client::new(8));
+    let t = c.token();
+    // A proof by another key learns nothing about nonces: refused for its key first.
+    let p = stranger.proof(&t, "s-1");
+    let rej = rejection(decide(&mut w, &host, &req("DPoP", &t, &[&p])));
+    assert_ne!(rej.reason, "dpop_nonce");
+    assert!(rej.headers.iter().all(|(k, _)| k != "dpop-nonce"));
+}
+
+#[test]
+fn the_nonce_configuration_is_checked() {
+    let parse = |nonce: Value, env: &[(&str, &str)]| {
+        let cfg = json!({"issuers": [{"issuer": ISS, "audiences": ["a"],
+                                      "jwks": {"cluster": "auth"}}], "dpop": {"nonce": nonce}});
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        };
+        crate::Config::from_json_with_env(cfg.to_string().as_bytes(), &lookup)
+    };
+    let ok = parse(
+        json!({"secret_env": "K", "lifetime_s": 30}),
+        &[("K", NONCE_SECRET)],
+    );
+    let c = ok.expect("valid");
+    assert!(
+        !format!("{:?}", c.dpop).contains("shared secret"),
+        "the secret in Debug"
+    );
+    for (nonce, env) in [
+        (json!({"secret_env": "K"}), vec![]),
+        (json!({"secret_env": "K"}), vec![("K", "short")]),
+        (json!({"secret_env": "1K"}), vec![("1K", NONCE_SECRET)]),
+        (
+            json!({"secret_env": "K", "lifetime_s": 5}),
+            vec![("K", NONCE_SECRET)],
+        ),
+        (
+            json!({"secret_env": "K", "secret": "inline"}),
+            vec![("K", NONCE_SECRET)],
+        ),
+    ] {
+        assert!(parse(nonce.clone(), &env).is_err(), "{nonce} {env:?}");
+    }
+}
