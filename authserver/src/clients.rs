@@ -18,15 +18,69 @@ pub const AUTH_METHODS: &[&str] = &[
     "client_secret_basic",
     "client_secret_post",
     "private_key_jwt",
+    "self_signed_tls_client_auth",
     "none",
 ];
+
+/// RFC 8705 §2.2: the client proves possession of a certificate registered in its `jwks`
+/// (`x5c`) on the TLS listener; no secret.
+pub const SELF_SIGNED_TLS: &str = "self_signed_tls_client_auth";
 
 /// Signature algorithms accepted for `private_key_jwt` client assertions.
 pub const ASSERTION_ALGS: &[&str] = &["ES256", "RS256", "PS256", "EdDSA"];
 
 /// Does a client with this `token_endpoint_auth_method` get a client secret?
 pub fn uses_secret(method: &str) -> bool {
-    method != "none" && method != "private_key_jwt"
+    method != "none" && method != "private_key_jwt" && method != SELF_SIGNED_TLS
+}
+
+/// The SHA-256 of every certificate registered for `self_signed_tls_client_auth`: the first
+/// `x5c` entry (base64 DER) of each key of the client's `jwks`.
+pub fn registered_certificates(md: &ClientMetadata) -> Vec<[u8; 32]> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    md.extra
+        .get("jwks")
+        .and_then(|j| j.get("keys"))
+        .and_then(Value::as_array)
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|k| k.get("x5c")?.as_array()?.first()?.as_str())
+                .filter_map(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
+                .map(|der| sha2::Sha256::digest(der).into())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `jwks` of a `self_signed_tls_client_auth` client: 1 to 10 keys, each with an `x5c`
+/// whose first entry is a base64 DER certificate (RFC 8705 §2.2), no private members.
+fn validate_certificate_jwks(v: &Value) -> Result<(), OAuthError> {
+    use base64::Engine as _;
+    let keys = v
+        .get("keys")
+        .and_then(Value::as_array)
+        .filter(|k| (1..=10).contains(&k.len()))
+        .ok_or_else(|| bad("jwks must hold between 1 and 10 keys"))?;
+    for k in keys {
+        if ["d", "p", "q", "k"].iter().any(|f| k.get(*f).is_some()) {
+            return Err(bad("jwks must hold public keys only"));
+        }
+        let der = k
+            .get("x5c")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
+            .ok_or_else(|| {
+                bad("every key in jwks needs an x5c with the certificate (base64 DER)")
+            })?;
+        // A DER certificate is a SEQUENCE.
+        if der.len() < 64 || der[0] != 0x30 {
+            return Err(bad("x5c[0] is not a DER certificate"));
+        }
+    }
+    Ok(())
 }
 
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -250,7 +304,17 @@ pub fn validate(value: Value) -> Result<ClientMetadata, OAuthError> {
     match (md.token_endpoint_auth_method.as_str(), md.extra.get("jwks")) {
         ("private_key_jwt", Some(j)) => validate_jwks(j)?,
         ("private_key_jwt", None) => return Err(bad("private_key_jwt needs an inline jwks")),
-        (_, Some(_)) => return Err(bad("jwks is only used with private_key_jwt")),
+        (SELF_SIGNED_TLS, Some(j)) => validate_certificate_jwks(j)?,
+        (SELF_SIGNED_TLS, None) => {
+            return Err(bad(
+                "self_signed_tls_client_auth needs an inline jwks with the certificates (x5c)",
+            ))
+        }
+        (_, Some(_)) => {
+            return Err(bad(
+                "jwks is only used with private_key_jwt and self_signed_tls_client_auth",
+            ))
+        }
         _ => {}
     }
     if md.extra.contains_key("jwks_uri") {

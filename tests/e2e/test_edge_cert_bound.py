@@ -223,6 +223,28 @@ def test_certificate_bound_token_from_the_auth_servers_tls_listener(echo, wasm, 
                                                  data={"grant_type": "client_credentials"},
                                                  timeout=10)):
             assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
+        # RFC 8705 §2.2 self_signed_tls_client_auth: no secret, the client proves possession
+        # of a certificate registered in its jwks (x5c), on the TLS listener only.
+        assert "self_signed_tls_client_auth" in meta.json()["token_endpoint_auth_methods_supported"]
+        der = base64.b64encode(x509.load_pem_x509_certificate(open(mine[0], "rb").read())
+                               .public_bytes(serialization.Encoding.DER)).decode()
+        ss = auth.register_client(scope="api:read", token_endpoint_auth_method="self_signed_tls_client_auth",
+                                  tls_client_certificate_bound_access_tokens=True,
+                                  jwks={"keys": [{"kty": "EC", "crv": "P-256", "x5c": [der]}]})
+        assert "client_secret" not in ss
+
+        def ss_token(cert, base=f"https://localhost:{tls_port}"):
+            return requests.post(f"{base}/oauth2/token", cert=cert, verify=ca, timeout=10,
+                                 data={"grant_type": "client_credentials",
+                                       "client_id": ss["client_id"]})
+        r = ss_token(mine)
+        assert r.status_code == 200, r.text
+        assert claims(r.json()["access_token"])["cnf"] == {"x5t#S256": x5t(mine[0])}
+        for r in (ss_token(self_signed(tmp_path, "another")), ss_token(cart), ss_token(None),
+                  requests.post(f"{auth.base}/oauth2/token", timeout=10,
+                                data={"grant_type": "client_credentials",
+                                      "client_id": ss["client_id"]})):
+            assert r.status_code == 401 and r.json()["error"] == "invalid_client", r.text
         # The same client's secret is still checked on the TLS listener.
         r = requests.post(f"https://localhost:{tls_port}/oauth2/token", cert=cart, verify=ca,
                           auth=(client["client_id"], "wrong"), timeout=10,

@@ -14,6 +14,7 @@ use crate::error::{OAuthError, OAuthResult};
 use crate::form::Params;
 use crate::store::ClientRecord;
 
+use super::tls::PeerCertificate;
 use super::{client_ip, SharedState};
 
 /// Credentials as presented.
@@ -167,9 +168,10 @@ pub async fn authenticate(
     state: &SharedState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
+    tls: Option<PeerCertificate>,
     params: Option<&Params>,
 ) -> OAuthResult<ClientRecord> {
-    let caller = authenticate_caller(state, headers, peer, params).await?;
+    let caller = authenticate_caller(state, headers, peer, tls, params).await?;
     spend_quota(state, &caller).await?;
     Ok(caller.client)
 }
@@ -186,6 +188,7 @@ pub async fn authenticate_caller(
     state: &SharedState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
+    tls: Option<PeerCertificate>,
     params: Option<&Params>,
 ) -> OAuthResult<Caller> {
     let ip = client_ip(headers, peer, state.cfg.trusted_proxy_hops);
@@ -204,14 +207,15 @@ pub async fn authenticate_caller(
         Presented::Basic { client_id, secret } => (client_id, secret, "client_secret_basic"),
         Presented::Post { client_id, secret } => (client_id, secret, "client_secret_post"),
         Presented::Public { client_id } => {
-            let client = authenticate_secretless(state, client_id, None, &ip).await?;
+            let client = authenticate_secretless(state, client_id, None, tls, &ip).await?;
             return Ok(Caller { client, ip });
         }
         Presented::Jwt {
             client_id,
             assertion,
         } => {
-            let client = authenticate_secretless(state, client_id, Some(assertion), &ip).await?;
+            let client =
+                authenticate_secretless(state, client_id, Some(assertion), tls, &ip).await?;
             return Ok(Caller { client, ip });
         }
     };
@@ -317,27 +321,43 @@ pub async fn note_grant_failure(state: &SharedState, caller: &Caller, e: OAuthEr
     e
 }
 
-/// Public clients (`none`) and `private_key_jwt`: the client must be registered for exactly
-/// that method; an assertion must verify. Failures count per (client_id, IP).
+/// Public clients (`none`), `private_key_jwt` and `self_signed_tls_client_auth`: the client
+/// must be registered for exactly that method; an assertion must verify; a certificate
+/// client must have presented, on the TLS listener, a certificate registered in its
+/// `jwks` (compared by SHA-256 of the DER, in constant time). Failures count per
+/// (client_id, IP).
 async fn authenticate_secretless(
     state: &SharedState,
     client_id: &str,
     assertion: Option<&str>,
+    tls: Option<PeerCertificate>,
     ip: &str,
 ) -> OAuthResult<ClientRecord> {
     let client = state.store.get_client(client_id).await?;
-    let want = if assertion.is_some() {
-        "private_key_jwt"
-    } else {
-        "none"
-    };
-    let outcome = match client {
-        Some(c) if c_method(&c) == want => match assertion {
-            Some(a) => super::client_assertion::verify(state, &c, a)
+    let outcome = match (client, assertion) {
+        (Some(c), Some(a)) if c_method(&c) == "private_key_jwt" => {
+            super::client_assertion::verify(state, &c, a)
                 .await
-                .map(|_| c),
-            None => Ok(c),
-        },
+                .map(|_| c)
+        }
+        (Some(c), None) if c_method(&c) == "none" => Ok(c),
+        (Some(c), None) if c_method(&c) == crate::clients::SELF_SIGNED_TLS => {
+            let registered = crate::clients::registered_certificates(&c.metadata);
+            let ok = tls.is_some_and(|t| {
+                registered
+                    .iter()
+                    .fold(false, |acc, r| acc | crypto::ct_eq(r, &t.0))
+            });
+            if ok {
+                Ok(c)
+            } else {
+                Err(OAuthError::InvalidClient(
+                    "client authentication failed: present a certificate registered in the \
+                     client's jwks on the TLS listener"
+                        .into(),
+                ))
+            }
+        }
         _ => Err(OAuthError::InvalidClient(
             "client authentication failed".into(),
         )),

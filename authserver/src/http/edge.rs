@@ -52,7 +52,7 @@ pub(super) async fn authorize_edge(
             "{what} is not open to this mesh identity (TOLLGATE_EDGE_TRUSTED_PRINCIPALS)"
         )));
     }
-    let client = client_auth::authenticate(state, headers, Some(peer), None).await?;
+    let client = client_auth::authenticate(state, headers, Some(peer), None, None).await?;
     if !has_scope(&client, "tollgate:edge") {
         return Err(OAuthError::InsufficientScope(format!(
             "{what} needs a client with scope tollgate:edge"

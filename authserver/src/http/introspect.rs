@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde_json::json;
 
 use crate::crypto;
@@ -17,6 +18,7 @@ use crate::grants::family::REFRESH_PREFIX;
 use crate::store::{now_secs, ClientRecord};
 use crate::tokens;
 
+use super::tls::PeerCertificate;
 use super::{client_auth, json_no_store, SharedState};
 
 pub fn has_scope(client: &ClientRecord, scope: &str) -> bool {
@@ -39,10 +41,12 @@ pub fn has_scope(client: &ClientRecord, scope: &str) -> bool {
 pub async fn introspect(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    tls: Option<Extension<PeerCertificate>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match handle(&state, &headers, Some(peer), &body).await {
+    let tls = tls.map(|Extension(c)| c);
+    match handle(&state, &headers, Some(peer), tls, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -52,10 +56,11 @@ async fn handle(
     state: &SharedState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
+    tls: Option<PeerCertificate>,
     body: &[u8],
 ) -> Result<Response, OAuthError> {
     let params = Params::from_request(headers, body)?;
-    let caller = client_auth::authenticate(state, headers, peer, Some(&params)).await?;
+    let caller = client_auth::authenticate(state, headers, peer, tls, Some(&params)).await?;
     let token = params.require("token")?;
     state.stat("introspections");
     let inactive = || {

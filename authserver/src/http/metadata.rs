@@ -14,6 +14,12 @@ use super::SharedState;
 /// (RFC 7591) takes the admin token on the admin listener, which no client outside reaches.
 fn metadata(state: &SharedState) -> Value {
     let iss = &state.cfg.issuer;
+    // self_signed_tls_client_auth only where a TLS listener sees the certificates.
+    let methods: Vec<&str> = crate::clients::AUTH_METHODS
+        .iter()
+        .copied()
+        .filter(|m| *m != crate::clients::SELF_SIGNED_TLS || state.cfg.tls.is_some())
+        .collect();
     json!({
         "issuer": iss,
         "token_endpoint": format!("{iss}/oauth2/token"),
@@ -26,9 +32,9 @@ fn metadata(state: &SharedState) -> Value {
         "response_modes_supported": ["query"],
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": true,
-        "token_endpoint_auth_methods_supported": crate::clients::AUTH_METHODS,
-        "introspection_endpoint_auth_methods_supported": crate::clients::AUTH_METHODS,
-        "revocation_endpoint_auth_methods_supported": crate::clients::AUTH_METHODS,
+        "token_endpoint_auth_methods_supported": methods,
+        "introspection_endpoint_auth_methods_supported": methods,
+        "revocation_endpoint_auth_methods_supported": methods,
         "token_endpoint_auth_signing_alg_values_supported": crate::clients::ASSERTION_ALGS,
         "introspection_endpoint_auth_signing_alg_values_supported": crate::clients::ASSERTION_ALGS,
         "revocation_endpoint_auth_signing_alg_values_supported": crate::clients::ASSERTION_ALGS,

@@ -312,6 +312,11 @@ pub async fn delete(
 /// RFC 8705 §3.4: a client asking for certificate-bound tokens on a server that does not
 /// bind them (`TOLLGATE_CERT_BOUND_TOKENS` off) would get no token at all; say so now.
 fn cert_binding_supported(state: &SharedState, md: &ClientMetadata) -> Result<(), OAuthError> {
+    if md.token_endpoint_auth_method == clients::SELF_SIGNED_TLS && state.cfg.tls.is_none() {
+        return Err(OAuthError::InvalidClientMetadata(
+            "self_signed_tls_client_auth needs the TLS listener (TOLLGATE_TLS_LISTEN)".into(),
+        ));
+    }
     if md.tls_client_certificate_bound_access_tokens
         && !state.cfg.cert_bound_tokens
         && state.cfg.tls.is_none()

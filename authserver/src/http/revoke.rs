@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use crate::crypto;
 use crate::error::OAuthError;
@@ -16,6 +17,7 @@ use crate::grants::{self, family::REFRESH_PREFIX};
 use crate::tokens;
 
 use super::introspect::has_scope;
+use super::tls::PeerCertificate;
 use super::{client_auth, SharedState};
 
 #[utoipa::path(
@@ -34,10 +36,12 @@ use super::{client_auth, SharedState};
 pub async fn revoke(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    tls: Option<Extension<PeerCertificate>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match handle(&state, &headers, Some(peer), &body).await {
+    let tls = tls.map(|Extension(c)| c);
+    match handle(&state, &headers, Some(peer), tls, &body).await {
         Ok(()) => {
             let mut r = StatusCode::OK.into_response();
             r.headers_mut().insert(
@@ -54,10 +58,11 @@ async fn handle(
     state: &SharedState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
+    tls: Option<PeerCertificate>,
     body: &[u8],
 ) -> Result<(), OAuthError> {
     let params = Params::from_request(headers, body)?;
-    let caller = client_auth::authenticate(state, headers, peer, Some(&params)).await?;
+    let caller = client_auth::authenticate(state, headers, peer, tls, Some(&params)).await?;
     let token = params.require("token")?;
     match params.get("token_type_hint") {
         None | Some("access_token") | Some("refresh_token") => {}

@@ -269,6 +269,98 @@ async fn only_the_admin_changes_the_flag(redis: bool) {
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_client_metadata");
 }
 
+/// RFC 8705 §2.2 `self_signed_tls_client_auth`: registered certificates in `jwks` (`x5c`),
+/// needs the TLS listener; the client authenticates with a registered certificate only.
+async fn self_signed_certificate_clients(redis: bool) {
+    use super::tls::PeerCertificate;
+    use base64::engine::general_purpose::STANDARD;
+    let Some(off) = app(redis, false).await else {
+        return;
+    };
+    let cert: Vec<u8> = [0x30u8]
+        .into_iter()
+        .chain((0..200u8).map(|i| i.wrapping_mul(7)))
+        .collect();
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "x5c": [STANDARD.encode(&cert)]}]});
+    let md = |extra: Value| {
+        let mut m = json!({"scope": "api:read", "grant_types": ["client_credentials"],
+                           "token_endpoint_auth_method": "self_signed_tls_client_auth"});
+        if let (Value::Object(a), Value::Object(b)) = (&mut m, extra) {
+            a.extend(b);
+        }
+        m
+    };
+    let admin = super::test_support::admin();
+    // Without the TLS listener the method is refused (and not advertised).
+    let r = off
+        .json(
+            "POST",
+            "/oauth2/register",
+            md(json!({"jwks": jwks})),
+            Some(&admin),
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_client_metadata");
+    let meta = off
+        .get("/.well-known/oauth-authorization-server", None)
+        .await;
+    assert!(!meta.body["token_endpoint_auth_methods_supported"]
+        .to_string()
+        .contains("self_signed"));
+
+    let Some(app) = App::new(redis, |c| {
+        c.tls = Some(crate::config::TlsListen {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9443)),
+            cert: "unused.pem".into(),
+            key: "unused.key".into(),
+        })
+    })
+    .await
+    else {
+        return;
+    };
+    for bad in [
+        json!({}),
+        json!({"jwks": {"keys": [{"kty": "EC"}]}}),
+        json!({"jwks": {"keys": [{"x5c": ["not base64!"]}]}}),
+        json!({"jwks": {"keys": [{"x5c": [STANDARD.encode(b"short")]}]}}),
+    ] {
+        let r = app
+            .json("POST", "/oauth2/register", md(bad.clone()), Some(&admin))
+            .await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_client_metadata");
+    }
+    let r = app
+        .json(
+            "POST",
+            "/oauth2/register",
+            md(json!({"jwks": jwks})),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert!(r.body.get("client_secret").is_none());
+    let id = r.body["client_id"].as_str().unwrap().to_string();
+    let token = |presented: Option<PeerCertificate>| {
+        let mut b = Request::post("/oauth2/token")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(p) = presented {
+            b = b.extension(p);
+        }
+        b.body(Body::from(form_body(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+        ])))
+        .unwrap()
+    };
+    let r = app.public(token(Some(PeerCertificate::of(&cert)))).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    for other in [None, Some(PeerCertificate::of(b"another certificate"))] {
+        let r = app.public(token(other)).await;
+        assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+}
+
 macro_rules! both_stores {
     ($($name:ident),* $(,)?) => {
         mod on_memory { $( #[tokio::test] async fn $name() { super::$name(false).await; } )* }
@@ -282,4 +374,5 @@ both_stores! {
     unbound_clients_are_unchanged,
     off_by_default,
     only_the_admin_changes_the_flag,
+    self_signed_certificate_clients,
 }

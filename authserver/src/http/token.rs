@@ -61,7 +61,7 @@ async fn handle(
 ) -> Result<Response, OAuthError> {
     let params = Params::from_request(headers, body)?;
     let grant_type = params.require("grant_type")?.to_string();
-    let caller = client_auth::authenticate_caller(state, headers, peer, Some(&params)).await?;
+    let caller = client_auth::authenticate_caller(state, headers, peer, tls, Some(&params)).await?;
     // A public client's quota is per (client_id, IP) and spent only by a grant that
     // succeeds: somebody sending bad codes under its client_id spends nothing of it.
     if caller.is_public() {
