@@ -92,3 +92,73 @@ def test_the_gateway_polls_when_the_server_refuses_long_polls(echo, wasm, tmp_pa
             refused(gw, tok)
             assert "polling the revocation feed every 500 ms" in gw.log()
             assert gw.counter("tollgate_revocation_poll_ok") >= 1
+
+
+def test_long_polls_on_sentinel_are_woken_before_and_after_a_switchover(tmp_path):
+    """On Sentinel the auth server subscribes on the master the Sentinels name: a held long
+    poll is answered when a token is revoked, and again after a switchover (through the
+    new master, or the demoted one, which now replicates from it and so still delivers the
+    messages). The wait asked (120 s) is far beyond the hang
+    guard (30 s): an answer inside the guard can only come from a wake-up."""
+    import concurrent.futures as cf
+    import shutil
+    import time
+
+    import requests
+
+    from harness.redis import SentinelGroup
+    require_authserver()
+    if not all(shutil.which(b) for b in ("redis-server", "redis-sentinel", "redis-cli")):
+        pytest.skip("redis-server, redis-sentinel or redis-cli missing")
+    with SentinelGroup(tmp_path, replicas=1) as g:
+        auth = AuthServer(env={"TOLLGATE_STORE": g.url(0),
+                               "TOLLGATE_SECRET_PEPPER": "e2e-pepper",
+                               "TOLLGATE_EDGE_LONG_POLL_MAX_WAIT_S": "120"})
+        try:
+            edge = edge_client(auth)
+            client = auth.register_client(scope="api:read")
+            basic = (edge["client_id"], edge["client_secret"])
+
+            def cursor() -> str:
+                return requests.get(f"{auth.base}/edge/revocations", auth=basic,
+                                    timeout=10).json()["cursor"]
+
+            def held_poll_sees_a_revocation() -> None:
+                since = cursor()
+                tok = auth.token(client)
+                with cf.ThreadPoolExecutor(1) as ex:
+                    poll = ex.submit(requests.get, f"{auth.base}/edge/revocations",
+                                     params={"since": since, "wait": 120}, auth=basic,
+                                     timeout=150)
+                    time.sleep(0.5)  # the poll is held by now (if not: answered at once)
+                    deadline = time.monotonic() + 30
+                    while True:  # during a switchover a revocation may answer 503
+                        r = requests.post(f"{auth.base}/oauth2/revoke", data={"token": tok},
+                                          auth=(client["client_id"], client["client_secret"]),
+                                          timeout=10)
+                        if r.status_code == 200 or time.monotonic() > deadline:
+                            break
+                        time.sleep(0.2)
+                    assert r.status_code == 200, r.text
+                    answer = poll.result(timeout=30)
+                assert answer.status_code == 200, answer.text
+                body = answer.json()
+                assert body["wait_s"] == 120
+                assert len(body["revocations"]) == 1, body
+
+            held_poll_sees_a_revocation()
+            old = g.master()
+            g.sentinels[0].call("SENTINEL", "FAILOVER", g.master_name)
+            g.wait_failover(old.port)
+            # The auth server reaches the new master (a write goes through), then a held
+            # poll is woken through the subscription on it.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    auth.token(client)
+                    break
+                except Exception:  # noqa: BLE001 - 503 while the switch settles
+                    time.sleep(0.5)
+            held_poll_sees_a_revocation()
+        finally:
+            auth.stop()
