@@ -296,7 +296,10 @@ def gateway_config(auth_issuer: str, edge: dict, *, closed: bool, rules=None,
                               retry_interval_s=1, timeout_ms=1000)],
         auth_server={"cluster": "tollgate-authserver", "client_id": edge["client_id"],
                      "client_secret": edge["client_secret"], "timeout_ms": timeout_ms},
-        revocation={"poll_interval_ms": poll_ms, "stale_after_s": stale_after_s,
+        # Poll mode: these faults are counted poll by poll and phase by phase, and a long
+        # poll held across a phase change would be answered with the next phase's fault
+        # (the long-poll path and its fallback: test_edge_longpoll.py).
+        revocation={"mode": "poll", "poll_interval_ms": poll_ms, "stale_after_s": stale_after_s,
                     "stale_mode": "closed" if closed else "open",
                     "lease_ms": max(5000, timeout_ms + poll_ms)},
         rules=rules or [],
