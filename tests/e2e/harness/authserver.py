@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from .ports import free_port
+from .ports import free_ports
 from .procs import Process
 
 REPO = Path(__file__).resolve().parents[3]
@@ -35,9 +35,11 @@ class AuthServer:
         if binary is None:
             raise FileNotFoundError("auth server binary missing: run `make build-authserver`")
         self.binary = binary
-        self.port = port or free_port()
-        # The admin listener (TOLLGATE_ADMIN_LISTEN): /admin/*, registration, /metrics.
-        self.admin_port = admin_port or free_port()
+        # The admin listener (TOLLGATE_ADMIN_LISTEN): /admin/*, registration, /metrics; a
+        # port of its own (two free_port() calls in a row may return the same port).
+        picked = free_ports(2)
+        self.port = port or next(p for p in picked if p != admin_port)
+        self.admin_port = admin_port or next(p for p in picked if p != self.port)
         self.admin_token = secrets.token_urlsafe(24)
         self.admin_headers = {"authorization": f"Bearer {self.admin_token}"}
         self.base = f"http://127.0.0.1:{self.port}"

@@ -12,6 +12,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports that were free a moment ago: the sockets are held open together,
+    so the OS cannot hand out the same port twice (as two `free_port()` calls in a row
+    sometimes do)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
     """Wait until something accepts TCP connections on the port."""
     deadline = time.monotonic() + timeout
