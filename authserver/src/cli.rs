@@ -270,7 +270,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
     let tls = match state.cfg.tls.clone() {
         None => None,
         Some(t) => {
-            let acceptor = http::tls::acceptor(&t)?;
+            let listener = http::tls::listener(&t)?;
             let l = tokio::net::TcpListener::bind(t.addr)
                 .await
                 .map_err(|e| format!("cannot listen on {} (TOLLGATE_TLS_LISTEN): {e}", t.addr))?;
@@ -281,7 +281,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
                 app,
                 limits,
                 stop.clone(),
-                Some(acceptor),
+                Some(listener),
             )))
         }
     };

@@ -19,6 +19,7 @@ pub const AUTH_METHODS: &[&str] = &[
     "client_secret_post",
     "private_key_jwt",
     "self_signed_tls_client_auth",
+    "tls_client_auth",
     "none",
 ];
 
@@ -26,12 +27,19 @@ pub const AUTH_METHODS: &[&str] = &[
 /// (`x5c`) on the TLS listener; no secret.
 pub const SELF_SIGNED_TLS: &str = "self_signed_tls_client_auth";
 
+/// RFC 8705 §2.1: the client presents, on the TLS listener, a certificate issued by a CA of
+/// `TOLLGATE_TLS_CLIENT_CA` with the one subject it registered ([`crate::pki::Expected`]).
+pub const TLS_CLIENT_AUTH: &str = "tls_client_auth";
+
 /// Signature algorithms accepted for `private_key_jwt` client assertions.
 pub const ASSERTION_ALGS: &[&str] = &["ES256", "RS256", "PS256", "EdDSA"];
 
 /// Does a client with this `token_endpoint_auth_method` get a client secret?
 pub fn uses_secret(method: &str) -> bool {
-    method != "none" && method != "private_key_jwt" && method != SELF_SIGNED_TLS
+    !matches!(
+        method,
+        "none" | "private_key_jwt" | SELF_SIGNED_TLS | TLS_CLIENT_AUTH
+    )
 }
 
 /// The SHA-256 of every certificate registered for `self_signed_tls_client_auth`: the first
@@ -316,6 +324,14 @@ pub fn validate(value: Value) -> Result<ClientMetadata, OAuthError> {
             ))
         }
         _ => {}
+    }
+    if md.token_endpoint_auth_method == TLS_CLIENT_AUTH {
+        crate::pki::Expected::from_metadata(&md.extra).map_err(bad)?;
+    } else if let Some(f) = crate::pki::SUBJECT_FIELDS
+        .iter()
+        .find(|f| md.extra.contains_key(**f))
+    {
+        return Err(bad(format!("{f} is only used with tls_client_auth")));
     }
     if md.extra.contains_key("jwks_uri") {
         return Err(bad(

@@ -250,6 +250,12 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_TLS_KEY", global = true)]
     pub tls_key: Option<PathBuf>,
 
+    /// PEM file of the CA certificates whose client certificates authenticate
+    /// `tls_client_auth` clients on the TLS listener (RFC 8705 §2.1); needs
+    /// TOLLGATE_TLS_LISTEN [default: off, the method is not offered].
+    #[arg(long, env = "TOLLGATE_TLS_CLIENT_CA", global = true)]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Mesh identities (SPIFFE IDs, comma-separated) admitted to `/edge/revocations` and
     /// `/edge/ratelimit/lease` by the last element of `X-Forwarded-Client-Cert`, trusted only
     /// from Istio's inbound sidecar (TCP peer 127.0.0.6 or ::6) [default: none, XFCC ignored].
@@ -365,12 +371,14 @@ pub struct Config {
     pub dpop_clock_skew: u64,
 }
 
-/// `TOLLGATE_TLS_LISTEN` with its certificate chain and key (PEM files).
+/// `TOLLGATE_TLS_LISTEN` with its certificate chain and key (PEM files), and the CAs of
+/// `tls_client_auth` clients.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TlsListen {
     pub addr: SocketAddr,
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `TOLLGATE_EDGE_TRUSTED_PRINCIPALS`: SPIFFE IDs, comma-separated, each
@@ -549,6 +557,7 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "tls_listen",
     "tls_cert",
     "tls_key",
+    "tls_client_ca",
     "edge_trusted_principals",
     "edge_long_poll_max_wait_s",
     "edge_long_poll_max_waiters",
@@ -843,7 +852,17 @@ impl Settings {
                 Some(a)
             }
         };
+        let tls_client_ca = self
+            .tls_client_ca
+            .clone()
+            .or_else(|| file.str("tls_client_ca").map(PathBuf::from));
         let tls = match pick(&self.tls_listen, "tls_listen") {
+            None if tls_client_ca.is_some() => {
+                return Err(ConfigError::Invalid {
+                    name: "TOLLGATE_TLS_CLIENT_CA",
+                    detail: "needs TOLLGATE_TLS_LISTEN".into(),
+                })
+            }
             None => None,
             Some(s) => {
                 let invalid = |detail: String| ConfigError::Invalid {
@@ -867,7 +886,12 @@ impl Settings {
                 if addr.port() == listen.port() {
                     return Err(invalid("needs a port other than TOLLGATE_LISTEN's".into()));
                 }
-                Some(TlsListen { addr, cert, key })
+                Some(TlsListen {
+                    addr,
+                    cert,
+                    key,
+                    client_ca: tls_client_ca,
+                })
             }
         };
         let edge_trusted_principals =

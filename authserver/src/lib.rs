@@ -27,6 +27,7 @@ pub mod jobs;
 pub mod json;
 pub mod key_rotation;
 pub mod keys;
+pub mod pki;
 pub mod state;
 pub mod store;
 pub mod telemetry;

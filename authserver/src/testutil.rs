@@ -276,3 +276,76 @@ impl RedisServer {
             .unwrap_or_default()
     }
 }
+
+// ------------------------------------------------------------ client certificates (RFC 8705)
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+/// A test CA (rcgen, ECDSA P-256).
+pub struct Ca {
+    pub cert: rcgen::Certificate,
+    pub key: KeyPair,
+}
+
+pub fn ca(name: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ca {
+        cert: p.self_signed(&key).unwrap(),
+        key,
+    }
+}
+
+pub fn intermediate(issuer: &Ca) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(DnType::CommonName, "intermediate");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    Ca {
+        cert: p.signed_by(&key, &issuer.cert, &issuer.key).unwrap(),
+        key,
+    }
+}
+
+/// A client certificate: subject `CN=client-a,O=Example`, the SANs of a mesh workload and
+/// more, `clientAuth`; `edit` changes the parameters first.
+pub fn client(
+    issuer: &Ca,
+    edit: impl FnOnce(&mut CertificateParams),
+) -> rustls_pki_types::CertificateDer<'static> {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    // DER order O then CN: RFC 4514 writes it the other way round. (The default name holds
+    // a CN already, whose place a push would keep.)
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::OrganizationName, "Example");
+    p.distinguished_name.push(DnType::CommonName, "client-a");
+    p.subject_alt_names = vec![
+        SanType::URI(
+            "spiffe://cluster.local/ns/shop/sa/orders"
+                .try_into()
+                .unwrap(),
+        ),
+        SanType::DnsName("orders.shop.svc".try_into().unwrap()),
+        SanType::IpAddress("10.1.2.3".parse().unwrap()),
+        SanType::IpAddress("fd00::7".parse().unwrap()),
+        SanType::Rfc822Name("ops@Example.ORG".try_into().unwrap()),
+    ];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2045, 1, 1);
+    edit(&mut p);
+    p.signed_by(&key, &issuer.cert, &issuer.key)
+        .unwrap()
+        .der()
+        .clone()
+}

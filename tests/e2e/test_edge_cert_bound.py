@@ -159,8 +159,9 @@ def test_certificate_bound_token_only_from_its_workload(echo, wasm, tmp_path, st
             assert plain_gw.counter("tollgate_denied_mtls_no_certificate") >= 1
 
 
-def self_signed(tmp_path, name: str) -> tuple[str, str]:
-    """A self-signed client certificate (no CA): RFC 8705 §3 binds to it as well."""
+def self_signed(tmp_path, name: str, uri: str | None = None) -> tuple[str, str]:
+    """A self-signed client certificate (no CA): RFC 8705 §3 binds to it as well. With `uri`,
+    it claims that SPIFFE ID as its SAN, as a workload's certificate does."""
     import datetime
 
     from cryptography import x509 as _x509
@@ -171,11 +172,14 @@ def self_signed(tmp_path, name: str) -> tuple[str, str]:
     key = _ec.generate_private_key(_ec.SECP256R1())
     subject = _x509.Name([_x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (_x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(_x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, _hashes.SHA256()))
+    builder = (_x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+               .public_key(key.public_key()).serial_number(_x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1)))
+    if uri:
+        builder = builder.add_extension(
+            _x509.SubjectAlternativeName([_x509.UniformResourceIdentifier(uri)]), critical=False)
+    cert = builder.sign(key, _hashes.SHA256())
     c, k = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
     c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -262,3 +266,48 @@ def test_certificate_bound_token_from_the_auth_servers_tls_listener(echo, wasm, 
             assert call(cart).status_code == 200
             r = call(other)
             assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+
+
+def test_tls_client_auth_by_the_mesh_ca(tmp_path, store_env):
+    """RFC 8705 §2.1 tls_client_auth on the auth server's own TLS listener, with the mesh CA
+    as TOLLGATE_TLS_CLIENT_CA: a client registered with its workload's SPIFFE ID
+    (tls_client_auth_san_uri) authenticates with that workload's certificate and no secret,
+    and its token is bound to it. Refused with 401 invalid_client: the same CA's certificate of
+    another workload, a self-signed certificate claiming the same SPIFFE ID, no certificate,
+    and the plain listener."""
+    from harness.ports import free_port
+
+    require_authserver()
+    pki = Pki(tmp_path)
+    cart = pki.leaf("cart", CART)
+    other = pki.leaf("orders", "spiffe://cluster.local/ns/shop/sa/orders")
+    server_cert, server_key = pki.leaf("authserver-tls", "spiffe://cluster.local/ns/t/sa/t",
+                                       dns="localhost")
+    ca = str(pki.ca_path)
+    tls_port = free_port()
+    env = {"TOLLGATE_TLS_LISTEN": f"127.0.0.1:{tls_port}", "TOLLGATE_TLS_CERT": server_cert,
+           "TOLLGATE_TLS_KEY": server_key, "TOLLGATE_TLS_CLIENT_CA": ca, **store_env}
+    with AuthServer(env=env) as auth:
+        meta = requests.get(f"{auth.base}/.well-known/oauth-authorization-server", timeout=5)
+        assert "tls_client_auth" in meta.json()["token_endpoint_auth_methods_supported"]
+        c = auth.register_client(scope="api:read", token_endpoint_auth_method="tls_client_auth",
+                                 tls_client_auth_san_uri=CART,
+                                 tls_client_certificate_bound_access_tokens=True)
+        assert "client_secret" not in c
+
+        def token(cert, base=f"https://localhost:{tls_port}"):
+            return requests.post(f"{base}/oauth2/token", cert=cert, verify=ca, timeout=10,
+                                 data={"grant_type": "client_credentials",
+                                       "client_id": c["client_id"]})
+        r = token(cart)
+        assert r.status_code == 200, r.text
+        tok = r.json()["access_token"]
+        assert claims(tok)["cnf"] == {"x5t#S256": x5t(cart[0])}
+        assert claims(tok)["client_id"] == c["client_id"]
+        # The same connection kind authenticates it at introspection.
+        r = requests.post(f"https://localhost:{tls_port}/oauth2/introspect", cert=cart,
+                          verify=ca, timeout=10, data={"token": tok, "client_id": c["client_id"]})
+        assert r.status_code == 200 and r.json()["active"] is True, r.text
+        for r in (token(other), token(self_signed(tmp_path, "impostor", uri=CART)), token(None),
+                  token(cart, base=auth.base)):
+            assert r.status_code == 401 and r.json()["error"] == "invalid_client", r.text

@@ -168,7 +168,7 @@ pub async fn authenticate(
     state: &SharedState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
-    tls: Option<PeerCertificate>,
+    tls: Option<&PeerCertificate>,
     params: Option<&Params>,
 ) -> OAuthResult<ClientRecord> {
     let caller = authenticate_caller(state, headers, peer, tls, params).await?;
@@ -188,7 +188,7 @@ pub async fn authenticate_caller(
     state: &SharedState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
-    tls: Option<PeerCertificate>,
+    tls: Option<&PeerCertificate>,
     params: Option<&Params>,
 ) -> OAuthResult<Caller> {
     let ip = client_ip(headers, peer, state.cfg.trusted_proxy_hops);
@@ -321,16 +321,17 @@ pub async fn note_grant_failure(state: &SharedState, caller: &Caller, e: OAuthEr
     e
 }
 
-/// Public clients (`none`), `private_key_jwt` and `self_signed_tls_client_auth`: the client
-/// must be registered for exactly that method; an assertion must verify; a certificate
-/// client must have presented, on the TLS listener, a certificate registered in its
-/// `jwks` (compared by SHA-256 of the DER, in constant time). Failures count per
+/// Public clients (`none`), `private_key_jwt`, `self_signed_tls_client_auth` and
+/// `tls_client_auth`: the client must be registered for exactly that method; an assertion
+/// must verify; a certificate client must have presented, on the TLS listener, a
+/// certificate registered in its `jwks` (compared by SHA-256 of the DER, in constant time)
+/// or one of `TOLLGATE_TLS_CLIENT_CA` with the subject it registered. Failures count per
 /// (client_id, IP).
 async fn authenticate_secretless(
     state: &SharedState,
     client_id: &str,
     assertion: Option<&str>,
-    tls: Option<PeerCertificate>,
+    tls: Option<&PeerCertificate>,
     ip: &str,
 ) -> OAuthResult<ClientRecord> {
     let client = state.store.get_client(client_id).await?;
@@ -346,7 +347,7 @@ async fn authenticate_secretless(
             let ok = tls.is_some_and(|t| {
                 registered
                     .iter()
-                    .fold(false, |acc, r| acc | crypto::ct_eq(r, &t.0))
+                    .fold(false, |acc, r| acc | crypto::ct_eq(r, &t.sha256))
             });
             if ok {
                 Ok(c)
@@ -354,6 +355,22 @@ async fn authenticate_secretless(
                 Err(OAuthError::InvalidClient(
                     "client authentication failed: present a certificate registered in the \
                      client's jwks on the TLS listener"
+                        .into(),
+                ))
+            }
+        }
+        (Some(c), None) if c_method(&c) == crate::clients::TLS_CLIENT_AUTH => {
+            let subject = crate::pki::Expected::from_metadata(&c.metadata.extra);
+            let ok = match (tls.and_then(|t| t.verified.as_deref()), subject) {
+                (Some(id), Ok(expected)) => expected.matches(id),
+                _ => false,
+            };
+            if ok {
+                Ok(c)
+            } else {
+                Err(OAuthError::InvalidClient(
+                    "client authentication failed: present, on the TLS listener, a certificate \
+                     issued by a CA this server trusts with the subject the client registered"
                         .into(),
                 ))
             }

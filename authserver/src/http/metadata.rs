@@ -14,11 +14,16 @@ use super::SharedState;
 /// (RFC 7591) takes the admin token on the admin listener, which no client outside reaches.
 fn metadata(state: &SharedState) -> Value {
     let iss = &state.cfg.issuer;
-    // self_signed_tls_client_auth only where a TLS listener sees the certificates.
+    // The certificate methods only where a TLS listener sees the certificates (and, for
+    // tls_client_auth, knows the CAs).
     let methods: Vec<&str> = crate::clients::AUTH_METHODS
         .iter()
         .copied()
-        .filter(|m| *m != crate::clients::SELF_SIGNED_TLS || state.cfg.tls.is_some())
+        .filter(|m| match *m {
+            crate::clients::SELF_SIGNED_TLS => state.cfg.tls.is_some(),
+            crate::clients::TLS_CLIENT_AUTH => super::register::tls_client_ca(state),
+            _ => true,
+        })
         .collect();
     json!({
         "issuer": iss,

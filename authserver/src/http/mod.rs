@@ -11,7 +11,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -25,6 +25,7 @@ pub mod client_assertion;
 pub mod client_auth;
 pub mod dpop;
 pub mod edge;
+pub mod ext_authz;
 pub mod health;
 pub mod introspect;
 pub mod lease;
@@ -101,6 +102,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/oauth2/revoke", post(revoke::revoke))
         .route("/edge/revocations", get(edge::revocations))
         .route("/edge/ratelimit/lease", post(lease::lease))
+        .route("/edge/authz", any(ext_authz::check))
+        .route("/edge/authz/{*path}", any(ext_authz::check))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     finish(routes, state)
@@ -427,6 +430,8 @@ mod tests;
 mod tests_edge_identity;
 #[cfg(test)]
 mod tests_escalation;
+#[cfg(test)]
+mod tests_ext_authz;
 #[cfg(test)]
 mod tests_flows;
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub fn token_request_thumbprint(
     state: &SharedState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
-    tls: Option<PeerCertificate>,
+    tls: Option<&PeerCertificate>,
     client: &ClientRecord,
 ) -> OAuthResult<Option<String>> {
     if !client.metadata.tls_client_certificate_bound_access_tokens {
@@ -37,7 +37,7 @@ pub fn token_request_thumbprint(
     }
     // Our own TLS listener: the certificate whose key signed the handshake.
     if let Some(c) = tls {
-        return Ok(Some(URL_SAFE_NO_PAD.encode(c.0)));
+        return Ok(Some(URL_SAFE_NO_PAD.encode(c.sha256)));
     }
     if !state.cfg.cert_bound_tokens {
         return Err(OAuthError::InvalidRequest(

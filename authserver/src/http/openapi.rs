@@ -198,6 +198,17 @@ pub struct ClientMetadata {
     /// RFC 8705 §3.4: the client's access tokens are bound to its mesh client certificate
     /// (needs `TOLLGATE_CERT_BOUND_TOKENS`; admin-only, like every privilege).
     tls_client_certificate_bound_access_tokens: Option<bool>,
+    /// RFC 8705 §2.1.2, for `tls_client_auth` (exactly one of the five): the subject DN of the
+    /// client's certificate, RFC 4514.
+    tls_client_auth_subject_dn: Option<String>,
+    /// A DNS name in the certificate's subjectAltName.
+    tls_client_auth_san_dns: Option<String>,
+    /// A URI (e.g. a SPIFFE ID) in the certificate's subjectAltName.
+    tls_client_auth_san_uri: Option<String>,
+    /// An IPv4 or IPv6 address in the certificate's subjectAltName.
+    tls_client_auth_san_ip: Option<String>,
+    /// An e-mail address in the certificate's subjectAltName.
+    tls_client_auth_san_email: Option<String>,
 }
 
 /// RFC 7591 §3.2.1 / RFC 7592 §3 client information response.
@@ -419,6 +430,7 @@ impl Modify for Security {
         super::register::update,
         super::register::delete,
         super::edge::revocations,
+        super::ext_authz::check,
         super::edge::module,
         super::edge::module_sha256,
         super::lease::lease,

@@ -317,6 +317,13 @@ fn cert_binding_supported(state: &SharedState, md: &ClientMetadata) -> Result<()
             "self_signed_tls_client_auth needs the TLS listener (TOLLGATE_TLS_LISTEN)".into(),
         ));
     }
+    if md.token_endpoint_auth_method == clients::TLS_CLIENT_AUTH && !tls_client_ca(state) {
+        return Err(OAuthError::InvalidClientMetadata(
+            "tls_client_auth needs the TLS listener with the CAs of client certificates \
+             (TOLLGATE_TLS_LISTEN, TOLLGATE_TLS_CLIENT_CA)"
+                .into(),
+        ));
+    }
     if md.tls_client_certificate_bound_access_tokens
         && !state.cfg.cert_bound_tokens
         && state.cfg.tls.is_none()
@@ -328,4 +335,13 @@ fn cert_binding_supported(state: &SharedState, md: &ClientMetadata) -> Result<()
         ));
     }
     Ok(())
+}
+
+/// Is `tls_client_auth` offered: a TLS listener with `TOLLGATE_TLS_CLIENT_CA`?
+pub fn tls_client_ca(state: &SharedState) -> bool {
+    state
+        .cfg
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca.is_some())
 }

@@ -41,7 +41,7 @@ pub async fn revoke(
     body: Bytes,
 ) -> Response {
     let tls = tls.map(|Extension(c)| c);
-    match handle(&state, &headers, Some(peer), tls, &body).await {
+    match handle(&state, &headers, Some(peer), tls.as_ref(), &body).await {
         Ok(()) => {
             let mut r = StatusCode::OK.into_response();
             r.headers_mut().insert(
@@ -58,7 +58,7 @@ async fn handle(
     state: &SharedState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
-    tls: Option<PeerCertificate>,
+    tls: Option<&PeerCertificate>,
     body: &[u8],
 ) -> Result<(), OAuthError> {
     let params = Params::from_request(headers, body)?;

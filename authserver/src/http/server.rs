@@ -30,11 +30,11 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use rustls_pki_types::UnixTime;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 
-use super::tls::PeerCertificate;
+use super::tls::{Listener, PeerCertificate};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tower::ServiceExt;
@@ -124,7 +124,7 @@ pub async fn serve_tls(
     app: Router,
     limits: ConnLimits,
     shutdown: impl Future<Output = ()>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Listener>,
 ) {
     let builder = limits.builder();
     let refusal = limits.refusal_builder();
@@ -166,7 +166,11 @@ pub async fn serve_tls(
         };
         let app = app.clone();
         let guarded = SendGuard::new(stream, limits.send_timeout);
-        let Some(acceptor) = tls.clone() else {
+        let Some(Listener {
+            acceptor,
+            client_ca,
+        }) = tls.clone()
+        else {
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 app.clone().oneshot(req.map(Body::new))
@@ -191,16 +195,13 @@ pub async fn serve_tls(
                 }
                 Err(_) => return,
             };
-            let cert = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| PeerCertificate::of(c.as_ref()));
+            let cert = stream.get_ref().1.peer_certificates().and_then(|chain| {
+                PeerCertificate::from_chain(chain, client_ca.as_deref(), UnixTime::now())
+            });
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
-                if let Some(c) = cert {
-                    req.extensions_mut().insert(c);
+                if let Some(c) = &cert {
+                    req.extensions_mut().insert(c.clone());
                 }
                 app.clone().oneshot(req.map(Body::new))
             });

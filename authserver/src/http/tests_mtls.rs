@@ -313,6 +313,7 @@ async fn self_signed_certificate_clients(redis: bool) {
             addr: SocketAddr::from(([127, 0, 0, 1], 9443)),
             cert: "unused.pem".into(),
             key: "unused.key".into(),
+            client_ca: None,
         })
     })
     .await
@@ -361,6 +362,214 @@ async fn self_signed_certificate_clients(redis: bool) {
     }
 }
 
+/// RFC 8705 §2.1 `tls_client_auth`: the client registers one subject; a certificate of
+/// `TOLLGATE_TLS_CLIENT_CA` carrying it authenticates the client on the TLS listener. Who
+/// must not get in: no certificate, a self-signed one with the same subject, another CA's,
+/// the CA's with another subject, a secret; and the client cannot change its subject itself.
+async fn ca_issued_certificate_clients(redis: bool) {
+    use super::tls::PeerCertificate;
+    use crate::testutil::{ca, client};
+    use rustls_pki_types::UnixTime;
+    let admin = super::test_support::admin();
+    let spiffe = "spiffe://cluster.local/ns/shop/sa/orders";
+    let md = |extra: Value| {
+        let mut m = json!({"scope": "api:read", "grant_types": ["client_credentials"],
+                           "token_endpoint_auth_method": "tls_client_auth"});
+        if let (Value::Object(a), Value::Object(b)) = (&mut m, extra) {
+            a.extend(b);
+        }
+        m
+    };
+    let listener = |client_ca: Option<&str>| crate::config::TlsListen {
+        addr: SocketAddr::from(([127, 0, 0, 1], 9443)),
+        cert: "unused.pem".into(),
+        key: "unused.key".into(),
+        client_ca: client_ca.map(Into::into),
+    };
+    // A TLS listener without client CAs neither offers nor registers the method.
+    let Some(no_ca) = App::new(redis, |c| c.tls = Some(listener(None))).await else {
+        return;
+    };
+    let r = no_ca
+        .json(
+            "POST",
+            "/oauth2/register",
+            md(json!({"tls_client_auth_san_uri": spiffe})),
+            Some(&admin),
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_client_metadata");
+    let meta = no_ca
+        .get("/.well-known/oauth-authorization-server", None)
+        .await;
+    let methods = meta.body["token_endpoint_auth_methods_supported"].to_string();
+    assert!(!methods.contains("\"tls_client_auth\""), "{methods}");
+
+    let Some(app) = App::new(redis, |c| c.tls = Some(listener(Some("ca.pem")))).await else {
+        return;
+    };
+    let meta = app
+        .get("/.well-known/oauth-authorization-server", None)
+        .await;
+    let methods = meta.body["token_endpoint_auth_methods_supported"].to_string();
+    assert!(methods.contains("\"tls_client_auth\""), "{methods}");
+    for bad in [
+        json!({}),
+        json!({"tls_client_auth_san_uri": spiffe, "tls_client_auth_san_dns": "orders.shop.svc"}),
+        json!({"tls_client_auth_san_uri": "not a uri"}),
+        json!({"tls_client_auth_subject_dn": "client-a"}),
+        json!({"tls_client_auth_san_ip": "10.1.2"}),
+    ] {
+        let r = app
+            .json("POST", "/oauth2/register", md(bad.clone()), Some(&admin))
+            .await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_client_metadata");
+    }
+    // A subject field with another method is refused rather than ignored.
+    let r = app
+        .json(
+            "POST",
+            "/oauth2/register",
+            json!({"scope": "api:read", "grant_types": ["client_credentials"],
+                   "tls_client_auth_san_uri": spiffe}),
+            Some(&admin),
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_client_metadata");
+
+    let r = app
+        .json(
+            "POST",
+            "/oauth2/register",
+            md(json!({"tls_client_auth_san_uri": spiffe,
+                      "tls_client_certificate_bound_access_tokens": true})),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert!(r.body.get("client_secret").is_none());
+    let id = r.body["client_id"].as_str().unwrap().to_string();
+    let rat = r.body["registration_access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/oauth2/register/{id}");
+
+    let (trusted, other) = (ca("trusted"), ca("other"));
+    let ca = crate::pki::ClientCa::from_pem(trusted.cert.pem().as_bytes()).unwrap();
+    let now = UnixTime::now();
+    let presented = |chain: rustls_pki_types::CertificateDer<'static>| {
+        PeerCertificate::from_chain(&[chain], Some(&ca), now)
+    };
+    let request =
+        |uri: &str, form: &[(&str, &str)], p: Option<PeerCertificate>, auth: Option<&str>| {
+            let mut b = Request::post(uri)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+            if let Some(p) = p {
+                b = b.extension(p);
+            }
+            if let Some(a) = auth {
+                b = b.header(header::AUTHORIZATION, a);
+            }
+            b.body(Body::from(form_body(form))).unwrap()
+        };
+    let grant = [
+        ("grant_type", "client_credentials"),
+        ("client_id", id.as_str()),
+    ];
+
+    let good = client(&trusted, |_| {});
+    let r = app
+        .public(request(
+            "/oauth2/token",
+            &grant,
+            presented(good.clone()),
+            None,
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let tok = r.body["access_token"].as_str().unwrap().to_string();
+    // Authenticated by the certificate and bound to it.
+    let digest = PeerCertificate::of(good.as_ref()).sha256;
+    assert_eq!(
+        claims(&tok).1["cnf"]["x5t#S256"],
+        json!(URL_SAFE_NO_PAD.encode(digest))
+    );
+    // The same certificate authenticates the client at introspection.
+    let r = app
+        .public(request(
+            "/oauth2/introspect",
+            &[("token", &tok), ("client_id", &id)],
+            presented(good.clone()),
+            None,
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["active"], json!(true));
+
+    let self_signed = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.subject_alt_names = vec![rcgen::SanType::URI(spiffe.try_into().unwrap())];
+        p.self_signed(&key).unwrap().der().clone()
+    };
+    let refused: Vec<(&str, Option<PeerCertificate>)> = vec![
+        ("no certificate", None),
+        ("self-signed, same SAN", presented(self_signed)),
+        ("another CA's, same SAN", presented(client(&other, |_| {}))),
+        (
+            "the CA's, another workload",
+            presented(client(&trusted, |p| {
+                p.subject_alt_names = vec![rcgen::SanType::URI(
+                    "spiffe://cluster.local/ns/shop/sa/cart".try_into().unwrap(),
+                )];
+            })),
+        ),
+        (
+            "the right certificate, unverified",
+            Some(PeerCertificate::of(good.as_ref())),
+        ),
+    ];
+    for (what, p) in refused {
+        let r = app.public(request("/oauth2/token", &grant, p, None)).await;
+        assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_client");
+        assert!(r.body.get("access_token").is_none(), "{what}");
+    }
+    // No secret to guess: Basic credentials for the client are refused.
+    let r = app
+        .public(request(
+            "/oauth2/token",
+            &[("grant_type", "client_credentials")],
+            presented(good.clone()),
+            Some(&basic(&id, "anything")),
+        ))
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_client");
+
+    // The registered subject is the client's credential: only the admin changes it.
+    let current = app.get(&path, Some(&format!("Bearer {rat}"))).await;
+    assert_eq!(current.status, StatusCode::OK, "{:?}", current.body);
+    let mut md2 = current.body.clone();
+    for k in [
+        "registration_client_uri",
+        "client_id_issued_at",
+        "client_secret_expires_at",
+    ] {
+        md2.as_object_mut().unwrap().remove(k);
+    }
+    md2["tls_client_auth_san_uri"] = json!("spiffe://cluster.local/ns/shop/sa/cart");
+    let r = app
+        .json("PUT", &path, md2.clone(), Some(&format!("Bearer {rat}")))
+        .await;
+    assert!(r.status.is_client_error(), "{:?}", r.body);
+    let r = app
+        .public(request("/oauth2/token", &grant, presented(good), None))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = app.json("PUT", &path, md2, Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}
+
 macro_rules! both_stores {
     ($($name:ident),* $(,)?) => {
         mod on_memory { $( #[tokio::test] async fn $name() { super::$name(false).await; } )* }
@@ -375,4 +584,5 @@ both_stores! {
     off_by_default,
     only_the_admin_changes_the_flag,
     self_signed_certificate_clients,
+    ca_issued_certificate_clients,
 }

@@ -42,7 +42,7 @@ pub async fn token(
     body: Bytes,
 ) -> Response {
     let tls = tls.map(|Extension(c)| c);
-    match handle(&state, &headers, Some(peer), tls, &body).await {
+    match handle(&state, &headers, Some(peer), tls.as_ref(), &body).await {
         Ok(r) => r,
         Err(e) => {
             metrics::counter!("tollgate_token_errors_total", "error" => e.code()).increment(1);
@@ -56,7 +56,7 @@ async fn handle(
     state: &SharedState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
-    tls: Option<PeerCertificate>,
+    tls: Option<&PeerCertificate>,
     body: &[u8],
 ) -> Result<Response, OAuthError> {
     let params = Params::from_request(headers, body)?;
