@@ -269,8 +269,29 @@ $(PEER_DIR)/node_modules/.installed: $(PEER_DIR)/package-lock.json
 	cd $(PEER_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-bench-authserver: deps-apt venv $(VENV)/.bench-stamp build-authserver $(PEER_DIR)/node_modules/.installed ## auth server vs node oidc-provider (tokens/s, introspections/s)
-	cd $(BENCH_DIR) && $(PY) bench_authserver.py
+# Keycloak, the distribution from Maven Central (pinned, checked against Maven's .sha1); it
+# needs a JDK >= 21 (KEYCLOAK_JAVA_HOME, else the newest under /usr/lib/jvm).
+KEYCLOAK_VERSION := 26.5.6
+KEYCLOAK_DIR     := $(HOME)/.cache/tollgate/peers/keycloak-$(KEYCLOAK_VERSION)
+KEYCLOAK_URL     := https://repo.maven.apache.org/maven2/org/keycloak/keycloak-quarkus-dist/$(KEYCLOAK_VERSION)/keycloak-quarkus-dist-$(KEYCLOAK_VERSION).tar.gz
+$(KEYCLOAK_DIR)/.installed:
+	@mkdir -p $(dir $(KEYCLOAK_DIR)); t=$$(mktemp -d); \
+	  curl -fsSL -o $$t/kc.tar.gz $(KEYCLOAK_URL) && curl -fsSL -o $$t/kc.sha1 $(KEYCLOAK_URL).sha1 && \
+	  echo "$$(cut -c1-40 $$t/kc.sha1)  $$t/kc.tar.gz" | sha1sum -c --quiet && \
+	  rm -rf $(KEYCLOAK_DIR) && tar xzf $$t/kc.tar.gz -C $(dir $(KEYCLOAK_DIR)) && rm -rf $$t && touch $@
+
+# Ory Hydra from the Go module proxy, pinned by tests/bench/peers/hydra/go.{mod,sum}.
+gosum_of = $(shell sha256sum $(1) 2>/dev/null | cut -c1-16)
+HYDRA_DIR := $(BENCH_DIR)/peers/hydra
+HYDRA_BIN := $(GOBIN_DIR)/hydra-$(call gosum_of,$(HYDRA_DIR)/go.sum)
+$(HYDRA_BIN):
+	@command -v go >/dev/null || { echo "bench-authserver needs go for Ory Hydra"; exit 1; }
+	@mkdir -p $(GOBIN_DIR); s=$$(date +%s); \
+	  cd $(HYDRA_DIR) && $(GO_BUILD) -tags sqlite,sqlite_omit_load_extension -o $@ github.com/ory/hydra/v2 && \
+	  echo "built $(notdir $@) in $$(( $$(date +%s) - s )) s"
+
+bench-authserver: deps-apt venv $(VENV)/.bench-stamp build-authserver $(PEER_DIR)/node_modules/.installed $(KEYCLOAK_DIR)/.installed $(HYDRA_BIN) ## auth server vs node oidc-provider, Keycloak and Ory Hydra (tokens/s, introspections/s)
+	cd $(BENCH_DIR) && KEYCLOAK_HOME=$(KEYCLOAK_DIR) HYDRA_BIN=$(HYDRA_BIN) $(PY) bench_authserver.py
 	cd $(BENCH_DIR) && $(PY) report.py
 
 bench-gateway: deps-apt venv $(VENV)/.bench-stamp build-authserver build-filter ## Envoy: no auth vs native jwt_authn vs Tollgate filter; rate limits, opaque tokens, revocation propagation

@@ -1,4 +1,5 @@
-"""`make bench-authserver`: Tollgate's auth server against node oidc-provider, same run.
+"""`make bench-authserver`: Tollgate's auth server against node oidc-provider, Keycloak and
+Ory Hydra (peer_servers.py), same run.
 
 Both use one throw-away redis-server on loopback (Tollgate db 0, oidc-provider db 1). Both
 run side by side and are measured one at a time: each scenario on Tollgate, then at once
@@ -37,6 +38,19 @@ SCENARIOS = [
     ("introspect_jwt", "introspect: ES256 JWT"),
     ("edge_feed", "edge: revocation feed, nothing new"),
 ]
+# Rows measured on the peers only, each compared with a Tollgate row: RS256 is the peers'
+# default signing algorithm, Tollgate signs with ES256.
+PEER_ONLY = [
+    ("token_jwt_rs256", "token: client_credentials -> RS256 JWT (Tollgate: its ES256 row)",
+     "token_jwt"),
+]
+# The peers beside oidc-provider (BENCH_PEERS), each with its set-up line for the report.
+MORE_PEERS = {
+    "keycloak": ("Keycloak", "Keycloak {version} (Maven Central), kc.sh start-dev: dev-file H2 "
+                 "database, HTTP, realm imported at start, ES256 and RS256 clients"),
+    "hydra": ("Ory Hydra", "Ory Hydra {version} (Go module proxy), serve all --dev, "
+              "DSN=memory; introspection on its admin listener, without client credentials"),
+}
 # Process ids whose CPU time per request is measured on Tollgate's side (capacity.py).
 TOLLGATE_PIDS: dict[str, int] = {}
 
@@ -218,6 +232,16 @@ def start_peer(procs: Processes, settings: Settings, redis_port: int,
     }
 
 
+def hydra_version() -> str:
+    """The Hydra version the recipe pins (tests/bench/peers/hydra/go.mod)."""
+    gomod = common.BENCH_DIR / "peers" / "hydra" / "go.mod"
+    for line in gomod.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "github.com/ory/hydra/v2":
+            return parts[1]
+    return "?"
+
+
 # ------------------------------------------------------------------------ report
 
 def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
@@ -246,6 +270,24 @@ def report(data: dict[str, Any]) -> None:
         f"oidc-provider: {data['peer_setup']}",
         ["scenario", "Tollgate/peer", "Tollgate req/s", "p50 ms", "p99 ms",
          "oidc-provider req/s", "p50 ms", "p99 ms"], rows)
+    for key, block in data.get("more_peers", {}).items():
+        if "error" in block:
+            print(f"\n{block['name']}: not measured: {block['error']}")
+            continue
+        prow = []
+        for k, lbl in [(s["key"], s["label"]) for s in data["scenarios"]] + [
+                (s["key"], s["label"]) for s in data["peer_only"]]:
+            base = next((s["tollgate_row"] for s in data["peer_only"] if s["key"] == k), k)
+            t, p = data["tollgate"].get(base), block["results"].get(k)
+            prow.append([lbl, common.fmt_ratio(block["ratios"].get(k)),
+                         f"{t['rps']:,.0f}" if t and "rps" in t else "n/a",
+                         f"{p['rps']:,.0f}" if p and "rps" in p else "n/a",
+                         f"{p['p99_ms']:.2f}" if p and "rps" in p else ""])
+        common.print_table(f"Tollgate vs {block['name']}: {block['setup']}",
+                           ["scenario", f"Tollgate/{block['name']}", "Tollgate req/s",
+                            f"{block['name']} req/s", "p99 ms"], prow)
+        print(f">= 3x {block['name']} on every measured row: "
+              f"{'met' if block['all_rows_3x'] else 'NOT met'}")
     targets = data["targets"]
     print("\ntargets (issue): tokens/s >= 5000: "
           f"{'met' if targets['tokens_per_s_5000'] else 'NOT met'}; introspections/s >= 10000: "
@@ -259,6 +301,9 @@ def main() -> int:
     parser.add_argument("--peer-workers", type=int,
                         default=common.env_int("BENCH_PEER_WORKERS", 2),
                         help="node:cluster workers for oidc-provider (default 2 = cores)")
+    parser.add_argument("--peers", default=os.environ.get("BENCH_PEERS",
+                                                          "oidc-provider,keycloak,hydra"),
+                        help="comma-separated peers (oidc-provider, keycloak, hydra)")
     parser.add_argument("--skip-tollgate", action="store_true",
                         help="measure only the peer (to debug the harness)")
     args = parser.parse_args()
@@ -276,15 +321,32 @@ def main() -> int:
         })
         redis_port = common.start_redis(procs, settings)
         TOLLGATE_PIDS["redis"] = next(p.pid for n, p, _ in procs.procs if n == "redis")
+        wanted = [p for p in args.peers.split(",") if p]
         specs = {"tollgate": {} if args.skip_tollgate
                  else start_tollgate(procs, settings, redis_port),
-                 "peer": start_peer(procs, settings, redis_port, args.peer_workers)}
+                 "peer": (start_peer(procs, settings, redis_port, args.peer_workers)
+                          if "oidc-provider" in wanted else {})}
+        import peer_servers
+        more: dict[str, dict[str, Any]] = {}
+        for key in MORE_PEERS:
+            if key not in wanted:
+                continue
+            start = peer_servers.start_keycloak if key == "keycloak" else peer_servers.start_hydra
+            try:
+                specs[key] = start(procs, settings, workdir)
+                more[key] = {}
+            except BenchError as exc:  # a peer that cannot start is a row saying why
+                print(f"{MORE_PEERS[key][0]} not measured: {exc}", flush=True)
+                more[key] = {"error": str(exc)}
         # Both servers are up (the idle one costs nothing); each scenario is measured on
         # Tollgate then right after on oidc-provider, so that a change in background load
         # during the run affects both sides of a ratio alike.
-        results: dict[str, dict[str, Any]] = {"tollgate": {}, "peer": {}}
-        for key, label in SCENARIOS:
-            for side, name in (("tollgate", "Tollgate"), ("peer", "oidc-provider")):
+        results: dict[str, dict[str, Any]] = {"tollgate": {}, "peer": {},
+                                              **{k: {} for k in more}}
+        sides = [("tollgate", "Tollgate"), ("peer", "oidc-provider"),
+                 *((k, MORE_PEERS[k][0]) for k in more if k in specs)]
+        for key, label in SCENARIOS + [(k, lbl) for k, lbl, _ in PEER_ONLY]:
+            for side, name in sides:
                 spec = specs[side].get(key)
                 if spec is None:
                     continue
@@ -309,6 +371,20 @@ def main() -> int:
         procs.close()
 
     ratios = {key: ratio(tollgate.get(key), peer.get(key)) for key, _ in SCENARIOS}
+    versions = {"keycloak": os.environ.get("KEYCLOAK_HOME", "").rstrip("/").rsplit("-", 1)[-1],
+                "hydra": hydra_version()}
+    for key, block in more.items():
+        block["name"] = MORE_PEERS[key][0]
+        block["setup"] = MORE_PEERS[key][1].format(version=versions[key])
+        if "error" in block:
+            continue
+        block["results"] = results[key]
+        block["ratios"] = {k: ratio(tollgate.get(k), results[key].get(k))
+                           for k, _ in SCENARIOS}
+        block["ratios"].update({k: ratio(tollgate.get(base), results[key].get(k))
+                                for k, _, base in PEER_ONLY})
+        measured = [r for r in block["ratios"].values() if r is not None]
+        block["all_rows_3x"] = bool(measured) and min(measured) >= 3
     t_tok = tollgate.get("token_jwt", {}).get("rps", 0)
     t_int = max(tollgate.get("introspect_jwt", {}).get("rps", 0),
                 tollgate.get("introspect_opaque", {}).get("rps", 0))
@@ -321,6 +397,8 @@ def main() -> int:
         "tollgate": tollgate,
         "peer": peer,
         "ratios": ratios,
+        "peer_only": [{"key": k, "label": lbl, "tollgate_row": b} for k, lbl, b in PEER_ONLY],
+        "more_peers": more,
         "targets": {
             "tokens_per_s_5000": t_tok >= 5000,
             "introspections_per_s_10000": t_int >= 10000,

@@ -80,7 +80,38 @@ def authserver_md(d: dict[str, Any]) -> str:
         f"- Run {d['date_utc']}: wrk {s['wrk_threads']} thread(s), {s['connections']} "
         f"connections, {s['warmup_s']:.0f} s warm-up then {s['duration_s']:.0f} s per row, "
         f"pinning: {s['pinning']}.")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n" + more_peers_md(d)
+
+
+def more_peers_md(d: dict[str, Any]) -> str:
+    """Keycloak and Ory Hydra, measured in the same run: one column pair per peer."""
+    peers = {k: b for k, b in (d.get("more_peers") or {}).items()}
+    if not peers:
+        return ""
+    ok = {k: b for k, b in peers.items() if "error" not in b}
+    head = "| scenario | Tollgate req/s |" + "".join(
+        f" {b['name']} req/s | Tollgate / {b['name']} |" for b in ok.values())
+    lines = ["", head, "|---|---:|" + "---:|---:|" * len(ok)]
+    rows = [(sc["key"], sc["label"], sc["key"]) for sc in d["scenarios"]] + [
+        (sc["key"], sc["label"], sc["tollgate_row"]) for sc in d.get("peer_only", [])]
+    for key, label, base in rows:
+        t = d["tollgate"].get(base)
+        cells = "".join(f" {num(b['results'].get(key), 'rps', ',.0f')} | "
+                        f"{ratio_text(b['ratios'].get(key))} |" for b in ok.values())
+        lines.append(f"| {label} | {num(t, 'rps', ',.0f')} |{cells}")
+    notes = [""]
+    for b in peers.values():
+        if "error" in b:
+            notes.append(f"- {b['name']}: not measured: {b['error']}.")
+            continue
+        notes.append(f"- {b['name']} set-up: {b['setup']}.")
+        for key, label, _ in rows:
+            p = b["results"].get(key) or {}
+            if "unsupported" in p:
+                notes.append(f"  - {label}: {p['unsupported']}.")
+        notes.append(f"  - ≥ 3× {b['name']} on every measured row: "
+                     f"{'met' if b['all_rows_3x'] else 'not met'}.")
+    return "\n".join(lines) + "\n" + "\n".join(notes) + "\n"
 
 
 def authserver_png(d: dict[str, Any], out: Path) -> None:
