@@ -49,6 +49,7 @@ GATEWAYS = [
     ("noauth", "no auth filter"),
     ("native", "Envoy jwt_authn + local_ratelimit"),
     ("tollgate", "Tollgate Wasm filter"),
+    ("extauthz", "Envoy ext_authz -> auth server"),
 ]
 # With BENCH_BASELINE_WASM: Tollgate with another module (see the docstring).
 BASELINE = ("baseline", "Tollgate Wasm filter, baseline module")
@@ -130,6 +131,9 @@ class AuthServer:
         if r.status_code not in (200, 201):
             raise BenchError(f"register: {r.status_code} {r.text[:300]}")
         self.client = (r.json()["client_id"], r.json()["client_secret"])
+        # The ext_authz gateway's own credentials for /edge/authz (a tollgate:edge client).
+        self.edge_client = self.register("bench-ext-authz", "tollgate:edge",
+                                         rate_limit_per_minute=0)
 
     def register(self, name: str, scope: str, **extra: Any) -> tuple[str, str]:
         """One more client (RFC 7591 with the admin token): (client_id, client_secret)."""
@@ -221,6 +225,7 @@ def start_gateway(kind: str, procs: Processes, settings: Settings, workdir: Path
         "listen_port": listen, "admin_port": admin, "auth_port": auth.port,
         "issuer": auth.issuer, "audience": audience, "jwks_uri": auth.jwks_uri,
         "cache_size": CACHE_SIZE,
+        "edge_authorization": common.basic_auth(*auth.edge_client),
         **bench_edge.native_limits(),
     }
     template = None
@@ -300,6 +305,12 @@ def report(data: dict[str, Any]) -> None:
             row += ([f"{m['rps']:,.0f}", f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}"]
                     if m else ["n/a", "", ""])
         rows.append(row)
+    for key, label in measured:
+        x = data["gateways"].get("extauthz", {}).get(key)
+        if x:
+            print(f"ext_authz, {label}: Tollgate / ext_authz "
+                  f"{common.fmt_ratio(data['ratios'][key].get('tollgate_vs_extauthz'))}; auth "
+                  f"server CPU per request {x.get('authserver_cpu_us_per_request')} us")
     header = ["scenario", "Tollgate/native", "Tollgate/no-auth"]
     for gw, _ in gateways_order:
         header += [f"{gw} req/s", "p50 ms", "p99 ms"]
@@ -339,7 +350,7 @@ def report(data: dict[str, Any]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", default="noauth,native,tollgate,baseline",
+    parser.add_argument("--only", default="noauth,native,tollgate,extauthz,baseline",
                         help="comma-separated gateways to run (baseline: only with "
                              "BENCH_BASELINE_WASM)")
     parser.add_argument("--scenarios", default="repeated,distinct",
@@ -402,13 +413,20 @@ def main() -> int:
         for kind, (url, _) in urls.items():
             common.run_wrk(settings, url, "bearer.lua", env, settings.warmup)
         cpu: dict[str, list[tuple[int | None, int]]] = {kind: [] for kind in urls}
+        # ext_authz: the auth server's CPU is the other half of each request's cost.
+        auth_cpu: list[tuple[int | None, int]] = []
         for i in range(rounds):
             for kind, (url, _) in urls.items():
                 c0 = common.process_cpu_ns(ENVOY_PIDS[kind])
+                a0 = common.process_cpu_ns(auth.proc.pid)
                 r = common.run_wrk(settings, url, "bearer.lua", env, per_round)
                 c1 = common.process_cpu_ns(ENVOY_PIDS[kind])
+                a1 = common.process_cpu_ns(auth.proc.pid)
                 cpu[kind].append((c1 - c0 if c0 is not None and c1 is not None else None,
                                   r["requests"]))
+                if kind == "extauthz":
+                    auth_cpu.append((a1 - a0 if a0 is not None and a1 is not None else None,
+                                     r["requests"]))
                 print(f"  {kind}: repeated token, round {i + 1}: {r['rps']:,.0f} req/s",
                       flush=True)
                 if r["non_2xx"]:
@@ -423,18 +441,27 @@ def main() -> int:
                 if None not in per_round_us else None)
             gateways[kind]["repeated"]["envoy_cpu_us_per_request_rounds"] = per_round_us
             gateways[kind]["repeated"]["filter_stats_after"] = filter_stats(admin)
+            if kind == "extauthz":
+                per = [common.cpu_us_per_request(c, n) for c, n in auth_cpu]
+                gateways[kind]["repeated"]["authserver_cpu_us_per_request"] = (
+                    sorted(per)[len(per) // 2] if None not in per else None)
         for kind, (url, admin) in (urls.items() if "distinct" in scenarios else ()):
             # No warm-up: it would use up tokens, and the gateway is warm from the run
             # above; the stream starts after the 3 tokens checked at start-up.
             c0 = common.process_cpu_ns(ENVOY_PIDS[kind])
+            a0 = common.process_cpu_ns(auth.proc.pid)
             res = common.measure(
                 settings, url, "bearer.lua",
                 {"BENCH_PATH": "/api/resource", "BENCH_TOKENS_FILE": str(tokens_file),
                  "BENCH_TOKEN_OFFSET": "3"},
                 f"{kind}: distinct tokens", duration=distinct_duration, warmup=0)
             c1 = common.process_cpu_ns(ENVOY_PIDS[kind])
+            a1 = common.process_cpu_ns(auth.proc.pid)
             res["envoy_cpu_us_per_request"] = common.cpu_us_per_request(
                 c1 - c0 if c0 is not None and c1 is not None else None, res["requests"])
+            if kind == "extauthz":
+                res["authserver_cpu_us_per_request"] = common.cpu_us_per_request(
+                    a1 - a0 if a0 is not None and a1 is not None else None, res["requests"])
             res["distinct_tokens"] = len(minted) - 3
             res["passes"] = round(res["requests"] / max(len(minted) - 3, 1), 2)
             res["filter_stats_after"] = filter_stats(admin)
@@ -471,7 +498,9 @@ def main() -> int:
         if key not in scenarios:
             continue
         t, n, z = rps("tollgate", key), rps("native", key), rps("noauth", key)
+        x = rps("extauthz", key)
         ratios[key] = {"tollgate_vs_native": round(t / n, 2) if t and n else None,
+                       "tollgate_vs_extauthz": round(t / x, 2) if t and x else None,
                        "tollgate_vs_noauth": round(t / z, 2) if t and z else None,
                        "native_vs_noauth": round(n / z, 2) if n and z else None}
         b = rps("baseline", key)
