@@ -294,8 +294,8 @@ bench-authserver: deps-apt venv $(VENV)/.bench-stamp build-authserver $(PEER_DIR
 	cd $(BENCH_DIR) && KEYCLOAK_HOME=$(KEYCLOAK_DIR) HYDRA_BIN=$(HYDRA_BIN) $(PY) bench_authserver.py
 	cd $(BENCH_DIR) && $(PY) report.py
 
-bench-gateway: deps-apt venv $(VENV)/.bench-stamp build-authserver build-filter ## Envoy: no auth vs native jwt_authn vs Tollgate filter; rate limits, opaque tokens, revocation propagation
-	cd $(BENCH_DIR) && $(PY) bench_gateway.py
+bench-gateway: deps-apt venv $(VENV)/.bench-stamp build-authserver build-filter $(KEYCLOAK_DIR)/.installed ## Envoy: no auth vs native jwt_authn vs Tollgate filter vs ext_authz; Keycloak RS256 tokens; rate limits, opaque tokens, revocation propagation
+	cd $(BENCH_DIR) && KEYCLOAK_HOME=$(KEYCLOAK_DIR) $(PY) bench_gateway.py
 	cd $(BENCH_DIR) && $(PY) report.py
 
 bench-memory: deps-apt venv $(VENV)/.bench-stamp build-authserver build-filter ## Envoy memory per cached token (Tollgate vs jwt_authn) and per revocation entry

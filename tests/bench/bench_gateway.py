@@ -218,17 +218,19 @@ def tollgate_filter_config(auth: AuthServer, audience: str,
 
 def start_gateway(kind: str, procs: Processes, settings: Settings, workdir: Path,
                   auth: AuthServer, audience: str, token: str, tokens_file: Path,
-                  concurrency: int, filter_config: str | None = None) -> tuple[str, int]:
+                  concurrency: int, filter_config: str | None = None,
+                  template: str | None = None) -> tuple[str, int]:
     """Start one Envoy, check it accepts and rejects what it should; return its URL."""
     listen, admin = common.free_port(), common.free_port()
     values: dict[str, Any] = {
         "listen_port": listen, "admin_port": admin, "auth_port": auth.port,
         "issuer": auth.issuer, "audience": audience, "jwks_uri": auth.jwks_uri,
         "cache_size": CACHE_SIZE,
-        "edge_authorization": common.basic_auth(*auth.edge_client),
+        # Only the ext_authz gateway uses it; an issuer other than Tollgate's has none.
+        "edge_authorization": (common.basic_auth(*auth.edge_client)
+                               if hasattr(auth, "edge_client") else ""),
         **bench_edge.native_limits(),
     }
-    template = None
     if kind in ("tollgate", "baseline"):
         module = filter_wasm() if kind == "tollgate" else baseline_wasm()
         values["wasm"] = str(module)
@@ -238,7 +240,7 @@ def start_gateway(kind: str, procs: Processes, settings: Settings, workdir: Path
     elif filter_config is not None:  # another Tollgate configuration (bench_edge.py)
         values["wasm"] = str(filter_wasm())
         values["filter_config"] = filter_config
-        template = "tollgate"
+        template = template or "tollgate"
     config = render_config(kind, values, workdir, template)
     proc = procs.start(f"envoy-{kind}", settings.server_prefix() + [
         envoy_bin(), "-c", str(config), "--concurrency", str(concurrency),
@@ -339,6 +341,16 @@ def report(data: dict[str, Any]) -> None:
     if d and "distinct_tokens" in d:
         print(f"distinct tokens: {d['distinct_tokens']} minted, Tollgate made "
               f"{d['passes']} pass(es) over them")
+    rs = data.get("rs256")
+    if rs and "error" in rs:
+        print(f"Keycloak RS256 tokens: not measured: {rs['error']}")
+    elif rs:
+        for sc in ("repeated", "distinct"):
+            n, t = rs["native_rs256"][sc], rs["tollgate_rs256"][sc]
+            print(f"Keycloak RS256, {sc}: Tollgate {t['rps']:,.0f} req/s vs native "
+                  f"{n['rps']:,.0f} = {common.fmt_ratio(rs['ratios'][sc])}"
+                  + (f"; Envoy CPU/request {t.get('envoy_cpu_us_per_request')} vs "
+                     f"{n.get('envoy_cpu_us_per_request')} us" if sc == "distinct" else ""))
     t = data["targets"]
     if t is None:
         return
@@ -373,6 +385,7 @@ def main() -> int:
     procs = Processes(workdir)
     gateways: dict[str, Any] = {}
     edge: dict[str, Any] | None = None
+    rs256: dict[str, Any] | None = None  # Keycloak's RS256 tokens (bench_rs256.py)
     try:
         machine = common.machine_info({"envoy": [envoy_bin(), "--version"]})
         machine["versions"]["envoy"] = machine["versions"]["envoy"].split("version: ")[-1]
@@ -479,6 +492,15 @@ def main() -> int:
             print("repeated token across set-ups (Envoy workers x wrk threads):", flush=True)
             setups = bench_setups.run(sys.modules[__name__], settings, procs, workdir, auth,
                                       audience, token, tokens_file)
+        if ("distinct" in scenarios and os.environ.get("KEYCLOAK_HOME")
+                and common.env_int("BENCH_RS256", 1)):
+            import bench_rs256
+            try:
+                rs256 = bench_rs256.run(sys.modules[__name__], settings, procs, workdir,
+                                        concurrency)
+            except BenchError as exc:  # the other rows stand; this one says why
+                print(f"RS256 (Keycloak) rows not measured: {exc}", flush=True)
+                rs256 = {"error": str(exc)}
     except BenchError as exc:
         print(f"bench-gateway failed: {exc}\n(logs in {workdir})", file=sys.stderr)
         return 1
@@ -531,6 +553,7 @@ def main() -> int:
         "ratios": ratios,
         "edge": edge,
         "setups": setups,
+        "rs256": rs256,
         "targets": {
             "repeated_1x_native": (ratios["repeated"]["tollgate_vs_native"] or 0) >= 1.0,
             "repeated_0.9x_noauth": (ratios["repeated"]["tollgate_vs_noauth"] or 0) >= 0.9,

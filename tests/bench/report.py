@@ -219,6 +219,34 @@ def gateway_md(d: dict[str, Any]) -> str:
             "CPU no auth / native / Tollgate): " + rows + f". Spread of Tollgate / native: "
             f"**{st['tollgate_vs_native_min']:.2f}–{st['tollgate_vs_native_max']:.2f}×** "
             "(target ≥ 0.9× in every set-up).")
+    x = {sc["key"]: d["ratios"][sc["key"]].get("tollgate_vs_extauthz") for sc in d["scenarios"]}
+    if any(v is not None for v in x.values()):
+        auth = [(sc["label"], (d["gateways"].get("extauthz", {}).get(sc["key"]) or {})
+                 .get("authserver_cpu_us_per_request")) for sc in d["scenarios"]]
+        notes.append(
+            "- ext_authz (every request asks the auth server's `/edge/authz`): Tollgate / "
+            "ext_authz " + ", ".join(f"{sc['label']} {ratio_text(x[sc['key']])}"
+                                     for sc in d["scenarios"])
+            + "; the auth server's CPU per request on top of Envoy's, µs: "
+            + ", ".join(f"{lbl} {v:.1f}" if v is not None else f"{lbl} n/a"
+                        for lbl, v in auth) + ".")
+    rs = d.get("rs256")
+    if rs and "error" in rs:
+        notes.append(f"- Keycloak's RS256 tokens at the gateway: not measured: {rs['error']}.")
+    elif rs:
+        parts = []
+        for sc in ("repeated", "distinct"):
+            n, t = rs["native_rs256"][sc], rs["tollgate_rs256"][sc]
+            parts.append(f"{sc} Tollgate {t['rps']:,.0f} vs native {n['rps']:,.0f} req/s = "
+                         f"{ratio_text(rs['ratios'][sc])}")
+        dn, dt = rs["native_rs256"]["distinct"], rs["tollgate_rs256"]["distinct"]
+        notes.append(
+            f"- Keycloak's tokens at the gateway (RS256, 2048-bit, its real JWKS; "
+            f"{rs['tokens']:,} distinct tokens minted by Keycloak): " + "; ".join(parts)
+            + f" (Envoy CPU per request, distinct: Tollgate "
+            f"{dt.get('envoy_cpu_us_per_request')} vs native "
+            f"{dn.get('envoy_cpu_us_per_request')} µs; target distinct ≥ 0.8×: "
+            f"{'met' if (rs['ratios']['distinct'] or 0) >= 0.8 else 'not met'}).")
     s = d["settings"]
     notes.append(
         f"- Run {d['date_utc']}: envoy --concurrency {d['envoy_concurrency']}, wrk "

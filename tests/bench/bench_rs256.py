@@ -1,0 +1,121 @@
+"""Keycloak's tokens at the gateway (issue 13): RS256, the signing algorithm of most
+third-party issuers, verified by the Tollgate filter for an issuer it does not ship with,
+beside Envoy's native jwt_authn, in `make bench-gateway`.
+
+Keycloak (peer_servers.Keycloak: the Maven Central distribution, a realm imported at start)
+issues client_credentials tokens signed RS256 (2048-bit key, its default) with an audience
+mapper; both gateways get its real JWKS from its `certs` endpoint (which also lists its
+ES256 key and an RSA-OAEP encryption key, as Keycloak publishes them). Two scenarios, each
+measured on native then Tollgate back to back:
+
+- repeated: one Keycloak token on every request (the verified-token caches answer);
+- distinct: a stream of distinct Keycloak tokens, minted beforehand (at most
+  `BENCH_RS256_MINT_S` seconds, up to `BENCH_RS256_TOKENS`), each sent once while the
+  stream lasts: every request is an RS256 signature verification.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import common
+from common import BenchError, Processes, Settings
+from peer_servers import KEYCLOAK_AUDIENCE, Keycloak
+
+
+def mint(kc: Keycloak, settings: Settings, workdir: Path, count: int,
+         max_seconds: float) -> list[str]:
+    """Distinct RS256 tokens from Keycloak's token endpoint (mint_tokens.lua)."""
+    import time
+    tokens: set[str] = set()
+    deadline = time.monotonic() + max_seconds
+    n = 0
+    while len(tokens) < count and time.monotonic() < deadline:
+        n += 1
+        prefix = workdir / f"mint-kc{n}"
+        common.run_wrk(settings, kc.base, "mint_tokens.lua", {
+            "BENCH_PATH": kc.token_path,
+            "BENCH_BODY": "grant_type=client_credentials",
+            "BENCH_AUTH": common.basic_auth("bench-rs256", kc.secret),
+            "BENCH_MINT_PREFIX": str(prefix)},
+            duration=min(5.0, max(1.0, deadline - time.monotonic())), threads=2)
+        for part in workdir.glob(f"mint-kc{n}.*"):
+            tokens.update(t for t in part.read_text().split("\n") if t)
+            part.unlink()
+    return sorted(tokens)[:count]
+
+
+def filter_config(kc: Keycloak, cache_size: int) -> str:
+    return json.dumps({
+        "issuers": [{
+            "issuer": kc.issuer,
+            "audiences": [KEYCLOAK_AUDIENCE],
+            "algorithms": ["RS256"],
+            "jwks": {"cluster": "tollgate_authserver",
+                     "path": "/realms/bench/protocol/openid-connect/certs",
+                     "authority": f"127.0.0.1:{kc.port}"},
+        }],
+        "cache": {"slots": cache_size},
+        "default_rule": {"allow_anonymous": False},
+    }, separators=(",", ":"))
+
+
+def run(gw: Any, settings: Settings, procs: Processes, workdir: Path,
+        concurrency: int) -> dict[str, Any]:
+    """`gw`: the bench_gateway module (start_gateway, ENVOY_PIDS, CACHE_SIZE)."""
+    kc = Keycloak(procs, settings, workdir)
+    count = common.env_int("BENCH_RS256_TOKENS", 20000)
+    minted = mint(kc, settings, workdir, count,
+                  common.env_float("BENCH_RS256_MINT_S", 40.0))
+    if len(minted) < 1000:
+        raise BenchError(f"Keycloak minted only {len(minted)} tokens")
+    print(f"Keycloak minted {len(minted)} distinct RS256 tokens", flush=True)
+    stream = workdir / "tokens-rs256.txt"
+    stream.write_text("\n".join(minted) + "\n")
+    single = workdir / "token-rs256.txt"
+    token = kc.token("RS256")
+    single.write_text(token + "\n")
+    kinds = {"native_rs256": ("native", None),
+             "tollgate_rs256": ("tollgate", filter_config(kc, gw.CACHE_SIZE))}
+    urls = {kind: gw.start_gateway(kind, procs, settings, workdir, kc, KEYCLOAK_AUDIENCE,
+                                   token, stream, concurrency, filter_config=cfg,
+                                   template=template)[0]
+            for kind, (template, cfg) in kinds.items()}
+    out: dict[str, Any] = {"tokens": len(minted), "keycloak": kc.issuer}
+    rounds = max(1, common.env_int("BENCH_ROUNDS", 3))
+    per_round = max(2.0, round(settings.duration / rounds))
+    env = {"BENCH_PATH": "/api/resource", "BENCH_TOKENS_FILE": str(single)}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in urls}
+    for url in urls.values():
+        common.run_wrk(settings, url, "bearer.lua", env, settings.warmup)
+    for _ in range(rounds):
+        for kind, url in urls.items():
+            runs[kind].append(common.run_wrk(settings, url, "bearer.lua", env, per_round))
+    for kind in urls:
+        out.setdefault(kind, {})["repeated"] = common.combine_rounds(
+            f"{kind}: repeated RS256 token", runs[kind])
+    duration = common.env_float("BENCH_DISTINCT_DURATION", 3.0)
+    for kind, url in urls.items():
+        c0 = common.process_cpu_ns(gw.ENVOY_PIDS[kind])
+        res = common.measure(settings, url, "bearer.lua",
+                             {"BENCH_PATH": "/api/resource", "BENCH_TOKENS_FILE": str(stream),
+                              "BENCH_TOKEN_OFFSET": "3"},
+                             f"{kind}: distinct RS256 tokens", duration=duration, warmup=0)
+        c1 = common.process_cpu_ns(gw.ENVOY_PIDS[kind])
+        res["envoy_cpu_us_per_request"] = common.cpu_us_per_request(
+            c1 - c0 if c0 is not None and c1 is not None else None, res["requests"])
+        res["passes"] = round(res["requests"] / max(len(minted) - 3, 1), 2)
+        if res.get("non_2xx"):
+            raise BenchError(f"{kind}: {res['non_2xx']} distinct RS256 answers were not 2xx")
+        out[kind]["distinct"] = res
+    for sc in ("repeated", "distinct"):
+        t, n = out["tollgate_rs256"][sc]["rps"], out["native_rs256"][sc]["rps"]
+        out.setdefault("ratios", {})[sc] = round(t / n, 2) if n else None
+    for leftover in (stream, single):
+        leftover.unlink(missing_ok=True)
+    print(f"Keycloak RS256 at the gateway: Tollgate / native repeated "
+          f"{common.fmt_ratio(out['ratios']['repeated'])}, distinct "
+          f"{common.fmt_ratio(out['ratios']['distinct'])} (target distinct >= 0.8x)", flush=True)
+    return out
