@@ -93,6 +93,10 @@ async fn handle(
             "iat": rec.iat,
             "token_type": "refresh_token",
         });
+        // RFC 9449 §6.2: a public client's refresh token bound to its DPoP key.
+        if let Some(cnf) = crate::tokens::cnf(rec.jkt.as_deref(), None) {
+            body["cnf"] = cnf;
+        }
         if !rec.scope.is_empty() {
             body["scope"] = json!(rec.scope);
         }
