@@ -33,21 +33,17 @@ SCOPE = "api:read"
 # (key, label) in table order
 SCENARIOS = [
     ("token_jwt", "token: client_credentials -> ES256 JWT"),
+    ("token_jwt_rs256", "token: client_credentials -> RS256 JWT"),
     ("token_opaque", "token: client_credentials -> opaque"),
     ("introspect_opaque", "introspect: opaque token"),
     ("introspect_jwt", "introspect: ES256 JWT"),
     ("edge_feed", "edge: revocation feed, nothing new"),
 ]
-# Rows measured on the peers only, each compared with a Tollgate row: RS256 is the peers'
-# default signing algorithm, Tollgate signs with ES256.
-PEER_ONLY = [
-    ("token_jwt_rs256", "token: client_credentials -> RS256 JWT (Tollgate: its ES256 row)",
-     "token_jwt"),
-]
 # The peers beside oidc-provider (BENCH_PEERS), each with its set-up line for the report.
 MORE_PEERS = {
-    "keycloak": ("Keycloak", "Keycloak {version} (Maven Central), kc.sh start-dev: dev-file H2 "
-                 "database, HTTP, realm imported at start, ES256 and RS256 clients"),
+    "keycloak": ("Keycloak", "Keycloak {version} (Maven Central), kc.sh build --db=dev-file "
+                 "then start --optimized (production mode, dev-file H2 database, HTTP, local "
+                 "caches), realm imported at start, ES256 and RS256 clients, JIT warm-up"),
     "hydra": ("Ory Hydra", "Ory Hydra {version} (Go module proxy), serve all --dev, "
               "DSN=memory; introspection on its admin listener, without client credentials"),
 }
@@ -73,13 +69,24 @@ Spec = tuple[str, dict[str, str]]  # (base URL, wrk environment) of one measurem
 
 
 def start_tollgate(procs: Processes, settings: Settings, redis_port: int) -> dict[str, Any]:
-    """Start and check the auth server; return what to measure, per scenario."""
+    """Start and check the auth server; return what to measure, per scenario. A second one,
+    with RS256 signing keys (`TOLLGATE_SIGNING_ALG`, one algorithm per deployment) on Redis
+    db 2, serves the RS256 row."""
+    specs = start_one_tollgate(procs, settings, redis_port, "ES256")
+    rs = start_one_tollgate(procs, settings, redis_port, "RS256")
+    specs["token_jwt_rs256"] = rs["token_jwt"]
+    return specs
+
+
+def start_one_tollgate(procs: Processes, settings: Settings, redis_port: int,
+                       alg: str) -> dict[str, Any]:
     port, admin_port = common.free_port(), common.free_port()
     admin = secrets.token_urlsafe(32)
     base = f"http://127.0.0.1:{port}"
     admin_base = f"http://127.0.0.1:{admin_port}"  # registration is on the admin listener
     env = {
-        "TOLLGATE_STORE": f"redis://127.0.0.1:{redis_port}/0",
+        "TOLLGATE_STORE": f"redis://127.0.0.1:{redis_port}/{0 if alg == 'ES256' else 2}",
+        "TOLLGATE_SIGNING_ALG": alg,
         "TOLLGATE_LISTEN": f"127.0.0.1:{port}",
         "TOLLGATE_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
         "TOLLGATE_ADMIN_TOKEN": admin,
@@ -92,9 +99,9 @@ def start_tollgate(procs: Processes, settings: Settings, redis_port: int) -> dic
         "TOLLGATE_RATE_LIMIT_PER_IP": "0",
         "TOLLGATE_RATE_LIMIT_DEFAULT": "0",
     }
-    proc = procs.start("authserver", settings.server_prefix() + [str(authserver_bin()), "serve"],
-                       env=env)
-    TOLLGATE_PIDS["authserver"] = proc.pid
+    proc = procs.start(f"authserver-{alg}", settings.server_prefix() +
+                       [str(authserver_bin()), "serve"], env=env)
+    TOLLGATE_PIDS["authserver" if alg == "ES256" else "authserver_rs256"] = proc.pid
     common.wait_until("authserver /readyz",
                       lambda: requests.get(f"{base}/readyz", timeout=1).status_code == 200,
                       procs=procs, watch=proc)
@@ -130,8 +137,8 @@ def start_tollgate(procs: Processes, settings: Settings, redis_port: int) -> dic
 
     jwt = issue(jwt_client)
     header = jose_header(jwt)
-    if header.get("alg") != "ES256":
-        raise BenchError(f"expected an ES256 JWT, got header {header}")
+    if header.get("alg") != alg:
+        raise BenchError(f"expected an {alg} JWT, got header {header}")
     opaque = issue(opaque_client)
     if opaque.count(".") == 2:
         raise BenchError("the opaque client received a JWT")
@@ -145,7 +152,7 @@ def start_tollgate(procs: Processes, settings: Settings, redis_port: int) -> dic
     feed_path = f"/edge/revocations?since={r.json()['cursor']}"
 
     token_body = f"grant_type=client_credentials&scope={SCOPE.replace(':', '%3A')}"
-    print(f"Tollgate auth server: {base}, redis db 0", flush=True)
+    print(f"Tollgate auth server ({alg}): {base}", flush=True)
     return {
         "token_jwt": (base, {"BENCH_PATH": "/oauth2/token", "BENCH_BODY": token_body,
                              "BENCH_AUTH": common.basic_auth(*jwt_client)}),
@@ -228,6 +235,7 @@ def start_peer(procs: Processes, settings: Settings, redis_port: int,
                                      "BENCH_BODY": f"token={opaque}", "BENCH_AUTH": basic}),
         "introspect_jwt": {"unsupported": "oidc-provider refuses to introspect JWT access "
                                           f"tokens (answered {jwt_refusal})"},
+        "token_jwt_rs256": {"unsupported": "oidc-provider is set up with one ES256 key"},
         "edge_feed": {"unsupported": "oidc-provider has no revocation feed for gateways"},
     }
 
@@ -275,10 +283,8 @@ def report(data: dict[str, Any]) -> None:
             print(f"\n{block['name']}: not measured: {block['error']}")
             continue
         prow = []
-        for k, lbl in [(s["key"], s["label"]) for s in data["scenarios"]] + [
-                (s["key"], s["label"]) for s in data["peer_only"]]:
-            base = next((s["tollgate_row"] for s in data["peer_only"] if s["key"] == k), k)
-            t, p = data["tollgate"].get(base), block["results"].get(k)
+        for k, lbl in [(s["key"], s["label"]) for s in data["scenarios"]]:
+            t, p = data["tollgate"].get(k), block["results"].get(k)
             prow.append([lbl, common.fmt_ratio(block["ratios"].get(k)),
                          f"{t['rps']:,.0f}" if t and "rps" in t else "n/a",
                          f"{p['rps']:,.0f}" if p and "rps" in p else "n/a",
@@ -345,7 +351,7 @@ def main() -> int:
                                               **{k: {} for k in more}}
         sides = [("tollgate", "Tollgate"), ("peer", "oidc-provider"),
                  *((k, MORE_PEERS[k][0]) for k in more if k in specs)]
-        for key, label in SCENARIOS + [(k, lbl) for k, lbl, _ in PEER_ONLY]:
+        for key, label in SCENARIOS:
             for side, name in sides:
                 spec = specs[side].get(key)
                 if spec is None:
@@ -357,8 +363,11 @@ def main() -> int:
                 url, env = spec
                 script = env.get("BENCH_SCRIPT", "form_post.lua")
                 if side == "tollgate":  # with the CPU per request of the server and Redis
+                    server = "authserver_rs256" if key == "token_jwt_rs256" else "authserver"
+                    pids = {"authserver": TOLLGATE_PIDS[server],
+                            "redis": TOLLGATE_PIDS["redis"]}
                     results[side][key] = common.measure_cpu(
-                        settings, url, script, env, f"{name}: {label}", TOLLGATE_PIDS,
+                        settings, url, script, env, f"{name}: {label}", pids,
                         redis_port=redis_port)
                 else:
                     results[side][key] = common.measure(settings, url, script, env,
@@ -381,8 +390,6 @@ def main() -> int:
         block["results"] = results[key]
         block["ratios"] = {k: ratio(tollgate.get(k), results[key].get(k))
                            for k, _ in SCENARIOS}
-        block["ratios"].update({k: ratio(tollgate.get(base), results[key].get(k))
-                                for k, _, base in PEER_ONLY})
         measured = [r for r in block["ratios"].values() if r is not None]
         block["all_rows_3x"] = bool(measured) and min(measured) >= 3
     t_tok = tollgate.get("token_jwt", {}).get("rps", 0)
@@ -397,7 +404,6 @@ def main() -> int:
         "tollgate": tollgate,
         "peer": peer,
         "ratios": ratios,
-        "peer_only": [{"key": k, "label": lbl, "tollgate_row": b} for k, lbl, b in PEER_ONLY],
         "more_peers": more,
         "targets": {
             "tokens_per_s_5000": t_tok >= 5000,

@@ -92,8 +92,7 @@ def more_peers_md(d: dict[str, Any]) -> str:
     head = "| scenario | Tollgate req/s |" + "".join(
         f" {b['name']} req/s | Tollgate / {b['name']} |" for b in ok.values())
     lines = ["", head, "|---|---:|" + "---:|---:|" * len(ok)]
-    rows = [(sc["key"], sc["label"], sc["key"]) for sc in d["scenarios"]] + [
-        (sc["key"], sc["label"], sc["tollgate_row"]) for sc in d.get("peer_only", [])]
+    rows = [(sc["key"], sc["label"], sc["key"]) for sc in d["scenarios"]]
     for key, label, base in rows:
         t = d["tollgate"].get(base)
         cells = "".join(f" {num(b['results'].get(key), 'rps', ',.0f')} | "
@@ -116,7 +115,8 @@ def more_peers_md(d: dict[str, Any]) -> str:
 
 def authserver_png(d: dict[str, Any], out: Path) -> None:
     scen = d["scenarios"]
-    short = {"token_jwt": "token\n(JWT)", "token_opaque": "token\n(opaque)",
+    short = {"token_jwt": "token\n(ES256 JWT)", "token_jwt_rs256": "token\n(RS256 JWT)",
+             "token_opaque": "token\n(opaque)",
              "introspect_opaque": "introspect\n(opaque)", "introspect_jwt": "introspect\n(JWT)",
              "edge_feed": "edge feed\n(nothing new)"}
     labels = [short.get(s["key"], s["label"]) for s in scen]
