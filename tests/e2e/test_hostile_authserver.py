@@ -60,6 +60,8 @@ def router_routes(name: str = "router") -> dict[str, set[str]]:
         path = re.match(r'\s*"([^"]+)"', chunk).group(1)
         handlers = re.split(r"\.(?:route_layer|layer|fallback|merge|with_state)\(", chunk)[0]
         methods = {m.upper() for m in re.findall(r"\b(get|post|put|delete|patch)\(", handlers)}
+        if re.search(r"\bany\(", handlers):  # e.g. /edge/authz: ext_authz keeps the method
+            methods = set(ALL_METHODS)
         assert methods, f"no handler found for {path}"
         routes[path] = methods
     return routes
