@@ -168,21 +168,11 @@ class AuthServer:
     def mint(self, settings: Settings, workdir: Path, count: int,
              max_seconds: float, client: tuple[str, str] | None = None) -> list[str]:
         """Mint `count` distinct tokens with wrk (mint_tokens.lua), bounded in time."""
-        tokens: set[str] = set()
-        deadline = time.monotonic() + max_seconds
-        round_no = 0
-        while len(tokens) < count and time.monotonic() < deadline:
-            round_no += 1
-            prefix = workdir / f"mint{round_no}"
-            common.run_wrk(settings, self.base, "mint_tokens.lua", {
-                "BENCH_PATH": "/oauth2/token",
-                "BENCH_BODY": f"grant_type=client_credentials&scope={SCOPE.replace(':', '%3A')}",
-                "BENCH_AUTH": common.basic_auth(*(client or self.client)),
-                "BENCH_MINT_PREFIX": str(prefix)}, duration=3, threads=2)
-            for part in workdir.glob(f"mint{round_no}.*"):
-                tokens.update(t for t in part.read_text().split("\n") if t)
-                part.unlink()
-        return sorted(tokens)[:count] if len(tokens) > count else list(tokens)
+        return common.mint_tokens(settings, workdir, self.base, {
+            "BENCH_PATH": "/oauth2/token",
+            "BENCH_BODY": f"grant_type=client_credentials&scope={SCOPE.replace(':', '%3A')}",
+            "BENCH_AUTH": common.basic_auth(*(client or self.client))},
+            count, max_seconds, "tollgate")
 
 
 # ------------------------------------------------------------------ gateways

@@ -28,23 +28,11 @@ from peer_servers import KEYCLOAK_AUDIENCE, Keycloak
 def mint(kc: Keycloak, settings: Settings, workdir: Path, count: int,
          max_seconds: float) -> list[str]:
     """Distinct RS256 tokens from Keycloak's token endpoint (mint_tokens.lua)."""
-    import time
-    tokens: set[str] = set()
-    deadline = time.monotonic() + max_seconds
-    n = 0
-    while len(tokens) < count and time.monotonic() < deadline:
-        n += 1
-        prefix = workdir / f"mint-kc{n}"
-        common.run_wrk(settings, kc.base, "mint_tokens.lua", {
-            "BENCH_PATH": kc.token_path,
-            "BENCH_BODY": "grant_type=client_credentials",
-            "BENCH_AUTH": common.basic_auth("bench-rs256", kc.secret),
-            "BENCH_MINT_PREFIX": str(prefix)},
-            duration=min(5.0, max(1.0, deadline - time.monotonic())), threads=2)
-        for part in workdir.glob(f"mint-kc{n}.*"):
-            tokens.update(t for t in part.read_text().split("\n") if t)
-            part.unlink()
-    return sorted(tokens)[:count]
+    return common.mint_tokens(settings, workdir, kc.base, {
+        "BENCH_PATH": kc.token_path,
+        "BENCH_BODY": "grant_type=client_credentials",
+        "BENCH_AUTH": common.basic_auth("bench-rs256", kc.secret)},
+        count, max_seconds, "kc")
 
 
 def filter_config(kc: Keycloak, cache_size: int) -> str:

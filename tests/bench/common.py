@@ -469,3 +469,22 @@ def measure_cpu(settings: Settings, url: str, script: str, env: dict[str, str],
             for cmd, v in sorted(redis_commandstats(redis_port).items())
             if v["calls"] >= n / 100}  # what the requests do, not a stray probe
     return result
+
+
+def mint_tokens(settings: Settings, workdir: Path, base: str, env: dict[str, str], count: int,
+                max_seconds: float, tag: str) -> list[str]:
+    """Mint up to `count` distinct access tokens with wrk (mint_tokens.lua: the token request
+    of `env`, BENCH_PATH/BENCH_BODY/BENCH_AUTH, against `base`), in 3 s runs until there are
+    enough or `max_seconds` have passed; the part files are deleted as they are read."""
+    tokens: set[str] = set()
+    deadline = time.monotonic() + max_seconds
+    round_no = 0
+    while len(tokens) < count and time.monotonic() < deadline:
+        round_no += 1
+        prefix = workdir / f"mint-{tag}{round_no}"
+        run_wrk(settings, base, "mint_tokens.lua", {**env, "BENCH_MINT_PREFIX": str(prefix)},
+                duration=3, threads=2)
+        for part in workdir.glob(f"mint-{tag}{round_no}.*"):
+            tokens.update(t for t in part.read_text().split("\n") if t)
+            part.unlink()
+    return sorted(tokens)[:count]

@@ -269,6 +269,16 @@ async fn only_the_admin_changes_the_flag(redis: bool) {
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_client_metadata");
 }
 
+/// The metadata of a client_credentials client authenticating with `method`, plus `extra`.
+fn certificate_client(method: &str, extra: Value) -> Value {
+    let mut m = json!({"scope": "api:read", "grant_types": ["client_credentials"],
+                       "token_endpoint_auth_method": method});
+    if let (Value::Object(a), Value::Object(b)) = (&mut m, extra) {
+        a.extend(b);
+    }
+    m
+}
+
 /// RFC 8705 §2.2 `self_signed_tls_client_auth`: registered certificates in `jwks` (`x5c`),
 /// needs the TLS listener; the client authenticates with a registered certificate only.
 async fn self_signed_certificate_clients(redis: bool) {
@@ -282,14 +292,7 @@ async fn self_signed_certificate_clients(redis: bool) {
         .chain((0..200u8).map(|i| i.wrapping_mul(7)))
         .collect();
     let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "x5c": [STANDARD.encode(&cert)]}]});
-    let md = |extra: Value| {
-        let mut m = json!({"scope": "api:read", "grant_types": ["client_credentials"],
-                           "token_endpoint_auth_method": "self_signed_tls_client_auth"});
-        if let (Value::Object(a), Value::Object(b)) = (&mut m, extra) {
-            a.extend(b);
-        }
-        m
-    };
+    let md = |extra: Value| certificate_client("self_signed_tls_client_auth", extra);
     let admin = super::test_support::admin();
     // Without the TLS listener the method is refused (and not advertised).
     let r = off
@@ -372,14 +375,7 @@ async fn ca_issued_certificate_clients(redis: bool) {
     use rustls_pki_types::UnixTime;
     let admin = super::test_support::admin();
     let spiffe = "spiffe://cluster.local/ns/shop/sa/orders";
-    let md = |extra: Value| {
-        let mut m = json!({"scope": "api:read", "grant_types": ["client_credentials"],
-                           "token_endpoint_auth_method": "tls_client_auth"});
-        if let (Value::Object(a), Value::Object(b)) = (&mut m, extra) {
-            a.extend(b);
-        }
-        m
-    };
+    let md = |extra: Value| certificate_client("tls_client_auth", extra);
     let listener = |client_ca: Option<&str>| crate::config::TlsListen {
         addr: SocketAddr::from(([127, 0, 0, 1], 9443)),
         cert: "unused.pem".into(),
