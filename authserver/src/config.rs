@@ -381,6 +381,13 @@ pub struct TlsListen {
     pub client_ca: Option<PathBuf>,
 }
 
+impl Config {
+    /// Is `tls_client_auth` offered: a TLS listener with `TOLLGATE_TLS_CLIENT_CA`?
+    pub fn offers_tls_client_auth(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+    }
+}
+
 /// `TOLLGATE_EDGE_TRUSTED_PRINCIPALS`: SPIFFE IDs, comma-separated, each
 /// `spiffe://<trust domain>/<path>` without whitespace or XFCC separators.
 fn parse_principals(s: &str) -> Result<Vec<String>, String> {

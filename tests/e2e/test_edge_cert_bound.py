@@ -159,6 +159,13 @@ def test_certificate_bound_token_only_from_its_workload(echo, wasm, tmp_path, st
             assert plain_gw.counter("tollgate_denied_mtls_no_certificate") >= 1
 
 
+def secretless_token(base: str, client_id: str, cert, ca: str) -> requests.Response:
+    """client_credentials for a client that authenticates with its TLS certificate (RFC 8705
+    §2): `client_id` in the body, no secret, `cert` (or None) presented."""
+    return requests.post(f"{base}/oauth2/token", cert=cert, verify=ca, timeout=10,
+                         data={"grant_type": "client_credentials", "client_id": client_id})
+
+
 def self_signed(tmp_path, name: str, uri: str | None = None) -> tuple[str, str]:
     """A self-signed client certificate (no CA): RFC 8705 §3 binds to it as well. With `uri`,
     it claims that SPIFFE ID as its SAN, as a workload's certificate does."""
@@ -238,9 +245,7 @@ def test_certificate_bound_token_from_the_auth_servers_tls_listener(echo, wasm, 
         assert "client_secret" not in ss
 
         def ss_token(cert, base=f"https://localhost:{tls_port}"):
-            return requests.post(f"{base}/oauth2/token", cert=cert, verify=ca, timeout=10,
-                                 data={"grant_type": "client_credentials",
-                                       "client_id": ss["client_id"]})
+            return secretless_token(base, ss["client_id"], cert, ca)
         r = ss_token(mine)
         assert r.status_code == 200, r.text
         assert claims(r.json()["access_token"])["cnf"] == {"x5t#S256": x5t(mine[0])}
@@ -296,9 +301,7 @@ def test_tls_client_auth_by_the_mesh_ca(tmp_path, store_env):
         assert "client_secret" not in c
 
         def token(cert, base=f"https://localhost:{tls_port}"):
-            return requests.post(f"{base}/oauth2/token", cert=cert, verify=ca, timeout=10,
-                                 data={"grant_type": "client_credentials",
-                                       "client_id": c["client_id"]})
+            return secretless_token(base, c["client_id"], cert, ca)
         r = token(cart)
         assert r.status_code == 200, r.text
         tok = r.json()["access_token"]

@@ -21,7 +21,7 @@ fn metadata(state: &SharedState) -> Value {
         .copied()
         .filter(|m| match *m {
             crate::clients::SELF_SIGNED_TLS => state.cfg.tls.is_some(),
-            crate::clients::TLS_CLIENT_AUTH => super::register::tls_client_ca(state),
+            crate::clients::TLS_CLIENT_AUTH => state.cfg.offers_tls_client_auth(),
             _ => true,
         })
         .collect();

@@ -317,7 +317,9 @@ fn cert_binding_supported(state: &SharedState, md: &ClientMetadata) -> Result<()
             "self_signed_tls_client_auth needs the TLS listener (TOLLGATE_TLS_LISTEN)".into(),
         ));
     }
-    if md.token_endpoint_auth_method == clients::TLS_CLIENT_AUTH && !tls_client_ca(state) {
+    if md.token_endpoint_auth_method == clients::TLS_CLIENT_AUTH
+        && !state.cfg.offers_tls_client_auth()
+    {
         return Err(OAuthError::InvalidClientMetadata(
             "tls_client_auth needs the TLS listener with the CAs of client certificates \
              (TOLLGATE_TLS_LISTEN, TOLLGATE_TLS_CLIENT_CA)"
@@ -335,13 +337,4 @@ fn cert_binding_supported(state: &SharedState, md: &ClientMetadata) -> Result<()
         ));
     }
     Ok(())
-}
-
-/// Is `tls_client_auth` offered: a TLS listener with `TOLLGATE_TLS_CLIENT_CA`?
-pub fn tls_client_ca(state: &SharedState) -> bool {
-    state
-        .cfg
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.client_ca.is_some())
 }

@@ -29,6 +29,20 @@ async fn check(
         .await
 }
 
+/// `/edge/authz` as the gateway with its client credentials `gw` asks it about `bearer`.
+async fn as_gateway(app: &App, gw: &str, bearer: &str) -> Resp {
+    check(
+        app,
+        ELSEWHERE,
+        "/edge/authz",
+        &[
+            ("authorization", bearer),
+            ("x-tollgate-edge-authorization", gw),
+        ],
+    )
+    .await
+}
+
 fn xfcc(uri: &str) -> String {
     format!("By=spiffe://cluster.local/ns/tollgate/sa/tollgate;Hash=9f86d081884c7d65;Subject=\"\";URI={uri}")
 }
@@ -180,30 +194,12 @@ async fn ext_authz(redis: bool) {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = check(
-        &app,
-        ELSEWHERE,
-        "/edge/authz",
-        &[
-            ("authorization", &bearer),
-            ("x-tollgate-edge-authorization", &gw),
-        ],
-    )
-    .await;
+    let r = as_gateway(&app, &gw, &bearer).await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_token");
 
     let r = app.token(&id, &secret, "").await;
     let second = format!("Bearer {}", r.body["access_token"].as_str().unwrap());
-    let ok = check(
-        &app,
-        ELSEWHERE,
-        "/edge/authz",
-        &[
-            ("authorization", &second),
-            ("x-tollgate-edge-authorization", &gw),
-        ],
-    )
-    .await;
+    let ok = as_gateway(&app, &gw, &second).await;
     assert_eq!(ok.status, StatusCode::OK);
     let r = app
         .send(
@@ -214,16 +210,7 @@ async fn ext_authz(redis: bool) {
         )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
-    let r = check(
-        &app,
-        ELSEWHERE,
-        "/edge/authz",
-        &[
-            ("authorization", &second),
-            ("x-tollgate-edge-authorization", &gw),
-        ],
-    )
-    .await;
+    let r = as_gateway(&app, &gw, &second).await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_token");
 }
 
@@ -258,16 +245,7 @@ async fn sender_constrained_tokens_are_refused(redis: bool) {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let bearer = format!("Bearer {}", r.body["access_token"].as_str().unwrap());
-    let r = check(
-        &app,
-        ELSEWHERE,
-        "/edge/authz",
-        &[
-            ("authorization", &bearer),
-            ("x-tollgate-edge-authorization", &basic(&gw_id, &gw_secret)),
-        ],
-    )
-    .await;
+    let r = as_gateway(&app, &basic(&gw_id, &gw_secret), &bearer).await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_token");
 }
 
