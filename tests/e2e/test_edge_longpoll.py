@@ -96,10 +96,13 @@ def test_the_gateway_polls_when_the_server_refuses_long_polls(echo, wasm, tmp_pa
 
 def test_long_polls_on_sentinel_are_woken_before_and_after_a_switchover(tmp_path):
     """On Sentinel the auth server subscribes on the master the Sentinels name: a held long
-    poll is answered when a token is revoked, and again after a switchover (through the
-    new master, or the demoted one, which now replicates from it and so still delivers the
-    messages). The wait asked (120 s) is far beyond the hang
-    guard (30 s): an answer inside the guard can only come from a wake-up."""
+    poll is answered when a token is revoked, and again after a switchover, through the new
+    master. The old master is kept from being demoted (its `REPLICAOF` is refused by ACL),
+    as when it is cut off from the Sentinels: it stays a master, deaf to the new one, so the
+    subscription must follow the master the store moved to rather than wait for the
+    Sentinels to reconfigure the old one (which would also close its subscribers). The wait
+    asked (120 s) is far beyond the hang guard (30 s): an answer inside the guard can only
+    come from a wake-up."""
     import concurrent.futures as cf
     import shutil
     import time
@@ -140,7 +143,11 @@ def test_long_polls_on_sentinel_are_woken_before_and_after_a_switchover(tmp_path
                             break
                         time.sleep(0.2)
                     assert r.status_code == 200, r.text
-                    answer = poll.result(timeout=30)
+                    try:
+                        answer = poll.result(timeout=30)
+                    except cf.TimeoutError:
+                        pytest.fail("the held poll was not woken; auth server log:\n"
+                                    + auth.proc.tail(60))
                 assert answer.status_code == 200, answer.text
                 body = answer.json()
                 assert body["wait_s"] == 120
@@ -148,17 +155,23 @@ def test_long_polls_on_sentinel_are_woken_before_and_after_a_switchover(tmp_path
 
             held_poll_sees_a_revocation()
             old = g.master()
+            old.call("ACL", "SETUSER", "default", "-replicaof", "-slaveof")
             g.sentinels[0].call("SENTINEL", "FAILOVER", g.master_name)
-            g.wait_failover(old.port)
-            # The auth server reaches the new master (a write goes through), then a held
-            # poll is woken through the subscription on it.
+            new = g.wait_failover(old.port)
+            # The auth server's store moves to the new master (its check of the master's
+            # role, once a second while in use), then a held poll is woken through the
+            # subscription, which has followed it.
+            moved = f"connected to the Redis master named by Sentinel master=127.0.0.1:{new.port}"
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
+            while moved not in auth.proc.log() and time.monotonic() < deadline:
                 try:
-                    auth.token(client)
-                    break
+                    cursor()
                 except Exception:  # noqa: BLE001 - 503 while the switch settles
-                    time.sleep(0.5)
+                    pass
+                time.sleep(0.3)
+            assert moved in auth.proc.log(), auth.proc.tail(30)
+            assert old.info().get("role") == "master"  # never demoted
             held_poll_sees_a_revocation()
+            assert old.info().get("role") == "master"
         finally:
             auth.stop()

@@ -72,6 +72,9 @@ pub(super) struct SentinelBackend {
     pub(super) generation: std::sync::atomic::AtomicU64,
     /// When the cached connection was last checked against the Sentinels.
     pub(super) role_checked: std::sync::Mutex<Instant>,
+    /// The address of the master the data connection last reached: the revocation
+    /// signal's subscription follows it (see `signal`).
+    pub(super) master: tokio::sync::watch::Sender<String>,
 }
 
 /// How often a Sentinel connection in use checks that its server is still the master the
@@ -215,13 +218,18 @@ impl RedisStore {
                     .set_connection_timeout(Some(opts.connect_timeout))
                     .set_response_timeout(Some(opts.response_timeout));
                 let client = Arc::new(Mutex::new(client));
-                let source = PubSubSource::Sentinel(client.clone());
+                let master = tokio::sync::watch::Sender::new(String::new());
+                let source = PubSubSource::Sentinel {
+                    client: client.clone(),
+                    master: master.subscribe(),
+                };
                 let b = SentinelBackend {
                     client,
                     conn: Arc::new(RwLock::new(None)),
                     config,
                     generation: std::sync::atomic::AtomicU64::new(0),
                     role_checked: std::sync::Mutex::new(Instant::now()),
+                    master,
                 };
                 (Backend::Sentinel(Box::new(b)), false, source)
             }
@@ -325,6 +333,13 @@ impl RedisStore {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (addr, conn) = fresh;
                 tracing::info!(master = %addr, "connected to the Redis master named by Sentinel");
+                s.master.send_if_modified(|m| {
+                    let changed = *m != addr;
+                    if changed {
+                        m.clone_from(&addr);
+                    }
+                    changed
+                });
                 *slot = Some((gen, addr, conn.clone()));
                 Ok(Conn::Multiplexed(conn))
             }

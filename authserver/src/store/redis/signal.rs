@@ -6,9 +6,11 @@
 //! subscription is a dedicated connection (a subscribed RESP2 connection takes no other
 //! command), opened on first use:
 //! - standalone: to the server of the store URL;
-//! - Sentinel: to the master the Sentinels name at (re)connect time (a message published
-//!   on the master also reaches the subscribers of its replicas, so a demoted master that
-//!   now replicates still delivers);
+//! - Sentinel: to the master the Sentinels name at (re)connect time, and again whenever
+//!   it is no longer that master: when the store's data connection reaches another master,
+//!   or when the Sentinels name another one at an idle check. (A message published on the
+//!   master reaches the subscribers of its replicas too, but after a switchover the old
+//!   master stays a master, deaf to the new one, until the Sentinels reconfigure it.)
 //! - Cluster: to any reachable node, in turn (a classic `PUBLISH` reaches every node).
 //!
 //! The signal's value is the highest sequence number announced. A message lost while the
@@ -33,7 +35,11 @@ const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 /// Where the subscription connects.
 pub(super) enum PubSubSource {
     Single(Box<::redis::Client>),
-    Sentinel(Arc<Mutex<SentinelClient>>),
+    /// The Sentinels, and the address of the master the data connection reached last.
+    Sentinel {
+        client: Arc<Mutex<SentinelClient>>,
+        master: watch::Receiver<String>,
+    },
     Cluster(Vec<::redis::Client>),
 }
 
@@ -83,7 +89,26 @@ fn wake(tx: &Weak<watch::Sender<u64>>, seq: Option<u64>) -> bool {
     }
 }
 
-async fn open(source: &PubSubSource, timeout: Duration) -> Result<::redis::aio::PubSub, String> {
+/// The address of the master the Sentinels name now.
+async fn named_master(
+    client: &Mutex<SentinelClient>,
+    timeout: Duration,
+) -> Result<(::redis::Client, String), String> {
+    let master = tokio::time::timeout(timeout, async {
+        client.lock().await.async_get_client().await
+    })
+    .await
+    .map_err(|_| "sentinel lookup timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    let addr = master.get_connection_info().addr().to_string();
+    Ok((master, addr))
+}
+
+/// Subscribe; on Sentinel, also the address of the master subscribed to.
+async fn open(
+    source: &PubSubSource,
+    timeout: Duration,
+) -> Result<(::redis::aio::PubSub, Option<String>), String> {
     let connect = |c: ::redis::Client| async move {
         let mut p = tokio::time::timeout(timeout, c.get_async_pubsub())
             .await
@@ -96,21 +121,16 @@ async fn open(source: &PubSubSource, timeout: Duration) -> Result<::redis::aio::
         Ok::<_, String>(p)
     };
     match source {
-        PubSubSource::Single(c) => connect((**c).clone()).await,
-        PubSubSource::Sentinel(s) => {
-            let master = tokio::time::timeout(timeout * 2, async {
-                s.lock().await.async_get_client().await
-            })
-            .await
-            .map_err(|_| "sentinel lookup timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-            connect(master).await
+        PubSubSource::Single(c) => Ok((connect((**c).clone()).await?, None)),
+        PubSubSource::Sentinel { client, .. } => {
+            let (master, addr) = named_master(client, timeout * 2).await?;
+            Ok((connect(master).await?, Some(addr)))
         }
         PubSubSource::Cluster(nodes) => {
             let mut last = "no cluster node".to_string();
             for c in nodes {
                 match connect(c.clone()).await {
-                    Ok(p) => return Ok(p),
+                    Ok(p) => return Ok((p, None)),
                     Err(e) => last = e,
                 }
             }
@@ -119,25 +139,53 @@ async fn open(source: &PubSubSource, timeout: Duration) -> Result<::redis::aio::
     }
 }
 
+/// Resolves when the store's data connection has reached a master other than `at` (never
+/// without a Sentinel source).
+async fn data_master_moved(rx: &mut Option<watch::Receiver<String>>, at: Option<&str>) -> String {
+    if let (Some(rx), Some(at)) = (rx.as_mut(), at) {
+        while rx.changed().await.is_ok() {
+            let now = rx.borrow_and_update().clone();
+            if !now.is_empty() && now != at {
+                return now;
+            }
+        }
+    }
+    std::future::pending().await
+}
+
 async fn run(source: Arc<PubSubSource>, tx: Weak<watch::Sender<u64>>, timeout: Duration) {
     let mut failing = false;
+    let mut data_master = match &*source {
+        PubSubSource::Sentinel { master, .. } => Some(master.clone()),
+        _ => None,
+    };
     loop {
         if tx.strong_count() == 0 {
             return;
         }
         match open(&source, timeout).await {
-            Ok(p) => {
+            Ok((p, at)) => {
                 if failing {
                     tracing::info!("revocation signal subscription is back");
                 }
                 failing = false;
+                if let Some(rx) = data_master.as_mut() {
+                    rx.borrow_and_update();
+                }
                 // Anything published while not subscribed: waiters read the feed again.
                 if !wake(&tx, None) {
                     return;
                 }
                 let (mut sink, mut stream) = p.split();
                 loop {
-                    match tokio::time::timeout(IDLE_CHECK, stream.next()).await {
+                    let next = tokio::select! {
+                        next = tokio::time::timeout(IDLE_CHECK, stream.next()) => next,
+                        moved = data_master_moved(&mut data_master, at.as_deref()) => {
+                            tracing::info!(master = %moved, "the Redis master changed: moving the revocation signal subscription");
+                            break;
+                        }
+                    };
+                    match next {
                         Ok(Some(msg)) => {
                             let seq = msg.get_payload::<u64>().ok();
                             if !wake(&tx, seq) {
@@ -152,6 +200,17 @@ async fn run(source: Arc<PubSubSource>, tx: Weak<watch::Sender<u64>>, timeout: D
                             let ping = tokio::time::timeout(timeout, sink.ping::<Value>()).await;
                             if !matches!(ping, Ok(Ok(_))) {
                                 break;
+                            }
+                            // On Sentinel: still subscribed to the master they name?
+                            if let (PubSubSource::Sentinel { client, .. }, Some(at)) =
+                                (&*source, at.as_deref())
+                            {
+                                if let Ok((_, named)) = named_master(client, timeout * 2).await {
+                                    if named != at {
+                                        tracing::info!(master = %named, "the Sentinels name another Redis master: moving the revocation signal subscription");
+                                        break;
+                                    }
+                                }
                             }
                         }
                     }
