@@ -5,7 +5,9 @@
 //! Here the modulus is held as 32-bit limbs and multiplied in Montgomery form (CIOS) with
 //! `u32 × u32 → u64` products only. Per key, once: the limbs of n, n' = −n⁻¹ mod 2³² and
 //! R² mod n (R = 2^(32·limbs)). Per signature: s·R via one multiplication by R², 16
-//! squarings, and one multiplication by s (which also leaves Montgomery form), then the
+//! squarings (each cross product once, then a separate reduction: a quarter fewer limb
+//! products than a multiplication), and one multiplication by s (which also leaves
+//! Montgomery form), then the
 //! result is compared with the expected encoded message EM = 00 01 FF…FF 00 ‖ DigestInfo ‖
 //! SHA-256(message) (RFC 8017 §8.2.2, §9.2), built in full and compared in full.
 //!
@@ -137,26 +139,27 @@ impl PublicKey {
         self.k == 0
     }
 
-    /// a·b·R⁻¹ mod n (CIOS), for a, b < n; the result is < n.
+    /// a·b·R⁻¹ mod n (CIOS), for a, b < n; the result is < n. `t` has `l + 2` limbs.
     fn mont_mul(&self, a: &[u32], b: &[u32], out: &mut [u32], t: &mut [u32]) {
         let l = self.n.len();
+        let (a, n, t) = (&a[..l], &self.n[..l], &mut t[..l + 2]);
         t.fill(0);
-        for &bi in b.iter().take(l) {
+        for &bi in &b[..l] {
             let bi = u64::from(bi);
             let mut c = 0u64;
-            for j in 0..l {
-                let s = u64::from(t[j]) + u64::from(a[j]) * bi + c;
-                t[j] = s as u32;
+            for (tj, &aj) in t.iter_mut().zip(a) {
+                let s = u64::from(*tj) + u64::from(aj) * bi + c;
+                *tj = s as u32;
                 c = s >> 32;
             }
             let s = u64::from(t[l]) + c;
             t[l] = s as u32;
             t[l + 1] = (s >> 32) as u32;
             let m = u64::from(t[0].wrapping_mul(self.n0inv));
-            let s = u64::from(t[0]) + m * u64::from(self.n[0]);
-            let mut c = s >> 32;
+            let mut c = (u64::from(t[0]) + m * u64::from(n[0])) >> 32;
             for j in 1..l {
-                let s = u64::from(t[j]) + m * u64::from(self.n[j]) + c;
+                // n and t resliced to l and l + 2 limbs above: no bounds checks here.
+                let s = u64::from(t[j]) + m * u64::from(n[j]) + c;
                 t[j - 1] = s as u32;
                 c = s >> 32;
             }
@@ -165,9 +168,64 @@ impl PublicKey {
             t[l] = t[l + 1] + (s >> 32) as u32;
             t[l + 1] = 0;
         }
-        out.copy_from_slice(&t[..l]);
-        if t[l] != 0 || geq(out, &self.n) {
-            sub_in_place(out, &self.n);
+        out[..l].copy_from_slice(&t[..l]);
+        if t[l] != 0 || geq(&out[..l], n) {
+            sub_in_place(&mut out[..l], n);
+        }
+    }
+
+    /// a²·R⁻¹ mod n for a < n, the result < n: the square with each cross product once
+    /// (doubled), then a separate Montgomery reduction (SOS), 25 % fewer limb products
+    /// than [`Self::mont_mul`]. `t` has `2l + 1` limbs.
+    fn mont_sqr(&self, a: &[u32], out: &mut [u32], t: &mut [u32]) {
+        let l = self.n.len();
+        let (a, n, t) = (&a[..l], &self.n[..l], &mut t[..2 * l + 1]);
+        t.fill(0);
+        // Cross products a[i]·a[j], i < j.
+        for i in 0..l {
+            let ai = u64::from(a[i]);
+            let mut c = 0u64;
+            for (tk, &aj) in t[2 * i + 1..i + l].iter_mut().zip(&a[i + 1..]) {
+                let s = u64::from(*tk) + ai * u64::from(aj) + c;
+                *tk = s as u32;
+                c = s >> 32;
+            }
+            t[i + l] = c as u32;
+        }
+        // Doubled, plus the squares a[i]² on the diagonal.
+        let mut top = 0u32;
+        for w in t[..2 * l].iter_mut() {
+            let nt = *w >> 31;
+            *w = (*w << 1) | top;
+            top = nt;
+        }
+        let mut c = 0u64;
+        for (pair, &ai) in t[..2 * l].chunks_exact_mut(2).zip(a) {
+            let sq = u64::from(ai) * u64::from(ai);
+            let s = u64::from(pair[0]) + (sq & 0xffff_ffff) + c;
+            pair[0] = s as u32;
+            let s = u64::from(pair[1]) + (sq >> 32) + (s >> 32);
+            pair[1] = s as u32;
+            c = s >> 32;
+        }
+        // a² < n² < n·R, so no carry leaves the 2l limbs. Reduce: add m·n·2^(32i) so that
+        // limb i becomes zero, i = 0..l; the result is t[l..2l] plus the overflow bit.
+        let mut hi = 0u64;
+        for i in 0..l {
+            let m = u64::from(t[i].wrapping_mul(self.n0inv));
+            let mut c = 0u64;
+            for (tj, &nj) in t[i..i + l].iter_mut().zip(n) {
+                let s = u64::from(*tj) + m * u64::from(nj) + c;
+                *tj = s as u32;
+                c = s >> 32;
+            }
+            let s = u64::from(t[i + l]) + c + hi;
+            t[i + l] = s as u32;
+            hi = s >> 32;
+        }
+        out[..l].copy_from_slice(&t[l..2 * l]);
+        if hi != 0 || geq(&out[..l], n) {
+            sub_in_place(&mut out[..l], n);
         }
     }
 
@@ -181,13 +239,13 @@ impl PublicKey {
         if geq(&s, &self.n) {
             return None;
         }
-        let mut t = vec![0u32; l + 2];
+        let mut t = vec![0u32; 2 * l + 1];
         let mut a = vec![0u32; l];
         let mut b = vec![0u32; l];
         self.mont_mul(&s, &self.rr, &mut a, &mut t); // s·R
         for _ in 0..8 {
-            self.mont_mul(&a, &a, &mut b, &mut t);
-            self.mont_mul(&b, &b, &mut a, &mut t);
+            self.mont_sqr(&a, &mut b, &mut t);
+            self.mont_sqr(&b, &mut a, &mut t);
         } // s^(2^16)·R
         self.mont_mul(&a, &s, &mut b, &mut t); // s^65537
         let mut out = vec![0u8; self.k];
@@ -334,6 +392,31 @@ mod tests {
         for bits in [2048usize, 2048, 3072, 4096] {
             let sk = RsaPrivateKey::new(&mut rng, bits).expect("keygen");
             check_key(&sk, &mut rng);
+        }
+    }
+
+    #[test]
+    fn squaring_agrees_with_multiplication() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for bits in [2048usize, 3072] {
+            let sk = RsaPrivateKey::new(&mut rng, bits).expect("keygen");
+            let key = prepared(&sk);
+            let l = key.n.len();
+            let mut n_minus_1 = key.n.clone();
+            n_minus_1[0] -= 1; // n is odd
+            let mut values = vec![vec![0u32; l], n_minus_1, key.rr.clone()];
+            values[0][0] = 1;
+            for _ in 0..50 {
+                let mut v: Vec<u32> = (0..l).map(|_| rng.next_u32()).collect();
+                v[l - 1] %= key.n[l - 1].max(1); // below n
+                values.push(v);
+            }
+            let (mut t, mut want, mut got) = (vec![0; 2 * l + 1], vec![0; l], vec![0; l]);
+            for a in &values {
+                key.mont_mul(a, a, &mut want, &mut t);
+                key.mont_sqr(a, &mut got, &mut t);
+                assert_eq!(got, want);
+            }
         }
     }
 
