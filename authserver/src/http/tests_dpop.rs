@@ -340,15 +340,9 @@ async fn public_client_refresh_tokens_are_bound_to_the_key(app: App) {
         Some(key.jkt().as_str())
     );
     // Introspection shows the binding of the refresh token too (RFC 9449 §6.2).
-    let r = app
-        .form(
-            "/oauth2/introspect",
-            &form_body(&[("token", &rt2), ("client_id", &client)]),
-            None,
-        )
-        .await;
-    assert_eq!(r.body["active"], json!(true), "{:?}", r.body);
-    assert_eq!(r.body["cnf"], json!({"jkt": key.jkt()}));
+    let body = introspect_public(&app, &client, &rt2).await;
+    assert_eq!(body["active"], json!(true), "{body:?}");
+    assert_eq!(body["cnf"], json!({"jkt": key.jkt()}));
     let r = refresh(&app, &client, &rt2).await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_grant");
 }
