@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::{Config, Issuer};
+use crate::eddsa;
 use crate::es256;
 use crate::jwt::Alg;
 use crate::rs256;
@@ -44,6 +45,8 @@ pub struct Key {
     pub p256: Option<Arc<es256::PublicKey>>,
     /// An RSA key with e = 65537 and 2048 to 4096 bits, prepared for [`crate::rs256`].
     pub rs256: Option<Arc<rs256::PublicKey>>,
+    /// An Ed25519 key for [`crate::eddsa`] (with its table once used).
+    pub ed25519: Option<Arc<eddsa::PublicKey>>,
 }
 
 impl std::fmt::Debug for Key {
@@ -110,6 +113,7 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
     };
     let mut p256 = None;
     let mut rsa_fast = None;
+    let mut ed25519 = None;
     let (kind, decoding) = match str_field(o, "kty")? {
         "EC" => {
             let (kind, len) = match str_field(o, "crv")? {
@@ -152,6 +156,8 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
             if b64_len(x)? != 32 {
                 return None;
             }
+            let xb: [u8; 32] = URL_SAFE_NO_PAD.decode(x).ok()?.try_into().ok()?;
+            ed25519 = Some(Arc::new(eddsa::PublicKey::new(xb)));
             (KeyKind::Ed25519, DecodingKey::from_ed_components(x).ok()?)
         }
         _ => return None,
@@ -168,6 +174,7 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
         decoding,
         p256,
         rs256: rsa_fast,
+        ed25519,
     })
 }
 
@@ -193,18 +200,29 @@ impl KeySet {
         Ok(set)
     }
 
-    /// Take over the ES256 tables of `old`'s P-256 keys that this set still holds (the
-    /// same coordinates): a JWKS refresh that changes nothing costs no table rebuild.
+    /// Take over the ES256 and EdDSA tables of `old`'s P-256 and Ed25519 keys that this
+    /// set still holds (the same coordinates): a JWKS refresh that changes nothing costs no
+    /// table rebuild.
     pub fn keep_tables_of(&mut self, old: &KeySet) {
         for k in &mut self.keys {
-            let Some(pk) = &k.p256 else { continue };
-            let same = old.keys.iter().find_map(|o| {
-                o.p256
-                    .as_ref()
-                    .filter(|op| op.coordinates() == pk.coordinates())
-            });
-            if let Some(same) = same {
-                k.p256 = Some(Arc::clone(same));
+            if let Some(pk) = &k.p256 {
+                let same = old.keys.iter().find_map(|o| {
+                    o.p256
+                        .as_ref()
+                        .filter(|op| op.coordinates() == pk.coordinates())
+                });
+                if let Some(same) = same {
+                    k.p256 = Some(Arc::clone(same));
+                }
+            }
+            if let Some(pk) = &k.ed25519 {
+                let same = old
+                    .keys
+                    .iter()
+                    .find_map(|o| o.ed25519.as_ref().filter(|op| op.bytes() == pk.bytes()));
+                if let Some(same) = same {
+                    k.ed25519 = Some(Arc::clone(same));
+                }
             }
         }
     }

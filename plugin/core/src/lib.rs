@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod eddsa;
 pub mod engine;
 pub mod error;
 pub mod es256;

@@ -284,6 +284,38 @@ fn es256_key_tables_survive_an_unchanged_jwks_refresh() {
 }
 
 #[test]
+fn eddsa_key_tables_survive_an_unchanged_jwks_refresh() {
+    let (a, b) = (TestKey::ed(4), TestKey::ed(6));
+    let mut first = keys(&[(&a, "k1")]);
+    let t = token(&a, "k1", &claims("client-a", "api:read"));
+    assert!(verify(&t, &mut first).is_ok());
+    let mut second = KeySet::parse(&jwks(&[(&a, "k1"), (&b, "k2")])).unwrap();
+    let old = first.0.as_ref().unwrap();
+    let table_of = |s: &KeySet, kid: &str| s.by_kid(kid).and_then(|k| k.ed25519.clone()).unwrap();
+    assert!(table_of(old, "k1").table_built());
+    second.keep_tables_of(old);
+    assert!(std::sync::Arc::ptr_eq(
+        &table_of(old, "k1"),
+        &table_of(&second, "k1")
+    ));
+    assert!(!table_of(&second, "k2").table_built());
+    let mut second = Keys(Some(second));
+    assert!(verify(&t, &mut second).is_ok());
+    let t2 = token(&b, "k2", &claims("client-b", "api:read"));
+    assert!(verify(&t2, &mut second).is_ok());
+    // k2's signature does not verify under k1, nor a token whose payload was changed.
+    let forged = token(&b, "k1", &claims("client-b", "api:read"));
+    assert_eq!(refused(&forged, &mut second), TokenError::BadSignature);
+    let mut parts: Vec<&str> = t.split('.').collect();
+    let other = token(&a, "k1", &claims("client-z", "api:admin"));
+    parts[1] = other.split('.').nth(1).unwrap();
+    assert_eq!(
+        refused(&parts.join("."), &mut second),
+        TokenError::BadSignature
+    );
+}
+
+#[test]
 fn es256_key_off_the_curve_verifies_nothing() {
     let a = TestKey::es256(3);
     let mut jwk = a.jwk("k1");

