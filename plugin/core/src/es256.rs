@@ -42,8 +42,7 @@ use fiat_crypto::p256_scalar_32::{
     fiat_p256_scalar_to_montgomery,
 };
 use p256::elliptic_curve::sec1::{FromEncodedPoint, ToEncodedPoint};
-use p256::elliptic_curve::PrimeField;
-use p256::{AffinePoint, EncodedPoint, FieldBytes, ProjectivePoint, Scalar};
+use p256::{AffinePoint, EncodedPoint};
 use sha2::{Digest, Sha256};
 
 /// Window width of the tables: 33 positions × 128 points of 64 bytes, ≈ 270 KB per table
@@ -320,6 +319,80 @@ impl Proj {
             y: Fe::one(),
             z: Fe::zero(),
         }
+    }
+
+    /// `self + q` for any two points, the identity included (Renes–Costello–Batina 2015,
+    /// algorithm 4, a = −3).
+    fn add(&self, q: &Proj, b: &Fe) -> Proj {
+        let xx = self.x.mul(&q.x);
+        let yy = self.y.mul(&q.y);
+        let zz = self.z.mul(&q.z);
+        let xy_pairs = self.x.add(&self.y).mul(&q.x.add(&q.y)).sub(&xx.add(&yy));
+        let yz_pairs = self.y.add(&self.z).mul(&q.y.add(&q.z)).sub(&yy.add(&zz));
+        let xz_pairs = self.x.add(&self.z).mul(&q.x.add(&q.z)).sub(&xx.add(&zz));
+        let bzz_part = xz_pairs.sub(&b.mul(&zz));
+        let bzz3_part = bzz_part.double().add(&bzz_part);
+        let yy_m_bzz3 = yy.sub(&bzz3_part);
+        let yy_p_bzz3 = yy.add(&bzz3_part);
+        let zz3 = zz.double().add(&zz);
+        let bxz_part = b.mul(&xz_pairs).sub(&zz3.add(&xx));
+        let bxz3_part = bxz_part.double().add(&bxz_part);
+        let xx3_m_zz3 = xx.double().add(&xx).sub(&zz3);
+        Proj {
+            x: yy_p_bzz3.mul(&xy_pairs).sub(&yz_pairs.mul(&bxz3_part)),
+            y: yy_p_bzz3.mul(&yy_m_bzz3).add(&xx3_m_zz3.mul(&bxz3_part)),
+            z: yy_m_bzz3.mul(&yz_pairs).add(&xy_pairs.mul(&xx3_m_zz3)),
+        }
+    }
+
+    /// `2·self`, for every point (Renes–Costello–Batina 2015, algorithm 6, a = −3).
+    fn double(&self, b: &Fe) -> Proj {
+        let xx = self.x.square();
+        let yy = self.y.square();
+        let zz = self.z.square();
+        let xy2 = self.x.mul(&self.y).double();
+        let xz2 = self.x.mul(&self.z).double();
+        let bzz_part = b.mul(&zz).sub(&xz2);
+        let bzz3_part = bzz_part.double().add(&bzz_part);
+        let yy_m_bzz3 = yy.sub(&bzz3_part);
+        let yy_p_bzz3 = yy.add(&bzz3_part);
+        let zz3 = zz.double().add(&zz);
+        let bxz2_part = b.mul(&xz2).sub(&zz3.add(&xx));
+        let bxz6_part = bxz2_part.double().add(&bxz2_part);
+        let xx3_m_zz3 = xx.double().add(&xx).sub(&zz3);
+        let yz2 = self.y.mul(&self.z).double();
+        Proj {
+            x: yy_m_bzz3.mul(&xy2).sub(&bxz6_part.mul(&yz2)),
+            y: yy_p_bzz3.mul(&yy_m_bzz3).add(&xx3_m_zz3.mul(&bxz6_part)),
+            z: yz2.mul(&yy).double().double(),
+        }
+    }
+
+    /// `k·q` for a point used once (no comb table): a 4-bit fixed window over the 15
+    /// multiples `q, 2q, …, 15q`, 252 doublings and at most 64 additions.
+    fn mul_once(q: &Affine, k: &[u32; 8], b: &Fe) -> Proj {
+        let mut multiples = [Proj::from_affine(q); 15];
+        multiples[1] = multiples[0].double(b);
+        for j in 2..15 {
+            multiples[j] = multiples[j - 1].add_affine(q, b);
+        }
+        let mut acc = Proj::identity();
+        let mut started = false;
+        for word in k.iter().rev() {
+            for shift in (0..8).rev() {
+                if started {
+                    for _ in 0..4 {
+                        acc = acc.double(b);
+                    }
+                }
+                let digit = (word >> (4 * shift)) & 0xf;
+                if digit != 0 {
+                    acc = acc.add(&multiples[digit as usize - 1], b);
+                    started = true;
+                }
+            }
+        }
+        acc
     }
 
     /// `self + q`, complete for every `self` (identity included) and every affine `q`
@@ -691,24 +764,15 @@ pub fn verify(key: &PublicKey, msg: &[u8], sig: &[u8]) -> bool {
 }
 
 /// Verify an ES256 signature by a key used once (a DPoP proof's `jwk`, `x ‖ y`): no comb
-/// table is built for the key (that costs 5–9 ms and ≈ 270 KB, worth it only for an
-/// issuer key that verifies many tokens). `u1·G` uses the generator's table, `u2·Q`
-/// `p256`'s constant-time scalar multiplication, which dominates: measured in node 20 on
-/// wasm32-wasip1 (release), 1.1 ms per verification against 1.6 ms for the generic path
-/// (`jsonwebtoken`), 14.5 ms for a fresh table and 0.15 ms with a built one. A point not
-/// on the curve verifies nothing.
+/// table is built for the key (that costs a few ms and ≈ 270 KB, worth it only for an
+/// issuer key that verifies many tokens). `u1·G` uses the generator's table, `u2·Q` a
+/// 4-bit fixed window over this module's field arithmetic (252 doublings), which
+/// dominates. A point not on the curve verifies nothing.
 pub fn verify_one_shot(xy: &[u8; 64], msg: &[u8], sig: &[u8]) -> bool {
     let Some((u1, u2)) = scalars(msg, sig) else {
         return false;
     };
     let Some(g) = generator() else {
-        return false;
-    };
-    let mut u2_be = [0u8; 32];
-    for (dst, w) in u2_be.chunks_exact_mut(4).zip(u2.iter().rev()) {
-        dst.copy_from_slice(&w.to_be_bytes());
-    }
-    let Some(u2) = Option::<Scalar>::from(Scalar::from_repr(FieldBytes::from(u2_be))) else {
         return false;
     };
     let mut sec1 = [0u8; 65];
@@ -717,18 +781,17 @@ pub fn verify_one_shot(xy: &[u8; 64], msg: &[u8], sig: &[u8]) -> bool {
     let Ok(e) = EncodedPoint::from_bytes(sec1) else {
         return false;
     };
-    let Some(q) = Option::<AffinePoint>::from(AffinePoint::from_encoded_point(&e)) else {
-        return false;
-    };
-    // u2 ≠ 0 and Q has prime order: u2·Q is never the identity (`affine_of` refuses it).
-    let u2q = (ProjectivePoint::from(q) * u2).to_affine();
-    let Some(u2q) = affine_of(&u2q) else {
+    // p256 checks that the point is on the curve.
+    let Some(q) = Option::<AffinePoint>::from(AffinePoint::from_encoded_point(&e))
+        .as_ref()
+        .and_then(affine_of)
+    else {
         return false;
     };
     let Some(acc) = g.table.mul_add(Proj::identity(), &u1, &g.b) else {
         return false;
     };
-    matches_r(&acc.add_affine(&u2q, &g.b), sig)
+    matches_r(&acc.add(&Proj::mul_once(&q, &u2, &g.b), &g.b), sig)
 }
 
 /// `(u1, u2)` of a signature `r ‖ s` over `msg`: `u1 = e·s⁻¹`, `u2 = r·s⁻¹ (mod n)`, as
@@ -780,6 +843,7 @@ mod tests {
     use p256::ecdsa::signature::{Signer, Verifier};
     use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
     use p256::elliptic_curve::point::AffineCoordinates;
+    use p256::{ProjectivePoint, Scalar};
 
     fn xy_of(p: &AffinePoint) -> [u8; 64] {
         let enc = p.to_encoded_point(false);
@@ -988,12 +1052,18 @@ mod tests {
             .unwrap(),
         );
         let check = |table: &Table, base: ProjectivePoint, k: Scalar| {
-            let got = table
-                .mul_add(Proj::identity(), &words_le(&k.to_bytes().into()), &g.b)
-                .unwrap();
+            let words = words_le(&k.to_bytes().into());
+            let got = table.mul_add(Proj::identity(), &words, &g.b).unwrap();
             let expect = (base * k).to_affine();
             let x = Fe::from_be(&expect.x().into()).unwrap();
             assert!(got.x.same(&x.mul(&got.z)), "k = {k:?}");
+            // The one-shot multiplication (fixed window, doublings, full additions) too.
+            let base_affine = affine_of(&base.to_affine()).unwrap();
+            let once = Proj::mul_once(&base_affine, &words, &g.b);
+            assert!(once.x.same(&x.mul(&once.z)), "k = {k:?} (one shot)");
+            let enc = expect.to_encoded_point(false);
+            let y = Fe::from_be(&enc.y().unwrap()[..].try_into().unwrap()).unwrap();
+            assert!(once.y.same(&y.mul(&once.z)), "k = {k:?} (one shot)");
         };
         let mut k = Scalar::from(0x1234_5678_9abc_def1u64);
         for i in 1..16u64 {
