@@ -27,7 +27,6 @@ stream, no edge scenarios).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import secrets
@@ -105,7 +104,8 @@ def baseline_wasm() -> Path | None:
 # ------------------------------------------------------------------ auth server, tokens
 
 class AuthServer:
-    def __init__(self, procs: Processes, settings: Settings) -> None:
+    def __init__(self, procs: Processes, settings: Settings, alg: str = "ES256") -> None:
+        self.alg = alg
         self.port = common.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         # Registration is on the admin listener (TOLLGATE_ADMIN_LISTEN).
@@ -123,8 +123,10 @@ class AuthServer:
             "TOLLGATE_RATE_LIMIT_PER_CLIENT": "0",
             "TOLLGATE_RATE_LIMIT_PER_IP": "0",
             "TOLLGATE_RATE_LIMIT_DEFAULT": "0",
+            "TOLLGATE_SIGNING_ALG": alg,
         }
-        self.proc = procs.start("authserver", settings.server_prefix() +
+        name = "authserver" if alg == "ES256" else f"authserver-{alg.lower()}"
+        self.proc = procs.start(name, settings.server_prefix() +
                                 [str(authserver_bin()), "serve"], env=env)
         common.wait_until("authserver /readyz",
                           lambda: requests.get(f"{self.base}/readyz",
@@ -203,7 +205,7 @@ def tollgate_filter_config(auth: AuthServer, audience: str,
         "issuers": [{
             "issuer": auth.issuer,
             "audiences": [audience],
-            "algorithms": ["ES256"],
+            "algorithms": [auth.alg],
             "typ": "at+jwt",
             "jwks": {"cluster": "tollgate_authserver", "path": "/oauth2/jwks",
                      "authority": f"127.0.0.1:{auth.port}"},
@@ -401,6 +403,7 @@ def main() -> int:
     gateways: dict[str, Any] = {}
     edge: dict[str, Any] | None = None
     rs256: dict[str, Any] | None = None  # Keycloak's RS256 tokens (bench_rs256.py)
+    eddsa: dict[str, Any] | None = None  # EdDSA tokens (bench_eddsa.py)
     try:
         machine = common.machine_info({"envoy": [envoy_bin(), "--version"]})
         machine["versions"]["envoy"] = machine["versions"]["envoy"].split("version: ")[-1]
@@ -411,9 +414,7 @@ def main() -> int:
         header = jose_header(token)
         if header.get("alg") != "ES256":
             raise BenchError(f"expected ES256 tokens, got {header}")
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        audience = claims["aud"] if isinstance(claims["aud"], str) else claims["aud"][0]
+        audience = common.token_audience(token)
         t0 = time.monotonic()
         # Without the distinct-token stream, a few tokens for the start-up checks.
         minted = auth.mint(settings, workdir, n_tokens if "distinct" in scenarios else 3,
@@ -518,6 +519,14 @@ def main() -> int:
             except BenchError as exc:  # the other rows stand; this one says why
                 print(f"RS256 (Keycloak) rows not measured: {exc}", flush=True)
                 rs256 = {"error": str(exc)}
+        if "distinct" in scenarios and common.env_int("BENCH_EDDSA", 1):
+            import bench_eddsa
+            try:
+                eddsa = bench_eddsa.run(sys.modules[__name__], settings, procs, workdir,
+                                        concurrency)
+            except BenchError as exc:  # the other rows stand; this one says why
+                print(f"EdDSA rows not measured: {exc}", flush=True)
+                eddsa = {"error": str(exc)}
     except BenchError as exc:
         print(f"bench-gateway failed: {exc}\n(logs in {workdir})", file=sys.stderr)
         return 1
@@ -573,6 +582,7 @@ def main() -> int:
         "edge": edge,
         "setups": setups,
         "rs256": rs256,
+        "eddsa": eddsa,
         "targets": {
             "repeated_1x_native": (ratios["repeated"]["tollgate_vs_native"] or 0) >= 1.0,
             "repeated_0.9x_noauth": (ratios["repeated"]["tollgate_vs_noauth"] or 0) >= 0.9,

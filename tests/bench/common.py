@@ -386,6 +386,13 @@ def save_results(kind: str, data: dict[str, Any]) -> Path:
     return latest
 
 
+def token_audience(token: str) -> str:
+    """The (first) audience of a JWT, read without verifying it."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims["aud"] if isinstance(claims["aud"], str) else claims["aud"][0]
+
+
 def fmt_ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 

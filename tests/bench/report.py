@@ -267,6 +267,19 @@ def gateway_md(d: dict[str, Any]) -> str:
             f"{ratio_text(cpu_ratio)} in CPU; target distinct ≥ 0.8×: "
             f"{'met' if (rs['ratios']['distinct'] or 0) >= 0.8 else 'not met'} in requests/s, "
             f"{'met' if (cpu_ratio or 0) >= 0.8 else 'not met'} in CPU per request).")
+    ed = d.get("eddsa")
+    if ed and "error" in ed:
+        notes.append(f"- EdDSA tokens at the gateway: not measured: {ed['error']}.")
+    elif ed:
+        dn, dt = ed["native_eddsa"], ed["tollgate_eddsa"]
+        notes.append(
+            f"- EdDSA (Ed25519) tokens at the gateway ({ed['tokens']:,} distinct tokens from a "
+            f"second Tollgate auth server signing with EdDSA, each sent at most once): "
+            f"Tollgate {dt['rps']:,.0f} vs native {dn['rps']:,.0f} req/s = "
+            f"{ratio_text(ed['ratio_rps'])}; Envoy CPU per request Tollgate "
+            f"{dt.get('envoy_cpu_us_per_request')} vs native "
+            f"{dn.get('envoy_cpu_us_per_request')} µs, {ratio_text(ed['ratio_cpu'])} in CPU "
+            f"(passes {dt.get('passes')} / {dn.get('passes')}).")
     s = d["settings"]
     notes.append(
         f"- Run {d['date_utc']}: envoy --concurrency {d['envoy_concurrency']}, wrk "
