@@ -260,6 +260,12 @@ def wait_counter(gw: Envoy, name: str, above: int = 0, timeout: float = 10.0) ->
     return v
 
 
+def polls_done(gw: Envoy) -> int:
+    """Revocation-feed polls the gateway has finished, good or failed."""
+    return (gw.counter("tollgate_revocation_poll_ok")
+            + gw.counter("tollgate_revocation_poll_failed"))
+
+
 def first_stable(recs: list[Rec], good: Callable[[Rec], bool]) -> Rec | None:
     """The first good answer after which every request sent got a good answer (None: there
     is no such answer)."""
@@ -722,11 +728,17 @@ def test_revocation_feed_faults_under_load(echo, wasm):
                 for name, start in faults:
                     failed = {g: gw.counter("tollgate_revocation_poll_failed")
                               for g, gw in gws.items()}
+                    polls = {g: polls_done(gw) for g, gw in gws.items()}
                     hits = proxy.faulted[rv]
                     start()
-                    # Revoke the victim once this fault has answered at least twice.
+                    # Revoke the victim once this fault has answered at least twice, and each
+                    # gateway has finished two polls since it started: the second was sent
+                    # after the fault began (one poll at a time per gateway), so no poll
+                    # forwarded to the real feed before the fault can carry the revocation.
                     deadline = time.monotonic() + 10
-                    while proxy.faulted[rv] < hits + 2 and time.monotonic() < deadline:
+                    while (proxy.faulted[rv] < hits + 2
+                           or any(polls_done(gw) < polls[g] + 2 for g, gw in gws.items())) \
+                            and time.monotonic() < deadline:
                         time.sleep(0.02)
                     for g, gw in gws.items():
                         if polls_ok:

@@ -189,6 +189,40 @@ impl Worker {
         done
     }
 
+    /// How long the revocation feed has gone without a good answer, as shared data says
+    /// (any worker's poll counts): since the last good poll, or since this worker started
+    /// before any; a long poll held since right after a good answer counts as fresh.
+    fn stale_for_ms(&self, host: &dyn Host, now: u64) -> u64 {
+        let Some(rv) = &self.cfg.revocation else {
+            return 0;
+        };
+        let st = revocation::state(host, &rv.settings);
+        let fresh = revocation::longpoll::fresh_as_of_ms(
+            host,
+            &rv.settings,
+            &st,
+            self.cfg.tick_ms.saturating_mul(2),
+            now,
+        );
+        now.saturating_sub(fresh.max(self.started_ms))
+    }
+
+    /// For a request this worker would refuse (or let pass) as stale: whether the feed is
+    /// still stale now. Another worker's good poll since this worker's last tick clears it,
+    /// so that no worker answers "stale" after the feed has healed. One shared-data read,
+    /// only while stale.
+    pub(crate) fn recheck_stale(&mut self, host: &dyn Host) -> bool {
+        if self.stale {
+            let limit = self
+                .cfg
+                .revocation
+                .as_ref()
+                .map_or(0, |rv| rv.stale_after_ms);
+            self.stale = self.stale_for_ms(host, host.now_ms()) > limit;
+        }
+        self.stale
+    }
+
     /// The timer: which JWKS fetches to start now. A fetch is claimed in shared data with
     /// compare-and-swap, so that of all workers one fetches.
     pub fn tick(&mut self, host: &dyn Host) -> Vec<FetchPlan> {
@@ -208,25 +242,15 @@ impl Worker {
             }
         }
         if let (Some(rv), Some(a)) = (&self.cfg.revocation, &self.cfg.auth_server) {
-            // Staleness, once per tick: since the last good poll (or since this worker
-            // started, before any).
-            let st = revocation::state(host, &rv.settings);
-            // A long poll held since right after a good answer counts as fresh.
-            let fresh = revocation::longpoll::fresh_as_of_ms(
-                host,
-                &rv.settings,
-                &st,
-                self.cfg.tick_ms.saturating_mul(2),
-                now,
-            );
-            let since = fresh.max(self.started_ms);
-            let stale = now.saturating_sub(since) > rv.stale_after_ms;
+            // Staleness, once per tick (and again by a request this worker would refuse
+            // as stale: `recheck_stale`).
+            let stale_for = self.stale_for_ms(host, now);
+            let stale = stale_for > rv.stale_after_ms;
             if stale && !self.stale {
                 host.log(
                     Level::Warn,
                     &format!(
-                        "tollgate: revocation feed stale for {} ms (stale_mode {:?})",
-                        now.saturating_sub(since),
+                        "tollgate: revocation feed stale for {stale_for} ms (stale_mode {:?})",
                         rv.stale_mode
                     ),
                 );

@@ -14,26 +14,26 @@ use crate::revocation;
 use super::{Ctx, Step};
 
 pub(crate) fn run(cx: &mut Ctx<'_>, w: &mut Worker, host: &dyn Host) -> Step {
-    let cfg = &w.cfg;
-    let (Some(identity), Some(rv)) = (cx.identity(), &cfg.revocation) else {
+    let (Some(identity), Some(rv)) = (cx.identity(), &w.cfg.revocation) else {
         return ControlFlow::Continue(());
     };
     if let Some(jti) = &identity.jti {
         if revocation::is_revoked(host, &rv.settings, jti, cx.now_ms / 1000) {
             host.metric(Metric::Denied("revoked"), 1);
             return ControlFlow::Break(Outcome::Reject(reject::invalid_token(
-                &cfg.realm,
+                &w.cfg.realm,
                 "token revoked",
                 "revoked",
             )));
         }
     }
-    if w.stale {
+    let closed = rv.stale_mode == FailMode::Closed;
+    if w.recheck_stale(host) {
         host.metric(Metric::RevocationStale, 1);
-        if rv.stale_mode == FailMode::Closed {
+        if closed {
             host.metric(Metric::Denied("unavailable"), 1);
             return ControlFlow::Break(Outcome::Reject(reject::unavailable(
-                &cfg.realm,
+                &w.cfg.realm,
                 "revocation status unknown, retry later",
                 "unavailable",
             )));
@@ -54,7 +54,7 @@ mod tests {
     fn with_feed(stale_mode: &str, revoked: &[&str]) -> (MemoryHost, Worker) {
         let (host, mut w) = worker(json!({
             "auth_server": {"cluster": "auth", "client_id": "gw", "client_secret": "s3cret"},
-            "revocation": {"stale_after_s": 2, "stale_mode": stale_mode}}));
+            "revocation": {"mode": "poll", "stale_after_s": 2, "stale_mode": stale_mode}}));
         // The first tick (in `worker`) started the poll: its answer.
         let entries: Vec<_> = revoked
             .iter()
@@ -91,7 +91,10 @@ mod tests {
     fn a_stale_feed_follows_stale_mode() {
         for (mode, refused) in [("open", false), ("closed", true)] {
             let (host, mut w) = with_feed(mode, &[]);
-            w.stale = true;
+            // Past `stale_after_s` with no good answer since: the tick finds it stale.
+            host.advance_ms(3_000);
+            w.tick(&host);
+            assert!(w.revocations_stale());
             let step = check(&mut w, &host, "jti-good");
             assert_eq!(
                 matches!(step, ControlFlow::Break(Outcome::Reject(ref r)) if r.status == 503),
@@ -100,6 +103,41 @@ mod tests {
             );
             assert_eq!(host.metric_value(Metric::RevocationStale), 1);
         }
+    }
+
+    #[test]
+    fn a_good_poll_by_another_worker_ends_the_staleness_before_this_workers_next_tick() {
+        let (host, mut w) = with_feed("closed", &[]);
+        host.advance_ms(3_000);
+        w.tick(&host); // stale; this tick also claimed the next poll
+        assert!(w.revocations_stale());
+        // The poll's good answer lands in shared data (as any worker's would), not through
+        // this worker's `on_revocations`: its own flag still says stale.
+        let Some(rv) = &w.cfg.revocation else {
+            panic!("no revocation feed")
+        };
+        let feed = json!({"cursor": "2", "more": false, "revocations": []});
+        revocation::on_poll_answer(
+            &host,
+            &rv.settings,
+            w.id + 1,
+            Some(feed.to_string().as_bytes()),
+            host.now_ms(),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(w.revocations_stale());
+        // The request re-reads shared data instead of answering 503.
+        assert_eq!(check(&mut w, &host, "jti-good"), ControlFlow::Continue(()));
+        assert!(!w.revocations_stale());
+        assert_eq!(host.metric_value(Metric::RevocationStale), 0);
+        // Stale again at a later tick: closed it is.
+        host.advance_ms(3_000);
+        w.tick(&host);
+        let step = check(&mut w, &host, "jti-good");
+        assert!(
+            matches!(step, ControlFlow::Break(Outcome::Reject(ref r)) if r.status == 503),
+            "{step:?}"
+        );
     }
 
     #[test]
