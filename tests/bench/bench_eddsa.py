@@ -28,7 +28,7 @@ def run(gw: Any, settings: Settings, procs: Processes, workdir: Path,
     if header.get("alg") != "EdDSA":
         raise BenchError(f"expected EdDSA tokens, got {header}")
     audience = common.token_audience(token)
-    minted = auth.mint(settings, workdir, common.env_int("BENCH_EDDSA_TOKENS", 30000),
+    minted = auth.mint(settings, workdir, common.env_int("BENCH_EDDSA_TOKENS", 60000),
                        common.env_float("BENCH_EDDSA_MINT_S", 20.0))
     if len(minted) < 1000:
         raise BenchError(f"the EdDSA auth server minted only {len(minted)} tokens")

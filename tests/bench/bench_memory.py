@@ -20,7 +20,6 @@ key (Envoy keeps shared data in a hash map of strings), which is what a user pay
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import time
@@ -100,9 +99,7 @@ def main() -> int:
         machine["versions"]["envoy"] = machine["versions"]["envoy"].split("version: ")[-1]
         auth = gw.AuthServer(procs, settings)
         token = auth.token()
-        claims = json.loads(gw.base64.urlsafe_b64decode(
-            token.split(".")[1] + "=" * (-len(token.split(".")[1]) % 4)))
-        audience = claims["aud"] if isinstance(claims["aud"], str) else claims["aud"][0]
+        audience = common.token_audience(token)
         t0 = time.monotonic()
         minted = auth.mint(settings, workdir, n_tokens, max_seconds=180)
         print(f"minted {len(minted)} distinct tokens in {time.monotonic() - t0:.1f} s",
