@@ -40,3 +40,22 @@ pub use config::Config;
 pub use engine::{FetchPlan, Outcome, Request, Worker};
 pub use error::{ConfigError, TokenError};
 pub use host::{Host, Level, SharedError};
+
+/// Byte equality in time independent of where the inputs differ (the lengths are not
+/// secret): token bindings, proof hashes, nonce MACs, RSA encoded messages.
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod ct_eq_tests {
+    #[test]
+    fn ct_eq_is_byte_equality() {
+        assert!(super::ct_eq(b"", b""));
+        assert!(super::ct_eq(b"abc", b"abc"));
+        assert!(!super::ct_eq(b"abc", b"abd"));
+        assert!(!super::ct_eq(b"xbc", b"abc"));
+        assert!(!super::ct_eq(b"abc", b"abcd"));
+        assert!(!super::ct_eq(b"abcd", b"abc"));
+    }
+}

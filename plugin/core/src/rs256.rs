@@ -269,7 +269,7 @@ pub fn verify(key: &PublicKey, msg: &[u8], sig: &[u8]) -> bool {
     want[t - 1] = 0;
     want[t..t + SHA256_DIGEST_INFO.len()].copy_from_slice(&SHA256_DIGEST_INFO);
     want[k - 32..].copy_from_slice(&Sha256::digest(msg));
-    em.iter().zip(&want).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::ct_eq(&em, &want)
 }
 
 #[cfg(test)]

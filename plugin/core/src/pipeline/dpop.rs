@@ -188,11 +188,6 @@ fn json_object(seg: &str) -> Option<Map<String, Value>> {
     }
 }
 
-/// Byte equality in time independent of where the inputs differ.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The single `DPoP` header value, or the refusal reason.
 fn proof_header(req: &Request) -> Result<&str, &'static str> {
     let mut found = req
@@ -242,7 +237,7 @@ fn check_proof(
         _ => return Err("dpop_alg"),
     }
     let (xy, thumbprint) = public_p256(header.get("jwk")).ok_or("dpop_jwk")?;
-    if !ct_eq(thumbprint.as_bytes(), jkt.as_bytes()) {
+    if !crate::ct_eq(thumbprint.as_bytes(), jkt.as_bytes()) {
         return Err("dpop_key");
     }
     let claims = json_object(c).ok_or("dpop_malformed")?;
@@ -279,7 +274,7 @@ fn check_proof(
     }
     let ath = URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()));
     match claims.get("ath") {
-        Some(Value::String(a)) if ct_eq(a.as_bytes(), ath.as_bytes()) => {}
+        Some(Value::String(a)) if crate::ct_eq(a.as_bytes(), ath.as_bytes()) => {}
         _ => return Err("dpop_ath"),
     }
     let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| "dpop_signature")?;

@@ -45,7 +45,7 @@ pub(crate) fn run(cx: &mut Ctx<'_>, w: &mut Worker, host: &dyn Host) -> Step {
         );
     };
     let bound = URL_SAFE_NO_PAD.decode(want).ok();
-    if bound.is_some_and(|b| constant_time_eq(&b, &peer)) {
+    if bound.is_some_and(|b| crate::ct_eq(&b, &peer)) {
         ControlFlow::Continue(())
     } else {
         refuse(
@@ -72,10 +72,6 @@ fn hex_digest(h: &str) -> Option<[u8; 32]> {
         out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
     }
     Some(out)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -35,11 +35,7 @@ pub(crate) fn valid(n: &DpopNonce, nonce: &str, now: u64) -> bool {
         return false;
     }
     let want = mac(&n.key, slot);
-    raw[8..]
-        .iter()
-        .zip(want.iter())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    crate::ct_eq(&raw[8..], &want)
 }
 
 fn encode(n: &DpopNonce, slot: u64) -> String {
