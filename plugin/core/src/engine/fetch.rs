@@ -210,15 +210,15 @@ impl Worker {
     /// For a request this worker would refuse (or let pass) as stale: whether the feed is
     /// still stale now. Another worker's good poll since this worker's last tick clears it,
     /// so that no worker answers "stale" after the feed has healed. One shared-data read,
-    /// only while stale.
-    pub(crate) fn recheck_stale(&mut self, host: &dyn Host) -> bool {
+    /// only while stale. `now`: the request's clock reading.
+    pub(crate) fn recheck_stale(&mut self, host: &dyn Host, now: u64) -> bool {
         if self.stale {
             let limit = self
                 .cfg
                 .revocation
                 .as_ref()
                 .map_or(0, |rv| rv.stale_after_ms);
-            self.stale = self.stale_for_ms(host, host.now_ms()) > limit;
+            self.stale = self.stale_for_ms(host, now) > limit;
         }
         self.stale
     }

@@ -28,7 +28,7 @@ pub(crate) fn run(cx: &mut Ctx<'_>, w: &mut Worker, host: &dyn Host) -> Step {
         }
     }
     let closed = rv.stale_mode == FailMode::Closed;
-    if w.recheck_stale(host) {
+    if w.recheck_stale(host, cx.now_ms) {
         host.metric(Metric::RevocationStale, 1);
         if closed {
             host.metric(Metric::Denied("unavailable"), 1);
