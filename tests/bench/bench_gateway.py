@@ -49,8 +49,9 @@ GATEWAYS = [
     ("native", "Envoy jwt_authn + local_ratelimit"),
     ("tollgate", "Tollgate Wasm filter"),
     ("extauthz", "Envoy ext_authz -> auth server"),
-    # plugin/floor: a proxy-wasm filter that does nothing, on the same SDK, in the same
-    # rounds (repeated token only): the floor of any Wasm filter in this Envoy.
+    # plugin/floor: a proxy-wasm filter on the Rust SDK that does nothing, in the same
+    # rounds (repeated token only): the floor of an SDK-built Wasm filter in this Envoy
+    # (Tollgate's filter has its own ABI exports, docs/filter.md#performance).
     ("floor", "do-nothing Wasm filter"),
 ]
 # With BENCH_BASELINE_WASM: Tollgate with another module (see the docstring).

@@ -169,6 +169,25 @@ mod tests {
             .any(|(k, v)| k == "x-tollgate-sub" && v == "alice"));
     }
 
+    /// The fixed per-request path of a cached token (issue 13: every hostcall crosses
+    /// V8): one clock read and two counters, no shared-data access.
+    #[test]
+    fn a_cached_token_costs_one_clock_read_and_two_counters() {
+        let (host, mut w) = worker(serde_json::json!({}));
+        let req = request("/r", Some(&token(&[("scope", "read")])));
+        assert!(matches!(w.on_request(&host, &req), Outcome::Allow { .. }));
+        host.calls.borrow_mut().clear();
+        assert!(matches!(w.on_request(&host, &req), Outcome::Allow { .. }));
+        assert_eq!(
+            *host.calls.borrow(),
+            [
+                "now",
+                "metric tollgate_cache_hit",
+                "metric tollgate_allowed"
+            ]
+        );
+    }
+
     #[test]
     fn the_context_never_shows_the_token() {
         let (_, w) = worker(serde_json::json!({}));

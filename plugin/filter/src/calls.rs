@@ -4,10 +4,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::time::Duration;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MapType;
+use crate::abi::{self, BufferType, MapType};
 use tollgate_edge_core::cache::TokenHash;
 use tollgate_edge_core::engine::{FetchKind, SecretToken};
 use tollgate_edge_core::{FetchPlan, Host, Outcome, Worker};
@@ -61,8 +59,7 @@ fn read_call_answer(
     if num_headers == 0 {
         return Err("no answer (timeout or connection failure)".to_string());
     }
-    // The bytes variant: the SDK's string variant unwraps `String::from_utf8`.
-    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+    let status = abi::get_header(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten()
         .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u16>().ok())
@@ -70,14 +67,10 @@ fn read_call_answer(
     if body_size > max {
         return Err(format!("answer too large ({body_size} bytes)"));
     }
-    let body = hostcalls::get_buffer(
-        proxy_wasm::types::BufferType::HttpCallResponseBody,
-        0,
-        body_size,
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_default();
+    let body = abi::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -119,7 +112,7 @@ pub(crate) fn apply_decided(
         return;
     }
     for (ctx, outcome) in decided {
-        if hostcalls::set_effective_context(ctx).is_err() {
+        if abi::set_effective_context(ctx).is_err() {
             continue; // the stream is gone
         }
         let mut guard = shared.borrow_mut();
@@ -142,7 +135,7 @@ pub(crate) fn apply_decided(
             _ => apply_outcome(&mut ops, &outcome, true),
         }
     }
-    let _ = hostcalls::set_effective_context(home);
+    let _ = abi::set_effective_context(home);
 }
 
 /// An HTTP call's answer, delivered to context `home` (root or stream).
@@ -189,12 +182,7 @@ pub(crate) fn dispatch_plan(p: &FetchPlan) -> Result<u32, String> {
         ("user-agent", "tollgate-filter"),
     ];
     headers.extend(p.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    hostcalls::dispatch_http_call(
-        &p.cluster,
-        headers,
-        p.body.as_deref(),
-        vec![],
-        Duration::from_millis(p.timeout_ms),
-    )
-    .map_err(|status| format!("dispatch to cluster {} refused: {status:?}", p.cluster))
+    let timeout = u32::try_from(p.timeout_ms).unwrap_or(u32::MAX);
+    abi::http_call(&p.cluster, &headers, p.body.as_deref(), timeout)
+        .map_err(|status| format!("dispatch to cluster {} refused: status {status}", p.cluster))
 }

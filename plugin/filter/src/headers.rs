@@ -1,16 +1,6 @@
 //! The request headers of a stream, read without a way to panic.
 
-use proxy_wasm::types::{MapType, Status};
-
-extern "C" {
-    /// The proxy-wasm ABI call behind the SDK's header-map getters, which panic (and abort
-    /// the VM) on a header that is not UTF-8; see [`request_headers`].
-    fn proxy_get_header_map_pairs(
-        map_type: MapType,
-        return_map_data: *mut *mut u8,
-        return_map_size: *mut usize,
-    ) -> Status;
-}
+use crate::abi::{self, MapType};
 
 /// Decode a serialized proxy-wasm header map (`u32` count, then a `u32` name length and a
 /// `u32` value length per pair, then each name and value followed by a NUL byte). Never
@@ -53,22 +43,13 @@ pub fn decode_header_map(bytes: &[u8]) -> Vec<(String, String)> {
     out
 }
 
-/// The request headers of the current stream, without a way to panic (the SDK's
-/// `get_http_request_headers` unwraps `String::from_utf8`: one request with a byte ≥ 0x80
-/// in a header value would abort the VM and fail every later request of the worker).
+/// The request headers of the current stream, without a way to panic (a header value that
+/// is not UTF-8 is read lossily; see [`decode_header_map`]).
 pub(crate) fn request_headers() -> Vec<(String, String)> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: on success the host hands over a buffer of `size` bytes that it allocated with
-    // the module's `proxy_on_memory_allocate` (the SDK's export, a `Vec<u8>` of capacity
-    // `size` from the global allocator); it is taken over exactly as the SDK does.
-    let bytes = unsafe {
-        match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
-            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
-            _ => return Vec::new(),
-        }
-    };
-    decode_header_map(&bytes)
+    match abi::get_header_map_pairs(MapType::HttpRequestHeaders) {
+        Ok(Some(bytes)) => decode_header_map(&bytes),
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]

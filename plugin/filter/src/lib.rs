@@ -1,6 +1,9 @@
 //! Tollgate edge filter: the proxy-wasm glue around `tollgate-edge-core`.
 //!
 //! Every decision is taken by [`tollgate_edge_core::Worker`]; this crate only
+//! - exports the proxy-wasm ABI callbacks it needs and no other (`exports.rs`), over its own
+//!   hostcall wrappers (`abi.rs`): no SDK, so Envoy makes no call into V8 for a stream
+//!   callback the filter does not use,
 //! - implements the core's [`tollgate_edge_core::Host`] trait with proxy-wasm hostcalls
 //!   ([`EnvoyHost`], `host.rs`),
 //! - parses the configuration in `on_configure` (refusing a bad one with a log line) and
@@ -18,18 +21,19 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 use tollgate_edge_core::engine::FetchKind;
 use tollgate_edge_core::{Config, Worker};
 
+pub mod abi;
 mod calls;
+#[cfg(target_arch = "wasm32")]
+mod exports;
 mod headers;
 mod host;
 mod stream;
+
+use abi::{Action, BufferType, LogLevel, MapType};
 
 use calls::{
     apply_decided, dispatch_plan, forget_calls_of, on_call_answer, register_call, DEFERRED,
@@ -108,14 +112,9 @@ impl TollgateRoot {
     }
 }
 
-impl Context for TollgateRoot {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
+impl TollgateRoot {
+    /// `proxy_on_http_call_response` for a call the root dispatched.
+    pub fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize) {
         on_call_answer(
             &self.shared,
             token_id,
@@ -136,16 +135,18 @@ impl Context for TollgateRoot {
             self.start_fetches();
         }
     }
-}
 
-impl RootContext for TollgateRoot {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(bytes) = self.get_plugin_configuration() else {
-            let _ = hostcalls::log(
-                LogLevel::Error,
-                "tollgate: no configuration given; the filter does not start",
-            );
-            return false;
+    /// `proxy_on_configure`: parse the plugin configuration, (re)build the worker.
+    pub fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = match abi::get_buffer(BufferType::PluginConfiguration, 0, size) {
+            Ok(Some(b)) if !b.is_empty() => b,
+            _ => {
+                abi::log(
+                    LogLevel::Error,
+                    "tollgate: no configuration given; the filter does not start",
+                );
+                return false;
+            }
         };
         // `auth_server.client_secret_env` reads the VM's environment: Envoy hands
         // `vm_config.environment_variables` (WasmPlugin `vmConfig.env`) to WASI `environ_get`.
@@ -189,15 +190,16 @@ impl RootContext for TollgateRoot {
                 }
                 s.worker = Some(worker);
                 drop(s);
-                self.set_tick_period(Duration::from_millis(tick));
-                let _ = hostcalls::log(
+                // tick_ms is within 10..=60000 (Config validates it).
+                let _ = abi::set_tick_period_ms(u32::try_from(tick).unwrap_or(60_000));
+                abi::log(
                     LogLevel::Info,
                     &format!("tollgate: configured with {issuers} issuer(s), {features}"),
                 );
                 true
             }
             Err(e) => {
-                let _ = hostcalls::log(
+                abi::log(
                     LogLevel::Error,
                     &format!("tollgate: configuration refused, the filter does not start: {e}"),
                 );
@@ -206,21 +208,19 @@ impl RootContext for TollgateRoot {
         }
     }
 
-    fn on_tick(&mut self) {
+    /// `proxy_on_tick`.
+    pub fn on_tick(&mut self) {
         self.start_fetches();
         self.resolve_waiters();
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(TollgateHttp {
+    /// A stream of this root (`proxy_on_context_create`).
+    pub fn create_http_context(&self, context_id: u32) -> TollgateHttp {
+        TollgateHttp {
             context_id,
             shared: Rc::clone(&self.shared),
             held: false,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        }
     }
 }
 
@@ -231,14 +231,9 @@ pub struct TollgateHttp {
     held: bool,
 }
 
-impl Context for TollgateHttp {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
+impl TollgateHttp {
+    /// `proxy_on_http_call_response` for a call this stream dispatched (an introspection).
+    pub fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize) {
         on_call_answer(
             &self.shared,
             token_id,
@@ -248,27 +243,22 @@ impl Context for TollgateHttp {
             self.context_id,
         );
     }
-}
 
-impl HttpContext for TollgateHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    /// `proxy_on_request_headers`.
+    pub fn on_http_request_headers(&mut self) -> Action {
         let headers = request_headers();
         let mut guard = self.shared.borrow_mut();
         let s = &mut *guard;
         let Some(worker) = s.worker.as_mut() else {
             // Not configured: fail closed.
             drop(guard);
-            let _ = hostcalls::send_http_response(
-                503,
-                vec![("content-type", "application/json")],
-                Some(br#"{"error":"temporarily_unavailable"}"#),
-            );
+            reply_not_configured();
             return Action::Pause;
         };
         // A property lookup costs about as much as the rest of a cache hit: only when a
         // rule's rate limit is keyed by the client address.
         let source = if worker.cfg.uses_peer_address() {
-            hostcalls::get_property(vec!["source", "address"])
+            abi::get_property(&["source", "address"])
                 .ok()
                 .flatten()
                 .and_then(|b| String::from_utf8(b).ok())
@@ -287,17 +277,20 @@ impl HttpContext for TollgateHttp {
         action
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    /// `proxy_on_response_headers`: the rate-limit headers of an allowed request.
+    pub fn on_http_response_headers(&mut self) -> Action {
         let ctx = self.context_id;
         if let Some(headers) = DEFERRED.with(|d| d.borrow_mut().remove(&ctx)) {
             for (k, v) in headers {
-                let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, &k, &v);
+                let _ = abi::add_header(MapType::HttpResponseHeaders, &k, &v);
             }
         }
         Action::Continue
     }
 
-    fn on_log(&mut self) {
+    /// `proxy_on_delete`: the stream is gone (answered, finished, or reset by the client);
+    /// a request it held is forgotten, with the calls it dispatched (Envoy cancels them).
+    pub fn on_delete(&mut self) {
         let ctx = self.context_id;
         DEFERRED.with(|d| d.borrow_mut().remove(&ctx));
         if self.held {
@@ -312,9 +305,11 @@ impl HttpContext for TollgateHttp {
     }
 }
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(TollgateRoot::new(context_id))
-    });
-}}
+/// Fail closed when a stream comes before any configuration was accepted.
+pub(crate) fn reply_not_configured() {
+    let _ = abi::send_local_response(
+        503,
+        &[("content-type", "application/json")],
+        br#"{"error":"temporarily_unavailable"}"#,
+    );
+}

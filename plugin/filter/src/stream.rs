@@ -2,8 +2,7 @@
 //! decision, and apply its [`Outcome`] (set headers and continue, answer locally, or hold
 //! the stream and dispatch its introspection).
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{Action, MapType};
+use crate::abi::{self, Action, MapType};
 use tollgate_edge_core::engine::headers_to_remove;
 use tollgate_edge_core::{FetchPlan, Host, Outcome, Request, Worker};
 
@@ -30,22 +29,22 @@ pub struct HostStream {
 
 impl StreamOps for HostStream {
     fn remove_request_header(&mut self, name: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        let _ = abi::remove_header(MapType::HttpRequestHeaders, name);
     }
     fn set_request_header(&mut self, name: &str, value: &str) {
         // An add, cheaper than a replace: every header set here (identity and claim
         // headers) is in `headers.remove`, so any copy from the client is already gone.
-        let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+        let _ = abi::add_header(MapType::HttpRequestHeaders, name, value);
     }
     fn send_response(&mut self, status: u16, headers: &[(String, String)], body: &[u8]) {
         let h: Vec<(&str, &str)> = headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let _ = hostcalls::send_http_response(u32::from(status), h, Some(body));
+        let _ = abi::send_local_response(status, &h, body);
     }
     fn resume_request(&mut self) {
-        let _ = hostcalls::resume_http_request();
+        let _ = abi::resume_request();
     }
     fn add_response_headers(&mut self, headers: &[(String, String)]) {
         let ctx = self.context_id;
