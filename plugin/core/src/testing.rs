@@ -17,8 +17,10 @@ pub struct MemoryHost {
     pub logs: RefCell<Vec<(Level, String)>>,
     /// What [`Host::peer_certificate_sha256`] answers (hex; `None`: no client certificate).
     pub peer_certificate: RefCell<Option<String>>,
-    /// Every call the core made into the host, in order (`now`, `get <key>`, `set <key>`,
-    /// `metric <name>`, `log`, `peer certificate`): what a request costs in hostcalls.
+    /// With `record` set, every call the core makes into the host, in order (`now`,
+    /// `get <key>`, `set <key>`, `metric <name>`, `log`, `peer certificate`): what a
+    /// request costs in hostcalls.
+    pub record: Cell<bool>,
     pub calls: RefCell<Vec<String>>,
 }
 
@@ -34,6 +36,11 @@ impl MemoryHost {
     }
     pub fn metric_value(&self, m: Metric) -> u64 {
         self.metrics.borrow().get(&m.name()).copied().unwrap_or(0)
+    }
+    fn note(&self, call: impl FnOnce() -> String) {
+        if self.record.get() {
+            self.calls.borrow_mut().push(call());
+        }
     }
     pub fn shared_keys(&self) -> Vec<String> {
         let mut v: Vec<String> = self.shared.borrow().keys().cloned().collect();
@@ -51,18 +58,18 @@ impl MemoryHost {
 
 impl Host for MemoryHost {
     fn now_ms(&self) -> u64 {
-        self.calls.borrow_mut().push("now".into());
+        self.note(|| "now".into());
         self.now_ms.get()
     }
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        self.calls.borrow_mut().push(format!("get {key}"));
+        self.note(|| format!("get {key}"));
         match self.shared.borrow().get(key) {
             Some((v, c)) => (Some(v.clone()), Some(*c)),
             None => (None, None),
         }
     }
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
-        self.calls.borrow_mut().push(format!("set {key}"));
+        self.note(|| format!("set {key}"));
         let mut m = self.shared.borrow_mut();
         if let (Some(c), Some((_, cur))) = (cas, m.get(key)) {
             if c != 0 && c != *cur {
@@ -75,15 +82,15 @@ impl Host for MemoryHost {
         Ok(())
     }
     fn metric(&self, m: Metric, delta: u64) {
-        self.calls.borrow_mut().push(format!("metric {}", m.name()));
+        self.note(|| format!("metric {}", m.name()));
         *self.metrics.borrow_mut().entry(m.name()).or_insert(0) += delta;
     }
     fn log(&self, level: Level, msg: &str) {
-        self.calls.borrow_mut().push("log".into());
+        self.note(|| "log".into());
         self.logs.borrow_mut().push((level, msg.to_string()));
     }
     fn peer_certificate_sha256(&self) -> Option<String> {
-        self.calls.borrow_mut().push("peer certificate".into());
+        self.note(|| "peer certificate".into());
         self.peer_certificate.borrow().clone()
     }
 }

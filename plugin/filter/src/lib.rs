@@ -110,9 +110,7 @@ impl TollgateRoot {
         }
         apply_decided(&self.shared, decided, self.context_id, 0);
     }
-}
 
-impl TollgateRoot {
     /// `proxy_on_http_call_response` for a call the root dispatched.
     pub fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize) {
         on_call_answer(
