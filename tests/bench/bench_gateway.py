@@ -445,6 +445,9 @@ def main() -> int:
         cpu: dict[str, list[tuple[int | None, int]]] = {kind: [] for kind in urls}
         # ext_authz: the auth server's CPU is the other half of each request's cost.
         auth_cpu: list[tuple[int | None, int]] = []
+        # Each worker's CPU over the rounds: the listeners balance connections across the
+        # workers (tests/bench/envoy/*.yaml), and the shares show that they did.
+        workers0 = {kind: common.worker_cpu_ns(ENVOY_PIDS[kind]) for kind in urls}
         for i in range(rounds):
             for kind, (url, _) in urls.items():
                 c0 = common.process_cpu_ns(ENVOY_PIDS[kind])
@@ -470,6 +473,10 @@ def main() -> int:
                 sorted(per_round_us)[len(per_round_us) // 2]
                 if None not in per_round_us else None)
             gateways[kind]["repeated"]["envoy_cpu_us_per_request_rounds"] = per_round_us
+            shares = common.worker_shares(workers0[kind], common.worker_cpu_ns(ENVOY_PIDS[kind]))
+            gateways[kind]["repeated"]["worker_cpu_shares"] = shares
+            print(f"  {kind}: Envoy workers' shares of their CPU, repeated token: "
+                  f"{' / '.join(f'{x:.2f}' for x in shares) or 'n/a'}", flush=True)
             gateways[kind]["repeated"]["filter_stats_after"] = filter_stats(admin)
             if kind == "extauthz":
                 per = [common.cpu_us_per_request(c, n) for c, n in auth_cpu]

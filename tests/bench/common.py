@@ -221,6 +221,31 @@ def process_cpu_ns(pid: int) -> int | None:
         return None
 
 
+def worker_cpu_ns(pid: int) -> dict[str, int]:
+    """CPU time each Envoy worker thread (`wrk:worker_N`) has used so far, in ns, from
+    /proc/<pid>/task/*/schedstat; empty when the process is gone."""
+    out: dict[str, int] = {}
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                name = (task / "comm").read_text().strip()
+                if name.startswith("wrk:worker_"):
+                    out[name] = int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    except OSError:
+        pass
+    return out
+
+
+def worker_shares(before: dict[str, int], after: dict[str, int]) -> list[float]:
+    """Each worker's share of the workers' CPU between two `worker_cpu_ns` readings,
+    largest first: with connections balanced, about 1/N each."""
+    used = [after[k] - before.get(k, 0) for k in after]
+    total = sum(used)
+    return sorted((round(u / total, 3) for u in used), reverse=True) if total > 0 else []
+
+
 def cpu_us_per_request(cpu_ns: int | None, requests: int) -> float | None:
     if cpu_ns is None or requests <= 0:
         return None

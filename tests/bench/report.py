@@ -199,6 +199,13 @@ def gateway_md(d: dict[str, Any]) -> str:
             "/proc, over the measured runs; the repeated-token figure is the median of the "
             "rounds; it depends far less on the machine's other load than requests/s): "
             + "; ".join(cpu_rows) + ".")
+    shares = [(g["label"], (d["gateways"].get(g["key"], {}).get("repeated") or {})
+               .get("worker_cpu_shares")) for g in gws]
+    if any(v for _, v in shares):
+        notes.append(
+            "- Each Envoy worker's share of the workers' CPU, repeated token (connections "
+            "balanced across workers; about 1/N each when they are): " + ", ".join(
+                f"{lbl} {' / '.join(f'{x:.2f}' for x in v)}" for lbl, v in shares if v) + ".")
     rep = d["ratios"].get("repeated", {})
     if rep.get("tollgate_vs_floor") is not None:
         cpu = {g: (d["gateways"].get(g, {}).get("repeated") or {}).get("envoy_cpu_us_per_request")
