@@ -3,7 +3,12 @@
 //! with it while the answer is pending.
 //!
 //! - Slot table `tollgate/ic/<ns>/<slot>` keyed by the SHA-256 of the token (never the
-//!   token), one entry per slot, a new entry replacing an expired or different one.
+//!   token), one entry per slot, a new entry replacing an expired or different one, except
+//!   that another token's live *active* answer is never replaced by a claim or an inactive
+//!   answer: well-shaped made-up tokens cannot evict the tokens the auth server vouched for
+//!   (which would cost them a new call, and a 503 with `fail_mode: closed` while the auth
+//!   server is down). A token whose slot is held that way is introspected without a claim
+//!   (one call per worker at a time); an active answer for it takes the slot.
 //! - An entry is `Active` (identity, until min(token `exp`, now + max TTL)), `Inactive`
 //!   (for the negative TTL) or `Pending` (a worker is asking the auth server; others wait
 //!   for its answer until the pending deadline, then may ask themselves).
@@ -41,9 +46,11 @@ pub enum State {
     Pending {
         owner: u32,
     },
-    /// Nothing usable: introspect (claim first with the returned CAS).
+    /// Nothing usable: introspect (claim first with the returned CAS, unless `held`).
     Miss {
         cas: Option<u32>,
+        /// The slot holds another token's live active answer: do not claim it.
+        held: bool,
     },
 }
 
@@ -76,30 +83,36 @@ pub fn init_slots(host: &dyn Host, s: &Settings) {
 /// Look a token up. `now_ms` is Unix ms.
 pub fn lookup(host: &dyn Host, s: &Settings, h: &TokenHash, now_ms: u64) -> State {
     let (v, cas) = host.shared_get(&slot_key(s, h));
+    let miss = State::Miss { cas, held: false };
     let Some(v) = v else {
-        return State::Miss { cas };
+        return miss;
     };
     let mut r = Reader::new(&v);
     let parsed = (|| {
-        if r.u8()? != MAGIC || r.take(32)? != h.as_slice() {
+        if r.u8()? != MAGIC {
             return None;
         }
+        let mine = r.take(32)? == h.as_slice();
         let kind = r.u8()?;
         let until = r.u64()?;
-        Some((kind, until))
+        Some((mine, kind, until))
     })();
     match parsed {
-        Some((_, until)) if until <= now_ms => State::Miss { cas },
-        Some((ACTIVE, until)) => match Identity::decode(&mut r) {
+        Some((false, kind, until)) => State::Miss {
+            cas,
+            held: kind == ACTIVE && until > now_ms,
+        },
+        Some((true, _, until)) if until <= now_ms => miss,
+        Some((true, ACTIVE, until)) => match Identity::decode(&mut r) {
             Some(id) => State::Active(Box::new(id), until),
-            None => State::Miss { cas },
+            None => miss,
         },
-        Some((INACTIVE, _)) => State::Inactive,
-        Some((PENDING, _)) => match r.u32() {
+        Some((true, INACTIVE, _)) => State::Inactive,
+        Some((true, PENDING, _)) => match r.u32() {
             Some(owner) => State::Pending { owner },
-            None => State::Miss { cas },
+            None => miss,
         },
-        _ => State::Miss { cas },
+        _ => miss,
     }
 }
 
@@ -135,7 +148,13 @@ pub fn store(
             id.encode_into(&mut v);
             v
         }
-        None => header(h, INACTIVE, now_ms.saturating_add(s.negative_ttl_s * 1000)),
+        None => {
+            // Another token's live active answer keeps its slot (see the module doc).
+            if let State::Miss { held: true, .. } = lookup(host, s, h, now_ms) {
+                return Ok(());
+            }
+            header(h, INACTIVE, now_ms.saturating_add(s.negative_ttl_s * 1000))
+        }
     };
     host.shared_set(&slot_key(s, h), &v, None)
 }
@@ -274,12 +293,56 @@ mod tests {
     }
 
     #[test]
+    fn another_tokens_live_active_answer_is_not_evicted_by_a_claim_or_an_inactive_answer() {
+        let host = MemoryHost::new(1_000_000);
+        let s = Settings {
+            slots: 1, // every token shares the one slot
+            ..settings()
+        };
+        init_slots(&host, &s);
+        let (a, b) = (hash_token("tg_at_vouched"), hash_token("tg_at_madeup"));
+        let body = br#"{"active":true,"sub":"u","aud":"api","exp":1000030}"#;
+        let id = parse_answer(body, 0, &[], 1000).unwrap().unwrap();
+        store(&host, &s, &a, Some(&id), 1_000_000).unwrap();
+        // B finds A's live answer in its slot: a miss it must not claim.
+        assert!(matches!(
+            lookup(&host, &s, &b, 1_000_100),
+            State::Miss { held: true, .. }
+        ));
+        // B's inactive answer is not stored over it; A is still answered from the cache.
+        store(&host, &s, &b, None, 1_000_200).unwrap();
+        assert!(matches!(
+            lookup(&host, &s, &a, 1_000_300),
+            State::Active(..)
+        ));
+        assert!(matches!(
+            lookup(&host, &s, &b, 1_000_300),
+            State::Miss { held: true, .. }
+        ));
+        // Once A's answer has expired (max_ttl, 60 s) the slot is free to take.
+        assert!(matches!(
+            lookup(&host, &s, &b, 1_060_001),
+            State::Miss { held: false, .. }
+        ));
+        // An active answer for B (the auth server vouched for it too) takes the slot.
+        store(&host, &s, &b, Some(&id), 1_000_400).unwrap();
+        assert!(matches!(
+            lookup(&host, &s, &b, 1_000_500),
+            State::Active(..)
+        ));
+        assert!(matches!(
+            lookup(&host, &s, &a, 1_000_500),
+            State::Miss { held: true, .. }
+        ));
+    }
+
+    #[test]
     fn single_flight_then_cached_answer() {
         let host = MemoryHost::new(1_000_000);
         let s = settings();
         init_slots(&host, &s);
         let h = hash_token("tg_at_abc");
-        let State::Miss { cas } = lookup(&host, &s, &h, 1_000_000) else {
+        let State::Miss { cas, .. } = lookup(&host, &s, &h, 1_000_000) else {
             panic!()
         };
         assert!(claim(&host, &s, &h, 1, cas, 1_000_000));
@@ -330,7 +393,7 @@ mod tests {
         let h = hash_token("y");
         assert!(claim(&host, &s, &h, 1, None, 0));
         assert!(matches!(lookup(&host, &s, &h, 2001), State::Miss { .. }));
-        let State::Miss { cas } = lookup(&host, &s, &h, 2001) else {
+        let State::Miss { cas, .. } = lookup(&host, &s, &h, 2001) else {
             panic!()
         };
         assert!(claim(&host, &s, &h, 2, cas, 2001));

@@ -182,10 +182,22 @@ fn introspected(
             )))
         }
         State::Pending { .. } => Err(Outcome::WaitForIntrospection { hash: *hash }),
-        State::Miss { cas } => {
+        State::Miss { cas, held } => {
             host.metric(Metric::CacheMiss, 1);
             if let Some(r) = over_miss_limit(w, host, req) {
                 return Err(Outcome::Reject(r));
+            }
+            if held {
+                // The slot keeps another token's live answer: no claim, and one call per
+                // worker at a time (its answer decides the requests waiting here).
+                if w.inflight.iter().any(|(h, _)| h == hash) {
+                    return Err(Outcome::WaitForIntrospection { hash: *hash });
+                }
+                host.metric(Metric::IntrospectionCall, 1);
+                return Err(Outcome::Introspect {
+                    hash: *hash,
+                    token: SecretToken(token.to_string()),
+                });
             }
             if introspection::claim(host, &x.settings, hash, w.id, cas, now_ms) {
                 host.metric(Metric::IntrospectionCall, 1);
@@ -340,6 +352,49 @@ mod tests {
         assert!(cx.verified.is_none());
         assert_eq!(cx.now_ms, 0);
         assert_eq!(*host.metrics.borrow(), before, "nothing counted");
+    }
+
+    /// Well-shaped made-up tokens cannot evict a token the auth server vouched for: with one
+    /// slot, a second token is introspected without claiming it, its inactive answer is
+    /// not stored over the first, and another worker still finds the first in the cache
+    /// (while the auth server is down, that is the difference between 200 and 503).
+    #[test]
+    fn a_made_up_opaque_token_does_not_evict_a_cached_one() {
+        let (host, mut w) = worker(json!({
+            "auth_server": {"cluster": "auth", "client_id": "gw", "client_secret": "s3cret"},
+            "introspection": {"issuer": ISS, "slots": 1}}));
+        let good = "tg_at_goodAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let (step, _) = authenticate(&mut w, &host, good);
+        let ControlFlow::Break(Outcome::Introspect { hash, .. }) = step else {
+            panic!("{step:?}")
+        };
+        w.note_introspection_call(hash, 1);
+        let active = format!(
+            r#"{{"active":true,"iss":"{ISS}","sub":"alice","aud":"a","exp":{}}}"#,
+            NOW + 60
+        );
+        let _ = w.on_introspection(&host, hash, Ok((200, active.into_bytes())));
+
+        let madeup = "tg_at_madeAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let (step, _) = authenticate(&mut w, &host, madeup);
+        let ControlFlow::Break(Outcome::Introspect { hash: h2, .. }) = step else {
+            panic!("{step:?}")
+        };
+        w.note_introspection_call(h2, 2);
+        // A second request with it on this worker waits for that call.
+        let (step, _) = authenticate(&mut w, &host, madeup);
+        assert_eq!(
+            step,
+            ControlFlow::Break(Outcome::WaitForIntrospection { hash: h2 })
+        );
+        let _ = w.on_introspection(&host, h2, Ok((200, br#"{"active":false}"#.to_vec())));
+
+        // Another worker (no local cache entry) still finds the vouched token.
+        let mut other = Worker::new(w.cfg.clone());
+        other.init_shared(&host);
+        let (step, cx) = authenticate(&mut other, &host, good);
+        assert_eq!(step, ControlFlow::Continue(()));
+        assert_eq!(cx.identity().map(|i| i.sub.as_str()), Some("alice"));
     }
 
     #[test]
