@@ -49,9 +49,9 @@ GATEWAYS = [
     ("native", "Envoy jwt_authn + local_ratelimit"),
     ("tollgate", "Tollgate Wasm filter"),
     ("extauthz", "Envoy ext_authz -> auth server"),
-    # plugin/floor: a proxy-wasm filter on the Rust SDK that does nothing, in the same
-    # rounds (repeated token only): the floor of an SDK-built Wasm filter in this Envoy
-    # (Tollgate's filter has its own ABI exports, docs/filter.md#performance).
+    # plugin/floor: a proxy-wasm filter that does nothing, with the exports of Tollgate's
+    # filter, in the same rounds (repeated token only): what a Wasm filter with these
+    # callbacks costs this Envoy before it does any work.
     ("floor", "do-nothing Wasm filter"),
 ]
 # With BENCH_BASELINE_WASM: Tollgate with another module (see the docstring).

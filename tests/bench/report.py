@@ -211,9 +211,9 @@ def gateway_md(d: dict[str, Any]) -> str:
         cpu = {g: (d["gateways"].get(g, {}).get("repeated") or {}).get("envoy_cpu_us_per_request")
                for g in ("noauth", "floor", "tollgate", "native")}
         notes.append(
-            "- The Wasm floor (`plugin/floor`: a proxy-wasm filter on the Rust SDK that does "
-            "nothing, in the same rounds, repeated token; Tollgate's filter has its own ABI "
-            "exports, no SDK): do-nothing filter / no auth "
+            "- The Wasm floor (`plugin/floor`: a proxy-wasm filter that does nothing, with the "
+            "exports of Tollgate's filter, in the same rounds, repeated token): do-nothing "
+            "filter / no auth "
             f"**{rep['floor_vs_noauth']:.2f}×**, Tollgate / do-nothing filter "
             f"**{rep['tollgate_vs_floor']:.2f}×**; Envoy CPU per request, µs: no auth "
             f"{cpu['noauth']}, do-nothing Wasm filter {cpu['floor']}, Tollgate "
