@@ -24,6 +24,17 @@ thread_local! {
     static STREAMS: RefCell<HashMap<u32, TollgateHttp>> = RefCell::new(HashMap::new());
 }
 
+/// Run `f` on root context `id`: `None` when there is no such root, or its table is in use
+/// (a re-entrant call).
+fn with_root<R>(id: u32, f: impl FnOnce(&mut TollgateRoot) -> R) -> Option<R> {
+    ROOTS.with(|r| r.try_borrow_mut().ok()?.get_mut(&id).map(f))
+}
+
+/// Run `f` on stream context `id` (as [`with_root`]).
+fn with_stream<R>(id: u32, f: impl FnOnce(&mut TollgateHttp) -> R) -> Option<R> {
+    STREAMS.with(|s| s.try_borrow_mut().ok()?.get_mut(&id).map(f))
+}
+
 extern "C" {
     fn __wasm_call_ctors();
 }
@@ -65,14 +76,7 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
         });
         return;
     }
-    let stream = ROOTS.with(|r| {
-        r.try_borrow().ok().and_then(|roots| {
-            roots
-                .get(&root_context_id)
-                .map(|root| root.create_http_context(context_id))
-        })
-    });
-    if let Some(stream) = stream {
+    if let Some(stream) = with_root(root_context_id, |root| root.create_http_context(context_id)) {
         STREAMS.with(|s| {
             if let Ok(mut streams) = s.try_borrow_mut() {
                 streams.insert(context_id, stream);
@@ -83,23 +87,15 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
 
 #[no_mangle]
 pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: usize) -> bool {
-    ROOTS.with(|r| match r.try_borrow_mut() {
-        Ok(mut roots) => roots
-            .get_mut(&root_context_id)
-            .is_some_and(|root| root.on_configure(configuration_size)),
-        Err(_) => false,
+    with_root(root_context_id, |root| {
+        root.on_configure(configuration_size)
     })
+    .unwrap_or(false)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root_context_id: u32) {
-    ROOTS.with(|r| {
-        if let Ok(mut roots) = r.try_borrow_mut() {
-            if let Some(root) = roots.get_mut(&root_context_id) {
-                root.on_tick();
-            }
-        }
-    });
+    with_root(root_context_id, TollgateRoot::on_tick);
 }
 
 /// An HTTP call's answer, delivered to the context that dispatched it.
@@ -111,26 +107,14 @@ pub extern "C" fn proxy_on_http_call_response(
     body_size: usize,
     _num_trailers: usize,
 ) {
-    let handled = ROOTS.with(|r| match r.try_borrow_mut() {
-        Ok(mut roots) => match roots.get_mut(&context_id) {
-            Some(root) => {
-                root.on_http_call_response(token, num_headers, body_size);
-                true
-            }
-            None => false,
-        },
-        Err(_) => false,
+    let to_root = with_root(context_id, |root| {
+        root.on_http_call_response(token, num_headers, body_size)
     });
-    if handled {
-        return;
+    if to_root.is_none() {
+        with_stream(context_id, |stream| {
+            stream.on_http_call_response(token, num_headers, body_size)
+        });
     }
-    STREAMS.with(|s| {
-        if let Ok(mut streams) = s.try_borrow_mut() {
-            if let Some(stream) = streams.get_mut(&context_id) {
-                stream.on_http_call_response(token, num_headers, body_size);
-            }
-        }
-    });
 }
 
 #[no_mangle]
@@ -139,13 +123,7 @@ pub extern "C" fn proxy_on_request_headers(
     _num_headers: usize,
     _end_of_stream: bool,
 ) -> Action {
-    let action = STREAMS.with(|s| match s.try_borrow_mut() {
-        Ok(mut streams) => streams
-            .get_mut(&context_id)
-            .map(TollgateHttp::on_http_request_headers),
-        Err(_) => None,
-    });
-    action.unwrap_or_else(|| {
+    with_stream(context_id, TollgateHttp::on_http_request_headers).unwrap_or_else(|| {
         // No stream: its root was never created or configured. Fail closed.
         reply_not_configured();
         Action::Pause
@@ -158,12 +136,7 @@ pub extern "C" fn proxy_on_response_headers(
     _num_headers: usize,
     _end_of_stream: bool,
 ) -> Action {
-    STREAMS.with(|s| match s.try_borrow_mut() {
-        Ok(mut streams) => streams
-            .get_mut(&context_id)
-            .map_or(Action::Continue, TollgateHttp::on_http_response_headers),
-        Err(_) => Action::Continue,
-    })
+    with_stream(context_id, TollgateHttp::on_http_response_headers).unwrap_or(Action::Continue)
 }
 
 /// A context is gone: a stream (forget what it held) or a root (the plugin is removed).
