@@ -208,6 +208,14 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_STORE_RETRY_MS", global = true)]
     pub store_retry_ms: Option<u64>,
 
+    /// How long a Redis client record is served from the process's client cache at most,
+    /// seconds (0-300); every change of a client evicts it from every replica at once
+    /// through Redis pub/sub, and the cache is used only while that subscription is up.
+    /// This is the bound for a change written into Redis by hand; 0 = no cache (every
+    /// client authentication reads Redis) [default: 10].
+    #[arg(long, env = "TOLLGATE_CLIENT_CACHE_SECONDS", global = true)]
+    pub client_cache_seconds: Option<usize>,
+
     /// Replicas that must have a durable write (refresh tokens, revocations, code and
     /// refresh-token consumption, clients, users, keys) before it is acknowledged (Redis
     /// `WAIT`); 0 = off [default: 0].
@@ -348,6 +356,7 @@ pub struct Config {
     pub max_headers: usize,
     pub store_timeout_ms: u64,
     pub store_retry_ms: u64,
+    pub client_cache_seconds: usize,
     pub redis_wait_replicas: u32,
     pub redis_wait_timeout_ms: u64,
     pub revocation_feed_max: usize,
@@ -555,6 +564,7 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "max_headers",
     "store_timeout_ms",
     "store_retry_ms",
+    "client_cache_seconds",
     "redis_wait_replicas",
     "redis_wait_timeout_ms",
     "revocation_feed_max",
@@ -1081,6 +1091,18 @@ impl Settings {
                 &file,
                 "store_retry_ms",
                 3000,
+            )?,
+            client_cache_seconds: in_range(
+                "TOLLGATE_CLIENT_CACHE_SECONDS",
+                num(
+                    "TOLLGATE_CLIENT_CACHE_SECONDS",
+                    self.client_cache_seconds,
+                    &file,
+                    "client_cache_seconds",
+                    10,
+                )?,
+                0,
+                300,
             )?,
             redis_wait_replicas,
             redis_wait_timeout_ms,

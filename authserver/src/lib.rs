@@ -72,6 +72,7 @@ fn redis_options(cfg: &config::Config) -> RedisOptions {
         retry_budget: std::time::Duration::from_millis(cfg.store_retry_ms),
         wait_replicas: cfg.redis_wait_replicas,
         wait_timeout: std::time::Duration::from_millis(cfg.redis_wait_timeout_ms),
+        client_cache_ttl: std::time::Duration::from_secs(cfg.client_cache_seconds as u64),
     }
 }
 

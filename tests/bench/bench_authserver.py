@@ -252,6 +252,27 @@ def hydra_version() -> str:
 
 # ------------------------------------------------------------------------ report
 
+def monitor_round_trips(url: str, env: dict[str, str], redis_port: int,
+                        db: int) -> dict[str, Any]:
+    """Redis round trips per request of one Tollgate row, counted with `MONITOR` over 300
+    requests one after the other (after 50 that warm the server: its client cache fills
+    once its pub/sub subscription is up)."""
+    session = requests.Session()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if env.get("BENCH_AUTH"):
+        headers["Authorization"] = env["BENCH_AUTH"]
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            r = session.post(url + env["BENCH_PATH"], data=env.get("BENCH_BODY", ""),
+                             headers=headers, timeout=5)
+            if r.status_code != 200:
+                raise BenchError(f"{env['BENCH_PATH']}: {r.status_code} {r.text[:200]}")
+
+    run(50)
+    return common.redis_round_trips(redis_port, db, run, 300)
+
+
 def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
     if not a or not b or "rps" not in a or "rps" not in b or not b["rps"]:
         return None
@@ -294,12 +315,21 @@ def report(data: dict[str, Any]) -> None:
                             f"{block['name']} req/s", "p99 ms"], prow)
         print(f">= 3x {block['name']} on every measured row: "
               f"{'met' if block['all_rows_3x'] else 'NOT met'}")
+    trips = [(label, data["tollgate"][key]["redis_monitor"]) for key, label in SCENARIOS
+             if "redis_monitor" in (data["tollgate"].get(key) or {})]
+    if trips:
+        print("\nRedis round trips per request, counted with MONITOR (300 requests in a row):")
+        for label, m in trips:
+            cmds = ", ".join(f"{k} {v:g}" for k, v in m["commands_per_request"].items())
+            print(f"  {label:<44} {m['round_trips_per_request']:g}  ({cmds})")
     targets = data["targets"]
     print("\ntargets (issue): tokens/s >= 5000: "
           f"{'met' if targets['tokens_per_s_5000'] else 'NOT met'}; introspections/s >= 10000: "
           f"{'met' if targets['introspections_per_s_10000'] else 'NOT met'}; >= 3x "
           f"oidc-provider on tokens: {'met' if targets['tokens_3x_peer'] else 'NOT met'}, "
-          f"on introspection: {'met' if targets['introspections_3x_peer'] else 'NOT met'}")
+          f"on introspection: {'met' if targets['introspections_3x_peer'] else 'NOT met'}; "
+          "<= 1 Redis round trip per issuance: "
+          f"{'met' if targets.get('round_trips_per_issuance_1') else 'NOT met'}")
 
 
 def main() -> int:
@@ -366,9 +396,17 @@ def main() -> int:
                     server = "authserver_rs256" if key == "token_jwt_rs256" else "authserver"
                     pids = {"authserver": TOLLGATE_PIDS[server],
                             "redis": TOLLGATE_PIDS["redis"]}
+                    monitored = None
+                    if env.get("BENCH_BODY") is not None and script == "form_post.lua":
+                        monitored = monitor_round_trips(
+                            url, env, redis_port, 2 if key == "token_jwt_rs256" else 0)
+                        print(f"  {name + ': ' + label:<52} Redis round trips per request "
+                              f"(MONITOR): {monitored['round_trips_per_request']}", flush=True)
                     results[side][key] = common.measure_cpu(
                         settings, url, script, env, f"{name}: {label}", pids,
                         redis_port=redis_port)
+                    if monitored:
+                        results[side][key]["redis_monitor"] = monitored
                 else:
                     results[side][key] = common.measure(settings, url, script, env,
                                                         f"{name}: {label}")
@@ -410,6 +448,10 @@ def main() -> int:
             "introspections_per_s_10000": t_int >= 10000,
             "tokens_3x_peer": (ratios.get("token_jwt") or 0) >= 3,
             "introspections_3x_peer": (ratios.get("introspect_opaque") or 0) >= 3,
+            "round_trips_per_issuance_1": all(
+                (tollgate.get(k) or {}).get("redis_monitor", {}).get(
+                    "round_trips_per_request", 99) <= 1
+                for k in ("token_jwt", "token_jwt_rs256", "token_opaque")),
         },
     }
     if args.skip_tollgate:

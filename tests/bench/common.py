@@ -474,6 +474,76 @@ def redis_commandstats(port: int) -> dict[str, dict[str, float]]:
     return out
 
 
+MONITOR_LINE = re.compile(r'^\+?\d+\.\d+ \[(\d+) ([^\]]+)\] "([^"]+)"')
+
+
+def round_trips_from_monitor(lines: list[str], db: int) -> tuple[int, dict[str, int]]:
+    """Round trips in `MONITOR` output (db `db` only): a `MULTI` ... `EXEC` block is one, every
+    other command a client sent is one; commands a script runs (`[0 lua]`) are the script's.
+    Also the commands by name (a transaction's commands counted inside it)."""
+    trips, in_tx, names = 0, set(), {}
+    for line in lines:
+        m = MONITOR_LINE.match(line)
+        if not m or int(m.group(1)) != db or m.group(2) == "lua":
+            continue
+        client, name = m.group(2), m.group(3).upper()
+        names[name] = names.get(name, 0) + 1
+        if name == "MULTI":
+            in_tx.add(client)
+            trips += 1
+        elif name in ("EXEC", "DISCARD"):
+            in_tx.discard(client)
+        elif client not in in_tx:
+            trips += 1
+    return trips, names
+
+
+def redis_round_trips(port: int, db: int, requests_fn: Any, n: int) -> dict[str, Any]:
+    """`requests_fn(n)` (n requests, one after the other) while a `MONITOR` connection records
+    what Redis receives: round trips and commands per request (round_trips_from_monitor).
+    Background work of the server during the sample (a subscription's PING, say) counts
+    too, so a figure is an upper bound."""
+    import threading
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"MONITOR\r\n")
+        buf = b""
+        while b"\r\n" not in buf:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise BenchError("redis MONITOR: connection closed")
+            buf += chunk
+        if not buf.startswith(b"+OK"):
+            raise BenchError(f"redis MONITOR: {buf[:100]!r}")
+        chunks = [buf.split(b"\r\n", 1)[1]]
+        done = threading.Event()
+
+        def read() -> None:  # drain while the requests run: Redis must never wait on us
+            s.settimeout(0.2)
+            while True:
+                try:
+                    chunk = s.recv(65536)
+                except socket.timeout:
+                    if done.is_set():
+                        return
+                    continue
+                if not chunk:
+                    return
+                chunks.append(chunk)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            requests_fn(n)
+            time.sleep(0.3)  # the last commands reach the monitor
+        finally:
+            done.set()
+            reader.join(timeout=5)
+    lines = b"".join(chunks).decode(errors="replace").split("\r\n")
+    trips, names = round_trips_from_monitor(lines, db)
+    return {"requests": n, "round_trips_per_request": round(trips / n, 3),
+            "commands_per_request": {k: round(v / n, 3) for k, v in sorted(names.items())}}
+
+
 def measure_one_pass(settings: Settings, url: str, tokens: list[str], workdir: Path,
                      label: str, duration: float, path: str = "/api/resource",
                      pid: int | None = None) -> dict[str, Any]:

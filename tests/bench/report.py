@@ -68,13 +68,26 @@ def authserver_md(d: dict[str, Any]) -> str:
         notes.append("- CPU time per request on Tollgate's side, µs (auth server / "
                      "redis-server, from /proc over the measured run): " + "; ".join(cpu)
                      + ".")
+    trips = []
+    for sc in d["scenarios"]:
+        m = (d["tollgate"].get(sc["key"]) or {}).get("redis_monitor")
+        if m:
+            cmds = ", ".join(f"{k} {v:g}" for k, v in m["commands_per_request"].items())
+            trips.append(f"{sc['label']} **{m['round_trips_per_request']:g}** ({cmds})")
+    if trips:
+        notes.append("- Redis round trips per request on Tollgate's side, counted with "
+                     "`MONITOR` over 300 requests in a row (a `MULTI`…`EXEC` block is one; "
+                     "commands by name in brackets): " + "; ".join(trips) + ".")
     t = d["targets"]
     notes.append(
         "- Targets of the issue: ≥ 5,000 tokens/s "
         f"({'met' if t['tokens_per_s_5000'] else 'not met'}), ≥ 10,000 introspections/s "
         f"({'met' if t['introspections_per_s_10000'] else 'not met'}), ≥ 3× oidc-provider on "
         f"tokens ({'met' if t['tokens_3x_peer'] else 'not met'}) and on introspection "
-        f"({'met' if t['introspections_3x_peer'] else 'not met'}; opaque vs opaque).")
+        f"({'met' if t['introspections_3x_peer'] else 'not met'}; opaque vs opaque)"
+        + ("" if "round_trips_per_issuance_1" not in t else
+           ", ≤ 1 Redis round trip per issuance "
+           f"({'met' if t['round_trips_per_issuance_1'] else 'not met'})") + ".")
     s = d["settings"]
     notes.append(
         f"- Run {d['date_utc']}: wrk {s['wrk_threads']} thread(s), {s['connections']} "

@@ -219,12 +219,12 @@ pub async fn authenticate_caller(
             return Ok(Caller { client, ip });
         }
     };
-    let client = state.store.get_client(client_id).await?;
+    let (mut client, cached) = state.store.get_client_cached(client_id).await?;
 
     // Always compute the keyed hash, so an unknown client id costs the same as a wrong
     // secret.
     let presented_hash = crypto::secret_hash(&state.pepper, secret);
-    let ok = match &client {
+    let matches = |client: &Option<ClientRecord>| match client {
         Some(c) => match &c.secret_hash {
             Some(stored) => crypto::ct_eq(presented_hash.as_bytes(), stored.as_bytes()),
             None => false,
@@ -234,6 +234,14 @@ pub async fn authenticate_caller(
             false
         }
     };
+    let mut ok = matches(&client);
+    let right_method = |c: &Option<ClientRecord>| c.as_ref().is_some_and(|c| c_method(c) == method);
+    if cached && !(ok && right_method(&client)) {
+        // The cached record may predate a change made through another replica (a rotated
+        // secret, another authentication method).
+        client = state.store.get_client(client_id).await?;
+        ok = matches(&client);
+    }
     let client = match (ok, client) {
         (true, Some(c)) => c,
         _ => {
@@ -334,8 +342,35 @@ async fn authenticate_secretless(
     tls: Option<&PeerCertificate>,
     ip: &str,
 ) -> OAuthResult<ClientRecord> {
-    let client = state.store.get_client(client_id).await?;
-    let outcome = match (client, assertion) {
+    let (client, cached) = state.store.get_client_cached(client_id).await?;
+    let mut outcome = check_secretless(state, client, assertion, tls).await;
+    if outcome.is_err() && cached {
+        // The cached record may predate a change (keys, certificate, method) made through
+        // another replica.
+        let client = state.store.get_client(client_id).await?;
+        outcome = check_secretless(state, client, assertion, tls).await;
+    }
+    match outcome {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            if matches!(e, OAuthError::InvalidClient(_)) {
+                state.stat("client_auth_failures");
+                metrics::counter!("tollgate_client_auth_failures_total").increment(1);
+                note_failure(state, &fail_key(client_id, ip)).await?;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Whether `client` authenticates with `assertion` or the TLS certificate `tls`.
+async fn check_secretless(
+    state: &SharedState,
+    client: Option<ClientRecord>,
+    assertion: Option<&str>,
+    tls: Option<&PeerCertificate>,
+) -> OAuthResult<ClientRecord> {
+    match (client, assertion) {
         (Some(c), Some(a)) if c_method(&c) == "private_key_jwt" => {
             super::client_assertion::verify(state, &c, a)
                 .await
@@ -378,17 +413,6 @@ async fn authenticate_secretless(
         _ => Err(OAuthError::InvalidClient(
             "client authentication failed".into(),
         )),
-    };
-    match outcome {
-        Ok(c) => Ok(c),
-        Err(e) => {
-            if matches!(e, OAuthError::InvalidClient(_)) {
-                state.stat("client_auth_failures");
-                metrics::counter!("tollgate_client_auth_failures_total").increment(1);
-                note_failure(state, &fail_key(client_id, ip)).await?;
-            }
-            Err(e)
-        }
     }
 }
 

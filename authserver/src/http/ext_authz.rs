@@ -114,8 +114,14 @@ async fn handle(
             "a sender-constrained token is checked by the edge filter, not by ext_authz".into(),
         ));
     }
-    // A deleted client's tokens are no longer active (as at introspection).
-    if state.store.get_client(&rec.client_id).await?.is_none() {
+    // A deleted client's tokens are no longer active (a deletion evicts the client from every replica's cache) (as at introspection).
+    if state
+        .store
+        .get_client_cached(&rec.client_id)
+        .await?
+        .0
+        .is_none()
+    {
         return Err(invalid());
     }
     metrics::counter!("tollgate_ext_authz_total", "allowed" => "true").increment(1);

@@ -115,8 +115,14 @@ async fn handle(
         if !privileged {
             return inactive();
         }
-        // A deleted client's tokens are no longer active.
-        if state.store.get_client(&rec.client_id).await?.is_none() {
+        // A deleted client's tokens are no longer active (a deletion evicts the client from every replica's cache).
+        if state
+            .store
+            .get_client_cached(&rec.client_id)
+            .await?
+            .0
+            .is_none()
+        {
             return inactive();
         }
     }

@@ -427,6 +427,8 @@ mod test_support;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_client_cache;
+#[cfg(test)]
 mod tests_edge_identity;
 #[cfg(test)]
 mod tests_escalation;

@@ -405,6 +405,18 @@ pub trait Store: Send + Sync + 'static {
     /// Create or replace a client (used by `init`, which is idempotent).
     async fn put_client(&self, client: &ClientRecord) -> StoreResult<()>;
     async fn get_client(&self, client_id: &str) -> StoreResult<Option<ClientRecord>>;
+    /// The same record for a request path, where a store may answer from its client cache
+    /// (Redis: kept only while its invalidation subscription is up, and for at most
+    /// `TOLLGATE_CLIENT_CACHE_SECONDS`; see `redis/client_cache.rs`), and whether it did.
+    /// A caller that rejects a cached record (a wrong secret, say) re-reads it with
+    /// [`Store::get_client`] before it refuses, so a change made through another replica
+    /// takes effect at once.
+    async fn get_client_cached(
+        &self,
+        client_id: &str,
+    ) -> StoreResult<(Option<ClientRecord>, bool)> {
+        Ok((self.get_client(client_id).await?, false))
+    }
     async fn delete_client(&self, client_id: &str) -> StoreResult<bool>;
     async fn list_client_ids(&self) -> StoreResult<Vec<String>>;
 

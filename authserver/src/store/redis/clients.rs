@@ -1,6 +1,26 @@
-//! Clients: one hash per client (`auth:client:<id>`).
+//! Clients: one hash per client (`auth:client:<id>`). A write that changes or removes a
+//! client publishes its id on [`CLIENT_CHANNEL`] in the same transaction, which evicts it
+//! from the client cache of every process (`client_cache`).
 
+use super::client_cache::CLIENT_CHANNEL;
 use super::*;
+
+/// Replace a client's hash and announce it (KEYS: the hash; ARGV: channel, id, then field
+/// and value pairs). A script rather than a `MULTI` with `PUBLISH`: on Cluster the client
+/// library routes a pipeline by every command's first argument, and a channel is no key.
+const PUT_LUA: &str = r#"
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// Delete a client's hash and announce it (KEYS: the hash; ARGV: channel, id).
+const DELETE_LUA: &str = r#"
+local n = redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return n
+"#;
 
 pub(super) fn client_to_fields(c: &ClientRecord) -> StoreResult<Vec<(&'static str, String)>> {
     let md = serde_json::to_string(&c.metadata).map_err(|e| corrupt(&c.client_id, e))?;
@@ -63,17 +83,16 @@ pub(super) async fn create_client(db: &RedisStore, client: &ClientRecord) -> Sto
 pub(super) async fn put_client(db: &RedisStore, client: &ClientRecord) -> StoreResult<()> {
     let key = k_client(&client.client_id);
     let fields = client_to_fields(client)?;
-    let mut del = ::redis::cmd("DEL");
-    del.arg(&key);
-    let mut hset = ::redis::cmd("HSET");
-    hset.arg(&key);
+    let mut cmd = eval(PUT_LUA, &[&key]);
+    cmd.arg(CLIENT_CHANNEL).arg(&client.client_id);
     for (f, v) in &fields {
-        hset.arg(*f).arg(v);
+        cmd.arg(*f).arg(v);
     }
-    let cmds = [del, hset];
-    let cmds = &cmds;
-    db.idem(|c| async move { db.write(c, cmds, true, true).await.map(drop) })
-        .await
+    let written = db.write_one::<i64>(&cmd).await.map(drop);
+    // This process's own cache at once (the message reaches it a moment later); after a
+    // failed write too, which may have run.
+    db.signal.clients.evict(&client.client_id);
+    written
 }
 
 pub(super) async fn get_client(
@@ -82,11 +101,43 @@ pub(super) async fn get_client(
 ) -> StoreResult<Option<ClientRecord>> {
     let key = k_client(client_id);
     let m = db.hgetall(&key).await?;
-    client_from_fields(&key, m)
+    let rec = client_from_fields(&key, m)?;
+    db.signal.clients.saw(client_id, rec.as_ref());
+    Ok(rec)
+}
+
+/// Through the client cache: a fresh record is served from it (`true`), anything else read
+/// from Redis (and kept when the cache may be filled).
+pub(super) async fn get_client_cached(
+    db: &RedisStore,
+    client_id: &str,
+) -> StoreResult<(Option<ClientRecord>, bool)> {
+    let cache = &db.signal.clients;
+    if !cache.enabled() {
+        return Ok((get_client(db, client_id).await?, false));
+    }
+    db.signal.start();
+    let ticket = match cache.lookup(client_id) {
+        Ok(rec) => return Ok((Some(rec), true)),
+        Err(ticket) => ticket,
+    };
+    let key = k_client(client_id);
+    let rec = client_from_fields(&key, db.hgetall(&key).await?)?;
+    if let (Some(t), Some(r)) = (ticket, &rec) {
+        // A hash under another id's key is not what the caller asked for.
+        if r.client_id == client_id {
+            cache.fill(t, r);
+        }
+    }
+    Ok((rec, false))
 }
 
 pub(super) async fn delete_client(db: &RedisStore, client_id: &str) -> StoreResult<bool> {
-    db.del(&k_client(client_id)).await
+    let mut cmd = eval(DELETE_LUA, &[&k_client(client_id)]);
+    cmd.arg(CLIENT_CHANNEL).arg(client_id);
+    let deleted = db.write_one::<i64>(&cmd).await;
+    db.signal.clients.evict(client_id);
+    Ok(deleted? > 0)
 }
 
 pub(super) async fn list_client_ids(db: &RedisStore) -> StoreResult<Vec<String>> {

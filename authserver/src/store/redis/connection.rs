@@ -277,7 +277,7 @@ impl RedisStore {
                 )
             }
         };
-        let signal = Signal::new(source, opts.connect_timeout);
+        let signal = Signal::new(source, opts.connect_timeout, opts.client_cache_ttl);
         let store = RedisStore {
             backend,
             opts,

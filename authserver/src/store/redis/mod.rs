@@ -47,6 +47,7 @@ mod retry;
 // One file per section of the store trait (and the same names as in `memory/`).
 mod cache;
 mod cleanup;
+mod client_cache;
 mod clients;
 mod codes;
 mod counters;
@@ -60,6 +61,8 @@ mod signing_keys;
 mod tokens;
 mod users;
 
+#[cfg(test)]
+mod client_cache_tests;
 #[cfg(test)]
 mod durability_tests;
 
@@ -90,6 +93,9 @@ pub struct RedisOptions {
     pub wait_replicas: u32,
     /// `WAIT` timeout (must be > 0 when `wait_replicas` > 0: `WAIT n 0` blocks forever).
     pub wait_timeout: Duration,
+    /// How long a cached client record is served at most ([`Store::get_client_cached`]);
+    /// zero = no client cache.
+    pub client_cache_ttl: Duration,
 }
 
 impl Default for RedisOptions {
@@ -101,6 +107,7 @@ impl Default for RedisOptions {
             retry_budget: Duration::from_secs(3),
             wait_replicas: 0,
             wait_timeout: Duration::from_millis(500),
+            client_cache_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -139,6 +146,13 @@ impl Store for RedisStore {
 
     async fn get_client(&self, client_id: &str) -> StoreResult<Option<ClientRecord>> {
         clients::get_client(self, client_id).await
+    }
+
+    async fn get_client_cached(
+        &self,
+        client_id: &str,
+    ) -> StoreResult<(Option<ClientRecord>, bool)> {
+        clients::get_client_cached(self, client_id).await
     }
 
     async fn delete_client(&self, client_id: &str) -> StoreResult<bool> {

@@ -1,6 +1,8 @@
 //! The revocation signal ([`Store::revocation_signal`]): one pub/sub subscription per
 //! process to [`REVOCATION_CHANNEL`], fanned out to every waiter through a
-//! `tokio::sync::watch` (not one Redis connection per waiter).
+//! `tokio::sync::watch` (not one Redis connection per waiter). The same subscription
+//! carries [`CLIENT_CHANNEL`], the evictions of the client cache (`client_cache`), which
+//! it tells whether it is up.
 //!
 //! `FEED_APPEND_LUA` publishes the new sequence number when it appends a revocation. The
 //! subscription is a dedicated connection (a subscribed RESP2 connection takes no other
@@ -24,6 +26,7 @@ use std::sync::Weak;
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use super::client_cache::{ClientCache, CLIENT_CHANNEL};
 use super::*;
 
 /// How often an idle subscription is checked (and the task looks whether its store is
@@ -47,15 +50,17 @@ pub(super) enum PubSubSource {
 /// on first use.
 pub(super) struct Signal {
     pub(super) tx: Arc<watch::Sender<u64>>,
+    pub(super) clients: Arc<ClientCache>,
     started: std::sync::OnceLock<()>,
     source: Arc<PubSubSource>,
     timeout: Duration,
 }
 
 impl Signal {
-    pub(super) fn new(source: PubSubSource, timeout: Duration) -> Signal {
+    pub(super) fn new(source: PubSubSource, timeout: Duration, client_ttl: Duration) -> Signal {
         Signal {
             tx: Arc::new(watch::Sender::new(0)),
+            clients: Arc::new(ClientCache::new(client_ttl)),
             started: std::sync::OnceLock::new(),
             source: Arc::new(source),
             timeout,
@@ -64,16 +69,22 @@ impl Signal {
 
     /// A receiver; the first call starts the subscription task.
     pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.start();
+        self.tx.subscribe()
+    }
+
+    /// Start the subscription task (once, and only within a tokio runtime).
+    pub(super) fn start(&self) {
         self.started.get_or_init(|| {
             if tokio::runtime::Handle::try_current().is_ok() {
                 tokio::spawn(run(
                     self.source.clone(),
                     Arc::downgrade(&self.tx),
+                    self.clients.clone(),
                     self.timeout,
                 ));
             }
         });
-        self.tx.subscribe()
     }
 }
 
@@ -114,7 +125,7 @@ async fn open(
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| e.to_string())?;
-        tokio::time::timeout(timeout, p.subscribe(REVOCATION_CHANNEL))
+        tokio::time::timeout(timeout, p.subscribe(&[REVOCATION_CHANNEL, CLIENT_CHANNEL]))
             .await
             .map_err(|_| "SUBSCRIBE timed out".to_string())?
             .map_err(|e| e.to_string())?;
@@ -153,7 +164,12 @@ async fn data_master_moved(rx: &mut Option<watch::Receiver<String>>, at: Option<
     std::future::pending().await
 }
 
-async fn run(source: Arc<PubSubSource>, tx: Weak<watch::Sender<u64>>, timeout: Duration) {
+async fn run(
+    source: Arc<PubSubSource>,
+    tx: Weak<watch::Sender<u64>>,
+    clients: Arc<ClientCache>,
+    timeout: Duration,
+) {
     let mut failing = false;
     let mut data_master = match &*source {
         PubSubSource::Sentinel { master, .. } => Some(master.clone()),
@@ -172,6 +188,8 @@ async fn run(source: Arc<PubSubSource>, tx: Weak<watch::Sender<u64>>, timeout: D
                 if let Some(rx) = data_master.as_mut() {
                     rx.borrow_and_update();
                 }
+                // Changes of clients published while not subscribed: the cache starts empty.
+                clients.set_live(true);
                 // Anything published while not subscribed: waiters read the feed again.
                 if !wake(&tx, None) {
                     return;
@@ -186,6 +204,13 @@ async fn run(source: Arc<PubSubSource>, tx: Weak<watch::Sender<u64>>, timeout: D
                         }
                     };
                     match next {
+                        Ok(Some(msg)) if msg.get_channel_name() == CLIENT_CHANNEL => {
+                            match msg.get_payload::<String>() {
+                                Ok(id) => clients.evict(&id),
+                                // Not an id: forget every client to be safe.
+                                Err(_) => clients.set_live(true),
+                            }
+                        }
                         Ok(Some(msg)) => {
                             let seq = msg.get_payload::<u64>().ok();
                             if !wake(&tx, seq) {
@@ -215,6 +240,7 @@ async fn run(source: Arc<PubSubSource>, tx: Weak<watch::Sender<u64>>, timeout: D
                         }
                     }
                 }
+                clients.set_live(false);
                 tracing::debug!("revocation signal subscription lost: reopening");
             }
             Err(e) => {
