@@ -84,10 +84,11 @@ def run(args: list[str], env: dict, timeout: int = 60) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=timeout)
 
 
-def http(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=data, headers=headers or {})
+def http(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None,
+         timeout: float = 5) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -168,6 +169,8 @@ def test_chart_environment_runs_the_real_auth_server(tmp_path):
             tok = json.loads(body)
             assert tok["token_type"].lower() == "bearer" and tok["expires_in"] <= 600
 
+            announcements_pass_the_acl(base, f"http://127.0.0.1:{admin_listen}", basic)
+
             # The helm test pod's script, pointed at this server.
             test_pod = by[("Pod", "tollgate-test")]["spec"]["containers"][0]
             script = test_pod["command"][-1]
@@ -196,6 +199,60 @@ def test_chart_environment_runs_the_real_auth_server(tmp_path):
         assert "NOPERM" not in (tmp_path / "authserver.log").read_text()
     finally:
         c.stop()
+
+
+def announcements_pass_the_acl(base: str, admin: str, basic: str) -> None:
+    """What the auth server publishes and subscribes to, as the chart's ACL user: a
+    revocation (its script publishes on `auth:{revocations}:published`) wakes a held long
+    poll of the gateways' feed, and a client changed through the admin API (its script
+    publishes on `auth:clients:changed`) is served the change."""
+    import threading
+
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, body = http(base + "/oauth2/token", b"grant_type=client_credentials&scope=orders:read",
+                        {"Authorization": f"Basic {basic}", **form})
+    assert status == 200, body
+    token = json.loads(body)["access_token"]
+    gw = {"Authorization": "Basic " + b64encode(f"tollgate-edge-gateway:{GATEWAY_SECRET}".encode()).decode()}
+    status, body = http(base + "/edge/revocations", headers=gw)
+    assert status == 200, body
+    cursor = json.loads(body)["cursor"]
+    held: dict = {}
+
+    def long_poll() -> None:
+        # Held until a revocation is announced; a lost announcement would hold it for the
+        # whole wait (20 s), past this call's time limit.
+        try:
+            held["answer"] = http(f"{base}/edge/revocations?since={cursor}&wait=20", headers=gw, timeout=10)
+        except OSError as e:
+            held["error"] = repr(e)
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    time.sleep(0.5)  # the poll is held
+    status, body = http(base + "/oauth2/revoke", f"token={token}".encode(),
+                        {"Authorization": f"Basic {basic}", **form})
+    assert status == 200, body
+    poller.join(timeout=15)
+    assert "answer" in held, held
+    status, body = held["answer"]
+    assert status == 200 and json.loads(body)["revocations"], body
+    status, body = http(base + "/oauth2/introspect", f"token={token}".encode(),
+                        {"Authorization": f"Basic {basic}", **form})
+    assert status == 200 and json.loads(body)["active"] is False, body
+
+    # A change of the seeded client (its scope narrowed) through the admin listener.
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    status, body = http(admin + "/oauth2/register/orders-service", headers=auth)
+    assert status == 200, body
+    md = json.loads(body)
+    md["scope"] = "orders:read"
+    status, body = http(admin + "/oauth2/register/orders-service", json.dumps(md).encode(),
+                        {**auth, "Content-Type": "application/json"}, method="PUT")
+    assert status == 200, body
+    status, body = http(base + "/oauth2/token", b"grant_type=client_credentials&scope=orders:write",
+                        {"Authorization": f"Basic {basic}", **form})
+    assert status == 400 and json.loads(body)["error"] == "invalid_scope", body
 
 
 def gateway_through_the_chart_envoyfilter(by: dict, auth_port: int, token: str, tmp_path: Path) -> None:

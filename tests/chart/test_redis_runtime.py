@@ -225,6 +225,14 @@ def test_redis_acl_replication_sentinel_failover(cluster, tmp_path):
     assert len(sha) == 40, sha
     assert c.as_user(m, "AUTH_USER", "evalsha", sha, "1", "auth:token:1") == "x"
     assert "auth:token:1" in c.as_user(m, "AUTH_USER", "scan", "0", "match", "auth:*", "count", "1000")
+    # Announcements (revocations, client changes): published from the scripts that write
+    # them, which run with the caller's ACL, and received on one subscription per server.
+    assert c.as_user(m, "AUTH_USER", "eval", "redis.call('set', KEYS[1], '1') return redis.call('publish', ARGV[1], 'x')",
+                     "1", "auth:x", "auth:{revocations}:published") == "0"
+    assert c.as_user(m, "AUTH_USER", "publish", "auth:clients:changed", "c1") == "0"
+    assert "NOPERM" in c.as_user(m, "AUTH_USER", "publish", "__sentinel__:hello", "x")
+    assert "NOPERM" in c.as_user(m, "AUTH_USER", "psubscribe", "*")
+    assert "NOPERM" in c.as_user(m, "CACHE_USER", "publish", "auth:clients:changed", "c1")
     assert "NOPERM" in c.as_user(m, "AUTH_USER", "script", "flush")
     assert "NOPERM" in c.as_user(m, "AUTH_USER", "function", "flush")
     assert c.as_user(m, "CACHE_USER", "-n", "1", "set", "cache:svc:1", "v") == "OK"

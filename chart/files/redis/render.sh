@@ -64,10 +64,14 @@ ask_sentinels() {
 
 # Redis ACL rules. `default` is off and has no password (protected mode stays meaningful).
 # Data users: their key prefixes only, no admin or dangerous commands, one database each.
+# The auth user also publishes and subscribes on its own channels (`&auth:*`): revocations
+# and client changes are announced on `auth:{revocations}:published` and
+# `auth:clients:changed`, from the scripts that write them (a script runs with its
+# caller's ACL), and every auth server holds one subscription to both.
 DATA_RULES="-@all +@connection +@read +@write +@keyspace +@transaction +@scripting -@dangerous -@admin -@blocking -@pubsub -script|flush -script|kill -function -fcall -fcall_ro"
 acl_redis() {
   echo "user default off resetpass resetkeys resetchannels -@all"
-  echo "user $AUTH_USER on >$AUTH_PASSWORD resetkeys resetchannels ~auth:* ~auth_* $DATA_RULES +info -select +select|0"
+  echo "user $AUTH_USER on >$AUTH_PASSWORD resetkeys resetchannels ~auth:* ~auth_* &auth:* $DATA_RULES +publish +subscribe +unsubscribe +info -select +select|0"
   echo "user $CACHE_USER on >$CACHE_PASSWORD resetkeys resetchannels ~cache:* ~cache_* $DATA_RULES +info -select +select|1"
   echo "user $REPL_USER on >$REPL_PASSWORD resetkeys resetchannels -@all +psync +sync +replconf +ping"
   echo "user $SENTINEL_USER on >$SENTINEL_PASSWORD resetkeys resetchannels &__sentinel__:hello -@all +multi +exec +slaveof +replicaof +ping +subscribe +publish +config|rewrite +role +info +client|setname +client|kill +script|kill"
