@@ -28,6 +28,7 @@ pub mod json;
 pub mod key_rotation;
 pub mod keys;
 pub mod pki;
+pub mod quota;
 pub mod state;
 pub mod store;
 pub mod telemetry;

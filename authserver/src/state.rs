@@ -34,6 +34,8 @@ pub struct AppState {
     pub dpop_nonces: crate::dpop::Nonces,
     /// Long polls of the revocation feed held by this process.
     pub feed_waiters: crate::feed_waiters::FeedWaiters,
+    /// The unspent quota leases of this process (per-client request quotas).
+    pub quotas: crate::quota::Quotas,
 }
 
 const PEPPER_CONFIG_KEY: &str = "secret_pepper";
@@ -100,6 +102,7 @@ impl AppState {
         );
         let state = Arc::new(AppState {
             feed_waiters,
+            quotas: crate::quota::Quotas::default(),
             cfg,
             store,
             keys: RwLock::new(Arc::new(KeyRing::default())),

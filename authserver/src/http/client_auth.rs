@@ -274,22 +274,38 @@ fn quota(state: &SharedState, client: &ClientRecord) -> u64 {
         .unwrap_or(state.cfg.rate_limit_per_client)
 }
 
-/// Spend one request of the caller's quota; 429 when it is used up.
+/// Spend one request of the caller's quota; 429 when it is used up. A confidential
+/// client's quota is spent from this process's leases (`crate::quota`: a store round trip
+/// once per lease, not per request); a public client's is counted per request, by
+/// (client_id, IP), as [`check_quota`] reads it.
 pub async fn spend_quota(state: &SharedState, caller: &Caller) -> OAuthResult<()> {
     let limit = quota(state, &caller.client);
-    if limit > 0 {
+    if limit == 0 {
+        return Ok(());
+    }
+    let retry_after = if caller.is_public() {
         let d = state
             .store
             .rate_limit(&caller.quota_key(), limit, 60)
             .await?;
-        if !d.allowed {
+        (!d.allowed).then_some(d.reset_after)
+    } else {
+        match state
+            .quotas
+            .spend(state.store.as_ref(), &caller.quota_key(), limit)
+            .await?
+        {
+            crate::quota::Spent::Allowed => None,
+            crate::quota::Spent::Refused { retry_after } => Some(retry_after),
+        }
+    };
+    match retry_after {
+        None => Ok(()),
+        Some(retry_after) => {
             metrics::counter!("tollgate_rate_limited_total", "kind" => "client").increment(1);
-            return Err(OAuthError::RateLimited {
-                retry_after: d.reset_after,
-            });
+            Err(OAuthError::RateLimited { retry_after })
         }
     }
-    Ok(())
 }
 
 /// Whether the caller's quota is used up, without spending it (429 when it is). For a

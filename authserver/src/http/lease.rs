@@ -148,6 +148,21 @@ mod tests {
     }
 
     #[test]
+    fn a_gateway_cannot_name_a_clients_quota() {
+        // The auth server spends a client's quota from leases under `quota <key>`
+        // (crate::quota); a space never passes here, so no gateway can drain or read one.
+        for key in ["quota%20client%3Aorders", "quota+client%3Aorders"] {
+            assert!(
+                matches!(
+                    parse(&format!("key={key}&limit=5&window_s=60&want=5")),
+                    Err(OAuthError::InvalidRequest(_))
+                ),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
     fn refuses_what_is_out_of_contract() {
         for body in [
             "limit=5&window_s=1&want=1",
