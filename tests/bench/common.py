@@ -508,14 +508,19 @@ def round_trips_from_monitor(lines: list[str], db: int) -> tuple[int, dict[str, 
     return trips, names
 
 
-def redis_round_trips(port: int, db: int, requests_fn: Any, n: int) -> dict[str, Any]:
-    """`requests_fn(n)` (n requests, one after the other) while a `MONITOR` connection records
-    what Redis receives: round trips and commands per request (round_trips_from_monitor).
-    The server's own background work (its subscription's PING, the key ring's reload) is
-    counted over an idle window as long as the requests took, right after them, and taken
-    off the round trips (`background_round_trips` says how many there were)."""
+def redis_round_trips(port: int, db: int, one_request: Any, n: int) -> dict[str, Any]:
+    """`one_request()` n times, one after the other, while a `MONITOR` connection records what
+    Redis receives; before each request a `PING` on a connection of our own marks where it
+    starts in the log. Round trips of each request (round_trips_from_monitor over the lines
+    between two marks): the median and the mean per request, and the commands per request.
+    The server's own background work (its subscription's idle `PING`, the key ring's
+    reload) lands in whichever request it falls into: the mean includes it, the median
+    does not."""
+    import statistics
     import threading
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+    marker = socket.create_connection(("127.0.0.1", port), timeout=10)
+    marker_addr = "%s:%d" % marker.getsockname()[:2]
+    with marker, socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"MONITOR\r\n")
         buf = b""
         while b"\r\n" not in buf:
@@ -544,25 +549,35 @@ def redis_round_trips(port: int, db: int, requests_fn: Any, n: int) -> dict[str,
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         try:
-            t0 = time.time()
-            requests_fn(n)
-            t1 = time.time() + 0.05  # the last commands are logged
-            time.sleep(t1 - t0 + 0.3)  # the idle window, and its lines reach the monitor
+            for _ in range(n + 1):  # the last mark closes the last request
+                marker.sendall(b"PING\r\n")
+                if marker.recv(64)[:5] != b"+PONG":
+                    raise BenchError("redis PING: no PONG")
+                if _ < n:
+                    one_request()
+            time.sleep(0.3)  # the last lines reach the monitor
         finally:
             done.set()
             reader.join(timeout=5)
-    lines = b"".join(chunks).decode(errors="replace").split("\r\n")
-
-    def stamp(line: str) -> float:
+    per_request: list[int] = []
+    names: dict[str, int] = {}
+    segment: list[str] | None = None
+    for line in b"".join(chunks).decode(errors="replace").split("\r\n"):
         m = MONITOR_LINE.match(line)
-        return float(m.group(1)) if m else 0.0
-
-    during = [ln for ln in lines if stamp(ln) and stamp(ln) <= t1]
-    idle = [ln for ln in lines if t1 < stamp(ln) <= t1 + (t1 - t0)]
-    trips, names = round_trips_from_monitor(during, db)
-    background, _ = round_trips_from_monitor(idle, db)
-    return {"requests": n, "round_trips_per_request": round(max(trips - background, 0) / n, 3),
-            "round_trips_counted": trips, "background_round_trips": background,
+        if m and m.group(3) == marker_addr:
+            if segment is not None:
+                trips, seen = round_trips_from_monitor(segment, db)
+                per_request.append(trips)
+                for k, v in seen.items():
+                    names[k] = names.get(k, 0) + v
+            segment = []
+        elif segment is not None:
+            segment.append(line)
+    if len(per_request) != n:
+        raise BenchError(f"MONITOR: {len(per_request)} requests marked, {n} sent")
+    return {"requests": n, "round_trips_per_request": statistics.median(per_request),
+            "round_trips_mean": round(statistics.fmean(per_request), 3),
+            "round_trips_max": max(per_request),
             "commands_per_request": {k: round(v / n, 3) for k, v in sorted(names.items())}}
 
 

@@ -73,11 +73,16 @@ def authserver_md(d: dict[str, Any]) -> str:
         m = (d["tollgate"].get(sc["key"]) or {}).get("redis_monitor")
         if m:
             cmds = ", ".join(f"{k} {v:g}" for k, v in m["commands_per_request"].items())
-            trips.append(f"{sc['label']} **{m['round_trips_per_request']:g}** ({cmds})")
+            mean = (f", mean {m['round_trips_mean']:g}, max {m['round_trips_max']}"
+                    if "round_trips_mean" in m else "")
+            trips.append(f"{sc['label']} **{m['round_trips_per_request']:g}**{mean} ({cmds})")
     if trips:
         notes.append("- Redis round trips per request on Tollgate's side, counted with "
-                     "`MONITOR` over 300 requests in a row (a `MULTI`…`EXEC` block is one; "
-                     "commands by name in brackets): " + "; ".join(trips) + ".")
+                     "`MONITOR` over 300 requests in a row, each marked in the log by a "
+                     "`PING` of the bench (a pipeline or a `MULTI`…`EXEC` block is one; "
+                     "median per request in bold; the mean includes the server's background "
+                     "work, such as its subscription's idle `PING`; commands per request in "
+                     "brackets): " + "; ".join(trips) + ".")
     t = d["targets"]
     notes.append(
         "- Targets of the issue: ≥ 5,000 tokens/s "
