@@ -24,6 +24,10 @@ pub(super) fn not_executed(e: &RedisError) -> bool {
             e.kind(),
             ::redis::ErrorKind::MasterNameNotFoundBySentinel
                 | ::redis::ErrorKind::NoValidReplicasFoundBySentinel
+                // The Cluster client has no connection to the node the command is for (a
+                // primary just died, the slot map is not updated yet): raised before
+                // anything is sent.
+                | ::redis::ErrorKind::ClusterConnectionNotFound
         )
         || error_codes(e).iter().any(|c| {
             matches!(
@@ -128,5 +132,26 @@ impl RedisStore {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(400));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_node_without_a_connection_is_unavailable_and_retried() {
+        // What the Cluster client answers while a dead primary is still in its slot map
+        // (seen in tests/e2e/test_redis_cluster.py's failover): nothing was sent.
+        let e = RedisError::from((
+            ::redis::ErrorKind::ClusterConnectionNotFound,
+            "Requested connection not found",
+            "127.0.0.1:7001".to_string(),
+        ));
+        assert!(not_executed(&e) && is_transient(&e));
+        assert!(matches!(map_err(e), StoreError::Unavailable(_)));
+        // A reply the store could not use is neither.
+        let refused = RedisError::from((::redis::ErrorKind::UnexpectedReturnType, "not a hash"));
+        assert!(!not_executed(&refused) && !is_transient(&refused));
     }
 }
