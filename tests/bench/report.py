@@ -292,7 +292,15 @@ def gateway_md(d: dict[str, Any]) -> str:
             f"{dn.get('envoy_cpu_us_per_request')} µs, "
             f"{ratio_text(cpu_ratio)} in CPU; target distinct ≥ 0.8×: "
             f"{'met' if (rs['ratios']['distinct'] or 0) >= 0.8 else 'not met'} in requests/s, "
-            f"{'met' if (cpu_ratio or 0) >= 0.8 else 'not met'} in CPU per request).")
+            f"{'met' if (cpu_ratio or 0) >= 0.8 else 'not met'} in CPU per request"
+            + ("" if "distinct_round_ratios" not in rs else
+               f"; {len(rs['distinct_round_ratios']['rps'])} round(s) on disjoint slices, "
+               "in requests/s: "
+               + ", ".join(ratio_text(x) for x in rs["distinct_round_ratios"]["rps"])
+               + ", in CPU: "
+               + ", ".join(ratio_text(x) for x in rs["distinct_round_ratios"]["cpu"])
+               + "; passes is the largest of a round")
+            + ").")
     ed = d.get("eddsa")
     if ed and "error" in ed:
         notes.append(f"- EdDSA tokens at the gateway: not measured: {ed['error']}.")
