@@ -121,8 +121,7 @@ pub(super) async fn get_client_cached(
         Ok(rec) => return Ok((Some(rec), true)),
         Err(ticket) => ticket,
     };
-    let key = k_client(client_id);
-    let rec = client_from_fields(&key, db.hgetall(&key).await?)?;
+    let rec = get_client(db, client_id).await?;
     if let (Some(t), Some(r)) = (ticket, &rec) {
         // A hash under another id's key is not what the caller asked for.
         if r.client_id == client_id {
