@@ -112,12 +112,11 @@ def run(gw: Any, settings: Settings, procs: Processes, workdir: Path,
                 raise BenchError(f"{kind}: {res['non_2xx']} distinct RS256 answers were not 2xx")
             done[kind].append(res)
     for kind, rounds in done.items():
-        requests = sum(r["requests"] for r in rounds)
-        seconds = sum(r["seconds"] for r in rounds)
+        combined = common.combine_rounds(f"{kind}: distinct RS256 tokens", rounds)
+        requests = combined["requests"]
         cpu = [r.get("envoy_cpu_us_per_request") for r in rounds]
         out[kind]["distinct"] = {
-            "rps": round(requests / seconds, 1) if seconds else 0.0,
-            "requests": requests, "seconds": round(seconds, 3),
+            **combined,
             "duration_s": round(sum(r["duration_s"] for r in rounds), 2),
             "passes": max(r["passes"] for r in rounds),
             "envoy_cpu_us_per_request": (
