@@ -145,6 +145,14 @@ impl App {
         self.send(b.body(Body::empty()).unwrap()).await
     }
 
+    pub(super) async fn delete(&self, path: &str, auth: Option<&str>) -> Resp {
+        let mut b = Request::delete(path);
+        if let Some(a) = auth {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        self.send(b.body(Body::empty()).unwrap()).await
+    }
+
     pub(super) async fn form(&self, path: &str, body: &str, auth: Option<&str>) -> Resp {
         let mut b =
             Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");

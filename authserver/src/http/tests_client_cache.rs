@@ -7,8 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{json, Value};
 
 use super::tests::{assert_error, App, ADMIN};
@@ -137,11 +136,9 @@ async fn a_client_deleted_through_one_replica_gets_no_token_from_the_other() {
     until_cached(&b, &id).await;
 
     let r = a
-        .send(
-            Request::delete(format!("/oauth2/register/{id}"))
-                .header("authorization", format!("Bearer {ADMIN}"))
-                .body(Body::empty())
-                .unwrap(),
+        .delete(
+            &format!("/oauth2/register/{id}"),
+            Some(&format!("Bearer {ADMIN}")),
         )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);

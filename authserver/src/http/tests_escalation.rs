@@ -5,8 +5,7 @@
 //! exchanging client only, of a client and user that still exist), and the exact `aud` of a
 //! `private_key_jwt` client assertion.
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{json, Value};
 
 use super::test_support::{
@@ -26,14 +25,6 @@ fn bearer(t: &str) -> String {
 
 fn s(v: &Value, k: &str) -> String {
     v[k].as_str().unwrap().to_string()
-}
-
-async fn delete(app: &App, path: &str, auth: Option<&str>) -> Resp {
-    let mut b = Request::delete(path);
-    if let Some(a) = auth {
-        b = b.header(header::AUTHORIZATION, a);
-    }
-    app.send(b.body(Body::empty()).unwrap()).await
 }
 
 /// The metadata as the client reads it back (what an RFC 7592 client sends in a PUT).
@@ -230,7 +221,7 @@ async fn registration_access_token_of_another_client_or_none_is_refused(app: App
             "invalid_token",
         );
         assert_error(
-            &delete(&app, &uri, auth).await,
+            &app.delete(&uri, auth).await,
             StatusCode::UNAUTHORIZED,
             "invalid_token",
         );
@@ -248,7 +239,7 @@ async fn registration_access_token_of_another_client_or_none_is_refused(app: App
     assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_token");
     // A deleted client's registration access token is revoked with it.
     assert_eq!(
-        delete(&app, &uri, Some(&arat)).await.status,
+        app.delete(&uri, Some(&arat)).await.status,
         StatusCode::NO_CONTENT
     );
     assert_error(
@@ -289,7 +280,7 @@ async fn deleted_users_refresh_token_and_session_stop_working(app: App) {
     assert_eq!(x.status, StatusCode::OK, "{:?}", x.body);
     let xjti = s(&claims(&s(&x.body, "access_token")).1, "jti");
 
-    let r = delete(&app, "/admin/users/alice", Some(&admin())).await;
+    let r = app.delete("/admin/users/alice", Some(&admin())).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_error(
         &refresh(&app, &cid, &rt).await,
@@ -388,9 +379,13 @@ async fn deleted_clients_tokens_are_revoked_at_the_edge(app: App) {
     let (at, rt) = full_code_flow(&app, &pc).await;
     let pjti = s(&claims(&at).1, "jti");
 
-    let r = delete(&app, &format!("/oauth2/register/{id}"), Some(&admin())).await;
+    let r = app
+        .delete(&format!("/oauth2/register/{id}"), Some(&admin()))
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = delete(&app, &format!("/oauth2/register/{pc}"), Some(&admin())).await;
+    let r = app
+        .delete(&format!("/oauth2/register/{pc}"), Some(&admin()))
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let feed = feed_jtis(&app).await;
     for j in jtis.iter().chain([&pjti]) {
