@@ -30,12 +30,16 @@ const MAX_BYTES: usize = 512;
 /// An RSA public key with e = 65537, prepared for Montgomery arithmetic.
 #[derive(Clone)]
 pub struct PublicKey {
-    /// n, little-endian 32-bit limbs.
+    /// n, little-endian limbs of `r` bits.
     n: Vec<u32>,
-    /// −n⁻¹ mod 2³².
+    /// n's limbs in reverse order, so that each column's products read both operands upwards.
+    nr: Vec<u32>,
+    /// −n⁻¹ mod 2^r.
     n0inv: u32,
-    /// R² mod n, little-endian limbs.
+    /// R² mod n (R = 2^(r·limbs)), little-endian limbs.
     rr: Vec<u32>,
+    /// Bits per limb.
+    r: u32,
     /// Length of n in bytes (= the signature length).
     k: usize,
 }
@@ -53,11 +57,62 @@ fn strip_zeros(b: &[u8]) -> &[u8] {
     &b[first..]
 }
 
-/// Big-endian bytes to little-endian limbs (`limbs` of them; `b` must fit).
-fn to_limbs(b: &[u8], limbs: usize) -> Vec<u32> {
+/// The widest limb (≤ 28 bits) for a modulus of `k` bytes such that R = 2^(r·limbs) > 4n
+/// and one column of a Montgomery product (2·limbs products below 2^(2r), plus the carry
+/// from the column before, below 2^(64−r)) fits in a u64. Returns (r, limbs).
+fn limb_layout(k: usize) -> (u32, usize) {
+    let mut r = 28u32;
+    loop {
+        let limbs = (8 * k + 2).div_ceil(r as usize);
+        let column = 2 * limbs as u128 * ((1u128 << r) - 1).pow(2) + (1u128 << (64 - r));
+        if column < 1u128 << 64 || r == 24 {
+            return (r, limbs);
+        }
+        r -= 1;
+    }
+}
+
+/// Big-endian bytes to `limbs` little-endian limbs of `r` bits (`b` must fit).
+fn to_limbs(b: &[u8], r: u32, limbs: usize) -> Vec<u32> {
+    let mask = (1u64 << r) - 1;
     let mut out = vec![0u32; limbs];
-    for (i, &byte) in b.iter().rev().enumerate() {
-        out[i / 4] |= u32::from(byte) << (8 * (i % 4));
+    let (mut acc, mut bits, mut i) = (0u64, 0u32, 0usize);
+    for &byte in b.iter().rev() {
+        acc |= u64::from(byte) << bits;
+        bits += 8;
+        while bits >= r {
+            if let Some(o) = out.get_mut(i) {
+                *o = (acc & mask) as u32;
+            }
+            i += 1;
+            acc >>= r;
+            bits -= r;
+        }
+    }
+    if let Some(o) = out.get_mut(i) {
+        *o = acc as u32;
+    }
+    out
+}
+
+/// Limbs of `r` bits to `k` big-endian bytes (the value must fit).
+fn to_bytes(a: &[u32], r: u32, k: usize) -> Vec<u8> {
+    let mut out = vec![0u8; k];
+    let mut slots = out.iter_mut().rev();
+    let (mut acc, mut bits) = (0u64, 0u32);
+    for &limb in a {
+        acc |= u64::from(limb) << bits;
+        bits += r;
+        while bits >= 8 {
+            if let Some(o) = slots.next() {
+                *o = acc as u8;
+            }
+            acc >>= 8;
+            bits -= 8;
+        }
+    }
+    if let Some(o) = slots.next() {
+        *o = acc as u8;
     }
     out
 }
@@ -72,17 +127,68 @@ fn geq(a: &[u32], b: &[u32]) -> bool {
     true
 }
 
-/// a −= b, returning the borrow.
-fn sub_in_place(a: &mut [u32], b: &[u32]) -> bool {
-    let mut borrow = 0u64;
+/// a −= b in limbs of `r` bits, for a ≥ b.
+fn sub_in_place(a: &mut [u32], b: &[u32], r: u32) {
+    let mask = (1u32 << r) - 1;
+    let mut borrow = 0u32;
     for (x, &y) in a.iter_mut().zip(b) {
-        let d = u64::from(*x)
-            .wrapping_sub(u64::from(y))
-            .wrapping_sub(borrow);
-        *x = d as u32;
-        borrow = (d >> 63) & 1;
+        // Both below 2^r ≤ 2^28: the difference is negative exactly when bit 31 is set.
+        let d = x.wrapping_sub(y).wrapping_sub(borrow);
+        borrow = d >> 31;
+        *x = d & mask;
     }
-    borrow != 0
+}
+
+/// Σ a[i]·b[i] for slices of one length whose products sum below 2^64: `u32 × u32 → u64`
+/// products two lanes at a time (`i64x2.extmul_{low,high}_i32x4_u`), four per step.
+#[cfg(target_arch = "wasm32")]
+#[target_feature(enable = "simd128")]
+#[inline]
+#[allow(unsafe_code)]
+fn dot(a: &[u32], b: &[u32]) -> u64 {
+    use core::arch::wasm32::{
+        i64x2_add, u64x2_extmul_high_u32x4, u64x2_extmul_low_u32x4, u64x2_extract_lane,
+        u64x2_splat, v128, v128_load,
+    };
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    let mut lo = u64x2_splat(0);
+    let mut hi = u64x2_splat(0);
+    for (x, y) in ca.zip(cb) {
+        // SAFETY: each chunk is four u32, 16 readable bytes; Wasm loads need no alignment.
+        // (Built with `u32x4(x[0], …)`, LLVM loads lane by lane: half the speed.)
+        let (vx, vy) = unsafe {
+            (
+                v128_load(x.as_ptr().cast::<v128>()),
+                v128_load(y.as_ptr().cast::<v128>()),
+            )
+        };
+        lo = i64x2_add(lo, u64x2_extmul_low_u32x4(vx, vy));
+        hi = i64x2_add(hi, u64x2_extmul_high_u32x4(vx, vy));
+    }
+    let v = i64x2_add(lo, hi);
+    ra.iter().zip(rb).fold(
+        u64x2_extract_lane::<0>(v).wrapping_add(u64x2_extract_lane::<1>(v)),
+        |s, (&x, &y)| s.wrapping_add(u64::from(x) * u64::from(y)),
+    )
+}
+
+/// Σ a[i]·b[i] for slices of one length whose products sum below 2^64 (natively, the
+/// compiler vectorises this loop itself).
+#[cfg(not(target_arch = "wasm32"))]
+#[inline(always)]
+fn dot(a: &[u32], b: &[u32]) -> u64 {
+    a.iter().zip(b).fold(0u64, |s, (&x, &y)| {
+        s.wrapping_add(u64::from(x) * u64::from(y))
+    })
+}
+
+/// Scratch space for one exponentiation, `limbs` long each.
+struct Scratch {
+    /// The Montgomery quotient digits of the product being reduced.
+    m: Vec<u32>,
+    /// The second operand in reverse limb order.
+    rev: Vec<u32>,
 }
 
 impl PublicKey {
@@ -97,34 +203,38 @@ impl PublicKey {
             return None;
         }
         let k = n.len();
-        let limbs = k.div_ceil(4);
-        let nl = to_limbs(n, limbs);
+        let (r, limbs) = limb_layout(k);
+        let mask = (1u32 << r) - 1;
+        let nl = to_limbs(n, r, limbs);
         // n0⁻¹ mod 2³² by Newton's iteration (x = n0 is right mod 2³ for odd n0).
         let n0 = nl[0];
         let mut x = n0;
         for _ in 0..4 {
             x = x.wrapping_mul(2u32.wrapping_sub(n0.wrapping_mul(x)));
         }
-        let n0inv = x.wrapping_neg();
-        // R² mod n: start below n at 2^(bits−1), double modulo n up to 2^(2·32·limbs).
+        let n0inv = x.wrapping_neg() & mask;
+        // R² mod n: start below n at 2^(bits−1), double modulo n up to 2^(2·r·limbs). The
+        // doubled value is below 2n < 2^(r·limbs), so it never leaves the limbs.
         let bits = k * 8 - n[0].leading_zeros() as usize;
-        let mut r = vec![0u32; limbs];
-        r[(bits - 1) / 32] = 1 << ((bits - 1) % 32);
-        for _ in (bits - 1)..(2 * 32 * limbs) {
+        let mut rr = vec![0u32; limbs];
+        rr[(bits - 1) / r as usize] = 1 << ((bits - 1) % r as usize);
+        for _ in (bits - 1)..(2 * r as usize * limbs) {
             let mut carry = 0u32;
-            for w in r.iter_mut() {
-                let nc = *w >> 31;
-                *w = (*w << 1) | carry;
+            for w in rr.iter_mut() {
+                let nc = *w >> (r - 1);
+                *w = ((*w << 1) | carry) & mask;
                 carry = nc;
             }
-            if carry != 0 || geq(&r, &nl) {
-                sub_in_place(&mut r, &nl);
+            if geq(&rr, &nl) {
+                sub_in_place(&mut rr, &nl, r);
             }
         }
         Some(PublicKey {
+            nr: nl.iter().rev().copied().collect(),
             n: nl,
             n0inv,
-            rr: r,
+            rr,
+            r,
             k,
         })
     }
@@ -139,94 +249,69 @@ impl PublicKey {
         self.k == 0
     }
 
-    /// a·b·R⁻¹ mod n (CIOS), for a, b < n; the result is < n. `t` has `l + 2` limbs.
-    fn mont_mul(&self, a: &[u32], b: &[u32], out: &mut [u32], t: &mut [u32]) {
+    /// a·b·R⁻¹ mod n (b = a when `square`), below 2n for a, b < 2n (R > 4n), in limbs of `r`
+    /// bits. Product scanning: column i of the result gathers every a[j]·b[i−j] and every
+    /// m[j]·n[i−j] (m the quotient digits) into one u64, with no carry from limb to limb
+    /// ([`limb_layout`] keeps it below 2^64), so the products never wait on each other and
+    /// are taken four at a time by [`dot`]. The second operand and n are read reversed, so
+    /// that both factors of a column's products run upwards. A square takes each cross
+    /// product once and doubles it.
+    #[cfg_attr(target_arch = "wasm32", target_feature(enable = "simd128"))]
+    fn mont(&self, a: &[u32], b: &[u32], square: bool, out: &mut [u32], s: &mut Scratch) {
         let l = self.n.len();
-        let (a, n, t) = (&a[..l], &self.n[..l], &mut t[..l + 2]);
-        t.fill(0);
-        for &bi in &b[..l] {
-            let bi = u64::from(bi);
-            let mut c = 0u64;
-            for (tj, &aj) in t.iter_mut().zip(a) {
-                let s = u64::from(*tj) + u64::from(aj) * bi + c;
-                *tj = s as u32;
-                c = s >> 32;
+        let (a, nr, out) = (&a[..l], &self.nr[..l], &mut out[..l]);
+        let (m, br) = (&mut s.m[..l], &mut s.rev[..l]);
+        for (x, &y) in br.iter_mut().zip(b[..l].iter().rev()) {
+            *x = y;
+        }
+        let br = &*br;
+        let (r, mask) = (self.r, (1u64 << self.r) - 1);
+        let n0 = u64::from(self.n[0]);
+        let mut acc = 0u64;
+        for i in 0..2 * l - 1 {
+            // j runs over lo..=hi, and b[i−j] = br[l−1−i+j].
+            let lo = (i + 1).saturating_sub(l);
+            let hi = i.min(l - 1);
+            // Wraps for i ≥ l, where it is only used as base + j with j ≥ lo = i + 1 − l.
+            let base = (l - 1).wrapping_sub(i);
+            let product = if square {
+                // 2·Σ a[j]·a[i−j] over j < i−j, plus a[i/2]² for even i.
+                let end = i.div_ceil(2); // j < end ⇔ j < i − j
+                let cross = if lo < end {
+                    dot(
+                        &a[lo..end],
+                        &br[base.wrapping_add(lo)..base.wrapping_add(end)],
+                    )
+                } else {
+                    0
+                };
+                let diag = if i % 2 == 0 {
+                    u64::from(a[i / 2]) * u64::from(a[i / 2])
+                } else {
+                    0
+                };
+                (cross << 1).wrapping_add(diag)
+            } else {
+                dot(
+                    &a[lo..=hi],
+                    &br[base.wrapping_add(lo)..=base.wrapping_add(hi)],
+                )
+            };
+            acc = acc.wrapping_add(product);
+            if i < l {
+                // m[j]·n[i−j] for j < i; then m[i] makes the column ≡ 0 mod 2^r.
+                acc = acc.wrapping_add(dot(&m[..i], &nr[base..l - 1]));
+                let mi = (acc as u32).wrapping_mul(self.n0inv) & mask as u32;
+                m[i] = mi;
+                acc = acc.wrapping_add(u64::from(mi) * n0) >> r;
+            } else {
+                // m[j]·n[i−j] for j from i−l+1 to l−1; the column is limb i−l of the result.
+                acc = acc.wrapping_add(dot(&m[lo..], &nr[..2 * l - 1 - i]));
+                out[i - l] = (acc & mask) as u32;
+                acc >>= r;
             }
-            let s = u64::from(t[l]) + c;
-            t[l] = s as u32;
-            t[l + 1] = (s >> 32) as u32;
-            let m = u64::from(t[0].wrapping_mul(self.n0inv));
-            let mut c = (u64::from(t[0]) + m * u64::from(n[0])) >> 32;
-            for j in 1..l {
-                // n and t resliced to l and l + 2 limbs above: no bounds checks here.
-                let s = u64::from(t[j]) + m * u64::from(n[j]) + c;
-                t[j - 1] = s as u32;
-                c = s >> 32;
-            }
-            let s = u64::from(t[l]) + c;
-            t[l - 1] = s as u32;
-            t[l] = t[l + 1] + (s >> 32) as u32;
-            t[l + 1] = 0;
         }
-        out[..l].copy_from_slice(&t[..l]);
-        if t[l] != 0 || geq(&out[..l], n) {
-            sub_in_place(&mut out[..l], n);
-        }
-    }
-
-    /// a²·R⁻¹ mod n for a < n, the result < n: the square with each cross product once
-    /// (doubled), then a separate Montgomery reduction (SOS), 25 % fewer limb products
-    /// than [`Self::mont_mul`]. `t` has `2l + 1` limbs.
-    fn mont_sqr(&self, a: &[u32], out: &mut [u32], t: &mut [u32]) {
-        let l = self.n.len();
-        let (a, n, t) = (&a[..l], &self.n[..l], &mut t[..2 * l + 1]);
-        t.fill(0);
-        // Cross products a[i]·a[j], i < j.
-        for i in 0..l {
-            let ai = u64::from(a[i]);
-            let mut c = 0u64;
-            for (tk, &aj) in t[2 * i + 1..i + l].iter_mut().zip(&a[i + 1..]) {
-                let s = u64::from(*tk) + ai * u64::from(aj) + c;
-                *tk = s as u32;
-                c = s >> 32;
-            }
-            t[i + l] = c as u32;
-        }
-        // Doubled, plus the squares a[i]² on the diagonal.
-        let mut top = 0u32;
-        for w in t[..2 * l].iter_mut() {
-            let nt = *w >> 31;
-            *w = (*w << 1) | top;
-            top = nt;
-        }
-        let mut c = 0u64;
-        for (pair, &ai) in t[..2 * l].chunks_exact_mut(2).zip(a) {
-            let sq = u64::from(ai) * u64::from(ai);
-            let s = u64::from(pair[0]) + (sq & 0xffff_ffff) + c;
-            pair[0] = s as u32;
-            let s = u64::from(pair[1]) + (sq >> 32) + (s >> 32);
-            pair[1] = s as u32;
-            c = s >> 32;
-        }
-        // a² < n² < n·R, so no carry leaves the 2l limbs. Reduce: add m·n·2^(32i) so that
-        // limb i becomes zero, i = 0..l; the result is t[l..2l] plus the overflow bit.
-        let mut hi = 0u64;
-        for i in 0..l {
-            let m = u64::from(t[i].wrapping_mul(self.n0inv));
-            let mut c = 0u64;
-            for (tj, &nj) in t[i..i + l].iter_mut().zip(n) {
-                let s = u64::from(*tj) + m * u64::from(nj) + c;
-                *tj = s as u32;
-                c = s >> 32;
-            }
-            let s = u64::from(t[i + l]) + c + hi;
-            t[i + l] = s as u32;
-            hi = s >> 32;
-        }
-        out[..l].copy_from_slice(&t[l..2 * l]);
-        if hi != 0 || geq(&out[..l], n) {
-            sub_in_place(&mut out[..l], n);
-        }
+        out[l - 1] = acc as u32;
     }
 
     /// s^65537 mod n as `k` big-endian bytes; `None` if `sig` is not `k` bytes or s ≥ n.
@@ -235,24 +320,26 @@ impl PublicKey {
             return None;
         }
         let l = self.n.len();
-        let s = to_limbs(sig, l);
+        let s = to_limbs(sig, self.r, l);
         if geq(&s, &self.n) {
             return None;
         }
-        let mut t = vec![0u32; 2 * l + 1];
+        let mut scratch = Scratch {
+            m: vec![0u32; l],
+            rev: vec![0u32; l],
+        };
         let mut a = vec![0u32; l];
         let mut b = vec![0u32; l];
-        self.mont_mul(&s, &self.rr, &mut a, &mut t); // s·R
+        self.mont(&s, &self.rr, false, &mut a, &mut scratch); // s·R
         for _ in 0..8 {
-            self.mont_sqr(&a, &mut b, &mut t);
-            self.mont_sqr(&b, &mut a, &mut t);
+            self.mont(&a, &a, true, &mut b, &mut scratch);
+            self.mont(&b, &b, true, &mut a, &mut scratch);
         } // s^(2^16)·R
-        self.mont_mul(&a, &s, &mut b, &mut t); // s^65537
-        let mut out = vec![0u8; self.k];
-        for (i, o) in out.iter_mut().rev().enumerate() {
-            *o = (b[i / 4] >> (8 * (i % 4))) as u8;
+        self.mont(&a, &s, false, &mut b, &mut scratch); // s^65537, below 2n
+        if geq(&b, &self.n) {
+            sub_in_place(&mut b, &self.n, self.r);
         }
-        Some(out)
+        Some(to_bytes(&b, self.r, self.k))
     }
 }
 
@@ -395,28 +482,92 @@ mod tests {
         }
     }
 
+    /// Below 2n, in limbs of `r` bits: what `mont` takes.
+    fn random_below_2n(key: &PublicKey, rng: &mut Rng) -> Vec<u32> {
+        let l = key.n.len();
+        let mask = (1u32 << key.r) - 1;
+        let mut v: Vec<u32> = (0..l).map(|_| rng.next_u32() & mask).collect();
+        v[l - 1] %= 2 * key.n[l - 1] + 1; // top limb of 2n, at most
+        if v[l - 1] == 2 * key.n[l - 1] {
+            v[l - 2] = 0; // and below it
+        }
+        v
+    }
+
+    fn value(limbs: &[u32], r: u32) -> BigUint {
+        limbs.iter().rev().fold(BigUint::from(0u8), |acc, &x| {
+            (acc << r as usize) + BigUint::from(x)
+        })
+    }
+
     #[test]
-    fn squaring_agrees_with_multiplication() {
+    fn montgomery_products_agree_with_big_integers() {
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-        for bits in [2048usize, 3072] {
+        for bits in [2048usize, 3072, 4096] {
             let sk = RsaPrivateKey::new(&mut rng, bits).expect("keygen");
             let key = prepared(&sk);
-            let l = key.n.len();
-            let mut n_minus_1 = key.n.clone();
-            n_minus_1[0] -= 1; // n is odd
-            let mut values = vec![vec![0u32; l], n_minus_1, key.rr.clone()];
-            values[0][0] = 1;
-            for _ in 0..50 {
-                let mut v: Vec<u32> = (0..l).map(|_| rng.next_u32()).collect();
-                v[l - 1] %= key.n[l - 1].max(1); // below n
-                values.push(v);
+            let (l, r) = (key.n.len(), key.r);
+            let n = value(&key.n, r);
+            let big_r = BigUint::from(1u8) << (r as usize * l);
+            let r_mod_n = &big_r % &n;
+            assert_eq!(value(&key.rr, r), (&r_mod_n * &r_mod_n) % &n, "R² mod n");
+            // Edge values: 0, 1, n − 1, n, 2n − 1 (as limbs), R² mod n; then random ones.
+            let limbs_of = |v: &BigUint| {
+                let b = v.to_bytes_be();
+                to_limbs(&b, r, l)
+            };
+            let mut values = vec![
+                limbs_of(&BigUint::from(0u8)),
+                limbs_of(&BigUint::from(1u8)),
+                limbs_of(&(&n - 1u8)),
+                limbs_of(&n),
+                limbs_of(&(&n * 2u8 - 1u8)),
+                key.rr.clone(),
+            ];
+            for _ in 0..30 {
+                values.push(random_below_2n(&key, &mut rng));
             }
-            let (mut t, mut want, mut got) = (vec![0; 2 * l + 1], vec![0; l], vec![0; l]);
-            for a in &values {
-                key.mont_mul(a, a, &mut want, &mut t);
-                key.mont_sqr(a, &mut got, &mut t);
-                assert_eq!(got, want);
+            let mut s = Scratch {
+                m: vec![0; l],
+                rev: vec![0; l],
+            };
+            let (mut got, mut sq) = (vec![0; l], vec![0; l]);
+            for (i, a) in values.iter().enumerate() {
+                let b = &values[(i * 7 + 3) % values.len()];
+                key.mont(a, b, false, &mut got, &mut s);
+                let (va, vb, vg) = (value(a, r), value(b, r), value(&got, r));
+                assert!(vg < &n * 2u8, "product not below 2n");
+                assert!(got.iter().all(|&x| x >> r == 0), "limbs not normalised");
+                // got·R ≡ a·b (mod n)
+                assert_eq!((&vg * &big_r) % &n, (&va * &vb) % &n);
+                // The square path gives the very same limbs as the product path.
+                key.mont(a, a, false, &mut got, &mut s);
+                key.mont(a, a, true, &mut sq, &mut s);
+                assert_eq!(sq, got);
             }
+        }
+    }
+
+    #[test]
+    fn limb_layouts_hold_their_bounds_for_every_modulus_length() {
+        for k in MIN_BYTES..=MAX_BYTES {
+            let (r, limbs) = limb_layout(k);
+            assert!((26..=28).contains(&r), "{k} bytes: {r}-bit limbs");
+            // R = 2^(r·limbs) ≥ 4n for any n of k bytes.
+            assert!(r as usize * limbs >= 8 * k + 2);
+            // A column: 2·limbs products below 2^(2r), the carry in below 2^(64−r).
+            let column = 2 * limbs as u128 * ((1u128 << r) - 1).pow(2) + (1u128 << (64 - r));
+            assert!(column < 1u128 << 64, "{k} bytes overflow a column");
+        }
+        let mut rng = Rng(99);
+        for k in [256usize, 300, 384, 385, 512] {
+            let (r, limbs) = limb_layout(k);
+            let mut bytes = vec![0u8; k];
+            rng.fill_bytes(&mut bytes);
+            let limbs_v = to_limbs(&bytes, r, limbs);
+            assert!(limbs_v.iter().all(|&x| x >> r == 0));
+            assert_eq!(to_bytes(&limbs_v, r, k), bytes);
+            assert_eq!(value(&limbs_v, r), BigUint::from_bytes_be(&bytes));
         }
     }
 
