@@ -1,4 +1,6 @@
-//! Timing of the RS256 verifier alone (2048-bit key), natively or on the filter's target:
+//! Timing of the RS256 verifier alone (2048-bit key) and, after it, of the ES384 verifier
+//! (`es384`, with its table builds) against the generic ES384 path (`jsonwebtoken` →
+//! `p384`), natively or on the filter's target:
 //! `cargo run --release -p tollgate-edge-core --example rsbench`, or in node's V8:
 //! `cargo build --release --target wasm32-wasip1 -p tollgate-edge-core --example rsbench`
 //! then `node plugin/tools/wasi-run.mjs target/wasm32-wasip1/release/examples/rsbench.wasm`.
@@ -15,9 +17,7 @@ fn main() {
     let sk = RsaPrivateKey::new(&mut OsRng, 2048).expect("keygen");
     let pk = sk.to_public_key();
     let key = rs256::PublicKey::new(&pk.n().to_bytes_be(), &pk.e().to_bytes_be()).expect("key");
-    let msgs: Vec<Vec<u8>> = (0..64u32)
-        .map(|i| format!("header.payload-{i}").into_bytes())
-        .collect();
+    let msgs = messages();
     let sigs: Vec<Vec<u8>> = msgs
         .iter()
         .map(|m| {
@@ -26,15 +26,84 @@ fn main() {
         })
         .collect();
     for round in 0..5 {
-        let n = 2000;
-        let t0 = Instant::now();
-        for i in 0..n {
+        let us = us_per_call(2000, |i| {
             assert!(rs256::verify(&key, &msgs[i % 64], &sigs[i % 64]));
-        }
-        let dt = t0.elapsed();
+        });
+        println!("round {round}: {us:.1} us per RS256 verification");
+    }
+    es384_section();
+}
+
+/// 64 messages of the size of a small JWS signing input.
+fn messages() -> Vec<Vec<u8>> {
+    (0..64u32)
+        .map(|i| format!("header.payload-{i}").into_bytes())
+        .collect()
+}
+
+/// Microseconds per call of `f(i)`, i = 0..n.
+fn us_per_call(n: usize, mut f: impl FnMut(usize)) -> f64 {
+    let t0 = Instant::now();
+    for i in 0..n {
+        f(i);
+    }
+    t0.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+/// ES384: the generator's table (once per VM), a key's table (its first verification),
+/// then per verification, `es384::verify` and `jsonwebtoken`'s generic path.
+fn es384_section() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use p384::ecdsa::signature::Signer;
+    use p384::ecdsa::{Signature, SigningKey};
+    use tollgate_edge_core::es384;
+
+    let sk = SigningKey::from_slice(&[7u8; 48]).expect("key");
+    let point = sk.verifying_key().to_encoded_point(false);
+    let (x, y) = (point.x().expect("x"), point.y().expect("y"));
+    let mut xy = [0u8; 96];
+    xy[..48].copy_from_slice(x);
+    xy[48..].copy_from_slice(y);
+    let msgs = messages();
+    let sigs: Vec<Vec<u8>> = msgs
+        .iter()
+        .map(|m| {
+            let s: Signature = sk.sign(m);
+            s.to_bytes().to_vec()
+        })
+        .collect();
+    let t0 = Instant::now();
+    es384::prepare();
+    let generator_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let key = es384::PublicKey::new(xy);
+    let t0 = Instant::now();
+    assert!(es384::verify(&key, &msgs[0], &sigs[0]));
+    let first_ms = t0.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "ES384: generator table {generator_ms:.1} ms, first verification (key table) {first_ms:.1} ms"
+    );
+    let generic_key = jsonwebtoken::DecodingKey::from_ec_components(
+        &URL_SAFE_NO_PAD.encode(x),
+        &URL_SAFE_NO_PAD.encode(y),
+    )
+    .expect("jwk");
+    let sigs_b64: Vec<String> = sigs.iter().map(|s| URL_SAFE_NO_PAD.encode(s)).collect();
+    for round in 0..3 {
+        let ours = us_per_call(1000, |i| {
+            assert!(es384::verify(&key, &msgs[i % 64], &sigs[i % 64]));
+        });
+        let generic = us_per_call(100, |i| {
+            assert!(jsonwebtoken::crypto::verify(
+                &sigs_b64[i % 64],
+                &msgs[i % 64],
+                &generic_key,
+                jsonwebtoken::Algorithm::ES384,
+            )
+            .expect("verify"));
+        });
         println!(
-            "round {round}: {:.1} us per RS256 verification",
-            dt.as_secs_f64() * 1e6 / n as f64
+            "round {round}: {ours:.1} us per ES384 verification (es384), {generic:.1} us (jsonwebtoken/p384)"
         );
     }
 }

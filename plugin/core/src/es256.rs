@@ -26,6 +26,9 @@
 //!   (additions and shifts: 8 µs in V8, against 20 µs for p256's `invert_vartime`), `u1` and
 //!   `u2` with fiat-crypto's Montgomery multiplication modulo n.
 //!
+//! The scalar inversion and the combs' signed-digit recoding are shared with the ES384
+//! verifier ([`crate::es384`]) in `ecdsa_shared`.
+//!
 //! The validation of public keys uses the `p256` crate. The tests compare results with
 //! `p256`'s own ECDSA verification on valid, tampered and out-of-range signatures, with
 //! its scalar multiplication and inversion, and with the Wycheproof vectors
@@ -44,6 +47,8 @@ use fiat_crypto::p256_scalar_32::{
 use p256::elliptic_curve::sec1::{FromEncodedPoint, ToEncodedPoint};
 use p256::{AffinePoint, EncodedPoint};
 use sha2::{Digest, Sha256};
+
+use crate::ecdsa_shared;
 
 /// Window width of the tables: 33 positions × 128 points of 64 bytes, ≈ 270 KB per table
 /// (the generator's, and one per issuer key in use). Measured in V8 (node 20, per
@@ -494,29 +499,8 @@ impl Table {
     /// `acc + k·P` for a scalar `k < n` in little-endian words (`None` cannot happen:
     /// every digit has its table entry).
     fn mul_add(&self, acc: Proj, k: &[u32; 8], b: &Fe) -> Option<Proj> {
-        // Little-endian bytes, with room for the reads past the top byte.
-        let mut le = [0u8; 36];
-        for (dst, w) in le.chunks_exact_mut(4).zip(k) {
-            dst.copy_from_slice(&w.to_le_bytes());
-        }
-        let mask = (1u32 << self.window) - 1;
-        let half = self.half as u32;
-        let mut carry = 0u32;
         let mut acc = acc;
-        for i in 0..self.positions {
-            let bit = i * self.window;
-            let at = bit / 8;
-            let byte = |n: usize| u32::from(le.get(n).copied().unwrap_or(0));
-            let word = byte(at) | byte(at + 1) << 8 | byte(at + 2) << 16;
-            let v = ((word >> (bit % 8)) & mask) + carry;
-            // Signed digit in [−2^(w−1), 2^(w−1)).
-            let (digit, neg) = if v >= half {
-                carry = 1;
-                ((1u32 << self.window) - v, true)
-            } else {
-                carry = 0;
-                (v, false)
-            };
+        for (i, digit, neg) in ecdsa_shared::signed_digits(k, self.window, self.positions) {
             if digit != 0 {
                 let p = self.points.get(i * self.half + digit as usize - 1)?;
                 acc = if neg {
@@ -635,102 +619,12 @@ fn to32(a: &[u64; 4]) -> [u32; 8] {
     std::array::from_fn(|i| (a[i / 2] >> (32 * (i % 2))) as u32)
 }
 
-/// `a − b` and whether it borrowed.
-fn sub64(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], bool) {
-    let mut out = [0u64; 4];
-    let mut borrow = false;
-    for i in 0..4 {
-        let (d, b1) = a[i].overflowing_sub(b[i]);
-        let (d, b2) = d.overflowing_sub(u64::from(borrow));
-        out[i] = d;
-        borrow = b1 || b2;
-    }
-    (out, borrow)
-}
-
-/// `a + b` and the carry out.
-fn add64(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], bool) {
-    let mut out = [0u64; 4];
-    let mut carry = false;
-    for i in 0..4 {
-        let (d, c1) = a[i].overflowing_add(b[i]);
-        let (d, c2) = d.overflowing_add(u64::from(carry));
-        out[i] = d;
-        carry = c1 || c2;
-    }
-    (out, carry)
-}
-
-/// `a / 2` with `top` as the bit shifted in at the top.
-fn half64(a: &[u64; 4], top: bool) -> [u64; 4] {
-    std::array::from_fn(|i| {
-        let next = if i == 3 { u64::from(top) } else { a[i + 1] & 1 };
-        a[i] >> 1 | next << 63
-    })
-}
-
-/// `x / 2 mod n` for `x < n`.
-fn half_mod_n(x: &[u64; 4]) -> [u64; 4] {
-    if x[0] & 1 == 0 {
-        half64(x, false)
-    } else {
-        let (sum, carry) = add64(x, &N64);
-        half64(&sum, carry)
-    }
-}
-
-/// `x − y mod n` for `x, y < n`.
-fn sub_mod_n(x: &[u64; 4], y: &[u64; 4]) -> [u64; 4] {
-    let (d, borrow) = sub64(x, y);
-    if borrow {
-        add64(&d, &N64).0
-    } else {
-        d
-    }
-}
-
-/// `1/a mod n` for `a` in [1, n), by the binary extended Euclidean algorithm: additions,
-/// subtractions and shifts of 64-bit words only, which are single Wasm instructions
-/// (p256's `invert_vartime` runs its 64-bit-limb arithmetic on emulated 128-bit products
-/// and took ≈ 20 µs in V8). Variable time: it only ever inverts `s` of a signature, which
-/// is public. Invariants: `x1·a ≡ u` and `x2·a ≡ v (mod n)`, `gcd(u, v) = 1`.
+/// `1/a mod n` for `a` in [1, n), by the binary extended Euclidean algorithm on 64-bit
+/// words ([`ecdsa_shared::invert_mod`], shared with ES384: additions and shifts, 8 µs in V8
+/// against 20 µs for p256's `invert_vartime`). Variable time: it only ever inverts `s` of a
+/// signature, which is public.
 fn invert_mod_n(a: &[u32; 8]) -> Option<[u32; 8]> {
-    const ONE: [u64; 4] = [1, 0, 0, 0];
-    let (mut u, mut v) = (to64(a), N64);
-    if u == [0; 4] {
-        return None;
-    }
-    let (mut x1, mut x2) = (ONE, [0u64; 4]);
-    // Every round halves u or v at least once: at most 2·256 rounds (bounded anyway).
-    for _ in 0..1024 {
-        if u == ONE {
-            return Some(to32(&x1));
-        }
-        if v == ONE {
-            return Some(to32(&x2));
-        }
-        while u[0] & 1 == 0 {
-            u = half64(&u, false);
-            x1 = half_mod_n(&x1);
-        }
-        while v[0] & 1 == 0 {
-            v = half64(&v, false);
-            x2 = half_mod_n(&x2);
-        }
-        let (d, borrow) = sub64(&u, &v);
-        if !borrow {
-            if d == [0; 4] {
-                // u = v = gcd > 1: cannot happen for a prime n.
-                return None;
-            }
-            u = d;
-            x1 = sub_mod_n(&x1, &x2);
-        } else {
-            v = sub64(&v, &u).0;
-            x2 = sub_mod_n(&x2, &x1);
-        }
-    }
-    None
+    ecdsa_shared::invert_mod(&to64(a), &N64).map(|x| to32(&x))
 }
 
 /// `(a·b mod n)` for `a, b < n` with fiat-crypto's Montgomery multiplication modulo n:
@@ -805,7 +699,7 @@ fn scalars(msg: &[u8], sig: &[u8]) -> Option<([u32; 8], [u32; 8])> {
     // e = the digest mod n: the digest is below 2^256 < 2n.
     let digest: [u8; 32] = Sha256::digest(msg).into();
     let mut e = to64(&words_le(&digest));
-    let (reduced, borrow) = sub64(&e, &N64);
+    let (reduced, borrow) = ecdsa_shared::sub(&e, &N64);
     if !borrow {
         e = reduced;
     }

@@ -22,6 +22,7 @@ use serde_json::Value;
 use crate::config::{Config, Issuer};
 use crate::eddsa;
 use crate::es256;
+use crate::es384;
 use crate::jwt::Alg;
 use crate::rs256;
 
@@ -43,6 +44,8 @@ pub struct Key {
     pub decoding: DecodingKey,
     /// A P-256 key for [`crate::es256`] (with its precomputed table once used).
     pub p256: Option<Arc<es256::PublicKey>>,
+    /// A P-384 key for [`crate::es384`] (with its precomputed table once used).
+    pub p384: Option<Arc<es384::PublicKey>>,
     /// An RSA key with e = 65537 and 2048 to 4096 bits, prepared for [`crate::rs256`].
     pub rs256: Option<Arc<rs256::PublicKey>>,
     /// An Ed25519 key for [`crate::eddsa`] (with its table once used).
@@ -112,6 +115,7 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
         Some(_) => return None,
     };
     let mut p256 = None;
+    let mut p384 = None;
     let mut rsa_fast = None;
     let mut ed25519 = None;
     let (kind, decoding) = match str_field(o, "kty")? {
@@ -133,6 +137,13 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
                 xy[..32].copy_from_slice(&xb);
                 xy[32..].copy_from_slice(&yb);
                 p256 = Some(Arc::new(es256::PublicKey::new(xy)));
+            } else {
+                let xb: [u8; 48] = URL_SAFE_NO_PAD.decode(x).ok()?.try_into().ok()?;
+                let yb: [u8; 48] = URL_SAFE_NO_PAD.decode(y).ok()?.try_into().ok()?;
+                let mut xy = [0u8; 96];
+                xy[..48].copy_from_slice(&xb);
+                xy[48..].copy_from_slice(&yb);
+                p384 = Some(Arc::new(es384::PublicKey::new(xy)));
             }
             (kind, DecodingKey::from_ec_components(x, y).ok()?)
         }
@@ -173,6 +184,7 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
         kind,
         decoding,
         p256,
+        p384,
         rs256: rsa_fast,
         ed25519,
     })
@@ -200,9 +212,9 @@ impl KeySet {
         Ok(set)
     }
 
-    /// Take over the ES256 and EdDSA tables of `old`'s P-256 and Ed25519 keys that this
-    /// set still holds (the same coordinates): a JWKS refresh that changes nothing costs no
-    /// table rebuild.
+    /// Take over the ES256, ES384 and EdDSA tables of `old`'s P-256, P-384 and Ed25519 keys
+    /// that this set still holds (the same coordinates): a JWKS refresh that changes nothing
+    /// costs no table rebuild.
     pub fn keep_tables_of(&mut self, old: &KeySet) {
         for k in &mut self.keys {
             if let Some(pk) = &k.p256 {
@@ -213,6 +225,16 @@ impl KeySet {
                 });
                 if let Some(same) = same {
                     k.p256 = Some(Arc::clone(same));
+                }
+            }
+            if let Some(pk) = &k.p384 {
+                let same = old.keys.iter().find_map(|o| {
+                    o.p384
+                        .as_ref()
+                        .filter(|op| op.coordinates() == pk.coordinates())
+                });
+                if let Some(same) = same {
+                    k.p384 = Some(Arc::clone(same));
                 }
             }
             if let Some(pk) = &k.ed25519 {

@@ -11,10 +11,12 @@
 
 pub mod cache;
 pub mod config;
+mod ecdsa_shared;
 pub mod eddsa;
 pub mod engine;
 pub mod error;
 pub mod es256;
+pub mod es384;
 /// Property functions of the fuzz targets and the corpus regression test (`fuzzing` feature).
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

