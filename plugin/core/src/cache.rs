@@ -27,6 +27,22 @@ pub fn hash_token(token: &str) -> TokenHash {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// [`hash_token`] of a JWT, and in the same pass SHA-256 of its signing input (all before
+/// the last `.`, what RS256 and ES256 sign): the hash of the input is a prefix of the
+/// token's, so the state after the input is finished once as it is and once after the rest.
+/// `None` for the second when the token has no `.`.
+pub fn hash_token_and_input(token: &str) -> (TokenHash, Option<[u8; 32]>) {
+    let Some(dot) = token.rfind('.') else {
+        return (hash_token(token), None);
+    };
+    let (input, rest) = token.as_bytes().split_at(dot);
+    let mut h = Sha256::new();
+    h.update(input);
+    let input_hash = h.clone().finalize().into();
+    h.update(rest);
+    (h.finalize().into(), Some(input_hash))
+}
+
 /// Slot key of a hash.
 pub fn slot_key(cfg: &Config, h: &TokenHash) -> String {
     let n = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) % cfg.cache_slots.max(1);

@@ -345,6 +345,11 @@ impl PublicKey {
 
 /// Verify an RS256 signature (`sig`, raw bytes) over `msg`.
 pub fn verify(key: &PublicKey, msg: &[u8], sig: &[u8]) -> bool {
+    verify_digest(key, &Sha256::digest(msg).into(), sig)
+}
+
+/// Verify an RS256 signature (`sig`, raw bytes) of a message whose SHA-256 is `digest`.
+pub fn verify_digest(key: &PublicKey, digest: &[u8; 32], sig: &[u8]) -> bool {
     let Some(em) = key.public_op(sig) else {
         return false;
     };
@@ -355,7 +360,7 @@ pub fn verify(key: &PublicKey, msg: &[u8], sig: &[u8]) -> bool {
     let t = k - 32 - SHA256_DIGEST_INFO.len();
     want[t - 1] = 0;
     want[t..t + SHA256_DIGEST_INFO.len()].copy_from_slice(&SHA256_DIGEST_INFO);
-    want[k - 32..].copy_from_slice(&Sha256::digest(msg));
+    want[k - 32..].copy_from_slice(digest);
     crate::ct_eq(&em, &want)
 }
 

@@ -380,3 +380,80 @@ fn es256_key_off_the_curve_verifies_nothing() {
     let t = token(&a, "k1", &claims("client-a", "api:read"));
     assert_eq!(refused(&t, &mut k), TokenError::BadSignature);
 }
+
+/// The signing input's SHA-256 handed in by the request path is the one the RS256 check
+/// uses: the right digest verifies, any other is a bad signature (the token is unchanged),
+/// and without one the verifier hashes the input itself.
+#[test]
+fn a_given_signing_input_digest_is_the_one_checked() {
+    use sha2::{Digest, Sha256};
+    use tollgate_edge_core::cache::hash_token_and_input;
+    let key = TestKey::rsa();
+    let mut k = keys(&[(&key, "k1")]);
+    let cfg = config(json!({}));
+    let t = token(&key, "k1", &claims("client-a", "api:read"));
+    let (hash, input) = hash_token_and_input(&t);
+    assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(t.as_bytes())));
+    let input = input.unwrap();
+    let signing_input = &t[..t.rfind('.').unwrap()];
+    assert_eq!(input, <[u8; 32]>::from(Sha256::digest(signing_input)));
+    assert!(jwt::verify_with_digest(&t, &cfg, &mut k, NOW, Some(&input)).is_ok());
+    assert!(jwt::verify_with_digest(&t, &cfg, &mut k, NOW, None).is_ok());
+    let mut other = input;
+    other[7] ^= 1;
+    assert!(matches!(
+        jwt::verify_with_digest(&t, &cfg, &mut k, NOW, Some(&other)),
+        Err(VerifyError::Token(TokenError::BadSignature))
+    ));
+}
+
+/// One pass gives both hashes, whatever the dots.
+#[test]
+fn hash_token_and_input_gives_both_hashes_of_any_string() {
+    use sha2::{Digest, Sha256};
+    use tollgate_edge_core::cache::{hash_token, hash_token_and_input};
+    for s in [
+        "a.b.c", "abc", "", ".", "a..", "..c", "a.b", "x.y.z.w", "é.ü",
+    ] {
+        let (hash, input) = hash_token_and_input(s);
+        assert_eq!(hash, hash_token(s), "{s:?}");
+        let want = s
+            .rfind('.')
+            .map(|d| <[u8; 32]>::from(Sha256::digest(&s.as_bytes()[..d])));
+        assert_eq!(input, want, "{s:?}");
+    }
+}
+
+/// `looks_like_jwt` (one table load per byte) against its definition: exactly three
+/// non-empty segments of base64url characters between dots, on every string of up to
+/// five characters over an alphabet with each kind of character.
+#[test]
+fn looks_like_jwt_agrees_with_its_definition() {
+    fn definition(t: &str) -> bool {
+        let segments: Vec<&str> = t.split('.').collect();
+        segments.len() == 3
+            && segments.iter().all(|s| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    }
+    let alphabet = ['a', 'Z', '9', '-', '_', '.', '=', '+', '/', ' ', 'é'];
+    let mut strings = vec![String::new()];
+    let mut checked = 0;
+    for _ in 0..5 {
+        let mut next = Vec::new();
+        for s in &strings {
+            for c in alphabet {
+                let t = format!("{s}{c}");
+                assert_eq!(jwt::looks_like_jwt(&t), definition(&t), "{t:?}");
+                checked += 1;
+                next.push(t);
+            }
+        }
+        strings = next;
+    }
+    assert!(checked > 170_000);
+    let real = token(&TestKey::rsa(), "k1", &claims("c", "s"));
+    assert!(jwt::looks_like_jwt(&real));
+}

@@ -42,11 +42,12 @@ pub(crate) fn run(cx: &mut Ctx<'_>, w: &mut Worker, host: &dyn Host) -> Step {
             return ControlFlow::Break(Outcome::Reject(r));
         }
     }
-    let hash = cache::hash_token(token);
     let found = if opaque {
+        let hash = cache::hash_token(token);
         introspected(w, host, cx.req, token, &hash, now_ms)
     } else {
-        shared_or_verify(w, host, token, &hash, now, now_ms)
+        let (hash, input_sha256) = cache::hash_token_and_input(token);
+        shared_or_verify(w, host, token, (&hash, input_sha256.as_ref()), now, now_ms)
     };
     let (identity, expires_at) = match found {
         Ok(v) => v,
@@ -214,11 +215,13 @@ fn introspected(
 
 /// Shared cache, else full verification (then stored in the shared cache). Returns the
 /// identity and when its cache entry expires, or the outcome to return instead.
+/// `hashes`: the token's cache hash and SHA-256 of its signing input
+/// ([`cache::hash_token_and_input`]).
 fn shared_or_verify(
     w: &mut Worker,
     host: &dyn Host,
     token: &str,
-    hash: &cache::TokenHash,
+    (hash, input_sha256): (&cache::TokenHash, Option<&[u8; 32]>),
     now: u64,
     now_ms: u64,
 ) -> Result<(Identity, u64), Outcome> {
@@ -234,7 +237,7 @@ fn shared_or_verify(
         host,
         cfg,
     };
-    match jwt::verify(token, cfg, &mut ks, now) {
+    match jwt::verify_with_digest(token, cfg, &mut ks, now, input_sha256) {
         Ok(id) => {
             let expires_at = cache::insert(host, cfg, &look, hash, &id, now);
             Ok((id, expires_at))
