@@ -1,8 +1,16 @@
 //! What the ES256 and ES384 verifiers ([`crate::es256`], [`crate::es384`]) share, generic
 //! over the size of the curve: the inversion of `s` modulo the group order (binary extended
-//! Euclid on 64-bit words) and the signed-digit recoding of a scalar for the fixed-base
-//! combs. Both run in variable time: they only ever see public data (a signature's `s`, the
-//! `u1`, `u2` derived from a public signature and message).
+//! Euclid on 64-bit words), the signed-digit recoding of a scalar for the fixed-base combs,
+//! and the word-level arithmetic of their field elements (little-endian 32-bit words,
+//! reduced modulo p: the schoolbook products into 64-bit column sums, addition and
+//! subtraction modulo p, conversions). What is proper to a curve, the NIST reduction of the
+//! column sums and the inversion's addition chain, stays in the curve's module; the point
+//! arithmetic over either field is in `ecdsa_curve`. All of it runs in variable time: it
+//! only ever sees public data (a signature's `s`, the `u1`, `u2` derived from a public
+//! signature and message, public keys).
+
+// Word-by-word arithmetic over several arrays at once reads best indexed.
+#![allow(clippy::needless_range_loop)]
 
 /// `a − b` and whether it borrowed.
 pub(crate) fn sub<const L: usize>(a: &[u64; L], b: &[u64; L]) -> ([u64; L], bool) {
@@ -136,6 +144,152 @@ pub(crate) fn signed_digits(
             (i, v, false)
         }
     })
+}
+
+const LOW32: u64 = 0xffff_ffff;
+
+/// Whether the words `a` (little-endian) are at least `p`.
+#[inline]
+pub(crate) fn ge<const W: usize>(a: &[u32; W], p: &[u32; W]) -> bool {
+    for i in (0..W).rev() {
+        if a[i] != p[i] {
+            return a[i] > p[i];
+        }
+    }
+    true
+}
+
+/// `a − p` (wrapping), for `p ≤ a < 2^(32·W)`.
+#[inline]
+pub(crate) fn minus<const W: usize>(a: &[u32; W], p: &[u32; W]) -> [u32; W] {
+    let mut out = [0u32; W];
+    let mut borrow = 0i64;
+    for i in 0..W {
+        let d = i64::from(a[i]) - i64::from(p[i]) + borrow;
+        out[i] = d as u32;
+        borrow = d >> 32;
+    }
+    out
+}
+
+/// Signed word sums carried into 32-bit words, and the signed carry out of the top.
+#[inline]
+pub(crate) fn carry<const W: usize>(w: &[i64; W]) -> ([u32; W], i64) {
+    let mut out = [0u32; W];
+    let mut t = 0i64;
+    for i in 0..W {
+        t += w[i];
+        out[i] = t as u32;
+        t >>= 32;
+    }
+    (out, t)
+}
+
+/// The schoolbook product `a·b` as `C = 2·W` column sums: each 32×32→64-bit product is
+/// one Wasm `i64.mul`, split into halves so that the columns never carry (a column
+/// collects at most `2·W` halves, < 2^37 for W ≤ 12). The curve's NIST reduction takes
+/// the columns as they are.
+#[inline]
+pub(crate) fn mul_columns<const W: usize, const C: usize>(a: &[u32; W], b: &[u32; W]) -> [u64; C] {
+    let mut col = [0u64; C];
+    for i in 0..W {
+        for j in 0..W {
+            let p = u64::from(a[i]) * u64::from(b[j]);
+            col[i + j] += p & LOW32;
+            col[i + j + 1] += p >> 32;
+        }
+    }
+    col
+}
+
+/// `a²` as `C = 2·W` column sums, as [`mul_columns`]: the cross products once, doubled,
+/// then the squares.
+#[inline]
+pub(crate) fn square_columns<const W: usize, const C: usize>(a: &[u32; W]) -> [u64; C] {
+    let mut col = [0u64; C];
+    for i in 0..W {
+        for j in i + 1..W {
+            let p = u64::from(a[i]) * u64::from(a[j]);
+            col[i + j] += p & LOW32;
+            col[i + j + 1] += p >> 32;
+        }
+    }
+    for c in col.iter_mut() {
+        *c <<= 1;
+    }
+    for i in 0..W {
+        let p = u64::from(a[i]) * u64::from(a[i]);
+        col[2 * i] += p & LOW32;
+        col[2 * i + 1] += p >> 32;
+    }
+    col
+}
+
+/// `a + b mod p` for `a, b < p`.
+#[inline]
+pub(crate) fn add_mod_p<const W: usize>(a: &[u32; W], b: &[u32; W], p: &[u32; W]) -> [u32; W] {
+    let mut out = [0u32; W];
+    let mut t = 0u64;
+    for i in 0..W {
+        t += u64::from(a[i]) + u64::from(b[i]);
+        out[i] = t as u32;
+        t >>= 32;
+    }
+    // The sum is below 2p: subtract p once if it reached p.
+    if t != 0 || ge(&out, p) {
+        out = minus(&out, p);
+    }
+    out
+}
+
+/// `a − b mod p` for `a, b < p`.
+#[inline]
+pub(crate) fn sub_mod_p<const W: usize>(a: &[u32; W], b: &[u32; W], p: &[u32; W]) -> [u32; W] {
+    let mut out = [0u32; W];
+    let mut t = 0i64;
+    for i in 0..W {
+        t += i64::from(a[i]) - i64::from(b[i]);
+        out[i] = t as u32;
+        t >>= 32;
+    }
+    if t < 0 {
+        // Below zero: add p back (wrapping past 2^(32·W)).
+        let mut c = 0u64;
+        for i in 0..W {
+            c += u64::from(out[i]) + u64::from(p[i]);
+            out[i] = c as u32;
+            c >>= 32;
+        }
+    }
+    out
+}
+
+/// Big-endian bytes (`B = 4·W` of them) as little-endian 32-bit words.
+pub(crate) fn words_le<const B: usize, const W: usize>(b: &[u8; B]) -> [u32; W] {
+    std::array::from_fn(|i| {
+        let at = B - 4 - 4 * i;
+        u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    })
+}
+
+/// 32-bit words as 64-bit words (both little-endian; `W = 2·L`).
+pub(crate) fn to64<const W: usize, const L: usize>(a: &[u32; W]) -> [u64; L] {
+    std::array::from_fn(|i| u64::from(a[2 * i]) | u64::from(a[2 * i + 1]) << 32)
+}
+
+/// 64-bit words as 32-bit words (both little-endian; `W = 2·L`).
+pub(crate) fn to32<const L: usize, const W: usize>(a: &[u64; L]) -> [u32; W] {
+    std::array::from_fn(|i| (a[i / 2] >> (32 * (i % 2))) as u32)
+}
+
+/// A scalar from `B` big-endian bytes, if in [1, n) (`n_be`, big-endian), as `W`
+/// little-endian words.
+pub(crate) fn scalar<const B: usize, const W: usize>(b: &[u8], n_be: &[u8; B]) -> Option<[u32; W]> {
+    let bytes: [u8; B] = b.try_into().ok()?;
+    if bytes >= *n_be || bytes == [0; B] {
+        return None;
+    }
+    Some(words_le(&bytes))
 }
 
 #[cfg(test)]

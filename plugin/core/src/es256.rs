@@ -26,8 +26,11 @@
 //!   (additions and shifts: 8 µs in V8, against 20 µs for p256's `invert_vartime`), `u1` and
 //!   `u2` with fiat-crypto's Montgomery multiplication modulo n.
 //!
-//! The scalar inversion and the combs' signed-digit recoding are shared with the ES384
-//! verifier ([`crate::es384`]) in `ecdsa_shared`.
+//! Only the field's reduction and inversion, the constants and the scalar arithmetic modulo
+//! n are proper to P-256: the point formulas, the combs and the final check are written
+//! once for this module and the ES384 verifier ([`crate::es384`]) in `ecdsa_curve`, generic
+//! over the field element; the word-level field arithmetic, the scalar inversion and the
+//! combs' signed-digit recoding in `ecdsa_shared`.
 //!
 //! The validation of public keys uses the `p256` crate. The tests compare results with
 //! `p256`'s own ECDSA verification on valid, tampered and out-of-range signatures, with
@@ -44,10 +47,10 @@ use fiat_crypto::p256_scalar_32::{
     fiat_p256_scalar_non_montgomery_domain_field_element as ScalarPlain,
     fiat_p256_scalar_to_montgomery,
 };
-use p256::elliptic_curve::sec1::{FromEncodedPoint, ToEncodedPoint};
-use p256::{AffinePoint, EncodedPoint};
+use p256::{AffinePoint, NistP256};
 use sha2::{Digest, Sha256};
 
+use crate::ecdsa_curve::{self, Field};
 use crate::ecdsa_shared;
 
 /// Window width of the tables: 33 positions × 128 points of 64 bytes, ≈ 270 KB per table
@@ -82,8 +85,6 @@ const B_BE: [u8; 32] = [
     0x65, 0x1d, 0x06, 0xb0, 0xcc, 0x53, 0xb0, 0xf6, 0x3b, 0xce, 0x3c, 0x3e, 0x27, 0xd2, 0x60, 0x4b,
 ];
 
-const LOW32: u64 = 0xffff_ffff;
-
 /// A field element: little-endian 32-bit words, always fully reduced (< p).
 ///
 /// Multiplication is a schoolbook product into 64-bit column sums (each 32×32→64-bit
@@ -97,24 +98,7 @@ struct Fe([u32; 8]);
 
 /// Whether the words `a` (little-endian) are at least p.
 fn ge_p(a: &[u32; 8]) -> bool {
-    for i in (0..8).rev() {
-        if a[i] != P[i] {
-            return a[i] > P[i];
-        }
-    }
-    true
-}
-
-/// `a − p` (wrapping), for `p ≤ a < 2^256`.
-fn minus_p(a: &[u32; 8]) -> [u32; 8] {
-    let mut out = [0u32; 8];
-    let mut borrow = 0i64;
-    for i in 0..8 {
-        let d = i64::from(a[i]) - i64::from(P[i]) + borrow;
-        out[i] = d as u32;
-        borrow = d >> 32;
-    }
-    out
+    ecdsa_shared::ge(a, &P)
 }
 
 /// The 8 signed word sums of the NIST reduction of `c = Σ c[k]·2^(32k)` (k < 16, any
@@ -134,7 +118,7 @@ fn reduce(c: &[u64; 16]) -> Fe {
         c[6] + 3 * c[14] + 2 * c[15] + c[13] - c[8] - c[9],
         c[7] + 3 * c[15] + c[8] - c[10] - c[11] - c[12] - c[13],
     ];
-    let (mut out, mut top) = carry(&w);
+    let (mut out, mut top) = ecdsa_shared::carry(&w);
     // value = out + top·2^256 and 2^256 ≡ 2^224 − 2^192 − 2^96 + 1: fold the top back in.
     // |top| < 2^11 at first; each fold leaves |top| ≤ 1, and the second fold leaves 0.
     while top != 0 {
@@ -143,25 +127,13 @@ fn reduce(c: &[u64; 16]) -> Fe {
         w[3] -= top;
         w[6] -= top;
         w[7] += top;
-        (out, top) = carry(&w);
+        (out, top) = ecdsa_shared::carry(&w);
     }
     // Now out < 2^256 < 2p.
     if ge_p(&out) {
-        out = minus_p(&out);
+        out = ecdsa_shared::minus(&out, &P);
     }
     Fe(out)
-}
-
-/// Signed word sums carried into 32-bit words, and the signed carry out of the top.
-fn carry(w: &[i64; 8]) -> ([u32; 8], i64) {
-    let mut out = [0u32; 8];
-    let mut t = 0i64;
-    for i in 0..8 {
-        t += w[i];
-        out[i] = t as u32;
-        t >>= 32;
-    }
-    (out, t)
 }
 
 impl Fe {
@@ -173,86 +145,44 @@ impl Fe {
         }
         Some(Fe(words))
     }
+}
 
+impl Field for Fe {
+    const BITS: usize = 256;
+
+    #[inline]
+    fn from_be_slice(b: &[u8]) -> Option<Fe> {
+        Fe::from_be(b.try_into().ok()?)
+    }
+
+    #[inline]
     fn one() -> Fe {
         Fe([1, 0, 0, 0, 0, 0, 0, 0])
     }
 
+    #[inline]
     fn zero() -> Fe {
         Fe([0; 8])
     }
 
+    #[inline]
     fn mul(&self, o: &Fe) -> Fe {
-        let (a, b) = (&self.0, &o.0);
-        let mut col = [0u64; 16];
-        for i in 0..8 {
-            for j in 0..8 {
-                let p = u64::from(a[i]) * u64::from(b[j]);
-                col[i + j] += p & LOW32;
-                col[i + j + 1] += p >> 32;
-            }
-        }
-        reduce(&col)
+        reduce(&ecdsa_shared::mul_columns(&self.0, &o.0))
     }
 
+    #[inline]
     fn square(&self) -> Fe {
-        let a = &self.0;
-        let mut col = [0u64; 16];
-        for i in 0..8 {
-            for j in i + 1..8 {
-                let p = u64::from(a[i]) * u64::from(a[j]);
-                col[i + j] += p & LOW32;
-                col[i + j + 1] += p >> 32;
-            }
-        }
-        for c in col.iter_mut() {
-            *c <<= 1;
-        }
-        for i in 0..8 {
-            let p = u64::from(a[i]) * u64::from(a[i]);
-            col[2 * i] += p & LOW32;
-            col[2 * i + 1] += p >> 32;
-        }
-        reduce(&col)
+        reduce(&ecdsa_shared::square_columns(&self.0))
     }
 
+    #[inline]
     fn add(&self, o: &Fe) -> Fe {
-        let mut out = [0u32; 8];
-        let mut t = 0u64;
-        for i in 0..8 {
-            t += u64::from(self.0[i]) + u64::from(o.0[i]);
-            out[i] = t as u32;
-            t >>= 32;
-        }
-        // The sum is below 2p: subtract p once if it reached p.
-        if t != 0 || ge_p(&out) {
-            out = minus_p(&out);
-        }
-        Fe(out)
+        Fe(ecdsa_shared::add_mod_p(&self.0, &o.0, &P))
     }
 
+    #[inline]
     fn sub(&self, o: &Fe) -> Fe {
-        let mut out = [0u32; 8];
-        let mut t = 0i64;
-        for i in 0..8 {
-            t += i64::from(self.0[i]) - i64::from(o.0[i]);
-            out[i] = t as u32;
-            t >>= 32;
-        }
-        if t < 0 {
-            // Below zero: add p back (wrapping past 2^256).
-            let mut c = 0u64;
-            for i in 0..8 {
-                c += u64::from(out[i]) + u64::from(P[i]);
-                out[i] = c as u32;
-                c >>= 32;
-            }
-        }
-        Fe(out)
-    }
-
-    fn neg(&self) -> Fe {
-        Fe::zero().sub(self)
+        Fe(ecdsa_shared::sub_mod_p(&self.0, &o.0, &P))
     }
 
     /// `self^(p−2)` = 1/self (Fermat), 0 for 0. Only for building tables.
@@ -271,15 +201,13 @@ impl Fe {
         r
     }
 
-    fn double(&self) -> Fe {
-        self.add(self)
-    }
-
     /// Equality of the represented values (both are fully reduced).
+    #[inline]
     fn same(&self, o: &Fe) -> bool {
         self.0 == o.0
     }
 
+    #[inline]
     fn is_zero(&self) -> bool {
         self.0 == [0; 8]
     }
@@ -287,256 +215,19 @@ impl Fe {
 
 /// Big-endian bytes as little-endian 32-bit words.
 fn words_le(b: &[u8; 32]) -> [u32; 8] {
-    std::array::from_fn(|i| {
-        let at = 28 - 4 * i;
-        u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-    })
+    ecdsa_shared::words_le(b)
 }
 
-/// An affine point (never the identity here).
-#[derive(Clone, Copy)]
-struct Affine {
-    x: Fe,
-    y: Fe,
-}
-
-/// A point in homogeneous projective coordinates: (X : Y : Z) = (X/Z, Y/Z); the identity
-/// is (0 : 1 : 0).
-#[derive(Clone, Copy)]
-struct Proj {
-    x: Fe,
-    y: Fe,
-    z: Fe,
-}
-
-impl Proj {
-    fn from_affine(a: &Affine) -> Proj {
-        Proj {
-            x: a.x,
-            y: a.y,
-            z: Fe::one(),
-        }
-    }
-
-    fn identity() -> Proj {
-        Proj {
-            x: Fe::zero(),
-            y: Fe::one(),
-            z: Fe::zero(),
-        }
-    }
-
-    /// `self + q` for any two points, the identity included (Renes–Costello–Batina 2015,
-    /// algorithm 4, a = −3).
-    fn add(&self, q: &Proj, b: &Fe) -> Proj {
-        let xx = self.x.mul(&q.x);
-        let yy = self.y.mul(&q.y);
-        let zz = self.z.mul(&q.z);
-        let xy_pairs = self.x.add(&self.y).mul(&q.x.add(&q.y)).sub(&xx.add(&yy));
-        let yz_pairs = self.y.add(&self.z).mul(&q.y.add(&q.z)).sub(&yy.add(&zz));
-        let xz_pairs = self.x.add(&self.z).mul(&q.x.add(&q.z)).sub(&xx.add(&zz));
-        let bzz_part = xz_pairs.sub(&b.mul(&zz));
-        let bzz3_part = bzz_part.double().add(&bzz_part);
-        let yy_m_bzz3 = yy.sub(&bzz3_part);
-        let yy_p_bzz3 = yy.add(&bzz3_part);
-        let zz3 = zz.double().add(&zz);
-        let bxz_part = b.mul(&xz_pairs).sub(&zz3.add(&xx));
-        let bxz3_part = bxz_part.double().add(&bxz_part);
-        let xx3_m_zz3 = xx.double().add(&xx).sub(&zz3);
-        Proj {
-            x: yy_p_bzz3.mul(&xy_pairs).sub(&yz_pairs.mul(&bxz3_part)),
-            y: yy_p_bzz3.mul(&yy_m_bzz3).add(&xx3_m_zz3.mul(&bxz3_part)),
-            z: yy_m_bzz3.mul(&yz_pairs).add(&xy_pairs.mul(&xx3_m_zz3)),
-        }
-    }
-
-    /// `2·self`, for every point (Renes–Costello–Batina 2015, algorithm 6, a = −3).
-    fn double(&self, b: &Fe) -> Proj {
-        let xx = self.x.square();
-        let yy = self.y.square();
-        let zz = self.z.square();
-        let xy2 = self.x.mul(&self.y).double();
-        let xz2 = self.x.mul(&self.z).double();
-        let bzz_part = b.mul(&zz).sub(&xz2);
-        let bzz3_part = bzz_part.double().add(&bzz_part);
-        let yy_m_bzz3 = yy.sub(&bzz3_part);
-        let yy_p_bzz3 = yy.add(&bzz3_part);
-        let zz3 = zz.double().add(&zz);
-        let bxz2_part = b.mul(&xz2).sub(&zz3.add(&xx));
-        let bxz6_part = bxz2_part.double().add(&bxz2_part);
-        let xx3_m_zz3 = xx.double().add(&xx).sub(&zz3);
-        let yz2 = self.y.mul(&self.z).double();
-        Proj {
-            x: yy_m_bzz3.mul(&xy2).sub(&bxz6_part.mul(&yz2)),
-            y: yy_p_bzz3.mul(&yy_m_bzz3).add(&xx3_m_zz3.mul(&bxz6_part)),
-            z: yz2.mul(&yy).double().double(),
-        }
-    }
-
-    /// `k·q` for a point used once (no comb table): a 4-bit fixed window over the 15
-    /// multiples `q, 2q, …, 15q`, 252 doublings and at most 64 additions.
-    fn mul_once(q: &Affine, k: &[u32; 8], b: &Fe) -> Proj {
-        let mut multiples = [Proj::from_affine(q); 15];
-        multiples[1] = multiples[0].double(b);
-        for j in 2..15 {
-            multiples[j] = multiples[j - 1].add_affine(q, b);
-        }
-        let mut acc = Proj::identity();
-        let mut started = false;
-        for word in k.iter().rev() {
-            for shift in (0..8).rev() {
-                if started {
-                    for _ in 0..4 {
-                        acc = acc.double(b);
-                    }
-                }
-                let digit = (word >> (4 * shift)) & 0xf;
-                if digit != 0 {
-                    acc = acc.add(&multiples[digit as usize - 1], b);
-                    started = true;
-                }
-            }
-        }
-        acc
-    }
-
-    /// `self + q`, complete for every `self` (identity included) and every affine `q`
-    /// (Renes–Costello–Batina 2015, algorithm 5, a = −3; the same steps as `primeorder`).
-    fn add_affine(&self, q: &Affine, b: &Fe) -> Proj {
-        let xx = self.x.mul(&q.x);
-        let yy = self.y.mul(&q.y);
-        let xy_pairs = self.x.add(&self.y).mul(&q.x.add(&q.y)).sub(&xx.add(&yy));
-        let yz_pairs = q.y.mul(&self.z).add(&self.y);
-        let xz_pairs = q.x.mul(&self.z).add(&self.x);
-        let bz_part = xz_pairs.sub(&b.mul(&self.z));
-        let bz3_part = bz_part.double().add(&bz_part);
-        let yy_m_bzz3 = yy.sub(&bz3_part);
-        let yy_p_bzz3 = yy.add(&bz3_part);
-        let z3 = self.z.double().add(&self.z);
-        let bxz_part = b.mul(&xz_pairs).sub(&z3.add(&xx));
-        let bxz3_part = bxz_part.double().add(&bxz_part);
-        let xx3_m_zz3 = xx.double().add(&xx).sub(&z3);
-        Proj {
-            x: yy_p_bzz3.mul(&xy_pairs).sub(&yz_pairs.mul(&bxz3_part)),
-            y: yy_p_bzz3.mul(&yy_m_bzz3).add(&xx3_m_zz3.mul(&bxz3_part)),
-            z: yy_m_bzz3.mul(&yz_pairs).add(&xy_pairs.mul(&xx3_m_zz3)),
-        }
-    }
-}
-
-/// Append the affine forms of `proj` to `out`, with one field inversion (Montgomery's
-/// trick); `None` if one of them is the identity (Z = 0).
-fn normalize_into(proj: &[Proj], out: &mut Vec<Affine>) -> Option<()> {
-    // before[i] = Z0·…·Z(i−1) (1 for i = 0); acc ends as the product of all.
-    let mut before = Vec::with_capacity(proj.len());
-    let mut acc = Fe::one();
-    for p in proj {
-        if p.z.is_zero() {
-            return None;
-        }
-        before.push(acc);
-        acc = acc.mul(&p.z);
-    }
-    let mut inv = acc.invert();
-    let mut rev = Vec::with_capacity(proj.len());
-    for (p, b) in proj.iter().zip(&before).rev() {
-        // inv = 1/(Z0·…·Zi), so 1/Zi = inv·(Z0·…·Z(i−1)).
-        let zinv = inv.mul(b);
-        inv = inv.mul(&p.z);
-        rev.push(Affine {
-            x: p.x.mul(&zinv),
-            y: p.y.mul(&zinv),
-        });
-    }
-    out.extend(rev.into_iter().rev());
-    Some(())
-}
-
-/// Fixed-base comb of a point P: `points[i·half + j − 1] = j·2^(w·i)·P`.
-struct Table {
-    window: usize,
-    half: usize,
-    positions: usize,
-    points: Vec<Affine>,
-}
-
-impl Table {
-    /// The comb of the affine point `base` (a point of the curve other than the identity):
-    /// per window position, `half − 1` mixed additions, one batch normalization (one
-    /// inversion) and one doubling for the next position's base. `None` if a point came out
-    /// as the identity, which no point of prime order n does.
-    fn build(base: Affine, window: usize, b: &Fe) -> Option<Table> {
-        let half = 1usize << (window - 1);
-        let positions = 256usize.div_ceil(window) + 1;
-        let mut points = Vec::with_capacity(positions * half);
-        let mut base = base;
-        let mut proj = Vec::with_capacity(half);
-        for _ in 0..positions {
-            proj.clear();
-            let mut e = Proj::from_affine(&base);
-            proj.push(e);
-            for _ in 1..half {
-                e = e.add_affine(&base, b);
-                proj.push(e);
-            }
-            let start = points.len();
-            normalize_into(&proj, &mut points)?;
-            // The last point is half·base = 2^(w−1)·base: doubled, the next position's base
-            // (the complete formula adds a point to itself correctly).
-            let top = *points.get(start + half - 1)?;
-            let mut next = Vec::with_capacity(1);
-            normalize_into(&[Proj::from_affine(&top).add_affine(&top, b)], &mut next)?;
-            base = *next.first()?;
-        }
-        Some(Table {
-            window,
-            half,
-            positions,
-            points,
-        })
-    }
-
-    /// `acc + k·P` for a scalar `k < n` in little-endian words (`None` cannot happen:
-    /// every digit has its table entry).
-    fn mul_add(&self, acc: Proj, k: &[u32; 8], b: &Fe) -> Option<Proj> {
-        let mut acc = acc;
-        for (i, digit, neg) in ecdsa_shared::signed_digits(k, self.window, self.positions) {
-            if digit != 0 {
-                let p = self.points.get(i * self.half + digit as usize - 1)?;
-                acc = if neg {
-                    acc.add_affine(
-                        &Affine {
-                            x: p.x,
-                            y: p.y.neg(),
-                        },
-                        b,
-                    )
-                } else {
-                    acc.add_affine(p, b)
-                };
-            }
-        }
-        Some(acc)
-    }
-}
-
-struct Generator {
-    table: Table,
-    b: Fe,
-}
+type Affine = ecdsa_curve::Affine<Fe>;
+type Proj = ecdsa_curve::Proj<Fe>;
+type Table = ecdsa_curve::Table<Fe>;
+type Generator = ecdsa_curve::Generator<Fe>;
 
 /// The generator's table and the curve's b, built on first use (once per VM).
 fn generator() -> Option<&'static Generator> {
     static G: OnceLock<Option<Generator>> = OnceLock::new();
-    G.get_or_init(|| {
-        let b = Fe::from_be(&B_BE)?;
-        let g = affine_of(&AffinePoint::GENERATOR)?;
-        Some(Generator {
-            table: Table::build(g, WINDOW, &b)?,
-            b,
-        })
-    })
-    .as_ref()
+    G.get_or_init(|| Generator::build(&B_BE, affine_of(&AffinePoint::GENERATOR), WINDOW))
+        .as_ref()
 }
 
 /// Build the generator's table now if it is not built yet (it is otherwise built by the
@@ -547,13 +238,7 @@ pub fn prepare() {
 
 /// A `p256` affine point in this module's representation.
 fn affine_of(p: &AffinePoint) -> Option<Affine> {
-    let enc = p.to_encoded_point(false);
-    let x: [u8; 32] = enc.x()?[..].try_into().ok()?;
-    let y: [u8; 32] = enc.y()?[..].try_into().ok()?;
-    Some(Affine {
-        x: Fe::from_be(&x)?,
-        y: Fe::from_be(&y)?,
-    })
+    ecdsa_curve::affine_of::<Fe, NistP256>(p)
 }
 
 /// A P-256 public key given by its coordinates (as in a JWK), with its comb table, built
@@ -581,13 +266,7 @@ impl PublicKey {
     fn table(&self, b: &Fe) -> Option<&Table> {
         self.table
             .get_or_init(|| {
-                let mut sec1 = [0u8; 65];
-                sec1[0] = 0x04;
-                sec1[1..].copy_from_slice(&self.xy);
-                // p256 checks that the point is on the curve.
-                let e = EncodedPoint::from_bytes(sec1).ok()?;
-                let q = Option::<AffinePoint>::from(AffinePoint::from_encoded_point(&e))?;
-                Table::build(affine_of(&q)?, WINDOW, b)
+                Table::build(ecdsa_curve::point_of::<Fe, NistP256>(&self.xy)?, WINDOW, b)
             })
             .as_ref()
     }
@@ -603,20 +282,7 @@ impl std::fmt::Debug for PublicKey {
 
 /// A scalar from 32 big-endian bytes, if in [1, n), as little-endian words.
 fn scalar(b: &[u8]) -> Option<[u32; 8]> {
-    let bytes: [u8; 32] = b.try_into().ok()?;
-    if bytes >= N_BE || bytes == [0; 32] {
-        return None;
-    }
-    Some(words_le(&bytes))
-}
-
-/// 32-bit words as 64-bit words (both little-endian).
-fn to64(a: &[u32; 8]) -> [u64; 4] {
-    std::array::from_fn(|i| u64::from(a[2 * i]) | u64::from(a[2 * i + 1]) << 32)
-}
-
-fn to32(a: &[u64; 4]) -> [u32; 8] {
-    std::array::from_fn(|i| (a[i / 2] >> (32 * (i % 2))) as u32)
+    ecdsa_shared::scalar(b, &N_BE)
 }
 
 /// `1/a mod n` for `a` in [1, n), by the binary extended Euclidean algorithm on 64-bit
@@ -624,7 +290,7 @@ fn to32(a: &[u64; 4]) -> [u32; 8] {
 /// against 20 µs for p256's `invert_vartime`). Variable time: it only ever inverts `s` of a
 /// signature, which is public.
 fn invert_mod_n(a: &[u32; 8]) -> Option<[u32; 8]> {
-    ecdsa_shared::invert_mod(&to64(a), &N64).map(|x| to32(&x))
+    ecdsa_shared::invert_mod(&ecdsa_shared::to64(a), &N64).map(|x| ecdsa_shared::to32(&x))
 }
 
 /// `(a·b mod n)` for `a, b < n` with fiat-crypto's Montgomery multiplication modulo n:
@@ -638,7 +304,12 @@ fn mul_mod_n(a: &[u32; 8], b_mont: &ScalarMont) -> [u32; 8] {
 /// Verify an ES256 signature of `msg`: `sig` is `r ‖ s` (64 bytes, as in a JWS). Like
 /// `p256`'s verification, both `s` and `n − s` are accepted.
 pub fn verify(key: &PublicKey, msg: &[u8], sig: &[u8]) -> bool {
-    let Some((u1, u2)) = scalars(msg, sig) else {
+    verify_digest(key, &Sha256::digest(msg).into(), sig)
+}
+
+/// [`verify`] for a message whose SHA-256 is `digest`.
+pub fn verify_digest(key: &PublicKey, digest: &[u8; 32], sig: &[u8]) -> bool {
+    let Some((u1, u2)) = scalars(digest, sig) else {
         return false;
     };
     let Some(g) = generator() else {
@@ -647,14 +318,8 @@ pub fn verify(key: &PublicKey, msg: &[u8], sig: &[u8]) -> bool {
     let Some(q) = key.table(&g.b) else {
         return false;
     };
-    let Some(acc) = g
-        .table
-        .mul_add(Proj::identity(), &u1, &g.b)
-        .and_then(|acc| q.mul_add(acc, &u2, &g.b))
-    else {
-        return false;
-    };
-    matches_r(&acc, sig)
+    sig.get(..32)
+        .is_some_and(|r| g.verifies(q, &u1, &u2, r, &N_BE, &P_MINUS_N_BE))
 }
 
 /// Verify an ES256 signature by a key used once (a DPoP proof's `jwk`, `x ‖ y`): no comb
@@ -663,23 +328,14 @@ pub fn verify(key: &PublicKey, msg: &[u8], sig: &[u8]) -> bool {
 /// 4-bit fixed window over this module's field arithmetic (252 doublings), which
 /// dominates. A point not on the curve verifies nothing.
 pub fn verify_one_shot(xy: &[u8; 64], msg: &[u8], sig: &[u8]) -> bool {
-    let Some((u1, u2)) = scalars(msg, sig) else {
+    let Some((u1, u2)) = scalars(&Sha256::digest(msg).into(), sig) else {
         return false;
     };
     let Some(g) = generator() else {
         return false;
     };
-    let mut sec1 = [0u8; 65];
-    sec1[0] = 0x04;
-    sec1[1..].copy_from_slice(xy);
-    let Ok(e) = EncodedPoint::from_bytes(sec1) else {
-        return false;
-    };
     // p256 checks that the point is on the curve.
-    let Some(q) = Option::<AffinePoint>::from(AffinePoint::from_encoded_point(&e))
-        .as_ref()
-        .and_then(affine_of)
-    else {
+    let Some(q) = ecdsa_curve::point_of::<Fe, NistP256>(xy) else {
         return false;
     };
     let Some(acc) = g.table.mul_add(Proj::identity(), &u1, &g.b) else {
@@ -688,17 +344,16 @@ pub fn verify_one_shot(xy: &[u8; 64], msg: &[u8], sig: &[u8]) -> bool {
     matches_r(&acc.add(&Proj::mul_once(&q, &u2, &g.b), &g.b), sig)
 }
 
-/// `(u1, u2)` of a signature `r ‖ s` over `msg`: `u1 = e·s⁻¹`, `u2 = r·s⁻¹ (mod n)`, as
-/// little-endian words.
-fn scalars(msg: &[u8], sig: &[u8]) -> Option<([u32; 8], [u32; 8])> {
+/// `(u1, u2)` of a signature `r ‖ s` of a message whose SHA-256 is `digest`:
+/// `u1 = e·s⁻¹`, `u2 = r·s⁻¹ (mod n)`, as little-endian words.
+fn scalars(digest: &[u8; 32], sig: &[u8]) -> Option<([u32; 8], [u32; 8])> {
     if sig.len() != 64 {
         return None;
     }
     let r = scalar(&sig[..32])?;
     let s = scalar(&sig[32..])?;
     // e = the digest mod n: the digest is below 2^256 < 2n.
-    let digest: [u8; 32] = Sha256::digest(msg).into();
-    let mut e = to64(&words_le(&digest));
+    let mut e = ecdsa_shared::to64(&words_le(digest));
     let (reduced, borrow) = ecdsa_shared::sub(&e, &N64);
     if !borrow {
         e = reduced;
@@ -706,29 +361,16 @@ fn scalars(msg: &[u8], sig: &[u8]) -> Option<([u32; 8], [u32; 8])> {
     let w = invert_mod_n(&s)?;
     let mut w_mont = ScalarMont([0; 8]);
     fiat_p256_scalar_to_montgomery(&mut w_mont, &ScalarPlain(w));
-    Some((mul_mod_n(&to32(&e), &w_mont), mul_mod_n(&r, &w_mont)))
+    Some((
+        mul_mod_n(&ecdsa_shared::to32(&e), &w_mont),
+        mul_mod_n(&r, &w_mont),
+    ))
 }
 
-/// Whether `x(acc) mod n = r`.
+/// Whether `x(acc) mod n = r`: [`ecdsa_curve::matches_r`].
 fn matches_r(acc: &Proj, sig: &[u8]) -> bool {
-    if acc.z.is_zero() {
-        return false;
-    }
-    // x(R) = X/Z; accept iff x(R) mod n = r, i.e. x(R) = r or x(R) = r + n (< p).
-    let mut r_be = [0u8; 32];
-    r_be.copy_from_slice(&sig[..32]);
-    let Some(r_fe) = Fe::from_be(&r_be) else {
-        return false;
-    };
-    if acc.x.same(&r_fe.mul(&acc.z)) {
-        return true;
-    }
-    if r_be < P_MINUS_N_BE {
-        if let Some(n_fe) = Fe::from_be(&N_BE) {
-            return acc.x.same(&r_fe.add(&n_fe).mul(&acc.z));
-        }
-    }
-    false
+    sig.get(..32)
+        .is_some_and(|r| ecdsa_curve::matches_r(acc, r, &N_BE, &P_MINUS_N_BE))
 }
 
 #[cfg(test)]
@@ -737,6 +379,8 @@ mod tests {
     use p256::ecdsa::signature::{Signer, Verifier};
     use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
     use p256::elliptic_curve::point::AffineCoordinates;
+    use p256::elliptic_curve::sec1::{FromEncodedPoint, ToEncodedPoint};
+    use p256::EncodedPoint;
     use p256::{ProjectivePoint, Scalar};
 
     fn xy_of(p: &AffinePoint) -> [u8; 64] {

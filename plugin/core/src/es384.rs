@@ -5,7 +5,8 @@
 //! constant-time scalar multiplications (384 doublings each, table lookups that scan every
 //! entry of a window) over a field implementation that, on 32-bit targets, works on 64-bit
 //! limbs and emulates 64×64→128-bit products. Verification handles public data only (key,
-//! message, signature), so it may run in variable time; this module does, as `es256`:
+//! message, signature), so it may run in variable time; this module does, as `es256` and
+//! with the same code (generic over the field element, in `ecdsa_curve` and `ecdsa_shared`):
 //!
 //! - field arithmetic on 32-bit words (12 of them): a schoolbook product into 64-bit column
 //!   sums (each 32×32→64-bit product is a single Wasm `i64.mul`) and the NIST fast
@@ -45,10 +46,10 @@ use fiat_crypto::p384_scalar_32::{
     fiat_p384_scalar_non_montgomery_domain_field_element as ScalarPlain,
     fiat_p384_scalar_to_montgomery,
 };
-use p384::elliptic_curve::sec1::{FromEncodedPoint, ToEncodedPoint};
-use p384::{AffinePoint, EncodedPoint};
+use p384::{AffinePoint, NistP384};
 use sha2::{Digest, Sha384};
 
+use crate::ecdsa_curve::{self, Field};
 use crate::ecdsa_shared;
 
 /// Window width of the tables: 65 positions × 32 points of 96 bytes, ≈ 200 KB per table
@@ -90,8 +91,6 @@ const B_BE: [u8; 48] = [
     0xc6, 0x56, 0x39, 0x8d, 0x8a, 0x2e, 0xd1, 0x9d, 0x2a, 0x85, 0xc8, 0xed, 0xd3, 0xec, 0x2a, 0xef,
 ];
 
-const LOW32: u64 = 0xffff_ffff;
-
 /// A field element: little-endian 32-bit words, always fully reduced (< p).
 ///
 /// Multiplication is a schoolbook product into 64-bit column sums (each 32×32→64-bit
@@ -104,24 +103,7 @@ struct Fe([u32; 12]);
 
 /// Whether the words `a` (little-endian) are at least p.
 fn ge_p(a: &[u32; 12]) -> bool {
-    for i in (0..12).rev() {
-        if a[i] != P[i] {
-            return a[i] > P[i];
-        }
-    }
-    true
-}
-
-/// `a − p` (wrapping), for `p ≤ a < 2^384`.
-fn minus_p(a: &[u32; 12]) -> [u32; 12] {
-    let mut out = [0u32; 12];
-    let mut borrow = 0i64;
-    for i in 0..12 {
-        let d = i64::from(a[i]) - i64::from(P[i]) + borrow;
-        out[i] = d as u32;
-        borrow = d >> 32;
-    }
-    out
+    ecdsa_shared::ge(a, &P)
 }
 
 /// The 12 signed word sums of the NIST reduction of `c = Σ c[k]·2^(32k)` (k < 24, any
@@ -146,7 +128,7 @@ fn reduce(c: &[u64; 24]) -> Fe {
         c[10] + c[18] + c[19] + c[22] - c[21],
         c[11] + c[19] + c[20] + c[23] - c[22],
     ];
-    let (mut out, mut top) = carry(&w);
+    let (mut out, mut top) = ecdsa_shared::carry(&w);
     // value = out + top·2^384 and 2^384 ≡ 2^128 + 2^96 − 2^32 + 1: fold the top back in.
     // |top| < 2^12 at first; the first fold leaves |top| ≤ 1, the second leaves 0.
     while top != 0 {
@@ -155,25 +137,13 @@ fn reduce(c: &[u64; 24]) -> Fe {
         w[1] -= top;
         w[3] += top;
         w[4] += top;
-        (out, top) = carry(&w);
+        (out, top) = ecdsa_shared::carry(&w);
     }
     // Now out < 2^384 < 2p.
     if ge_p(&out) {
-        out = minus_p(&out);
+        out = ecdsa_shared::minus(&out, &P);
     }
     Fe(out)
-}
-
-/// Signed word sums carried into 32-bit words, and the signed carry out of the top.
-fn carry(w: &[i64; 12]) -> ([u32; 12], i64) {
-    let mut out = [0u32; 12];
-    let mut t = 0i64;
-    for i in 0..12 {
-        t += w[i];
-        out[i] = t as u32;
-        t >>= 32;
-    }
-    (out, t)
 }
 
 impl Fe {
@@ -186,50 +156,6 @@ impl Fe {
         Some(Fe(words))
     }
 
-    fn one() -> Fe {
-        let mut w = [0; 12];
-        w[0] = 1;
-        Fe(w)
-    }
-
-    fn zero() -> Fe {
-        Fe([0; 12])
-    }
-
-    fn mul(&self, o: &Fe) -> Fe {
-        let (a, b) = (&self.0, &o.0);
-        let mut col = [0u64; 24];
-        for i in 0..12 {
-            for j in 0..12 {
-                let p = u64::from(a[i]) * u64::from(b[j]);
-                col[i + j] += p & LOW32;
-                col[i + j + 1] += p >> 32;
-            }
-        }
-        reduce(&col)
-    }
-
-    fn square(&self) -> Fe {
-        let a = &self.0;
-        let mut col = [0u64; 24];
-        for i in 0..12 {
-            for j in i + 1..12 {
-                let p = u64::from(a[i]) * u64::from(a[j]);
-                col[i + j] += p & LOW32;
-                col[i + j + 1] += p >> 32;
-            }
-        }
-        for c in col.iter_mut() {
-            *c <<= 1;
-        }
-        for i in 0..12 {
-            let p = u64::from(a[i]) * u64::from(a[i]);
-            col[2 * i] += p & LOW32;
-            col[2 * i + 1] += p >> 32;
-        }
-        reduce(&col)
-    }
-
     /// `self^(2^k)`.
     fn square_times(&self, k: usize) -> Fe {
         let mut r = *self;
@@ -238,44 +164,46 @@ impl Fe {
         }
         r
     }
+}
 
+impl Field for Fe {
+    const BITS: usize = 384;
+
+    #[inline]
+    fn from_be_slice(b: &[u8]) -> Option<Fe> {
+        Fe::from_be(b.try_into().ok()?)
+    }
+
+    #[inline]
+    fn one() -> Fe {
+        let mut w = [0; 12];
+        w[0] = 1;
+        Fe(w)
+    }
+
+    #[inline]
+    fn zero() -> Fe {
+        Fe([0; 12])
+    }
+
+    #[inline]
+    fn mul(&self, o: &Fe) -> Fe {
+        reduce(&ecdsa_shared::mul_columns(&self.0, &o.0))
+    }
+
+    #[inline]
+    fn square(&self) -> Fe {
+        reduce(&ecdsa_shared::square_columns(&self.0))
+    }
+
+    #[inline]
     fn add(&self, o: &Fe) -> Fe {
-        let mut out = [0u32; 12];
-        let mut t = 0u64;
-        for i in 0..12 {
-            t += u64::from(self.0[i]) + u64::from(o.0[i]);
-            out[i] = t as u32;
-            t >>= 32;
-        }
-        // The sum is below 2p: subtract p once if it reached p.
-        if t != 0 || ge_p(&out) {
-            out = minus_p(&out);
-        }
-        Fe(out)
+        Fe(ecdsa_shared::add_mod_p(&self.0, &o.0, &P))
     }
 
+    #[inline]
     fn sub(&self, o: &Fe) -> Fe {
-        let mut out = [0u32; 12];
-        let mut t = 0i64;
-        for i in 0..12 {
-            t += i64::from(self.0[i]) - i64::from(o.0[i]);
-            out[i] = t as u32;
-            t >>= 32;
-        }
-        if t < 0 {
-            // Below zero: add p back (wrapping past 2^384).
-            let mut c = 0u64;
-            for i in 0..12 {
-                c += u64::from(out[i]) + u64::from(P[i]);
-                out[i] = c as u32;
-                c >>= 32;
-            }
-        }
-        Fe(out)
-    }
-
-    fn neg(&self) -> Fe {
-        Fe::zero().sub(self)
+        Fe(ecdsa_shared::sub_mod_p(&self.0, &o.0, &P))
     }
 
     /// `self^(p−2)` = 1/self (Fermat), 0 for 0. Only for building tables (one inversion per
@@ -301,15 +229,13 @@ impl Fe {
         t.square_times(2).mul(&x1)
     }
 
-    fn double(&self) -> Fe {
-        self.add(self)
-    }
-
     /// Equality of the represented values (both are fully reduced).
+    #[inline]
     fn same(&self, o: &Fe) -> bool {
         self.0 == o.0
     }
 
+    #[inline]
     fn is_zero(&self) -> bool {
         self.0 == [0; 12]
     }
@@ -317,183 +243,18 @@ impl Fe {
 
 /// Big-endian bytes as little-endian 32-bit words.
 fn words_le(b: &[u8; 48]) -> [u32; 12] {
-    std::array::from_fn(|i| {
-        let at = 44 - 4 * i;
-        u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-    })
+    ecdsa_shared::words_le(b)
 }
 
-/// An affine point (never the identity here).
-#[derive(Clone, Copy)]
-struct Affine {
-    x: Fe,
-    y: Fe,
-}
-
-/// A point in homogeneous projective coordinates: (X : Y : Z) = (X/Z, Y/Z); the identity
-/// is (0 : 1 : 0).
-#[derive(Clone, Copy)]
-struct Proj {
-    x: Fe,
-    y: Fe,
-    z: Fe,
-}
-
-impl Proj {
-    fn from_affine(a: &Affine) -> Proj {
-        Proj {
-            x: a.x,
-            y: a.y,
-            z: Fe::one(),
-        }
-    }
-
-    fn identity() -> Proj {
-        Proj {
-            x: Fe::zero(),
-            y: Fe::one(),
-            z: Fe::zero(),
-        }
-    }
-
-    /// `self + q`, complete for every `self` (identity included) and every affine `q`
-    /// (Renes–Costello–Batina 2015, algorithm 5, a = −3; the same steps as `primeorder`).
-    fn add_affine(&self, q: &Affine, b: &Fe) -> Proj {
-        let xx = self.x.mul(&q.x);
-        let yy = self.y.mul(&q.y);
-        let xy_pairs = self.x.add(&self.y).mul(&q.x.add(&q.y)).sub(&xx.add(&yy));
-        let yz_pairs = q.y.mul(&self.z).add(&self.y);
-        let xz_pairs = q.x.mul(&self.z).add(&self.x);
-        let bz_part = xz_pairs.sub(&b.mul(&self.z));
-        let bz3_part = bz_part.double().add(&bz_part);
-        let yy_m_bzz3 = yy.sub(&bz3_part);
-        let yy_p_bzz3 = yy.add(&bz3_part);
-        let z3 = self.z.double().add(&self.z);
-        let bxz_part = b.mul(&xz_pairs).sub(&z3.add(&xx));
-        let bxz3_part = bxz_part.double().add(&bxz_part);
-        let xx3_m_zz3 = xx.double().add(&xx).sub(&z3);
-        Proj {
-            x: yy_p_bzz3.mul(&xy_pairs).sub(&yz_pairs.mul(&bxz3_part)),
-            y: yy_p_bzz3.mul(&yy_m_bzz3).add(&xx3_m_zz3.mul(&bxz3_part)),
-            z: yy_m_bzz3.mul(&yz_pairs).add(&xy_pairs.mul(&xx3_m_zz3)),
-        }
-    }
-}
-
-/// Append the affine forms of `proj` to `out`, with one field inversion (Montgomery's
-/// trick); `None` if one of them is the identity (Z = 0).
-fn normalize_into(proj: &[Proj], out: &mut Vec<Affine>) -> Option<()> {
-    // before[i] = Z0·…·Z(i−1) (1 for i = 0); acc ends as the product of all.
-    let mut before = Vec::with_capacity(proj.len());
-    let mut acc = Fe::one();
-    for p in proj {
-        if p.z.is_zero() {
-            return None;
-        }
-        before.push(acc);
-        acc = acc.mul(&p.z);
-    }
-    let mut inv = acc.invert();
-    let mut rev = Vec::with_capacity(proj.len());
-    for (p, b) in proj.iter().zip(&before).rev() {
-        // inv = 1/(Z0·…·Zi), so 1/Zi = inv·(Z0·…·Z(i−1)).
-        let zinv = inv.mul(b);
-        inv = inv.mul(&p.z);
-        rev.push(Affine {
-            x: p.x.mul(&zinv),
-            y: p.y.mul(&zinv),
-        });
-    }
-    out.extend(rev.into_iter().rev());
-    Some(())
-}
-
-/// Fixed-base comb of a point P: `points[i·half + j − 1] = j·2^(w·i)·P`.
-struct Table {
-    window: usize,
-    half: usize,
-    positions: usize,
-    points: Vec<Affine>,
-}
-
-impl Table {
-    /// The comb of the affine point `base` (a point of the curve other than the identity):
-    /// per window position, `half − 1` mixed additions, one batch normalization (one
-    /// inversion) and one doubling for the next position's base. `None` if a point came out
-    /// as the identity, which no point of prime order n does.
-    fn build(base: Affine, window: usize, b: &Fe) -> Option<Table> {
-        let half = 1usize << (window - 1);
-        // One position more than the 384 bits need: the last digit takes the final carry.
-        let positions = 384usize.div_ceil(window) + 1;
-        let mut points = Vec::with_capacity(positions * half);
-        let mut base = base;
-        let mut proj = Vec::with_capacity(half);
-        for _ in 0..positions {
-            proj.clear();
-            let mut e = Proj::from_affine(&base);
-            proj.push(e);
-            for _ in 1..half {
-                e = e.add_affine(&base, b);
-                proj.push(e);
-            }
-            let start = points.len();
-            normalize_into(&proj, &mut points)?;
-            // The last point is half·base = 2^(w−1)·base: doubled, the next position's base
-            // (the complete formula adds a point to itself correctly).
-            let top = *points.get(start + half - 1)?;
-            let mut next = Vec::with_capacity(1);
-            normalize_into(&[Proj::from_affine(&top).add_affine(&top, b)], &mut next)?;
-            base = *next.first()?;
-        }
-        Some(Table {
-            window,
-            half,
-            positions,
-            points,
-        })
-    }
-
-    /// `acc + k·P` for a scalar `k < n` in little-endian words (`None` cannot happen:
-    /// every digit has its table entry).
-    fn mul_add(&self, acc: Proj, k: &[u32; 12], b: &Fe) -> Option<Proj> {
-        let mut acc = acc;
-        for (i, digit, neg) in ecdsa_shared::signed_digits(k, self.window, self.positions) {
-            if digit != 0 {
-                let p = self.points.get(i * self.half + digit as usize - 1)?;
-                acc = if neg {
-                    acc.add_affine(
-                        &Affine {
-                            x: p.x,
-                            y: p.y.neg(),
-                        },
-                        b,
-                    )
-                } else {
-                    acc.add_affine(p, b)
-                };
-            }
-        }
-        Some(acc)
-    }
-}
-
-struct Generator {
-    table: Table,
-    b: Fe,
-}
+type Affine = ecdsa_curve::Affine<Fe>;
+type Table = ecdsa_curve::Table<Fe>;
+type Generator = ecdsa_curve::Generator<Fe>;
 
 /// The generator's table and the curve's b, built on first use (once per VM).
 fn generator() -> Option<&'static Generator> {
     static G: OnceLock<Option<Generator>> = OnceLock::new();
-    G.get_or_init(|| {
-        let b = Fe::from_be(&B_BE)?;
-        let g = affine_of(&AffinePoint::GENERATOR)?;
-        Some(Generator {
-            table: Table::build(g, WINDOW, &b)?,
-            b,
-        })
-    })
-    .as_ref()
+    G.get_or_init(|| Generator::build(&B_BE, affine_of(&AffinePoint::GENERATOR), WINDOW))
+        .as_ref()
 }
 
 /// Build the generator's table now if it is not built yet (it is otherwise built by the
@@ -504,13 +265,7 @@ pub fn prepare() {
 
 /// A `p384` affine point in this module's representation.
 fn affine_of(p: &AffinePoint) -> Option<Affine> {
-    let enc = p.to_encoded_point(false);
-    let x: [u8; 48] = enc.x()?[..].try_into().ok()?;
-    let y: [u8; 48] = enc.y()?[..].try_into().ok()?;
-    Some(Affine {
-        x: Fe::from_be(&x)?,
-        y: Fe::from_be(&y)?,
-    })
+    ecdsa_curve::affine_of::<Fe, NistP384>(p)
 }
 
 /// A P-384 public key given by its coordinates (as in a JWK), with its comb table, built
@@ -543,13 +298,7 @@ impl PublicKey {
     fn table(&self, b: &Fe) -> Option<&Table> {
         self.table
             .get_or_init(|| {
-                let mut sec1 = [0u8; 97];
-                sec1[0] = 0x04;
-                sec1[1..].copy_from_slice(&self.xy);
-                // p384 checks that the point is on the curve.
-                let e = EncodedPoint::from_bytes(sec1).ok()?;
-                let q = Option::<AffinePoint>::from(AffinePoint::from_encoded_point(&e))?;
-                Table::build(affine_of(&q)?, WINDOW, b)
+                Table::build(ecdsa_curve::point_of::<Fe, NistP384>(&self.xy)?, WINDOW, b)
             })
             .as_ref()
     }
@@ -565,27 +314,14 @@ impl std::fmt::Debug for PublicKey {
 
 /// A scalar from 48 big-endian bytes, if in [1, n), as little-endian words.
 fn scalar(b: &[u8]) -> Option<[u32; 12]> {
-    let bytes: [u8; 48] = b.try_into().ok()?;
-    if bytes >= N_BE || bytes == [0; 48] {
-        return None;
-    }
-    Some(words_le(&bytes))
-}
-
-/// 32-bit words as 64-bit words (both little-endian).
-fn to64(a: &[u32; 12]) -> [u64; 6] {
-    std::array::from_fn(|i| u64::from(a[2 * i]) | u64::from(a[2 * i + 1]) << 32)
-}
-
-fn to32(a: &[u64; 6]) -> [u32; 12] {
-    std::array::from_fn(|i| (a[i / 2] >> (32 * (i % 2))) as u32)
+    ecdsa_shared::scalar(b, &N_BE)
 }
 
 /// `1/a mod n` for `a` in [1, n), by the binary extended Euclidean algorithm on 64-bit
 /// words ([`ecdsa_shared::invert_mod`], shared with ES256). Variable time: it only ever
 /// inverts `s` of a signature, which is public.
 fn invert_mod_n(a: &[u32; 12]) -> Option<[u32; 12]> {
-    ecdsa_shared::invert_mod(&to64(a), &N64).map(|x| to32(&x))
+    ecdsa_shared::invert_mod(&ecdsa_shared::to64(a), &N64).map(|x| ecdsa_shared::to32(&x))
 }
 
 /// `(a·b mod n)` for `a, b < n` with fiat-crypto's Montgomery multiplication modulo n:
@@ -608,14 +344,8 @@ pub fn verify(key: &PublicKey, msg: &[u8], sig: &[u8]) -> bool {
     let Some(q) = key.table(&g.b) else {
         return false;
     };
-    let Some(acc) = g
-        .table
-        .mul_add(Proj::identity(), &u1, &g.b)
-        .and_then(|acc| q.mul_add(acc, &u2, &g.b))
-    else {
-        return false;
-    };
-    matches_r(&acc, sig)
+    sig.get(..48)
+        .is_some_and(|r| g.verifies(q, &u1, &u2, r, &N_BE, &P_MINUS_N_BE))
 }
 
 /// `(u1, u2)` of a signature `r ‖ s` over `msg`: `u1 = e·s⁻¹`, `u2 = r·s⁻¹ (mod n)`, as
@@ -636,34 +366,11 @@ fn scalars(msg: &[u8], sig: &[u8]) -> Option<([u32; 12], [u32; 12])> {
 /// e = the digest mod n, as little-endian words: the digest (384 bits, as long as n) is
 /// below 2^384 < 2n, so one subtraction at most.
 fn digest_mod_n(digest: &[u8; 48]) -> [u32; 12] {
-    let e = to64(&words_le(digest));
+    let e = ecdsa_shared::to64(&words_le(digest));
     match ecdsa_shared::sub(&e, &N64) {
-        (reduced, false) => to32(&reduced),
-        (_, true) => to32(&e),
+        (reduced, false) => ecdsa_shared::to32(&reduced),
+        (_, true) => ecdsa_shared::to32(&e),
     }
-}
-
-/// Whether `x(acc) mod n = r` (`sig` is a 96-byte signature whose `r` passed [`scalar`]).
-fn matches_r(acc: &Proj, sig: &[u8]) -> bool {
-    if acc.z.is_zero() {
-        return false;
-    }
-    // x(R) = X/Z; accept iff x(R) mod n = r, i.e. x(R) = r or x(R) = r + n (< p).
-    let Some(r_be) = sig.get(..48).and_then(|r| <[u8; 48]>::try_from(r).ok()) else {
-        return false;
-    };
-    let Some(r_fe) = Fe::from_be(&r_be) else {
-        return false;
-    };
-    if acc.x.same(&r_fe.mul(&acc.z)) {
-        return true;
-    }
-    if r_be < P_MINUS_N_BE {
-        if let Some(n_fe) = Fe::from_be(&N_BE) {
-            return acc.x.same(&r_fe.add(&n_fe).mul(&acc.z));
-        }
-    }
-    false
 }
 
 #[cfg(test)]
@@ -672,7 +379,18 @@ mod tests {
     use p384::ecdsa::signature::{Signer, Verifier};
     use p384::ecdsa::{Signature, SigningKey, VerifyingKey};
     use p384::elliptic_curve::point::AffineCoordinates;
+    use p384::elliptic_curve::sec1::{FromEncodedPoint, ToEncodedPoint};
+    use p384::EncodedPoint;
     use p384::{ProjectivePoint, Scalar};
+
+    type Proj = ecdsa_curve::Proj<Fe>;
+
+    /// The final check as `verify` makes it: [`ecdsa_curve::matches_r`] on the `r` of a
+    /// 96-byte signature.
+    fn matches_r(acc: &Proj, sig: &[u8]) -> bool {
+        sig.get(..48)
+            .is_some_and(|r| ecdsa_curve::matches_r(acc, r, &N_BE, &P_MINUS_N_BE))
+    }
 
     fn xy_of(p: &AffinePoint) -> [u8; 96] {
         let enc = p.to_encoded_point(false);

@@ -332,9 +332,11 @@ pub fn verify_with_digest(
 
 fn check_signature(p: &Parsed<'_>, input_sha256: Option<&[u8; 32]>, key: &Key, alg: Alg) -> bool {
     let (input, sig) = (p.signing_input.as_bytes(), p.signature_bytes.as_slice());
+    // RS256 and ES256 sign SHA-256 of the input, which the caller may have already.
+    let sha256 = || input_sha256.map_or_else(|| Sha256::digest(input).into(), |d| *d);
     if let (Alg::ES256, Some(pk)) = (alg, &key.p256) {
         // Several times faster than the generic path in Wasm (see crate::es256).
-        return crate::es256::verify(pk, input, sig);
+        return crate::es256::verify_digest(pk, &sha256(), sig);
     }
     if let (Alg::ES384, Some(pk)) = (alg, &key.p384) {
         // The same design on P-384, where the generic path is slower still (see crate::es384).
@@ -342,8 +344,7 @@ fn check_signature(p: &Parsed<'_>, input_sha256: Option<&[u8; 32]>, key: &Key, a
     }
     if let (Alg::RS256, Some(pk)) = (alg, &key.rs256) {
         // Carry-free Montgomery columns, four products per Wasm SIMD step (see crate::rs256).
-        let digest = input_sha256.map_or_else(|| Sha256::digest(input).into(), |d| *d);
-        return crate::rs256::verify_digest(pk, &digest, sig);
+        return crate::rs256::verify_digest(pk, &sha256(), sig);
     }
     if let (Alg::EdDSA, Some(pk)) = (alg, &key.ed25519) {
         // A table per key instead of 253 doublings per signature (see crate::eddsa).

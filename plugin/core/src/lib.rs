@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod config;
+mod ecdsa_curve;
 mod ecdsa_shared;
 pub mod eddsa;
 pub mod engine;

@@ -381,30 +381,35 @@ fn es256_key_off_the_curve_verifies_nothing() {
     assert_eq!(refused(&t, &mut k), TokenError::BadSignature);
 }
 
-/// The signing input's SHA-256 handed in by the request path is the one the RS256 check
-/// uses: the right digest verifies, any other is a bad signature (the token is unchanged),
-/// and without one the verifier hashes the input itself.
+/// The signing input's SHA-256 handed in by the request path is the one the RS256 and
+/// ES256 checks use: the right digest verifies, any other is a bad signature (the token
+/// is unchanged), and without one the verifier hashes the input itself.
 #[test]
 fn a_given_signing_input_digest_is_the_one_checked() {
     use sha2::{Digest, Sha256};
     use tollgate_edge_core::cache::hash_token_and_input;
-    let key = TestKey::rsa();
-    let mut k = keys(&[(&key, "k1")]);
-    let cfg = config(json!({}));
-    let t = token(&key, "k1", &claims("client-a", "api:read"));
-    let (hash, input) = hash_token_and_input(&t);
-    assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(t.as_bytes())));
-    let input = input.unwrap();
-    let signing_input = &t[..t.rfind('.').unwrap()];
-    assert_eq!(input, <[u8; 32]>::from(Sha256::digest(signing_input)));
-    assert!(jwt::verify_with_digest(&t, &cfg, &mut k, NOW, Some(&input)).is_ok());
-    assert!(jwt::verify_with_digest(&t, &cfg, &mut k, NOW, None).is_ok());
-    let mut other = input;
-    other[7] ^= 1;
-    assert!(matches!(
-        jwt::verify_with_digest(&t, &cfg, &mut k, NOW, Some(&other)),
-        Err(VerifyError::Token(TokenError::BadSignature))
-    ));
+    for key in [TestKey::rsa(), TestKey::es256(3)] {
+        let mut k = keys(&[(&key, "k1")]);
+        let cfg = config(json!({}));
+        let t = token(&key, "k1", &claims("client-a", "api:read"));
+        let (hash, input) = hash_token_and_input(&t);
+        assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(t.as_bytes())));
+        let input = input.unwrap();
+        let signing_input = &t[..t.rfind('.').unwrap()];
+        assert_eq!(input, <[u8; 32]>::from(Sha256::digest(signing_input)));
+        assert!(jwt::verify_with_digest(&t, &cfg, &mut k, NOW, Some(&input)).is_ok());
+        assert!(jwt::verify_with_digest(&t, &cfg, &mut k, NOW, None).is_ok());
+        let mut other = input;
+        other[7] ^= 1;
+        assert!(
+            matches!(
+                jwt::verify_with_digest(&t, &cfg, &mut k, NOW, Some(&other)),
+                Err(VerifyError::Token(TokenError::BadSignature))
+            ),
+            "{}",
+            key.alg()
+        );
+    }
 }
 
 /// One pass gives both hashes, whatever the dots.
