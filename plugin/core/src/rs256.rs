@@ -2,14 +2,20 @@
 //!
 //! The generic path (`jsonwebtoken` → `rsa` 0.9) exponentiates with `num-bigint-dig` and
 //! 64-bit digits, which Wasm has to build from 32-bit halves (no 64×64→128 multiply).
-//! Here the modulus is held as 32-bit limbs and multiplied in Montgomery form (CIOS) with
-//! `u32 × u32 → u64` products only. Per key, once: the limbs of n, n' = −n⁻¹ mod 2³² and
-//! R² mod n (R = 2^(32·limbs)). Per signature: s·R via one multiplication by R², 16
-//! squarings (each cross product once, then a separate reduction: a quarter fewer limb
-//! products than a multiplication), and one multiplication by s (which also leaves
-//! Montgomery form), then the
-//! result is compared with the expected encoded message EM = 00 01 FF…FF 00 ‖ DigestInfo ‖
-//! SHA-256(message) (RFC 8017 §8.2.2, §9.2), built in full and compared in full.
+//! Here numbers are held in unsaturated limbs of `r` = 28 bits (27 above 3072-bit keys,
+//! `limb_layout`) and multiplied in Montgomery form by product scanning: column i of a
+//! product gathers every `a[j]·b[i−j]` and every quotient digit's `m[j]·n[i−j]` in one u64,
+//! with no carry from product to product, so a column is a dot product of independent
+//! `u32 × u32 → u64` products, four per Wasm SIMD step (`i64x2.extmul_{low,high}_i32x4_u`;
+//! natively LLVM vectorises the same loop). Per key, once: the limbs of n (and n reversed,
+//! so that both factors of a column run upwards), n' = −n⁻¹ mod 2^r and R² mod n
+//! (R = 2^(r·limbs) > 4n, so intermediate results stay below 2n unreduced). Per signature:
+//! s·R via one multiplication by R², 16 squarings (each cross product once, doubled), and
+//! one multiplication by s (which also leaves Montgomery form), one final subtraction, then
+//! the result is compared with the expected encoded message EM = 00 01 FF…FF 00 ‖
+//! DigestInfo ‖ SHA-256(message) (RFC 8017 §8.2.2, §9.2), built in full and compared in
+//! full. Only these functions are compiled with Wasm SIMD (`target_feature`); see
+//! docs/filter.md (Performance) for the timings and what was tried.
 //!
 //! Only moduli of 2048 to 4096 bits (256 to 512 bytes without leading zeros), odd, and
 //! e = 65537 take this path ([`PublicKey::new`] returns `None` otherwise and the generic
