@@ -116,8 +116,9 @@ pub struct Parsed<'a> {
     pub signature_bytes: Vec<u8>,
 }
 
-/// base64url's alphabet, one table load per byte in [`looks_like_jwt`] (a new token of
-/// 1.2 KB is checked in ≈ 0.5 µs in V8 instead of ≈ 1.5 µs with per-byte range tests).
+/// base64url's alphabet, one table load per byte in [`looks_like_jwt`] (under node's
+/// profiler the per-byte range tests took ≈ 1.5 µs of a 1.2 KB token's cache miss; the
+/// table check does not show up on its own).
 const B64URL: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
