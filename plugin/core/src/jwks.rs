@@ -62,6 +62,26 @@ impl std::fmt::Debug for Key {
     }
 }
 
+/// Replace a key's prepared verifier (`slot`) by `old`'s one for the same key
+/// (`same`), which keeps the table that one built: see [`KeySet::keep_tables_of`].
+fn keep_table<T>(
+    slot: &mut Option<Arc<T>>,
+    old: &KeySet,
+    field: impl Fn(&Key) -> &Option<Arc<T>>,
+    same: impl Fn(&T, &T) -> bool,
+) {
+    let Some(pk) = slot.as_ref() else {
+        return;
+    };
+    let found = old
+        .keys
+        .iter()
+        .find_map(|o| field(o).as_ref().filter(|op| same(op, pk)).map(Arc::clone));
+    if found.is_some() {
+        *slot = found;
+    }
+}
+
 /// The usable keys of one JWKS document.
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
@@ -217,35 +237,24 @@ impl KeySet {
     /// costs no table rebuild.
     pub fn keep_tables_of(&mut self, old: &KeySet) {
         for k in &mut self.keys {
-            if let Some(pk) = &k.p256 {
-                let same = old.keys.iter().find_map(|o| {
-                    o.p256
-                        .as_ref()
-                        .filter(|op| op.coordinates() == pk.coordinates())
-                });
-                if let Some(same) = same {
-                    k.p256 = Some(Arc::clone(same));
-                }
-            }
-            if let Some(pk) = &k.p384 {
-                let same = old.keys.iter().find_map(|o| {
-                    o.p384
-                        .as_ref()
-                        .filter(|op| op.coordinates() == pk.coordinates())
-                });
-                if let Some(same) = same {
-                    k.p384 = Some(Arc::clone(same));
-                }
-            }
-            if let Some(pk) = &k.ed25519 {
-                let same = old
-                    .keys
-                    .iter()
-                    .find_map(|o| o.ed25519.as_ref().filter(|op| op.bytes() == pk.bytes()));
-                if let Some(same) = same {
-                    k.ed25519 = Some(Arc::clone(same));
-                }
-            }
+            keep_table(
+                &mut k.p256,
+                old,
+                |o| &o.p256,
+                |a, b| a.coordinates() == b.coordinates(),
+            );
+            keep_table(
+                &mut k.p384,
+                old,
+                |o| &o.p384,
+                |a, b| a.coordinates() == b.coordinates(),
+            );
+            keep_table(
+                &mut k.ed25519,
+                old,
+                |o| &o.ed25519,
+                |a, b| a.bytes() == b.bytes(),
+            );
         }
     }
 
