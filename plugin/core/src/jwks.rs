@@ -62,6 +62,17 @@ impl std::fmt::Debug for Key {
     }
 }
 
+/// `x ‖ y` of an EC JWK, each coordinate decoded to exactly `len` bytes.
+fn ec_xy(x: &str, y: &str, len: usize) -> Option<Vec<u8>> {
+    let mut xy = URL_SAFE_NO_PAD.decode(x).ok()?;
+    let yb = URL_SAFE_NO_PAD.decode(y).ok()?;
+    if xy.len() != len || yb.len() != len {
+        return None;
+    }
+    xy.extend_from_slice(&yb);
+    Some(xy)
+}
+
 /// Replace a key's prepared verifier (`slot`) by `old`'s one for the same key
 /// (`same`), which keeps the table that one built: see [`KeySet::keep_tables_of`].
 fn keep_table<T>(
@@ -150,20 +161,11 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
             if b64_len(x)? != len || b64_len(y)? != len {
                 return None;
             }
+            let xy = ec_xy(x, y, len)?;
             if kind == KeyKind::P256 {
-                let xb: [u8; 32] = URL_SAFE_NO_PAD.decode(x).ok()?.try_into().ok()?;
-                let yb: [u8; 32] = URL_SAFE_NO_PAD.decode(y).ok()?.try_into().ok()?;
-                let mut xy = [0u8; 64];
-                xy[..32].copy_from_slice(&xb);
-                xy[32..].copy_from_slice(&yb);
-                p256 = Some(Arc::new(es256::PublicKey::new(xy)));
+                p256 = Some(Arc::new(es256::PublicKey::new(xy.try_into().ok()?)));
             } else {
-                let xb: [u8; 48] = URL_SAFE_NO_PAD.decode(x).ok()?.try_into().ok()?;
-                let yb: [u8; 48] = URL_SAFE_NO_PAD.decode(y).ok()?.try_into().ok()?;
-                let mut xy = [0u8; 96];
-                xy[..48].copy_from_slice(&xb);
-                xy[48..].copy_from_slice(&yb);
-                p384 = Some(Arc::new(es384::PublicKey::new(xy)));
+                p384 = Some(Arc::new(es384::PublicKey::new(xy.try_into().ok()?)));
             }
             (kind, DecodingKey::from_ec_components(x, y).ok()?)
         }
