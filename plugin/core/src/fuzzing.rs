@@ -504,6 +504,28 @@ pub fn jwt_parse(data: &[u8]) {
         Err(TokenError::Malformed) | Err(TokenError::ForbiddenHeader) => {}
         Err(e) => panic!("parse refused with {e:?}, which only verification may return"),
     }
+    // What `verify` parses: the claims it reads, refused exactly when `parse` refuses.
+    let keep = jwt::Keep::Read(&fixture().cfg.headers.claims);
+    match (jwt::parse(token, max), jwt::parse_keeping(token, max, keep)) {
+        (Ok(full), Ok(kept)) => {
+            let want: Map<String, Value> = full
+                .claims
+                .into_iter()
+                .filter(|(name, _)| keep.keeps(name))
+                .collect();
+            assert_eq!(kept.claims, want, "parse_keeping kept other claims");
+            assert_eq!(
+                (kept.alg_name, kept.kid, kept.typ, kept.signature_bytes),
+                (full.alg_name, full.kid, full.typ, full.signature_bytes)
+            );
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b, "parse and parse_keeping refuse differently"),
+        (a, b) => panic!(
+            "parse {} and parse_keeping {}",
+            if a.is_ok() { "accepted" } else { "refused" },
+            if b.is_ok() { "accepted" } else { "refused" }
+        ),
+    }
     if let Ok(id) = verify_fixture(token) {
         check_accepted(token, &id, true);
     }

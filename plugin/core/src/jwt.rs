@@ -109,6 +109,7 @@ pub struct Parsed<'a> {
     pub alg_name: String,
     pub kid: Option<String>,
     pub typ: Option<String>,
+    /// The claims object's members: all of them ([`parse`]), or those a [`Keep`] names.
     pub claims: Map<String, Value>,
     pub signing_input: &'a str,
     pub signature: &'a str,
@@ -154,8 +155,147 @@ pub fn looks_like_jwt(token: &str) -> bool {
     dots == 2 && segment > 0
 }
 
+/// The claims [`verify`] reads from every token (besides the configured claim headers').
+pub const READ_CLAIMS: [&str; 10] = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "client_id",
+    "scope",
+    "cnf",
+];
+
+/// Which members of the claims object [`parse_keeping`] keeps in [`Parsed::claims`].
+#[derive(Debug, Clone, Copy)]
+pub enum Keep<'c> {
+    /// Every member.
+    All,
+    /// [`READ_CLAIMS`] and these configured claims (`Config.headers.claims`' names).
+    Read(&'c [(String, String)]),
+}
+
+impl Keep<'_> {
+    /// Whether the member `name` is kept.
+    pub fn keeps(&self, name: &str) -> bool {
+        match self {
+            Keep::All => true,
+            Keep::Read(extra) => {
+                READ_CLAIMS.contains(&name) || extra.iter().any(|(c, _)| c == name)
+            }
+        }
+    }
+}
+
+/// A member name, borrowed from the payload when it has no escapes.
+struct Name<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Any JSON value, parsed in full (strings decoded and checked, numbers read, nesting
+/// limited) as `Value` would be, but not kept: nothing is allocated for it.
+struct Skip;
+
+impl<'de> serde::Deserialize<'de> for Skip {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Skip)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Skip {
+    type Value = Skip;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Skip, A::Error> {
+        while a.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Skip, A::Error> {
+        while a.next_entry::<Name<'de>, Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+}
+
+/// The claims object, keeping the members `keep` names.
+struct ClaimsObject<'c>(Keep<'c>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ClaimsObject<'_> {
+    type Value = Map<String, Value>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ClaimsObject<'_> {
+    type Value = Map<String, Value>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(Name(name)) = a.next_key::<Name<'de>>()? {
+            if self.0.keeps(&name) {
+                let v: Value = a.next_value()?;
+                out.insert(name.into_owned(), v);
+            } else {
+                a.next_value::<Skip>()?;
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Split and decode a compact JWS. No key is used and nothing is trusted yet.
 pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, TokenError> {
+    parse_keeping(token, max_bytes, Keep::All)
+}
+
+/// [`parse`], keeping only the claims `keep` names. The whole payload is parsed either way:
+/// what one refuses the other refuses.
+pub fn parse_keeping<'t>(
+    token: &'t str,
+    max_bytes: usize,
+    keep: Keep<'_>,
+) -> Result<Parsed<'t>, TokenError> {
     if token.len() > max_bytes {
         return Err(TokenError::TooLarge);
     }
@@ -197,8 +337,15 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, TokenError> {
     let pbytes = URL_SAFE_NO_PAD
         .decode(p64)
         .map_err(|_| TokenError::Malformed)?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&pbytes).map_err(|_| TokenError::Malformed)?;
+    let claims = {
+        use serde::de::DeserializeSeed as _;
+        let mut de = serde_json::Deserializer::from_slice(&pbytes);
+        let claims = ClaimsObject(keep)
+            .deserialize(&mut de)
+            .map_err(|_| TokenError::Malformed)?;
+        de.end().map_err(|_| TokenError::Malformed)?;
+        claims
+    };
     // The signature must be decodable too (checked here so that a garbage signature is
     // "malformed", not "bad signature").
     let signature_bytes = URL_SAFE_NO_PAD
@@ -295,9 +442,9 @@ pub fn verify_with_digest(
     now: u64,
     input_sha256: Option<&[u8; 32]>,
 ) -> Result<Identity, VerifyError> {
-    let p = parse(token, cfg.max_token_bytes)?;
+    let p = parse_keeping(token, cfg.max_token_bytes, Keep::Read(&cfg.headers.claims))?;
     let alg = Alg::parse(&p.alg_name).ok_or(TokenError::AlgorithmNotAllowed)?;
-    let iss = match p.claims.get("iss") {
+    let iss = match read(&p.claims, "iss") {
         Some(Value::String(s)) => s.as_str(),
         _ => return Err(TokenError::MissingClaim("iss").into()),
     };
@@ -357,6 +504,14 @@ fn check_signature(p: &Parsed<'_>, input_sha256: Option<&[u8; 32]>, key: &Key, a
     )
 }
 
+/// A claim [`verify`] reads; it must be one of [`READ_CLAIMS`], the claims
+/// [`parse_keeping`] keeps for it (checked in debug builds, so a test reading a new claim
+/// fails until it is added there).
+fn read<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    debug_assert!(READ_CLAIMS.contains(&name), "{name} is not in READ_CLAIMS");
+    claims.get(name)
+}
+
 /// Validate the time and audience claims and build the identity.
 pub fn claims_to_identity(
     claims: &Map<String, Value>,
@@ -366,22 +521,22 @@ pub fn claims_to_identity(
 ) -> Result<Identity, VerifyError> {
     let issuer = &cfg.issuers[issuer_idx.min(cfg.issuers.len().saturating_sub(1))];
     let skew = cfg.clock_skew_s;
-    let exp = numeric_date(claims.get("exp"), "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
+    let exp = numeric_date(read(claims, "exp"), "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
     if now >= exp.saturating_add(skew) {
         return Err(TokenError::Expired.into());
     }
-    if let Some(nbf) = numeric_date(claims.get("nbf"), "nbf")? {
+    if let Some(nbf) = numeric_date(read(claims, "nbf"), "nbf")? {
         if nbf > now.saturating_add(skew) {
             return Err(TokenError::NotYetValid.into());
         }
     }
-    let iat = numeric_date(claims.get("iat"), "iat")?;
+    let iat = numeric_date(read(claims, "iat"), "iat")?;
     if let Some(iat) = iat {
         if iat > now.saturating_add(skew) {
             return Err(TokenError::IssuedInFuture.into());
         }
     }
-    let aud: Vec<String> = match claims.get("aud") {
+    let aud: Vec<String> = match read(claims, "aud") {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => {
             let mut out = Vec::with_capacity(a.len());
@@ -398,11 +553,11 @@ pub fn claims_to_identity(
     if !aud.iter().any(|a| issuer.audiences.contains(a)) {
         return Err(TokenError::WrongAudience.into());
     }
-    let sub = opt_string(claims.get("sub"), "sub")?
+    let sub = opt_string(read(claims, "sub"), "sub")?
         .filter(|s| !s.is_empty())
         .ok_or(TokenError::MissingClaim("sub"))?;
-    let client_id = opt_string(claims.get("client_id"), "client_id")?;
-    let scope = match claims.get("scope") {
+    let client_id = opt_string(read(claims, "client_id"), "client_id")?;
+    let scope = match read(claims, "scope") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(a)) => {
@@ -417,9 +572,9 @@ pub fn claims_to_identity(
         }
         Some(_) => return Err(TokenError::MissingClaim("scope").into()),
     };
-    let jti = opt_string(claims.get("jti"), "jti")?;
-    let cnf_jkt = cnf_jkt(claims.get("cnf"))?;
-    let cnf_x5t = cnf_x5t(claims.get("cnf"))?;
+    let jti = opt_string(read(claims, "jti"), "jti")?;
+    let cnf_jkt = cnf_jkt(read(claims, "cnf"))?;
+    let cnf_x5t = cnf_x5t(read(claims, "cnf"))?;
     let mut extra = Vec::with_capacity(cfg.headers.claims.len());
     for (claim, _) in &cfg.headers.claims {
         let v = claims.get(claim).filter(|v| !v.is_null()).map(claim_text);

@@ -462,3 +462,88 @@ fn looks_like_jwt_agrees_with_its_definition() {
     let real = token(&TestKey::rsa(), "k1", &claims("c", "s"));
     assert!(jwt::looks_like_jwt(&real));
 }
+
+/// What `verify` parses: `parse_keeping` keeps only the claims it reads (and the configured
+/// claim headers'), skipping the rest without building values, and refuses exactly what
+/// `parse` refuses: a skipped member is still parsed in full (strings decoded, numbers
+/// read, nesting limited).
+#[test]
+fn parse_keeping_refuses_what_parse_refuses_and_keeps_what_it_reads() {
+    use serde_json::{Map, Value};
+    use tollgate_edge_core::jwt::{Keep, READ_CLAIMS};
+    let extra = vec![("email".to_string(), "x-email".to_string())];
+    let deep = format!(
+        r#"{{"iss":"a","o":{}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let payloads: Vec<Vec<u8>> = [
+        r#"{"iss":"a","sub":"s","realm_access":{"roles":["x","y"]},"n":1.5,"b":true,"z":null}"#,
+        r#"{"\u0069ss":"an escaped name","email":"e@x","other":"\u00e9","s\u0075b":"t"}"#,
+        r#"{"iss":"a","other":"\ud800"}"#,
+        r#"{"iss":"a","other":{"k":"\udc00x"}}"#,
+        r#"{"iss":"a","other":"\ud83d\ude00"}"#,
+        "{\"iss\":\"a\",\"other\":\"tab\there\"}",
+        r#"{"iss":"a","other":"\q"}"#,
+        r#"{"iss":"a","o":1e400}"#,
+        r#"{"iss":"a","o":-0,"p":1E5,"q":123456789012345678901234567890,"r":-1.5e-300}"#,
+        r#"{"iss":"a","o":01}"#,
+        r#"{"iss":"a","o":[1,2,]}"#,
+        r#"{"iss":"a",}"#,
+        r#"{"iss":"a"} x"#,
+        "{\"iss\":\"a\"}  \n",
+        r#"["iss"]"#,
+        r#""iss""#,
+        "1",
+        "{}",
+        r#"{"iss":"a","iss":"b"}"#,
+        r#"{"o":1,"o":{"x":[true,false,null]},"aud":["a","b"]}"#,
+        r#"{"o":{"\u0041":[1,{"k":"v"}]},"cnf":{"jkt":"x"},"exp":1,"nbf":2,"iat":3}"#,
+        r#"{"o":{"a":1,"a":2},"jti":"j","client_id":"c","scope":"s t"}"#,
+        r#"{"iss":"a","o":tru}"#,
+        r#"{"iss":"a","o":nul}"#,
+        r#"{"iss" "a"}"#,
+        r#"{"iss":"a","o":{"k"}}"#,
+        r#"{"iss":"a","o":{1:2}}"#,
+        deep.as_str(),
+    ]
+    .iter()
+    .map(|p| p.as_bytes().to_vec())
+    .chain([
+        b"{\"iss\":\"a\",\"other\":\"\xff\"}".to_vec(),
+        b"{\"iss\":\"a\",\"o\":{\"\xc3\x28\":1}}".to_vec(),
+        b"{\"iss\":\"\xe2\x82\xac\",\"o\":\"\xe2\x82\xac\"}".to_vec(),
+    ])
+    .collect();
+    let (mut accepted, mut refused) = (0, 0);
+    for p in &payloads {
+        let t = format!(
+            "{}.{}.{}",
+            b64(br#"{"alg":"ES256"}"#),
+            b64(p),
+            b64(&[1u8; 64])
+        );
+        let full = jwt::parse(&t, 1 << 16);
+        let kept = jwt::parse_keeping(&t, 1 << 16, Keep::Read(&extra));
+        let shown = String::from_utf8_lossy(p);
+        assert_eq!(full.is_ok(), kept.is_ok(), "{shown}");
+        match (full, kept) {
+            (Ok(full), Ok(kept)) => {
+                let want: Map<String, Value> = full
+                    .claims
+                    .into_iter()
+                    .filter(|(n, _)| READ_CLAIMS.contains(&n.as_str()) || n == "email")
+                    .collect();
+                assert_eq!(kept.claims, want, "{shown}");
+                accepted += 1;
+            }
+            (Err(a), Err(b)) => {
+                assert_eq!(a, b, "{shown}");
+                refused += 1;
+            }
+            _ => unreachable!(),
+        }
+    }
+    // Both kinds are exercised (the counts pin the list: a payload moving sides shows).
+    assert_eq!((accepted, refused), (11, 20));
+}
