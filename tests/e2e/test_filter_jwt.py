@@ -10,7 +10,7 @@ import requests
 from harness.envoy import Envoy, filter_config, issuer_entry
 from harness.issuer import TestIssuer
 
-ALGS = ["ES256", "ES384", "RS256", "PS256", "EdDSA"]
+ALGS = ["ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"]
 
 
 def gateway_config(iss: TestIssuer, **fields) -> dict:

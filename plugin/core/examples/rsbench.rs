@@ -1,4 +1,5 @@
-//! Timing of the RS256 verifier alone (2048-bit key) and, after it, of the ES384 verifier
+//! Timing of the RSA verifier alone (2048-bit key: RS256, then PS256 and RS512 beside the
+//! generic path's PS256) and, after it, of the ES384 verifier
 //! (`es384`, with its table builds) against the generic ES384 path (`jsonwebtoken` →
 //! `p384`), natively or on the filter's target:
 //! `cargo run --release -p tollgate-edge-core --example rsbench`, or in node's V8:
@@ -11,12 +12,12 @@ use rsa::rand_core::OsRng;
 use rsa::traits::PublicKeyParts;
 use rsa::{Pkcs1v15Sign, RsaPrivateKey};
 use sha2::{Digest, Sha256};
-use tollgate_edge_core::rs256;
+use tollgate_edge_core::rsassa::{self, Hash, Scheme};
 
 fn main() {
     let sk = RsaPrivateKey::new(&mut OsRng, 2048).expect("keygen");
     let pk = sk.to_public_key();
-    let key = rs256::PublicKey::new(&pk.n().to_bytes_be(), &pk.e().to_bytes_be()).expect("key");
+    let key = rsassa::PublicKey::new(&pk.n().to_bytes_be(), &pk.e().to_bytes_be()).expect("key");
     let msgs = messages();
     let sigs: Vec<Vec<u8>> = msgs
         .iter()
@@ -27,11 +28,66 @@ fn main() {
         .collect();
     for round in 0..5 {
         let us = us_per_call(2000, |i| {
-            assert!(rs256::verify(&key, &msgs[i % 64], &sigs[i % 64]));
+            assert!(rsassa::verify(
+                &key,
+                Scheme::Pkcs1(Hash::Sha256),
+                &msgs[i % 64],
+                &sigs[i % 64]
+            ));
         });
         println!("round {round}: {us:.1} us per RS256 verification");
     }
+    other_rsa_schemes(&sk, &key, &msgs);
     es384_section();
+}
+
+/// RS512 and PS256 on the same path (the hash and the encoding check differ), and PS256 on
+/// the generic path (`jsonwebtoken` → `rsa`), which the filter used for them before.
+fn other_rsa_schemes(sk: &RsaPrivateKey, key: &rsassa::PublicKey, msgs: &[Vec<u8>]) {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
+    let pss = rsa::pss::SigningKey::<Sha256>::new(sk.clone());
+    let pkcs512 = rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(sk.clone());
+    let ps: Vec<Vec<u8>> = msgs
+        .iter()
+        .map(|m| pss.sign_with_rng(&mut OsRng, m).to_vec())
+        .collect();
+    let rs512: Vec<Vec<u8>> = msgs.iter().map(|m| pkcs512.sign(m).to_vec()).collect();
+    let pk = sk.to_public_key();
+    let generic_key = jsonwebtoken::DecodingKey::from_rsa_components(
+        &URL_SAFE_NO_PAD.encode(pk.n().to_bytes_be()),
+        &URL_SAFE_NO_PAD.encode(pk.e().to_bytes_be()),
+    )
+    .expect("jwk");
+    let ps_b64: Vec<String> = ps.iter().map(|s| URL_SAFE_NO_PAD.encode(s)).collect();
+    for round in 0..3 {
+        let ours_ps = us_per_call(1000, |i| {
+            assert!(rsassa::verify(
+                key,
+                Scheme::Pss(Hash::Sha256),
+                &msgs[i % 64],
+                &ps[i % 64]
+            ));
+        });
+        let ours_512 = us_per_call(1000, |i| {
+            let (m, s) = (&msgs[i % 64], &rs512[i % 64]);
+            assert!(rsassa::verify(key, Scheme::Pkcs1(Hash::Sha512), m, s));
+        });
+        let generic = us_per_call(50, |i| {
+            assert!(jsonwebtoken::crypto::verify(
+                &ps_b64[i % 64],
+                &msgs[i % 64],
+                &generic_key,
+                jsonwebtoken::Algorithm::PS256,
+            )
+            .expect("verify"));
+        });
+        println!(
+            "round {round}: PS256 {ours_ps:.1} us, RS512 {ours_512:.1} us (rsassa); \
+             PS256 {generic:.1} us (jsonwebtoken/rsa)"
+        );
+    }
 }
 
 /// 64 messages of the size of a small JWS signing input.

@@ -24,7 +24,7 @@ use crate::eddsa;
 use crate::es256;
 use crate::es384;
 use crate::jwt::Alg;
-use crate::rs256;
+use crate::rsassa;
 
 /// The key families the filter verifies with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +46,8 @@ pub struct Key {
     pub p256: Option<Arc<es256::PublicKey>>,
     /// A P-384 key for [`crate::es384`] (with its precomputed table once used).
     pub p384: Option<Arc<es384::PublicKey>>,
-    /// An RSA key with e = 65537 and 2048 to 4096 bits, prepared for [`crate::rs256`].
-    pub rs256: Option<Arc<rs256::PublicKey>>,
+    /// An RSA key with e = 65537 and 2048 to 4096 bits, prepared for [`crate::rsassa`].
+    pub rsa: Option<Arc<rsassa::PublicKey>>,
     /// An Ed25519 key for [`crate::eddsa`] (with its table once used).
     pub ed25519: Option<Arc<eddsa::PublicKey>>,
 }
@@ -177,7 +177,7 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
             }
             let decoding = DecodingKey::from_rsa_components(n, e).ok()?;
             if let (Ok(nb), Ok(eb)) = (URL_SAFE_NO_PAD.decode(n), URL_SAFE_NO_PAD.decode(e)) {
-                rsa_fast = rs256::PublicKey::new(&nb, &eb).map(Arc::new);
+                rsa_fast = rsassa::PublicKey::new(&nb, &eb).map(Arc::new);
             }
             (KeyKind::Rsa, decoding)
         }
@@ -207,7 +207,7 @@ fn parse_key(o: &serde_json::Map<String, Value>) -> Option<Key> {
         decoding,
         p256,
         p384,
-        rs256: rsa_fast,
+        rsa: rsa_fast,
         ed25519,
     })
 }

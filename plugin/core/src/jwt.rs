@@ -14,6 +14,7 @@ use crate::config::{normalize_typ, Config};
 use crate::error::TokenError;
 use crate::identity::{header_safe, Identity};
 use crate::jwks::{Key, KeyKind, KeySet};
+use crate::rsassa::{Hash, Scheme};
 
 /// An accepted signing algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +55,19 @@ impl Alg {
             "PS512" => Alg::PS512,
             "EdDSA" => Alg::EdDSA,
             _ => return None,
+        })
+    }
+
+    /// The RSA signature scheme of an `RS*` or `PS*` algorithm.
+    pub fn rsa_scheme(self) -> Option<Scheme> {
+        Some(match self {
+            Alg::RS256 => Scheme::Pkcs1(Hash::Sha256),
+            Alg::RS384 => Scheme::Pkcs1(Hash::Sha384),
+            Alg::RS512 => Scheme::Pkcs1(Hash::Sha512),
+            Alg::PS256 => Scheme::Pss(Hash::Sha256),
+            Alg::PS384 => Scheme::Pss(Hash::Sha384),
+            Alg::PS512 => Scheme::Pss(Hash::Sha512),
+            Alg::ES256 | Alg::ES384 | Alg::EdDSA => return None,
         })
     }
 
@@ -480,7 +494,7 @@ pub fn verify_with_digest(
 
 fn check_signature(p: &Parsed<'_>, input_sha256: Option<&[u8; 32]>, key: &Key, alg: Alg) -> bool {
     let (input, sig) = (p.signing_input.as_bytes(), p.signature_bytes.as_slice());
-    // RS256 and ES256 sign SHA-256 of the input, which the caller may have already.
+    // ES256, RS256 and PS256 sign SHA-256 of the input, which the caller may have already.
     let sha256 = || input_sha256.map_or_else(|| Sha256::digest(input).into(), |d| *d);
     if let (Alg::ES256, Some(pk)) = (alg, &key.p256) {
         // Several times faster than the generic path in Wasm (see crate::es256).
@@ -490,9 +504,13 @@ fn check_signature(p: &Parsed<'_>, input_sha256: Option<&[u8; 32]>, key: &Key, a
         // The same design on P-384, where the generic path is slower still (see crate::es384).
         return crate::es384::verify(pk, input, sig);
     }
-    if let (Alg::RS256, Some(pk)) = (alg, &key.rs256) {
-        // Carry-free Montgomery columns, four products per Wasm SIMD step (see crate::rs256).
-        return crate::rs256::verify_digest(pk, &sha256(), sig);
+    if let (Some(scheme), Some(pk)) = (alg.rsa_scheme(), &key.rsa) {
+        // Carry-free Montgomery columns, four products per Wasm SIMD step (see crate::rsassa).
+        let digest = match scheme.hash() {
+            Hash::Sha256 => sha256().to_vec(),
+            h => h.digest(&[input]),
+        };
+        return crate::rsassa::verify_digest(pk, scheme, &digest, sig);
     }
     if let (Alg::EdDSA, Some(pk)) = (alg, &key.ed25519) {
         // A table per key instead of 253 doublings per signature (see crate::eddsa).

