@@ -68,7 +68,7 @@ pub struct PublicKey {
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("rsassa::PublicKey")
-            .field("bits", &(self.k * 8))
+            .field("bits", &self.bits)
             .finish()
     }
 }
@@ -375,17 +375,12 @@ pub enum Hash {
 
 impl Hash {
     /// Output length in bytes.
-    pub fn len(self) -> usize {
+    pub fn size(self) -> usize {
         match self {
             Hash::Sha256 => 32,
             Hash::Sha384 => 48,
             Hash::Sha512 => 64,
         }
-    }
-
-    /// Always false; for clippy's `len_without_is_empty`.
-    pub fn is_empty(self) -> bool {
-        false
     }
 
     /// The hash of `parts`, one after the other.
@@ -438,7 +433,7 @@ pub fn verify(key: &PublicKey, scheme: Scheme, msg: &[u8], sig: &[u8]) -> bool {
 
 /// Verify a signature (`sig`, raw bytes) of a message whose hash (the scheme's) is `digest`.
 pub fn verify_digest(key: &PublicKey, scheme: Scheme, digest: &[u8], sig: &[u8]) -> bool {
-    if digest.len() != scheme.hash().len() {
+    if digest.len() != scheme.hash().size() {
         return false;
     }
     let Some(em) = key.public_op(sig) else {
@@ -455,22 +450,22 @@ pub fn verify_digest(key: &PublicKey, scheme: Scheme, digest: &[u8], sig: &[u8])
 fn pkcs1_matches(em: &[u8], h: Hash, digest: &[u8]) -> bool {
     let (k, info) = (em.len(), h.digest_info());
     // k ≥ 256: room for 00 01, eight or more FF, 00, DigestInfo (19) and the digest (≤ 64).
-    let t = k - h.len() - info.len();
+    let t = k - h.size() - info.len();
     let mut want = vec![0xffu8; k];
     want[0] = 0;
     want[1] = 1;
     want[t - 1] = 0;
     want[t..t + info.len()].copy_from_slice(info);
-    want[k - h.len()..].copy_from_slice(digest);
+    want[k - h.size()..].copy_from_slice(digest);
     crate::ct_eq(em, &want)
 }
 
 /// EMSA-PSS-VERIFY (RFC 8017 §9.1.2) with emBits = modBits − 1, MGF1 over `h` and a salt
-/// of `h.len()` bytes, on the public operation's `k` bytes (`em_k`).
+/// of `h.size()` bytes, on the public operation's `k` bytes (`em_k`).
 fn pss_matches(em_k: &[u8], mod_bits: usize, h: Hash, m_hash: &[u8]) -> bool {
     let em_bits = mod_bits - 1;
     let em_len = em_bits.div_ceil(8);
-    let (h_len, s_len) = (h.len(), h.len());
+    let (h_len, s_len) = (h.size(), h.size());
     // I2OSP(m, emLen) (§8.1.2 step 2c): with modBits ≡ 1 mod 8 the k bytes have one more,
     // which must be zero.
     let Some((lead, em)) = em_k.split_at_checked(em_k.len().saturating_sub(em_len)) else {
